@@ -1,0 +1,1 @@
+//! archc-runtime: weight loading, parameter binding, execution and the KV cache.

@@ -1,0 +1,11 @@
+//! `archc lower` (work in progress).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> ExitCode {
+    eprintln!("archc lower: not implemented yet");
+    ExitCode::from(2)
+}

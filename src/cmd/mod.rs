@@ -1,0 +1,9 @@
+//! Subcommands of the `archc` binary, one file each.
+
+pub mod check;
+pub mod diff;
+pub mod fmt;
+pub mod import;
+pub mod logits;
+pub mod lower;
+pub mod stats;

@@ -1,0 +1,11 @@
+//! `archc stats` (work in progress).
+
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> ExitCode {
+    eprintln!("archc stats: not implemented yet");
+    ExitCode::from(2)
+}

@@ -1,0 +1,45 @@
+//! The `archc` command line: one subcommand per verb, each in `cmd/`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// archc: a compiler from transformer architecture descriptions to kernels.
+#[derive(Debug, Parser)]
+#[command(name = "archc", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check .arch files and report every error.
+    Check(cmd::check::Args),
+    /// Format a .arch file canonically.
+    Fmt(cmd::fmt::Args),
+    /// Parameter counts, KV-cache size and FLOPs of a model.
+    Stats(cmd::stats::Args),
+    /// Turn an HF config.json (or a model directory) into a .arch file.
+    Import(cmd::import::Args),
+    /// Compare two architectures side by side.
+    Diff(cmd::diff::Args),
+    /// Lower a .arch file to the Graph IR and print it.
+    Lower(cmd::lower::Args),
+    /// Run a model directory on tokens and write the logits as .npy.
+    Logits(cmd::logits::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => cmd::check::run(args),
+        Command::Fmt(args) => cmd::fmt::run(args),
+        Command::Stats(args) => cmd::stats::run(args),
+        Command::Import(args) => cmd::import::run(args),
+        Command::Diff(args) => cmd::diff::run(args),
+        Command::Lower(args) => cmd::lower::run(args),
+        Command::Logits(args) => cmd::logits::run(args),
+    }
+}
