@@ -1,11 +1,79 @@
-//! `archc import` (work in progress).
+//! `archc import SRC [-o OUT.arch]`: turns an HF `config.json` (or a model directory that
+//! holds one) into canonical `.arch` text, printed or written atomically to OUT.
+//! Exit status: 0 on success, 2 when the config cannot be read or imported or OUT cannot
+//! be written.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// An HF config.json, or a model directory that contains one.
+    pub src: PathBuf,
+    /// Write the .arch text to this file instead of standard output.
+    #[arg(short, long, value_name = "OUT.arch")]
+    pub output: Option<PathBuf>,
+}
 
-pub fn run(_args: Args) -> ExitCode {
-    eprintln!("archc import: not implemented yet");
-    ExitCode::from(2)
+pub fn run(args: Args) -> ExitCode {
+    let spec = match archc_spec::import::from_path(&args.src) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("archc import: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let text = render(&spec);
+    match &args.output {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(out) => match write_atomically(out, &text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("archc import: cannot write {}: {e}", out.display());
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+/// The text `archc import` emits for a spec.
+///
+/// Until the canonical `.arch` printer lands this is the spec as JSON.
+fn render(spec: &archc_spec::Spec) -> String {
+    match serde_json::to_string_pretty(spec) {
+        Ok(mut text) => {
+            text.push('\n');
+            text
+        }
+        Err(e) => format!("error: cannot serialize the imported spec: {e}\n"),
+    }
+}
+
+/// Write `text` to a temporary file beside `out`, then rename it over `out`, so a reader
+/// never sees a half-written file and a failed write leaves the old file intact.
+fn write_atomically(out: &Path, text: &str) -> std::io::Result<()> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("out.arch");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file is ours and useless after a failure.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
