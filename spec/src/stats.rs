@@ -1,1 +1,371 @@
-//! (work in progress: stats)
+//! Model statistics computed from a `Spec` alone: parameter counts (total, active per
+//! token, per component), weight bytes, KV-cache bytes, linear-attention state and
+//! forward FLOPs per token.
+//!
+//! # Definitions
+//!
+//! - **Total parameters**: the sum of every tensor of [`tensors`](crate::tensors::tensors);
+//!   a tied output head is the embedding, counted once; a router's correction bias is a
+//!   buffer, not a parameter, as HF counts it (it is in the weight bytes).
+//! - **Weight bytes**: every stored tensor at the model dtype.
+//! - **Active parameters**: total minus, for every MoE layer, the routed experts a token
+//!   does not run: `(experts - top_k) * per-expert parameters` (its projections and their
+//!   biases).
+//! - **KV bytes per token**: what one more cached token adds, over all softmax-attention
+//!   layers: `kv_heads * (head_dim + v_head_dim)` values per layer, or for MLA the latent
+//!   plus the shared RoPE key, `kv_rank + rope_dim`, in the KV dtype.
+//! - **KV bytes total**: the cache at `context` tokens; a sliding-window layer holds at
+//!   most `window` tokens and a chunked layer at most `chunk`.
+//! - **Linear state bytes**: the fixed per-sequence state of linear-attention layers, in
+//!   the KV dtype: the convolution's last `kernel - 1` inputs of every channel plus the
+//!   recurrent state (one `k_head_dim x v_head_dim` matrix per value head).
+//! - **FLOPs per token**: one decode step of the token at position `context - 1`, with
+//!   `context - 1` tokens cached, counting a multiply-add as 2 FLOPs:
+//!   - `2 *` every active matrix parameter (projections, router, experts the token runs,
+//!     the depthwise convolutions, and the output head, also when tied); embedding
+//!     lookups, norms, biases and other vectors are not counted;
+//!   - softmax attention, per layer over `L = min(context, window or chunk)` keys:
+//!     `2 * heads * (head_dim + v_head_dim) * L` (scores and the weighted sum of values);
+//!     MLA in its absorbed decode form, attending over the cached latent:
+//!     `2 * heads * (2 * kv_rank + rope_dim) * L` (its `kv_b` up-projection applied to
+//!     the query and the output costs as much as its parameters, already counted);
+//!   - linear attention, per layer: `6 * heads * k_dim * v_dim` (reading the recurrent
+//!     state with the key, its rank-one update, reading it with the query).
+
+use crate::spec::{DType, Ffn, Mixer, Spec};
+use crate::tensors::{expert_params, tensors, Role, TensorSpec};
+
+/// What to compute statistics at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Context length in tokens (the sequence length the KV cache holds).
+    pub context: u64,
+    /// Dtype of the KV cache and the linear-attention state.
+    pub kv_dtype: DType,
+}
+
+impl Options {
+    /// The model's own context with a bf16 cache.
+    pub fn for_spec(spec: &Spec) -> Options {
+        Options {
+            context: spec.context,
+            kv_dtype: DType::Bf16,
+        }
+    }
+}
+
+/// Statistics of one model; see the module documentation for the definitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub name: String,
+    pub family: &'static str,
+    pub params_total: u64,
+    pub params_active: u64,
+    /// Parameters per component, in [`Role::ALL`] order, components with none included.
+    pub breakdown: Vec<(Role, u64)>,
+    pub weight_dtype: DType,
+    pub weight_bytes: u64,
+    pub context: u64,
+    pub kv_dtype: DType,
+    pub kv_bytes_per_token: u64,
+    pub kv_bytes_total: u64,
+    pub linear_state_bytes: u64,
+    pub flops_per_token: u64,
+    /// Layers with softmax attention and with linear attention.
+    pub attention_layers: u64,
+    pub linear_layers: u64,
+    pub moe_layers: u64,
+}
+
+/// Computes the statistics of `spec` at `opts`.
+pub fn stats(spec: &Spec, opts: Options) -> Stats {
+    let all = tensors(spec);
+    let params_total: u64 = all.iter().map(TensorSpec::param_count).sum();
+    let stored: u64 = all.iter().map(TensorSpec::numel).sum();
+    let breakdown: Vec<(Role, u64)> = Role::ALL
+        .iter()
+        .map(|&r| {
+            let n = all
+                .iter()
+                .filter(|t| t.role == r)
+                .map(TensorSpec::param_count)
+                .sum();
+            (r, n)
+        })
+        .collect();
+
+    // Matrix parameters every token multiplies with; routed experts at full count here,
+    // the unused ones subtracted below together with the active count.
+    let mut matmul: u64 = all
+        .iter()
+        .filter(|t| is_matmul(t))
+        .map(TensorSpec::numel)
+        .sum();
+    if spec.tied {
+        matmul += spec.vocab * spec.hidden;
+    }
+
+    let kv = opts.kv_dtype.bytes();
+    let ctx = opts.context;
+    let mut inactive = 0u64;
+    let mut kv_per_token = 0u64;
+    let mut kv_total = 0u64;
+    let mut linear_state = 0u64;
+    let mut attn_flops = 0u64;
+    let (mut attention_layers, mut linear_layers, mut moe_layers) = (0, 0, 0);
+    for i in 0..spec.schedule.len() {
+        let block = spec.block(i);
+        if let Ffn::Moe(m) = &block.ffn {
+            moe_layers += 1;
+            let unused = m.experts.saturating_sub(m.top_k);
+            inactive += unused * expert_params(spec.hidden, m);
+            // Expert biases are vectors, so only the matrices leave the FLOP count.
+            let gated = m.gated || m.act.is_gated();
+            let mats = if gated { 3 } else { 2 };
+            matmul -= unused * mats * spec.hidden * m.hidden;
+        }
+        match &block.mixer {
+            Mixer::Attention(a) => {
+                attention_layers += 1;
+                let per_token = match &a.mla {
+                    Some(m) => m.kv_rank + m.rope_dim,
+                    None => a.kv_heads * (a.head_dim + a.v_head_dim),
+                };
+                let held = [a.window, a.chunk]
+                    .into_iter()
+                    .flatten()
+                    .fold(ctx, u64::min);
+                kv_per_token += per_token * kv;
+                kv_total += per_token * kv * held;
+                let per_key = match &a.mla {
+                    Some(m) => 2 * m.kv_rank + m.rope_dim,
+                    None => a.head_dim + a.v_head_dim,
+                };
+                attn_flops += 2 * a.heads * per_key * held;
+            }
+            Mixer::GatedDeltaNet(g) => {
+                linear_layers += 1;
+                let channels = 2 * g.k_heads * g.k_head_dim + g.v_heads * g.v_head_dim;
+                let state =
+                    channels * g.conv.saturating_sub(1) + g.v_heads * g.k_head_dim * g.v_head_dim;
+                linear_state += state * kv;
+                attn_flops += 6 * g.v_heads * g.k_head_dim * g.v_head_dim;
+            }
+            Mixer::KimiDelta(k) => {
+                linear_layers += 1;
+                let channels = 3 * k.heads * k.head_dim;
+                let state = channels * k.conv.saturating_sub(1) + k.heads * k.head_dim * k.head_dim;
+                linear_state += state * kv;
+                attn_flops += 6 * k.heads * k.head_dim * k.head_dim;
+            }
+        }
+    }
+
+    Stats {
+        name: spec.name.clone(),
+        family: spec.family.as_str(),
+        params_total,
+        params_active: params_total - inactive,
+        breakdown,
+        weight_dtype: spec.dtype,
+        weight_bytes: stored * spec.dtype.bytes(),
+        context: ctx,
+        kv_dtype: opts.kv_dtype,
+        kv_bytes_per_token: kv_per_token,
+        kv_bytes_total: kv_total,
+        linear_state_bytes: linear_state,
+        flops_per_token: 2 * matmul + attn_flops,
+        attention_layers,
+        linear_layers,
+        moe_layers,
+    }
+}
+
+/// A tensor a token multiplies with: at least two axes, not an embedding table and not
+/// Kimi's `A_log` (stored with four axes but a per-head vector).
+fn is_matmul(t: &TensorSpec) -> bool {
+    t.shape.len() >= 2 && t.role != Role::Embedding && !t.name.ends_with("a_log")
+}
+
+impl Stats {
+    /// The statistics as one JSON object with a fixed key order.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut breakdown = serde_json::Map::new();
+        for (role, n) in &self.breakdown {
+            breakdown.insert(role.as_str().to_string(), (*n).into());
+        }
+        serde_json::json!({
+            "name": self.name,
+            "family": self.family,
+            "params_total": self.params_total,
+            "params_active": self.params_active,
+            "breakdown": breakdown,
+            "weight_dtype": self.weight_dtype.as_str(),
+            "weight_bytes": self.weight_bytes,
+            "context": self.context,
+            "kv_dtype": self.kv_dtype.as_str(),
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_bytes_total": self.kv_bytes_total,
+            "linear_state_bytes": self.linear_state_bytes,
+            "flops_per_token": self.flops_per_token,
+            "attention_layers": self.attention_layers,
+            "linear_layers": self.linear_layers,
+            "moe_layers": self.moe_layers,
+        })
+    }
+
+    /// The statistics as an aligned table for people, numbers with thousands separators.
+    pub fn render(&self) -> String {
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        let mut row = |k: &str, v: String, note: String| rows.push((k.to_string(), v, note));
+        row(
+            "model",
+            format!("{} ({})", self.name, self.family),
+            String::new(),
+        );
+        row(
+            "parameters",
+            thousands(self.params_total),
+            short(self.params_total, ""),
+        );
+        row(
+            "active per token",
+            thousands(self.params_active),
+            percent(self.params_active, self.params_total),
+        );
+        for (role, n) in &self.breakdown {
+            if *n > 0 {
+                row(
+                    &format!("  {}", role_label(*role)),
+                    thousands(*n),
+                    percent(*n, self.params_total),
+                );
+            }
+        }
+        row(
+            &format!("weights ({})", self.weight_dtype.as_str()),
+            thousands(self.weight_bytes),
+            bytes(self.weight_bytes),
+        );
+        row("context", thousands(self.context), String::new());
+        row(
+            &format!("kv cache per token ({})", self.kv_dtype.as_str()),
+            thousands(self.kv_bytes_per_token),
+            bytes(self.kv_bytes_per_token),
+        );
+        row(
+            "kv cache at context",
+            thousands(self.kv_bytes_total),
+            bytes(self.kv_bytes_total),
+        );
+        if self.linear_layers > 0 {
+            row(
+                "linear-attention state",
+                thousands(self.linear_state_bytes),
+                bytes(self.linear_state_bytes),
+            );
+        }
+        row(
+            "flops per token",
+            thousands(self.flops_per_token),
+            short(self.flops_per_token, "FLOP"),
+        );
+        let mut layers = format!("{} attention", self.attention_layers);
+        if self.linear_layers > 0 {
+            layers += &format!(", {} linear", self.linear_layers);
+        }
+        if self.moe_layers > 0 {
+            layers += &format!(", {} moe", self.moe_layers);
+        }
+        row("layers", layers, String::new());
+
+        // Numbers are right-aligned in one column; text values (name, layers) start there.
+        let numeric = |v: &str| v.chars().all(|c| c.is_ascii_digit() || c == ',');
+        let kw = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let vw = rows
+            .iter()
+            .filter(|r| numeric(&r.1))
+            .map(|r| r.1.len())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for (k, v, note) in rows {
+            let line = if numeric(&v) {
+                format!("{k:<kw$}  {v:>vw$}  {note}")
+            } else {
+                format!("{k:<kw$}  {v}  {note}")
+            };
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn role_label(r: Role) -> &'static str {
+    match r {
+        Role::Embedding => "embedding",
+        Role::Attention => "attention",
+        Role::LinearAttention => "linear attention",
+        Role::Ffn => "feed-forward",
+        Role::RoutedExpert => "routed experts",
+        Role::SharedExpert => "shared experts",
+        Role::Router => "router",
+        Role::Norm => "norms",
+        Role::Head => "output head",
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A short decimal form: `596.0M`, `671.0B`, `1.2T` followed by `unit`.
+fn short(n: u64, unit: &str) -> String {
+    let x = n as f64;
+    let (v, s) = if x >= 1e12 {
+        (x / 1e12, "T")
+    } else if x >= 1e9 {
+        (x / 1e9, "B")
+    } else if x >= 1e6 {
+        (x / 1e6, "M")
+    } else if x >= 1e3 {
+        (x / 1e3, "K")
+    } else {
+        return format!("{n} {unit}").trim_end().to_string();
+    };
+    format!("{v:.1}{s} {unit}").trim_end().to_string()
+}
+
+/// Bytes in binary units: `1.11 GiB`.
+fn bytes(n: u64) -> String {
+    let x = n as f64;
+    const K: f64 = 1024.0;
+    if x >= K * K * K * K {
+        format!("{:.2} TiB", x / (K * K * K * K))
+    } else if x >= K * K * K {
+        format!("{:.2} GiB", x / (K * K * K))
+    } else if x >= K * K {
+        format!("{:.2} MiB", x / (K * K))
+    } else if x >= K {
+        format!("{:.2} KiB", x / K)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn percent(n: u64, total: u64) -> String {
+    if total == 0 {
+        return String::new();
+    }
+    format!("{:.1}%", 100.0 * n as f64 / total as f64)
+}
