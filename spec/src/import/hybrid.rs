@@ -47,7 +47,9 @@ pub(crate) fn qwen3_next(c: &Config<'_>, name: &str) -> Result<Spec, ImportError
         v_head_dim: c.u64_or("linear_value_head_dim", 128)?,
         conv: c.u64_or("linear_conv_kernel_dim", 4)?,
     };
-    let experts = c.u64_or("num_experts", 512)?;
+    let experts = c
+        .opt_u64_any(&["num_experts", "num_local_experts"])?
+        .unwrap_or(512);
     let top_k = c.u64_or("num_experts_per_tok", 10)?;
     if experts > 0 && (top_k == 0 || top_k > experts) {
         return Err(c.invalid(

@@ -123,7 +123,8 @@ pub(crate) fn qwen3_moe(c: &Config<'_>, name: &str) -> Result<Spec, ImportError>
     attn.qk_norm = QkNorm::PerHead(rms(eps));
     // Qwen3-MoE applies its window to every layer when sliding is on.
     attn.window = qwen_window(c)?;
-    let experts = c.req_u64("num_experts")?;
+    // The hub spells it `num_experts`; transformers 5 saves `num_local_experts`.
+    let experts = c.req_u64_any(&["num_experts", "num_local_experts"])?;
     let top_k = c.req_u64("num_experts_per_tok")?;
     check_top_k(c, "num_experts_per_tok", top_k, experts)?;
     let act = activation(c, "hidden_act", "silu")?;
