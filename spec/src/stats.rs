@@ -302,6 +302,54 @@ impl Stats {
     }
 }
 
+/// One line per model, for comparing many files at once (`archc stats a.arch b.arch ...`).
+pub fn render_summary(all: &[Stats]) -> String {
+    let header = [
+        "model",
+        "family",
+        "layers",
+        "params",
+        "active",
+        "weights",
+        "kv/token",
+        "flops/token",
+    ];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_string)];
+    for s in all {
+        rows.push([
+            s.name.clone(),
+            s.family.to_string(),
+            (s.attention_layers + s.linear_layers).to_string(),
+            thousands(s.params_total),
+            thousands(s.params_active),
+            bytes(s.weight_bytes),
+            bytes(s.kv_bytes_per_token),
+            short(s.flops_per_token, ""),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (i, (cell, w)) in r.iter().zip(widths).enumerate() {
+            // Names left-aligned, numbers right-aligned.
+            if i < 2 {
+                line += &format!("{cell:<w$}  ");
+            } else {
+                line += &format!("{cell:>w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn role_label(r: Role) -> &'static str {
     match r {
         Role::Embedding => "embedding",

@@ -29,8 +29,9 @@ Definitions:
 #[derive(Debug, clap::Args)]
 #[command(after_help = DEFINITIONS)]
 pub struct Args {
-    /// The .arch file.
-    pub file: PathBuf,
+    /// The .arch file; with several, one summary line per model.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -53,12 +54,15 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let name = args.file.display().to_string();
-    let src = match std::fs::read_to_string(&args.file) {
+    if args.files.len() > 1 {
+        return run_summary(&args);
+    }
+    let name = args.files[0].display().to_string();
+    let src = match std::fs::read_to_string(&args.files[0]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot read `{name}`: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(2);
         }
     };
     match report(&name, &src, args.context, args.kv_dtype, args.json) {
@@ -98,4 +102,43 @@ pub fn report(
     } else {
         s.render()
     })
+}
+
+/// Several files: a summary table (or a JSON array), every file's errors reported.
+fn run_summary(args: &Args) -> ExitCode {
+    let mut all = Vec::new();
+    let mut code = ExitCode::SUCCESS;
+    for path in &args.files {
+        let name = path.display().to_string();
+        let src = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot read `{name}`: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match archc_spec::validate::check_source(&name, &src) {
+            Ok(spec) => {
+                let opts = Options {
+                    context: args.context.unwrap_or(spec.context).max(1),
+                    kv_dtype: args.kv_dtype,
+                };
+                all.push(stats(&spec, opts));
+            }
+            Err(diags) => {
+                eprint!("{}", archc_spec::diagnostics::render(&name, &src, &diags));
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    if args.json {
+        let list: Vec<_> = all.iter().map(|s| s.to_json()).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+    } else {
+        print!("{}", archc_spec::stats::render_summary(&all));
+    }
+    code
 }
