@@ -1,11 +1,151 @@
-//! `archc logits` (work in progress).
+//! `archc logits MODEL --tokens 1,2,3 --out FILE.npy`: runs an HF model directory on a
+//! token sequence and writes the logits, shape `(tokens, vocab)`, as a float32 `.npy`.
+//!
+//! The architecture comes from the directory's `config.json` unless `--spec` gives a
+//! `.arch` file. Exit status: 0 on success, 1 when the `.arch` file has errors, 2 for
+//! bad arguments, I/O, import, weight or execution errors. The output file is written
+//! atomically, so a failed run never leaves a partial file.
 
+use archc_runtime::bind::bind;
+use archc_runtime::exec::{self, Backend};
+use archc_runtime::npy;
+use archc_runtime::weights::Checkpoint;
+use archc_spec::diagnostics::{render, render_colored};
+use archc_spec::Spec;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// The whole sequence in one pass.
+    Prefill,
+    /// One token at a time through the KV cache.
+    Decode,
+}
 
-pub fn run(_args: Args) -> ExitCode {
-    eprintln!("archc logits: not implemented yet");
-    ExitCode::from(2)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// The reference interpreter over the Graph IR.
+    Interp,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// HF model directory (config.json and model.safetensors or a sharded index).
+    pub model: PathBuf,
+    /// Comma-separated token ids, e.g. `1,2,3`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub tokens: String,
+    /// Output .npy file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Describe the model with this .arch file instead of importing config.json.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "interp")]
+    pub backend: BackendArg,
+    #[arg(long, value_enum, default_value = "prefill")]
+    pub mode: ModeArg,
+}
+
+/// A failure with its exit status; the message is printed after `archc logits: `.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+pub fn run(args: Args) -> ExitCode {
+    match run_inner(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("archc logits: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run_inner(args: &Args) -> Result<(), Failure> {
+    if !args.model.is_dir() {
+        return Err(fail(format!(
+            "{}: not a model directory",
+            args.model.display()
+        )));
+    }
+    let spec = match &args.spec {
+        Some(path) => load_arch(path)?,
+        None => archc_spec::import::from_path(&args.model).map_err(|e| fail(e.to_string()))?,
+    };
+    let tokens = parse_tokens(&args.tokens, spec.vocab).map_err(fail)?;
+    let checkpoint = Checkpoint::open(&args.model).map_err(|e| fail(e.to_string()))?;
+    let weights =
+        bind(&spec, checkpoint).map_err(|e| fail(format!("{}: {e}", args.model.display())))?;
+    let mode = match args.mode {
+        ModeArg::Prefill => exec::Mode::Prefill,
+        ModeArg::Decode => exec::Mode::Decode,
+    };
+    let backend = match args.backend {
+        BackendArg::Interp => Backend::Interp,
+    };
+    let logits =
+        exec::logits(&spec, &weights, &tokens, mode, backend).map_err(|e| fail(e.to_string()))?;
+    npy::write(&args.out, &[tokens.len(), spec.vocab as usize], &logits)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).
+fn load_arch(path: &Path) -> Result<Spec, Failure> {
+    let name = path.display().to_string();
+    let src =
+        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+    archc_spec::validate::check_source(&name, &src).map_err(|diags| {
+        let text = if std::io::stderr().is_terminal() {
+            render_colored(&name, &src, &diags)
+        } else {
+            render(&name, &src, &diags)
+        };
+        eprint!("{text}");
+        let errors = diags.iter().filter(|d| d.is_error()).count();
+        Failure {
+            code: 1,
+            message: format!(
+                "{name}: {errors} error{}",
+                if errors == 1 { "" } else { "s" }
+            ),
+        }
+    })
+}
+
+/// `1,2,3` → token ids, each below `vocab`.
+fn parse_tokens(text: &str, vocab: u64) -> Result<Vec<u32>, String> {
+    if text.trim().is_empty() {
+        return Err("--tokens is empty: give at least one token id, e.g. --tokens 1,2,3".into());
+    }
+    let mut out = Vec::new();
+    for (i, part) in text.split(',').enumerate() {
+        let part = part.trim();
+        let id: u64 = part
+            .parse()
+            .map_err(|_| format!("--tokens: entry {i} ({part:?}) is not a non-negative integer"))?;
+        if id >= vocab {
+            return Err(format!(
+                "--tokens: entry {i} is token id {id}, but the vocabulary has {vocab} tokens (ids 0..{})",
+                vocab - 1
+            ));
+        }
+        let id = u32::try_from(id)
+            .map_err(|_| format!("--tokens: entry {i} is token id {id}, beyond 32-bit ids"))?;
+        out.push(id);
+    }
+    Ok(out)
 }

@@ -1,0 +1,483 @@
+//! Binds every canonical parameter of a `Spec` to the checkpoint tensors its HF binding
+//! names, applying the binding's transposes, slices and stacks.
+//!
+//! Plain tensors stay memory-mapped (zero-copy); transposed, sliced and stacked ones are
+//! materialised into owned buffers in their stored dtype. Binding checks the whole
+//! checkpoint at once and reports every problem together: missing tensors, tensors the
+//! model does not use, wrong shapes and wrong dtypes, each naming the tensor and showing
+//! what was expected against what was found.
+
+use crate::weights::{Checkpoint, Dtype, TensorView};
+use archc_spec::tensors::{tensors, Source, TensorSpec};
+use archc_spec::{Family, Spec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Where a bound parameter's bytes live.
+#[derive(Debug)]
+enum Data {
+    /// Zero-copy: this checkpoint tensor as it is.
+    Mapped(String),
+    /// Rearranged bytes (transpose, slice, stack) in the stored dtype.
+    Owned(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Bound {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+/// Every parameter of a model, bound to a checkpoint and checked against its Spec.
+#[derive(Debug)]
+pub struct BoundWeights {
+    checkpoint: Checkpoint,
+    params: BTreeMap<String, Bound>,
+}
+
+impl BoundWeights {
+    /// The parameter's tensor under its canonical name (`layers.0.attn.q.weight`).
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        let p = self.params.get(name)?;
+        let bytes = match &p.data {
+            Data::Mapped(stored) => self.checkpoint.get(stored).ok()?.bytes,
+            Data::Owned(bytes) => bytes.as_slice(),
+        };
+        Some(TensorView {
+            dtype: p.dtype,
+            shape: &p.shape,
+            bytes,
+        })
+    }
+
+    /// Canonical names of all bound parameters, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.params.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Whether a parameter is served straight from the mapped file (no copy).
+    pub fn is_zero_copy(&self, name: &str) -> bool {
+        matches!(
+            self.params.get(name),
+            Some(Bound {
+                data: Data::Mapped(_),
+                ..
+            })
+        )
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+}
+
+impl archc_compiler::interp::WeightSource for BoundWeights {
+    fn get(&self, name: &str) -> Option<archc_compiler::interp::WeightView<'_>> {
+        use archc_compiler::interp::{WeightDType, WeightView};
+        let v = BoundWeights::get(self, name)?;
+        let dtype = match v.dtype {
+            Dtype::F32 => WeightDType::F32,
+            Dtype::F16 => WeightDType::F16,
+            Dtype::Bf16 => WeightDType::Bf16,
+            // Binding admits only the three dtypes above.
+            _ => return None,
+        };
+        Some(WeightView {
+            dtype,
+            shape: v.shape,
+            bytes: v.bytes,
+        })
+    }
+}
+
+/// One thing wrong between a Spec's parameters and a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Problem {
+    /// The family has no checkpoint name for this parameter.
+    NoBinding { param: String, family: Family },
+    /// A stored tensor the binding needs is absent.
+    Missing {
+        stored: String,
+        param: String,
+        shape: Vec<u64>,
+    },
+    /// A stored tensor has the wrong shape for the parameter it feeds.
+    Shape {
+        stored: String,
+        param: String,
+        expected: String,
+        found: Vec<usize>,
+    },
+    /// A stored tensor is not of a float dtype the runtime reads, or experts disagree.
+    Dtype {
+        stored: String,
+        expected: String,
+        found: Dtype,
+    },
+    /// A stored tensor that passed the checks above could not be read.
+    Unreadable { stored: String, message: String },
+    /// Checkpoint tensors that no parameter uses.
+    Unexpected { stored: Vec<String> },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::NoBinding { param, family } => write!(
+                f,
+                "no checkpoint name: parameter {param} has no {} checkpoint tensor",
+                family.as_str()
+            ),
+            Problem::Missing {
+                stored,
+                param,
+                shape,
+            } => write!(
+                f,
+                "missing tensor '{stored}' (needed for {param}, shape {shape:?})"
+            ),
+            Problem::Shape {
+                stored,
+                param,
+                expected,
+                found,
+            } => write!(
+                f,
+                "wrong shape: tensor '{stored}' (for {param}): expected {expected}, found {found:?}"
+            ),
+            Problem::Dtype {
+                stored,
+                expected,
+                found,
+            } => write!(
+                f,
+                "wrong dtype: tensor '{stored}': expected {expected}, found {found}"
+            ),
+            Problem::Unreadable { stored, message } => {
+                write!(f, "unreadable tensor '{stored}': {message}")
+            }
+            Problem::Unexpected { stored } => {
+                write!(
+                    f,
+                    "unexpected tensors: {} checkpoint tensor(s) that the model does not use:",
+                    stored.len()
+                )?;
+                for s in stored {
+                    write!(f, "\n    '{s}'")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Binding failed; every problem found, in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindError {
+    pub model: String,
+    pub family: Family,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "checkpoint does not match model \"{}\" ({}): {} problem(s)",
+            self.model,
+            self.family.as_str(),
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// Checkpoint tensors HF itself never loads as parameters (non-persistent buffers that
+/// older exports still carry), so their presence is not an error.
+fn is_ignored_buffer(family: Family, stored: &str) -> bool {
+    if stored.ends_with("rotary_emb.inv_freq") {
+        return true;
+    }
+    family == Family::Gpt2
+        && (stored.ends_with(".attn.bias") || stored.ends_with(".attn.masked_bias"))
+}
+
+/// Binds every parameter of `spec` to `checkpoint`, or reports every mismatch.
+pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindError> {
+    let mut problems = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut params = BTreeMap::new();
+    for t in tensors(spec) {
+        let Some(source) = &t.hf else {
+            problems.insert(Problem::NoBinding {
+                param: t.name.clone(),
+                family: spec.family,
+            });
+            continue;
+        };
+        used.extend(source.names());
+        match bind_one(&t, source, &checkpoint) {
+            Ok(b) => {
+                params.insert(t.name.clone(), b);
+            }
+            Err(ps) => problems.extend(ps),
+        }
+    }
+    let unexpected: Vec<String> = checkpoint
+        .names()
+        .filter(|n| !used.contains(*n) && !is_ignored_buffer(spec.family, n))
+        .map(str::to_string)
+        .collect();
+    if !unexpected.is_empty() {
+        problems.insert(Problem::Unexpected { stored: unexpected });
+    }
+    if problems.is_empty() {
+        Ok(BoundWeights { checkpoint, params })
+    } else {
+        Err(BindError {
+            model: spec.name.clone(),
+            family: spec.family,
+            problems: problems.into_iter().collect(),
+        })
+    }
+}
+
+/// Looks a stored tensor up and checks that it is present and of a readable float dtype.
+fn fetch<'c>(
+    t: &TensorSpec,
+    stored: &str,
+    ck: &'c Checkpoint,
+) -> Result<(Dtype, &'c [usize]), Problem> {
+    let Some(info) = ck.info(stored) else {
+        return Err(Problem::Missing {
+            stored: stored.to_string(),
+            param: t.name.clone(),
+            shape: t.shape.clone(),
+        });
+    };
+    if !info.dtype.is_supported() {
+        return Err(Problem::Dtype {
+            stored: stored.to_string(),
+            expected: "F32, F16 or BF16".to_string(),
+            found: info.dtype,
+        });
+    }
+    Ok((info.dtype, &info.shape))
+}
+
+fn fmt_shape(s: &[usize]) -> String {
+    format!("{s:?}")
+}
+
+fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, Vec<Problem>> {
+    let want: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    let shape_err = |stored: &str, expected: String, found: &[usize]| {
+        vec![Problem::Shape {
+            stored: stored.to_string(),
+            param: t.name.clone(),
+            expected,
+            found: found.to_vec(),
+        }]
+    };
+    match source {
+        Source::Plain { name } => {
+            let (dtype, shape) = fetch(t, name, ck).map_err(|p| vec![p])?;
+            if shape != want.as_slice() {
+                return Err(shape_err(name, fmt_shape(&want), shape));
+            }
+            Ok(Bound {
+                dtype,
+                shape: want,
+                data: Data::Mapped(name.clone()),
+            })
+        }
+        Source::Transposed { name } => {
+            let (dtype, shape) = fetch(t, name, ck).map_err(|p| vec![p])?;
+            let mut stored_want = want.clone();
+            let r = stored_want.len();
+            if r < 2 {
+                return Err(shape_err(name, "a tensor of rank 2 or more".into(), shape));
+            }
+            stored_want.swap(r - 2, r - 1);
+            if shape != stored_want.as_slice() {
+                return Err(shape_err(
+                    name,
+                    format!("{} (stored transposed)", fmt_shape(&stored_want)),
+                    shape,
+                ));
+            }
+            let bytes = read_bytes(ck, name)?;
+            Ok(Bound {
+                dtype,
+                shape: want,
+                data: Data::Owned(transpose_last2(bytes, shape, dtype.size())),
+            })
+        }
+        Source::Slice {
+            name,
+            axis,
+            start,
+            len,
+            stride,
+            transpose,
+        } => {
+            let (dtype, shape) = fetch(t, name, ck).map_err(|p| vec![p])?;
+            let (start, len, stride, axis) =
+                (*start as usize, *len as usize, *stride as usize, *axis);
+            let describe = || {
+                format!(
+                    "a tensor whose axis {axis} holds entries {start}..{} step {stride}{}, giving {}",
+                    start + len.saturating_sub(1) * stride + 1,
+                    if *transpose { " then transposed" } else { "" },
+                    fmt_shape(&want)
+                )
+            };
+            if axis >= shape.len() || len == 0 || stride == 0 {
+                return Err(shape_err(name, describe(), shape));
+            }
+            let last = start + (len - 1) * stride;
+            if last >= shape[axis] {
+                return Err(shape_err(name, describe(), shape));
+            }
+            let mut result = shape.to_vec();
+            result[axis] = len;
+            if *transpose {
+                let r = result.len();
+                if r < 2 {
+                    return Err(shape_err(name, describe(), shape));
+                }
+                result.swap(r - 2, r - 1);
+            }
+            if result != want {
+                return Err(shape_err(name, describe(), shape));
+            }
+            let bytes = read_bytes(ck, name)?;
+            let mut out = slice_axis(bytes, shape, axis, start, len, stride, dtype.size());
+            if *transpose {
+                let mut sliced = shape.to_vec();
+                sliced[axis] = len;
+                out = transpose_last2(&out, &sliced, dtype.size());
+            }
+            Ok(Bound {
+                dtype,
+                shape: want,
+                data: Data::Owned(out),
+            })
+        }
+        Source::Stack { .. } => {
+            let names = source.names();
+            let inner = want.get(1..).unwrap_or(&[]).to_vec();
+            let mut problems = Vec::new();
+            let mut dtype = None;
+            for n in &names {
+                match fetch(t, n, ck) {
+                    Err(p) => problems.push(p),
+                    Ok((d, shape)) => {
+                        if shape != inner.as_slice() {
+                            problems.push(shape_err(n, fmt_shape(&inner), shape).remove(0));
+                        }
+                        match dtype {
+                            None => dtype = Some(d),
+                            Some(first) if first != d => problems.push(Problem::Dtype {
+                                stored: n.clone(),
+                                expected: format!("{first} like expert 0"),
+                                found: d,
+                            }),
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            if want.first() != Some(&names.len()) {
+                problems.push(Problem::Shape {
+                    stored: names.first().cloned().unwrap_or_default(),
+                    param: t.name.clone(),
+                    expected: fmt_shape(&want),
+                    found: std::iter::once(names.len())
+                        .chain(inner.iter().copied())
+                        .collect(),
+                });
+            }
+            if !problems.is_empty() {
+                return Err(problems);
+            }
+            let mut out = Vec::new();
+            for n in &names {
+                out.extend_from_slice(read_bytes(ck, n)?);
+            }
+            Ok(Bound {
+                dtype: dtype.unwrap_or(Dtype::F32),
+                shape: want,
+                data: Data::Owned(out),
+            })
+        }
+    }
+}
+
+/// The bytes of a tensor that `fetch` already checked.
+fn read_bytes<'c>(ck: &'c Checkpoint, name: &str) -> Result<&'c [u8], Vec<Problem>> {
+    ck.get(name).map(|v| v.bytes).map_err(|e| {
+        vec![Problem::Unreadable {
+            stored: name.to_string(),
+            message: e.message,
+        }]
+    })
+}
+
+/// Swaps the last two axes of a C-order tensor of `esize`-byte elements.
+fn transpose_last2(bytes: &[u8], shape: &[usize], esize: usize) -> Vec<u8> {
+    let r = shape.len();
+    let (rows, cols) = (shape[r - 2], shape[r - 1]);
+    let mat = rows * cols * esize;
+    let mut out = vec![0u8; bytes.len()];
+    for (src, dst) in bytes
+        .chunks_exact(mat.max(1))
+        .zip(out.chunks_exact_mut(mat.max(1)))
+    {
+        for i in 0..rows {
+            for j in 0..cols {
+                let s = (i * cols + j) * esize;
+                let d = (j * rows + i) * esize;
+                dst[d..d + esize].copy_from_slice(&src[s..s + esize]);
+            }
+        }
+    }
+    out
+}
+
+/// Takes `len` entries along `axis`, the first at `start`, each next `stride` further.
+fn slice_axis(
+    bytes: &[u8],
+    shape: &[usize],
+    axis: usize,
+    start: usize,
+    len: usize,
+    stride: usize,
+    esize: usize,
+) -> Vec<u8> {
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product::<usize>() * esize;
+    let dim = shape[axis];
+    let mut out = Vec::with_capacity(outer * len * inner);
+    for o in 0..outer {
+        for j in 0..len {
+            let row = o * dim + start + j * stride;
+            out.extend_from_slice(&bytes[row * inner..(row + 1) * inner]);
+        }
+    }
+    out
+}

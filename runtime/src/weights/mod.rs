@@ -1,0 +1,352 @@
+//! Checkpoint tensors: dtypes, borrowed views, and opening an HF model directory
+//! (one `model.safetensors` or shards listed in `model.safetensors.index.json`).
+
+pub mod safetensors;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use safetensors::{SafetensorsError, SafetensorsFile, TensorInfo};
+
+/// Element type of a checkpoint tensor, as safetensors names it.
+///
+/// Only `F32`, `F16` and `BF16` can be read as numbers; the others are recognised so
+/// that their byte sizes can be checked and so that a tensor of such a type gets an
+/// "unsupported dtype" error naming it rather than a parse failure of the whole file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U64,
+    U32,
+    U16,
+    U8,
+    Bool,
+    F8E4M3,
+    F8E5M2,
+}
+
+impl Dtype {
+    /// Parses the safetensors spelling (`"F32"`, `"BF16"`, ...).
+    pub fn from_safetensors(s: &str) -> Option<Dtype> {
+        Some(match s {
+            "F32" => Dtype::F32,
+            "F16" => Dtype::F16,
+            "BF16" => Dtype::Bf16,
+            "F64" => Dtype::F64,
+            "I64" => Dtype::I64,
+            "I32" => Dtype::I32,
+            "I16" => Dtype::I16,
+            "I8" => Dtype::I8,
+            "U64" => Dtype::U64,
+            "U32" => Dtype::U32,
+            "U16" => Dtype::U16,
+            "U8" => Dtype::U8,
+            "BOOL" => Dtype::Bool,
+            "F8_E4M3" => Dtype::F8E4M3,
+            "F8_E5M2" => Dtype::F8E5M2,
+            _ => return None,
+        })
+    }
+
+    /// The safetensors spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::F16 => "F16",
+            Dtype::Bf16 => "BF16",
+            Dtype::F64 => "F64",
+            Dtype::I64 => "I64",
+            Dtype::I32 => "I32",
+            Dtype::I16 => "I16",
+            Dtype::I8 => "I8",
+            Dtype::U64 => "U64",
+            Dtype::U32 => "U32",
+            Dtype::U16 => "U16",
+            Dtype::U8 => "U8",
+            Dtype::Bool => "BOOL",
+            Dtype::F8E4M3 => "F8_E4M3",
+            Dtype::F8E5M2 => "F8_E5M2",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
+            Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
+            Dtype::F16 | Dtype::Bf16 | Dtype::I16 | Dtype::U16 => 2,
+            Dtype::I8 | Dtype::U8 | Dtype::Bool | Dtype::F8E4M3 | Dtype::F8E5M2 => 1,
+        }
+    }
+
+    /// Whether the runtime can read this dtype as numbers.
+    pub fn is_supported(self) -> bool {
+        matches!(self, Dtype::F32 | Dtype::F16 | Dtype::Bf16)
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A borrowed tensor: dtype, shape and little-endian bytes in C order.
+///
+/// The bytes may point straight into a memory-mapped file, so they carry no alignment
+/// guarantee; read elements with [`TensorView::to_f32`] or [`decode_f32`].
+#[derive(Debug, Clone, Copy)]
+pub struct TensorView<'a> {
+    pub dtype: Dtype,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+impl TensorView<'_> {
+    /// Number of elements (the product of the shape).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Converts to f32. Returns `None` for a dtype the runtime cannot read.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        decode_f32(self.dtype, self.bytes)
+    }
+}
+
+/// Decodes little-endian elements of `dtype` to f32; `None` for unsupported dtypes.
+/// A trailing partial element (which a checked view never has) is ignored.
+pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    match dtype {
+        Dtype::F32 => Some(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Some(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+        ),
+        Dtype::Bf16 => Some(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// bfloat16 is the top half of an f32, so widening is a shift.
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// IEEE half to single, exact for every input (subnormals, infinities and NaN included).
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let sign = u32::from(bits >> 15) << 31;
+    let exp = u32::from((bits >> 10) & 0x1f);
+    let mant = u32::from(bits & 0x3ff);
+    let out = match (exp, mant) {
+        (0, 0) => sign,
+        (0, _) => {
+            // A subnormal half is mant * 2^-24, which is a normal f32: scale exactly.
+            let v = mant as f32 * f32::from_bits(0x3380_0000);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, 0) => sign | 0x7f80_0000,
+        (0x1f, _) => sign | 0x7f80_0000 | (mant << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (mant << 13),
+    };
+    f32::from_bits(out)
+}
+
+/// The shard file names `model.safetensors.index.json` refers to, and where each tensor lives.
+const INDEX_FILE: &str = "model.safetensors.index.json";
+const SINGLE_FILE: &str = "model.safetensors";
+
+/// All tensors of a checkpoint, possibly spread over several memory-mapped files.
+#[derive(Debug)]
+pub struct Checkpoint {
+    files: Vec<SafetensorsFile>,
+    /// Tensor name to the index of the file that holds it.
+    names: BTreeMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens a model directory (`model.safetensors.index.json` when present, else
+    /// `model.safetensors`) or a single `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Checkpoint, SafetensorsError> {
+        if path.is_dir() {
+            let index = path.join(INDEX_FILE);
+            if index.is_file() {
+                return Checkpoint::open_index(&index);
+            }
+            let single = path.join(SINGLE_FILE);
+            if single.is_file() {
+                return Checkpoint::from_files(vec![SafetensorsFile::open(&single)?]);
+            }
+            return Err(SafetensorsError::new(
+                path,
+                None,
+                format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"),
+            ));
+        }
+        if path.file_name().is_some_and(|n| n == INDEX_FILE) {
+            return Checkpoint::open_index(path);
+        }
+        Checkpoint::from_files(vec![SafetensorsFile::open(path)?])
+    }
+
+    /// Opens a sharded checkpoint from its index: every shard must exist and hold
+    /// exactly the tensors the index assigns to it.
+    pub fn open_index(index: &Path) -> Result<Checkpoint, SafetensorsError> {
+        let text = std::fs::read_to_string(index)
+            .map_err(|e| SafetensorsError::new(index, None, format!("cannot read: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| SafetensorsError::new(index, None, format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                SafetensorsError::new(index, None, "missing object \"weight_map\"".to_string())
+            })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        // Sorted maps make the first error reported deterministic.
+        let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (tensor, shard) in map {
+            let shard = shard.as_str().ok_or_else(|| {
+                SafetensorsError::new(
+                    index,
+                    Some(tensor),
+                    "weight_map value is not a file name".to_string(),
+                )
+            })?;
+            if shard.is_empty()
+                || shard.contains('/')
+                || shard.contains('\\')
+                || shard == "."
+                || shard == ".."
+            {
+                return Err(SafetensorsError::new(
+                    index,
+                    Some(tensor),
+                    format!("shard {shard:?} is not a plain file name in the model directory"),
+                ));
+            }
+            expected
+                .entry(shard.to_string())
+                .or_default()
+                .insert(tensor.clone());
+        }
+        let mut files = Vec::new();
+        for (shard, tensors) in &expected {
+            let shard_path = dir.join(shard);
+            if !shard_path.is_file() {
+                let first = tensors.iter().next().map(String::as_str);
+                return Err(SafetensorsError::new(
+                    index,
+                    first,
+                    format!(
+                        "shard {shard:?} is missing ({} tensor(s) are listed in it)",
+                        tensors.len()
+                    ),
+                ));
+            }
+            let file = SafetensorsFile::open(&shard_path)?;
+            for tensor in tensors {
+                if file.info(tensor).is_none() {
+                    return Err(SafetensorsError::new(
+                        index,
+                        Some(tensor),
+                        format!("listed in shard {shard:?} but that shard does not hold it"),
+                    ));
+                }
+            }
+            for tensor in file.names() {
+                if !tensors.contains(tensor) {
+                    let listed = map.get(tensor).and_then(|v| v.as_str());
+                    let msg = match listed {
+                        Some(other) => {
+                            format!("found in shard {shard:?} but the index lists it in {other:?}")
+                        }
+                        None => format!("found in shard {shard:?} but not listed in the index"),
+                    };
+                    return Err(SafetensorsError::new(index, Some(tensor), msg));
+                }
+            }
+            files.push(file);
+        }
+        Checkpoint::from_files(files)
+    }
+
+    fn from_files(files: Vec<SafetensorsFile>) -> Result<Checkpoint, SafetensorsError> {
+        let mut names = BTreeMap::new();
+        for (i, file) in files.iter().enumerate() {
+            for name in file.names() {
+                if let Some(prev) = names.insert(name.to_string(), i) {
+                    return Err(SafetensorsError::new(
+                        file.path(),
+                        Some(name),
+                        format!("tensor also present in {}", files[prev].path().display()),
+                    ));
+                }
+            }
+        }
+        Ok(Checkpoint { files, names })
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Header information of a tensor, if present.
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.names.get(name).and_then(|&i| self.files[i].info(name))
+    }
+
+    /// The tensor's bytes, zero-copy. Errors if absent or of an unsupported dtype.
+    pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        match self.names.get(name) {
+            Some(&i) => self.files[i].get(name),
+            None => Err(SafetensorsError::new(
+                self.files
+                    .first()
+                    .map(|f| f.path())
+                    .unwrap_or(Path::new("<empty checkpoint>")),
+                Some(name),
+                "no such tensor".to_string(),
+            )),
+        }
+    }
+
+    /// The file that holds a tensor (for error messages).
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.names.get(name).map(|&i| self.files[i].path())
+    }
+
+    /// The paths of all files, in load order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path().to_path_buf()).collect()
+    }
+}

@@ -1,0 +1,264 @@
+//! A memory-mapped reader of the safetensors format, written against untrusted input.
+//!
+//! Layout: an 8-byte little-endian header length `n`, `n` bytes of JSON (an object of
+//! tensor name to `{dtype, shape, data_offsets}` plus an optional `__metadata__` object
+//! of strings), then the data section; offsets are relative to its start. Every check
+//! happens at open time, so a [`SafetensorsFile`] that opened hands out only views that
+//! lie inside the file and whose byte size matches their shape.
+
+use super::{Dtype, TensorView};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// What went wrong, in which file, and for which tensor (when one is involved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetensorsError {
+    pub file: PathBuf,
+    pub tensor: Option<String>,
+    pub message: String,
+}
+
+impl SafetensorsError {
+    pub fn new(file: &Path, tensor: Option<&str>, message: String) -> SafetensorsError {
+        SafetensorsError {
+            file: file.to_path_buf(),
+            tensor: tensor.map(str::to_string),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for SafetensorsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if let Some(t) = &self.tensor {
+            write!(f, "tensor '{t}': ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SafetensorsError {}
+
+/// One tensor's header entry, checked against the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Byte range within the data section.
+    pub begin: usize,
+    pub end: usize,
+}
+
+/// An open, validated safetensors file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Mmap,
+    /// Offset of the data section in the file (8 + header length).
+    data_start: usize,
+    tensors: BTreeMap<String, TensorInfo>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl SafetensorsFile {
+    /// Opens, maps and validates a file.
+    pub fn open(path: &Path) -> Result<SafetensorsFile, SafetensorsError> {
+        let err = |tensor: Option<&str>, msg: String| SafetensorsError::new(path, tensor, msg);
+        let file = File::open(path).map_err(|e| err(None, format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| err(None, format!("cannot stat: {e}")))?
+            .len();
+        if len < 8 {
+            return Err(err(
+                None,
+                format!("file is {len} bytes, too short for the 8-byte header length"),
+            ));
+        }
+        // SAFETY: the map is read-only and private to this process. Another process
+        // truncating the file while it is mapped would be undefined behaviour; model
+        // checkpoints are not modified while they are being loaded, and that is the
+        // same assumption every memory-mapping weight loader makes.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| err(None, format!("cannot map: {e}")))?;
+        let (data_start, tensors, metadata) = parse(&map).map_err(|(t, m)| err(t.as_deref(), m))?;
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            map,
+            data_start,
+            tensors,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+
+    /// The `__metadata__` object (empty when absent).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// A zero-copy view of a tensor; an error if it is absent or of a dtype the runtime
+    /// cannot read.
+    pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        let info = self.tensors.get(name).ok_or_else(|| {
+            SafetensorsError::new(&self.path, Some(name), "no such tensor".into())
+        })?;
+        if !info.dtype.is_supported() {
+            return Err(SafetensorsError::new(
+                &self.path,
+                Some(name),
+                format!(
+                    "unsupported dtype {} (supported: F32, F16, BF16)",
+                    info.dtype
+                ),
+            ));
+        }
+        // In bounds: `parse` checked end <= data length and begin <= end.
+        let bytes = &self.map[self.data_start + info.begin..self.data_start + info.end];
+        Ok(TensorView {
+            dtype: info.dtype,
+            shape: &info.shape,
+            bytes,
+        })
+    }
+}
+
+type Parsed = (
+    usize,
+    BTreeMap<String, TensorInfo>,
+    BTreeMap<String, String>,
+);
+
+/// Validates the header of a whole file image. Errors carry the tensor they concern.
+fn parse(bytes: &[u8]) -> Result<Parsed, (Option<String>, String)> {
+    let file_len = bytes.len();
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&bytes[..8]);
+    let header_len = u64::from_le_bytes(len_bytes);
+    let available = (file_len - 8) as u64;
+    if header_len > available {
+        return Err((
+            None,
+            format!(
+                "header length {header_len} exceeds the {available} bytes that follow it \
+                 (file is {file_len} bytes)"
+            ),
+        ));
+    }
+    // header_len <= file_len, so it fits in usize.
+    let data_start = 8 + header_len as usize;
+    let header = &bytes[8..data_start];
+    let json: serde_json::Value = serde_json::from_slice(header)
+        .map_err(|e| (None, format!("header is not valid JSON: {e}")))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| (None, "header is not a JSON object".to_string()))?;
+    let data_len = file_len - data_start;
+    let mut tensors = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    for (name, entry) in obj {
+        if name == "__metadata__" {
+            let m = entry
+                .as_object()
+                .ok_or_else(|| (None, "__metadata__ is not an object".to_string()))?;
+            for (k, v) in m {
+                let v = v.as_str().ok_or_else(|| {
+                    (None, format!("__metadata__ value of {k:?} is not a string"))
+                })?;
+                metadata.insert(k.clone(), v.to_string());
+            }
+            continue;
+        }
+        let info = parse_entry(entry, data_len).map_err(|m| (Some(name.clone()), m))?;
+        tensors.insert(name.clone(), info);
+    }
+    Ok((data_start, tensors, metadata))
+}
+
+fn parse_entry(entry: &serde_json::Value, data_len: usize) -> Result<TensorInfo, String> {
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| "entry is not an object".to_string())?;
+    for key in obj.keys() {
+        if !matches!(key.as_str(), "dtype" | "shape" | "data_offsets") {
+            return Err(format!("unknown field {key:?} in entry"));
+        }
+    }
+    let dtype_str = obj
+        .get("dtype")
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| "missing string field \"dtype\"".to_string())?;
+    let dtype = Dtype::from_safetensors(dtype_str).ok_or_else(|| {
+        format!("unsupported dtype {dtype_str:?} (not a safetensors dtype this reader knows)")
+    })?;
+    let shape_json = obj
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| "missing array field \"shape\"".to_string())?;
+    let mut shape = Vec::with_capacity(shape_json.len());
+    for d in shape_json {
+        let d = d
+            .as_u64()
+            .and_then(|d| usize::try_from(d).ok())
+            .ok_or_else(|| format!("shape entry {d} is not a non-negative integer"))?;
+        shape.push(d);
+    }
+    let offsets = obj
+        .get("data_offsets")
+        .and_then(|o| o.as_array())
+        .ok_or_else(|| "missing array field \"data_offsets\"".to_string())?;
+    let [begin, end] = offsets.as_slice() else {
+        return Err(format!(
+            "data_offsets has {} entries, expected 2",
+            offsets.len()
+        ));
+    };
+    let to_usize = |v: &serde_json::Value| {
+        v.as_u64()
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| format!("data_offsets entry {v} is not a non-negative integer"))
+    };
+    let (begin, end) = (to_usize(begin)?, to_usize(end)?);
+    if begin > end {
+        return Err(format!("data_offsets [{begin}, {end}]: begin is after end"));
+    }
+    if end > data_len {
+        return Err(format!(
+            "data_offsets [{begin}, {end}] lie outside the data section ({data_len} bytes)"
+        ));
+    }
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} overflows the element count"))?;
+    let expected = numel
+        .checked_mul(dtype.size())
+        .ok_or_else(|| format!("shape {shape:?} overflows the byte size"))?;
+    if expected != end - begin {
+        return Err(format!(
+            "shape {shape:?} of {dtype} needs {expected} bytes, data_offsets [{begin}, {end}] hold {}",
+            end - begin
+        ));
+    }
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        begin,
+        end,
+    })
+}
