@@ -1,1 +1,11 @@
-//! archc-compiler: Graph IR, lowering, passes, reference interpreter, kernel IR and code generation.
+//! archc-compiler: the Graph IR, lowering from `Spec`, and the reference interpreter.
+//!
+//! **Invariant:** this crate depends on `archc-spec` only; it never reads weight files
+//! (weights reach the interpreter through the `interp::WeightSource` trait).
+
+pub mod interp;
+pub mod ir;
+pub mod lower;
+
+pub use ir::{verify, Graph, Mode};
+pub use lower::{lower, LowerError};

@@ -1,11 +1,68 @@
-//! `archc lower` (work in progress).
+//! `archc lower FILE [--mode prefill|decode]`: lowers a .arch file to the Graph IR, verifies
+//! it and prints its text form. Exit status: 0 on success, 1 when the file is invalid or
+//! cannot be lowered, 2 when it cannot be read.
 
+use archc_compiler::{lower, verify, Mode};
+use archc_spec::diagnostics::{render, render_colored};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// The whole prompt at once (`seq` new tokens after `past` cached ones).
+    Prefill,
+    /// One new token after `past` cached ones.
+    Decode,
+}
 
-pub fn run(_args: Args) -> ExitCode {
-    eprintln!("archc lower: not implemented yet");
-    ExitCode::from(2)
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The .arch file to lower.
+    pub file: PathBuf,
+    /// Which forward pass to build.
+    #[arg(long, value_enum, default_value = "prefill")]
+    pub mode: ModeArg,
+}
+
+pub fn run(args: Args) -> ExitCode {
+    let name = args.file.display().to_string();
+    let src = match std::fs::read_to_string(&args.file) {
+        Ok(src) => src,
+        Err(e) => {
+            eprintln!("archc lower: cannot read {name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let spec = match archc_spec::validate::check_source(&name, &src) {
+        Ok(spec) => spec,
+        Err(diags) => {
+            let text = if std::io::stderr().is_terminal() {
+                render_colored(&name, &src, &diags)
+            } else {
+                render(&name, &src, &diags)
+            };
+            eprint!("{text}");
+            return ExitCode::from(1);
+        }
+    };
+    let mode = match args.mode {
+        ModeArg::Prefill => Mode::Prefill,
+        ModeArg::Decode => Mode::Decode,
+    };
+    let graph = match lower(&spec, mode) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("archc lower: {name}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = verify(&graph) {
+        // A graph that fails verification is a compiler bug, not a user error.
+        eprintln!("archc lower: {name}: internal error: the lowered graph is invalid: {e}");
+        return ExitCode::from(1);
+    }
+    // A closed pipe (`archc lower f.arch | head`) is not an error worth a panic.
+    let _ = write!(std::io::stdout().lock(), "{graph}");
+    ExitCode::SUCCESS
 }

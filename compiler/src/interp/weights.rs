@@ -1,0 +1,106 @@
+//! Weight access for the interpreter: the `WeightSource` trait the runtime implements,
+//! little-endian f32/f16/bf16 views, and row-wise conversion to f32.
+
+use super::Tensor;
+
+/// Storage type of a weight tensor handed to the interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDType {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDType {
+    pub fn bytes(self) -> usize {
+        match self {
+            WeightDType::F32 => 4,
+            WeightDType::F16 | WeightDType::Bf16 => 2,
+        }
+    }
+}
+
+/// A borrowed, row-major, little-endian weight tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightView<'a> {
+    pub dtype: WeightDType,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
+/// Where the interpreter finds parameters: by canonical tensor name
+/// (`layers.3.attn.q.weight`), already in the canonical `[out, in]` layout.
+pub trait WeightSource {
+    fn get(&self, name: &str) -> Option<WeightView<'_>>;
+}
+
+/// IEEE half to f32.
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match exp {
+        0 if mant == 0 => sign,
+        0 => {
+            // Subnormal: value = mant * 2^-24.
+            let v = mant as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        0x1f => sign | 0x7f80_0000 | (mant << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (mant << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// Convert `out.len()` elements starting at element `start` of a view.
+pub fn convert_into(w: &WeightView<'_>, start: usize, out: &mut [f32]) {
+    let n = out.len();
+    match w.dtype {
+        WeightDType::F32 => {
+            let b = &w.bytes[start * 4..(start + n) * 4];
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        WeightDType::Bf16 => {
+            let b = &w.bytes[start * 2..(start + n) * 2];
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        WeightDType::F16 => {
+            let b = &w.bytes[start * 2..(start + n) * 2];
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+    }
+}
+
+/// A matrix-like operand: an f32 tensor or a weight view, read a row at a time.
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    F32(&'a [f32]),
+    View(WeightView<'a>),
+}
+
+impl Rows<'_> {
+    /// Elements `[start, start + out.len())` as f32.
+    pub(crate) fn read(&self, start: usize, out: &mut [f32]) {
+        match self {
+            Rows::F32(d) => out.copy_from_slice(&d[start..start + out.len()]),
+            Rows::View(w) => convert_into(w, start, out),
+        }
+    }
+
+    /// The whole operand as an f32 tensor.
+    pub(crate) fn to_tensor(self, shape: &[usize]) -> Tensor {
+        let n = shape.iter().product();
+        let mut data = vec![0.0; n];
+        self.read(0, &mut data);
+        Tensor {
+            shape: shape.to_vec(),
+            data,
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The text form of a graph: a header, one line per parameter, one line per node
+//! (`%12 = matmul %10, @layers.0.attn.q.weight : [seq, 2048] f32`) and the outputs.
+//!
+//! Numbering is the arena index, so the text is deterministic and names what the
+//! verifier's errors name.
+
+use super::{AttnOp, BinaryOp, Graph, NormKind, Op, UnaryOp, Value};
+use archc_spec::{Pairing, RopeScaling, RouterScore};
+use std::fmt::{self, Write};
+
+/// A float as it is printed: shortest round-trip form, in exponent notation when tiny or huge.
+pub(crate) fn num(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && !(1e-4..1e16).contains(&a) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+impl fmt::Display for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "graph \"{}\" {}", self.name, self.mode.as_str())?;
+        for p in &self.params {
+            writeln!(f, "param @{} : {}", p.name, p.ty())?;
+        }
+        let mut labels = self.labels.iter().peekable();
+        for (i, n) in self.nodes.iter().enumerate() {
+            while let Some((_, text)) = labels.next_if(|(id, _)| id.0 as usize <= i) {
+                writeln!(f, "# {text}")?;
+            }
+            write!(f, "%{i} = {}", op_text(&n.op))?;
+            for (j, v) in n.inputs.iter().enumerate() {
+                f.write_str(if j == 0 { " " } else { ", " })?;
+                self.write_value(f, *v)?;
+            }
+            writeln!(f, " : {}", n.ty)?;
+        }
+        for o in &self.outputs {
+            writeln!(f, "output {} = %{}", o.name, o.node.0)?;
+        }
+        Ok(())
+    }
+}
+
+impl Graph {
+    fn write_value(&self, f: &mut fmt::Formatter<'_>, v: Value) -> fmt::Result {
+        match v {
+            Value::Node(n) => write!(f, "%{}", n.0),
+            Value::Param(p) => match self.params.get(p.0 as usize) {
+                Some(p) => write!(f, "@{}", p.name),
+                None => write!(f, "@<bad param {}>", p.0),
+            },
+        }
+    }
+}
+
+/// The op's name and attributes, e.g. `rmsnorm{eps=1e-6}`.
+pub(crate) fn op_text(op: &Op) -> String {
+    match op {
+        Op::Input { name } => format!("input {name}"),
+        Op::Gather => "gather".into(),
+        Op::MatMul => "matmul".into(),
+        Op::ExpertMatMul => "expert_matmul".into(),
+        Op::Unary(u) => match u {
+            UnaryOp::Gelu => "gelu".into(),
+            UnaryOp::GeluTanh => "gelu_tanh".into(),
+            UnaryOp::Relu => "relu".into(),
+            UnaryOp::Silu => "silu".into(),
+            UnaryOp::Sigmoid => "sigmoid".into(),
+            UnaryOp::Scale(c) => format!("scale{{{}}}", num(*c)),
+            UnaryOp::Softcap(c) => format!("softcap{{{}}}", num(*c)),
+        },
+        Op::Binary(BinaryOp::Add) => "add".into(),
+        Op::Binary(BinaryOp::Mul) => "mul".into(),
+        Op::Norm(n) => {
+            let mut s = match n.kind {
+                NormKind::Rms => "rmsnorm".to_string(),
+                NormKind::Layer => "layernorm".to_string(),
+            };
+            let _ = write!(s, "{{eps={}", num(n.eps));
+            if n.plus_one {
+                s.push_str(", plus_one");
+            }
+            s.push('}');
+            s
+        }
+        Op::Reshape { .. } => "reshape".into(),
+        Op::Expand { .. } => "expand".into(),
+        Op::Slice { axis, start, end } => format!("slice{{axis={axis}, {start}..{end}}}"),
+        Op::Concat { axis } => format!("concat{{axis={axis}}}"),
+        Op::Sum { axis } => format!("sum{{axis={axis}}}"),
+        Op::Rope(r) => {
+            let mut s = format!("rope{{dims={}, theta={}", r.dims, num(r.theta));
+            if r.pairing == Pairing::Interleaved {
+                s.push_str(", interleaved");
+            }
+            match &r.scaling {
+                RopeScaling::None => {}
+                RopeScaling::Linear { factor } => {
+                    let _ = write!(s, ", linear(factor={})", num(*factor));
+                }
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_context,
+                } => {
+                    let _ = write!(
+                        s,
+                        ", llama3(factor={}, low={}, high={}, original={original_context})",
+                        num(*factor),
+                        num(*low_freq_factor),
+                        num(*high_freq_factor)
+                    );
+                }
+                RopeScaling::Yarn { .. } => {
+                    let (_, attn) = super::rope::inv_freq(r);
+                    if let RopeScaling::Yarn {
+                        factor,
+                        original_context,
+                        beta_fast,
+                        beta_slow,
+                        truncate,
+                        ..
+                    } = &r.scaling
+                    {
+                        let _ = write!(
+                            s,
+                            ", yarn(factor={}, original={original_context}, beta={}/{}, truncate={truncate}, attention_factor={})",
+                            num(*factor),
+                            num(*beta_fast),
+                            num(*beta_slow),
+                            num(attn)
+                        );
+                    }
+                }
+            }
+            s.push('}');
+            s
+        }
+        Op::Attention(a) => attn_text(a),
+        Op::AttnTemperature {
+            floor_scale,
+            attn_scale,
+        } => {
+            format!(
+                "attn_temperature{{floor_scale={}, attn_scale={}}}",
+                num(*floor_scale),
+                num(*attn_scale)
+            )
+        }
+        Op::RouterSelect(r) => {
+            let mut s = format!("router_select{{top_k={}, {}", r.top_k, score(r.score));
+            if r.topk_first {
+                s.push_str(", topk_first");
+            }
+            if let Some((count, keep)) = r.groups {
+                let _ = write!(s, ", groups={count}/keep={keep}");
+            }
+            s.push('}');
+            s
+        }
+        Op::RouterWeights(r) => {
+            let mut s = format!("router_weights{{{}", score(r.score));
+            if r.topk_first {
+                s.push_str(", topk_first");
+            }
+            if r.renormalize {
+                s.push_str(", renormalize");
+            }
+            if r.scale != 1.0 {
+                let _ = write!(s, ", scale={}", num(r.scale));
+            }
+            s.push('}');
+            s
+        }
+        Op::ClampedSwiglu { alpha, limit } => {
+            format!(
+                "clamped_swiglu{{alpha={}, limit={}}}",
+                num(*alpha),
+                num(*limit)
+            )
+        }
+    }
+}
+
+fn score(s: RouterScore) -> &'static str {
+    match s {
+        RouterScore::Softmax => "softmax",
+        RouterScore::Sigmoid => "sigmoid",
+    }
+}
+
+fn attn_text(a: &AttnOp) -> String {
+    let mut s = format!("attention{{scale={}", num(a.scale));
+    if a.causal {
+        s.push_str(", causal");
+    }
+    if let Some(w) = a.window {
+        let _ = write!(s, ", window={w}");
+    }
+    if let Some(c) = a.chunk {
+        let _ = write!(s, ", chunk={c}");
+    }
+    if let Some(c) = a.softcap {
+        let _ = write!(s, ", softcap={}", num(c));
+    }
+    if a.sinks {
+        s.push_str(", sinks");
+    }
+    s.push('}');
+    s
+}
