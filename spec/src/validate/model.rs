@@ -1,0 +1,1284 @@
+//! Reading a `Spec` out of the tables: the model's fields, every block section with its
+//! defaults (grammar/LANGUAGE.md), inheritance between blocks, and the consistency
+//! checks between numbers (heads and kv_heads, rotary dims, router groups, ...).
+
+use super::eval::{quoted, type_error, word_of, Diags, Sect};
+use super::schedule::{self, Declared};
+use super::tree::{merge_block, Node, NodeValue, Table, FFNS, MIXERS};
+use crate::ast::{File, Ident, ItemKind, ScheduleBody, Span, ValueKind};
+use crate::diagnostics::{did_you_mean, Diagnostic};
+use crate::spec::*;
+
+const MODEL_KEYS: &[&str] = &[
+    "family",
+    "vocab",
+    "hidden",
+    "layers",
+    "context",
+    "dtype",
+    "tied",
+    "embed_scale",
+    "positions",
+    "token_types",
+    "embed_norm",
+    "norm",
+    "final_norm",
+    "logit_softcap",
+];
+const BLOCK_KEYS: &[&str] = &[
+    "norm",
+    "placement",
+    "attention",
+    "gated_deltanet",
+    "kimi_delta",
+    "mlp",
+    "moe",
+];
+const ATTENTION_KEYS: &[&str] = &[
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "bias",
+    "qk_norm",
+    "causal",
+    "window",
+    "chunk",
+    "sinks",
+    "softcap",
+    "scale",
+    "gate",
+    "temperature",
+    "rope",
+    "mla",
+];
+const DTYPES: &[&str] = &["f32", "f16", "bf16", "f8"];
+const NORMS: &[&str] = &["rmsnorm", "layernorm"];
+const ACTS: &[&str] = &["gelu", "gelu_tanh", "relu", "silu", "clamped_swiglu"];
+
+/// The default model norm.
+pub const DEFAULT_NORM: Norm = Norm {
+    kind: NormKind::RmsNorm,
+    eps: 1e-5,
+    bias: false,
+    plus_one: false,
+};
+/// Default context length when `context` is not given.
+pub const DEFAULT_CONTEXT: u64 = 4096;
+/// More layers than this is surely a typo, and would make the schedule huge.
+const MAX_LAYERS: u64 = 100_000;
+
+struct DeclBlock<'a> {
+    name: String,
+    header: Span,
+    name_ident: Option<&'a Ident>,
+    parent: Option<&'a Ident>,
+    own: Table,
+}
+
+pub(crate) fn build(file: &File, d: &mut Diags) -> Option<Spec> {
+    let mut model: Option<(&ItemKind, Span)> = None;
+    let mut schedule_item: Option<(&ScheduleBody, Span)> = None;
+    let mut blocks: Vec<DeclBlock> = Vec::new();
+    for item in &file.items {
+        let header = super::item_header(&item.kind);
+        match &item.kind {
+            ItemKind::Model { .. } => {
+                if let Some((_, first)) = model {
+                    d.push(
+                        Diagnostic::error(header, "a second `model`")
+                            .label("a file describes one model")
+                            .secondary(first, "the first `model`"),
+                    );
+                } else {
+                    model = Some((&item.kind, header));
+                }
+            }
+            ItemKind::Schedule { body, .. } => {
+                if let Some((_, first)) = schedule_item {
+                    d.push(
+                        Diagnostic::error(header, "a second `schedule`")
+                            .label("a file has one schedule")
+                            .secondary(first, "the first `schedule`"),
+                    );
+                } else {
+                    schedule_item = Some((body, header));
+                }
+            }
+            ItemKind::Block {
+                name, parent, body, ..
+            } => {
+                let block_name = name.as_ref().map_or("default", |n| n.name.as_str());
+                if let Some(first) = blocks.iter().find(|b| b.name == block_name) {
+                    d.push(
+                        Diagnostic::error(header, format!("a second block named `{block_name}`"))
+                            .label("block names must be unique")
+                            .secondary(first.header, "first declared here")
+                            .hint(if name.is_none() {
+                                "only a file with a single block may leave it unnamed"
+                            } else {
+                                "rename one of them"
+                            }),
+                    );
+                    continue;
+                }
+                blocks.push(DeclBlock {
+                    name: block_name.to_string(),
+                    header,
+                    name_ident: name.as_ref(),
+                    parent: parent.as_ref(),
+                    own: Table::from_body(body, header, d),
+                });
+            }
+        }
+    }
+    let Some((ItemKind::Model { name, body, .. }, model_header)) = model else {
+        let at = file
+            .items
+            .first()
+            .map_or(Span::default(), |i| super::item_header(&i.kind));
+        d.push(
+            Diagnostic::error(at, "the file has no `model`")
+                .label("expected a `model \"name\" { ... }` item")
+                .hint("start the file with `model \"name\" { vocab = ..., hidden = ..., layers = ... }`"),
+        );
+        return None;
+    };
+    let model_table = Table::from_body(body, model_header, d);
+    let m = Sect::root(&model_table, "`model`");
+    m.check_keys(MODEL_KEYS, d);
+
+    let family = match m.word("family", &family_names(), d) {
+        Some((w, _)) => Family::from_name(&w).unwrap_or(Family::Llama),
+        None => Family::Llama,
+    };
+    let vocab = m.req_size("vocab", d);
+    let hidden = m.req_size("hidden", d);
+    let mut layers = m.req_size("layers", d);
+    if let Some(n) = layers.filter(|&n| n > MAX_LAYERS) {
+        d.push(
+            Diagnostic::error(
+                value_span(&m, "layers"),
+                format!("{n} layers is more than {MAX_LAYERS}"),
+            )
+            .label("too many layers"),
+        );
+        layers = None;
+    }
+    let context = if m.get("context").is_some() {
+        m.size("context", d)
+    } else {
+        Some(DEFAULT_CONTEXT)
+    };
+    let dtype = match m.word("dtype", DTYPES, d).as_ref().map(|(w, _)| w.as_str()) {
+        Some("f32") => DType::F32,
+        Some("f16") => DType::F16,
+        Some("f8") => DType::F8,
+        _ => DType::Bf16,
+    };
+    let tied = m.bool_or("tied", false, d);
+    let embed_scale = m.opt_f64("embed_scale", d);
+    let learned_positions = positions(&m, context.unwrap_or(DEFAULT_CONTEXT), d);
+    let token_types = m.opt_size("token_types", d);
+    let norm = match m.get("norm") {
+        Some(node) => norm_of(node, &m, "norm", None, d).unwrap_or(DEFAULT_NORM),
+        None => DEFAULT_NORM,
+    };
+    let embed_norm = m
+        .get("embed_norm")
+        .and_then(|node| opt_norm(node, &m, "embed_norm", None, d));
+    let final_norm = match m.get("final_norm") {
+        Some(node) => opt_norm(node, &m, "final_norm", Some(norm), d),
+        None => Some(norm),
+    };
+    let logit_softcap = m.opt_positive("logit_softcap", d);
+
+    // Inheritance.
+    let resolved = resolve_blocks(&blocks, d);
+
+    let declared: Vec<Declared> = blocks
+        .iter()
+        .map(|b| Declared {
+            name: &b.name,
+            span: b.name_ident.map_or(b.header, |i| i.span),
+        })
+        .collect();
+    if blocks.is_empty() {
+        d.push(
+            Diagnostic::error(model_header, "the file has no `block`")
+                .label("a model needs at least one layer variant")
+                .hint("add `block { attention { heads = ... } mlp { hidden = ... } }`"),
+        );
+    }
+    let sched = schedule::resolve(schedule_item, &declared, layers, d);
+    for (i, b) in blocks.iter().enumerate() {
+        let is_parent = blocks
+            .iter()
+            .any(|c| c.parent.is_some_and(|p| p.name == b.name));
+        if !sched.referenced[i] && !is_parent && schedule_item.is_some() {
+            d.push(
+                Diagnostic::error(
+                    declared[i].span,
+                    format!("block `{}` is never scheduled", b.name),
+                )
+                .label("no layer runs this block")
+                .hint("name it in the `schedule`, or remove it"),
+            );
+        }
+    }
+
+    let mut spec_blocks = Vec::new();
+    let mut index_of = vec![usize::MAX; blocks.len()];
+    for (i, b) in blocks.iter().enumerate() {
+        if !sched.referenced[i] {
+            continue;
+        }
+        let Some(table) = &resolved[i] else {
+            continue;
+        };
+        if let Some(block) = read_block(table, &b.name, &m, hidden, norm, d) {
+            index_of[i] = spec_blocks.len();
+            spec_blocks.push(block);
+        }
+    }
+    let schedule: Vec<usize> = sched.layers?.into_iter().map(|i| index_of[i]).collect();
+    if schedule.contains(&usize::MAX) {
+        return None;
+    }
+    Some(Spec {
+        name: name.clone(),
+        family,
+        vocab: vocab?,
+        hidden: hidden?,
+        layers: layers?,
+        context: context?,
+        dtype,
+        tied,
+        embed_scale,
+        learned_positions,
+        token_types,
+        embed_norm,
+        final_norm,
+        logit_softcap,
+        blocks: spec_blocks,
+        schedule,
+    })
+}
+
+fn family_names() -> Vec<&'static str> {
+    Family::ALL.iter().map(|f| f.as_str()).collect()
+}
+
+/// The span of a key's value (or of the key, or of the section).
+fn value_span(s: &Sect, key: &str) -> Span {
+    match s.get(key) {
+        Some(Node {
+            value: NodeValue::Leaf(v),
+            ..
+        }) => v.span,
+        Some(n) => n.key_span,
+        None => s.table.span,
+    }
+}
+
+/// Resolves inheritance: each block's table is its parent's resolved table with the
+/// block's own entries merged over it. `None` for blocks in a cycle or with a missing
+/// parent.
+fn resolve_blocks(blocks: &[DeclBlock], d: &mut Diags) -> Vec<Option<Table>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Todo,
+        Active,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        blocks: &[DeclBlock],
+        state: &mut Vec<State>,
+        out: &mut Vec<Option<Table>>,
+        path: &mut Vec<usize>,
+        d: &mut Diags,
+    ) {
+        if state[i] == State::Done {
+            return;
+        }
+        state[i] = State::Active;
+        path.push(i);
+        let b = &blocks[i];
+        let table = match b.parent {
+            None => Some(b.own.clone()),
+            Some(p) => match blocks.iter().position(|c| c.name == p.name) {
+                None => {
+                    let mut diag =
+                        Diagnostic::error(p.span, format!("no block named `{}`", p.name))
+                            .label("unknown parent block");
+                    if let Some(s) = did_you_mean(&p.name, blocks.iter().map(|c| c.name.as_str())) {
+                        diag = diag.hint(format!("did you mean `{s}`?"));
+                    }
+                    d.push(diag);
+                    None
+                }
+                Some(j) if state[j] == State::Active => {
+                    let start = path.iter().position(|&k| k == j).unwrap_or(0);
+                    let mut names: Vec<&str> = path[start..]
+                        .iter()
+                        .map(|&k| blocks[k].name.as_str())
+                        .collect();
+                    names.push(&blocks[j].name);
+                    d.push(
+                        Diagnostic::error(p.span, "blocks inherit from each other in a cycle")
+                            .label(format!("cycle: {}", names.join(" : ")))
+                            .hint("a block's parent chain must end in a block without a parent"),
+                    );
+                    None
+                }
+                Some(j) => {
+                    visit(j, blocks, state, out, path, d);
+                    out[j].clone().map(|mut base| {
+                        merge_block(&mut base, b.own.clone());
+                        base.span = b.own.span;
+                        base
+                    })
+                }
+            },
+        };
+        path.pop();
+        out[i] = table;
+        state[i] = State::Done;
+    }
+    let mut state = vec![State::Todo; blocks.len()];
+    let mut out = vec![None; blocks.len()];
+    for i in 0..blocks.len() {
+        visit(i, blocks, &mut state, &mut out, &mut Vec::new(), d);
+    }
+    out
+}
+
+fn positions(m: &Sect, context: u64, d: &mut Diags) -> Option<u64> {
+    let node = m.get("positions")?;
+    match &node.value {
+        NodeValue::Leaf(v) => match word_of(v, "positions", &["learned", "none"], d)?.0.as_str() {
+            "learned" => Some(context),
+            _ => None,
+        },
+        NodeValue::Tagged { tag, body, .. } if tag.name == "learned" => {
+            let s = m.child(body, "`learned`");
+            s.check_keys(&["rows"], d);
+            if s.get("rows").is_some() {
+                s.size("rows", d)
+            } else {
+                Some(context)
+            }
+        }
+        NodeValue::Tagged { tag, .. } => {
+            d.push(unknown_tag(tag, "positions", &["learned"]));
+            None
+        }
+        NodeValue::Table(t) => {
+            d.push(
+                Diagnostic::error(
+                    t.span,
+                    "expected `learned` or `none` for `positions`, found a section",
+                )
+                .label("not a section"),
+            );
+            None
+        }
+    }
+}
+
+fn unknown_tag(tag: &Ident, key: &str, options: &[&str]) -> Diagnostic {
+    let mut diag = Diagnostic::error(tag.span, format!("unknown {key} `{}`", tag.name))
+        .label(format!("not a valid `{key}`"))
+        .note(format!("valid values: {}", options.join(", ")));
+    if let Some(s) = did_you_mean(&tag.name, options.iter().copied()) {
+        diag = diag.hint(format!("did you mean `{s}`?"));
+    }
+    diag
+}
+
+/// A norm or `none`.
+fn opt_norm(node: &Node, s: &Sect, key: &str, base: Option<Norm>, d: &mut Diags) -> Option<Norm> {
+    if let NodeValue::Leaf(v) = &node.value {
+        if matches!(v.kind, ValueKind::None) {
+            return None;
+        }
+    }
+    norm_of(node, s, key, base, d)
+}
+
+/// A norm: `rmsnorm`, `layernorm { eps = 1e-12 }`, or (from dotted paths such as
+/// `norm.eps = 1e-6`) a section that overrides fields of `base`.
+fn norm_of(node: &Node, s: &Sect, key: &str, base: Option<Norm>, d: &mut Diags) -> Option<Norm> {
+    let (kind, body): (NormKind, Option<&Table>) = match &node.value {
+        NodeValue::Leaf(v) => {
+            let (w, _) = word_of(v, key, NORMS, d)?;
+            (kind_of(&w), None)
+        }
+        NodeValue::Tagged { tag, body, .. } => {
+            if !NORMS.contains(&tag.name.as_str()) {
+                d.push(unknown_tag(tag, key, NORMS));
+                return None;
+            }
+            (kind_of(&tag.name), Some(body))
+        }
+        NodeValue::Table(t) => match base {
+            Some(b) => {
+                return Some(norm_fields(s.child(t, &format!("`{key}`")), b, d));
+            }
+            None => {
+                d.push(
+                    Diagnostic::error(t.span, format!("`{key}` needs a kind"))
+                        .label("no norm to modify here")
+                        .hint(format!(
+                            "write `{key} = rmsnorm {{ ... }}` or `layernorm {{ ... }}`"
+                        )),
+                );
+                return None;
+            }
+        },
+    };
+    let start = Norm {
+        kind,
+        eps: 1e-5,
+        bias: kind == NormKind::LayerNorm,
+        plus_one: false,
+    };
+    Some(match body {
+        Some(t) => norm_fields(s.child(t, &format!("`{}`", norm_word(kind))), start, d),
+        None => start,
+    })
+}
+
+fn kind_of(w: &str) -> NormKind {
+    if w == "layernorm" {
+        NormKind::LayerNorm
+    } else {
+        NormKind::RmsNorm
+    }
+}
+
+pub fn norm_word(kind: NormKind) -> &'static str {
+    match kind {
+        NormKind::LayerNorm => "layernorm",
+        NormKind::RmsNorm => "rmsnorm",
+    }
+}
+
+fn norm_fields(s: Sect, base: Norm, d: &mut Diags) -> Norm {
+    match base.kind {
+        NormKind::RmsNorm => s.check_keys(&["eps", "plus_one"], d),
+        NormKind::LayerNorm => s.check_keys(&["eps", "bias"], d),
+    }
+    Norm {
+        kind: base.kind,
+        eps: s.positive_or("eps", base.eps, d),
+        bias: s.bool_or("bias", base.bias, d),
+        plus_one: s.bool_or("plus_one", base.plus_one, d),
+    }
+}
+
+/// A nested section (`None` when absent or `none`).
+fn section<'t>(s: &Sect<'t>, key: &str, d: &mut Diags) -> Option<Sect<'t>> {
+    let node = s.get(key)?;
+    match &node.value {
+        NodeValue::Table(t) => Some(s.child(t, &format!("`{key}`"))),
+        NodeValue::Leaf(v) if matches!(v.kind, ValueKind::None) => None,
+        NodeValue::Leaf(v) => {
+            d.push(
+                type_error(v, &format!("a section `{key} {{ ... }}`"))
+                    .hint(format!("write `{key} {{ ... }}`")),
+            );
+            None
+        }
+        NodeValue::Tagged { tag, .. } => {
+            d.push(
+                Diagnostic::error(
+                    node.key_span,
+                    format!(
+                        "expected a section `{key} {{ ... }}`, found `{key} = {} {{ ... }}`",
+                        tag.name
+                    ),
+                )
+                .label("not a section"),
+            );
+            None
+        }
+    }
+}
+
+fn read_block(
+    table: &Table,
+    name: &str,
+    m: &Sect,
+    hidden: Option<u64>,
+    model_norm: Norm,
+    d: &mut Diags,
+) -> Option<Block> {
+    let b = m.child(table, &format!("block `{name}`"));
+    b.check_keys(BLOCK_KEYS, d);
+    let norm = match b.get("norm") {
+        Some(node) => norm_of(node, &b, "norm", Some(model_norm), d).unwrap_or(model_norm),
+        None => model_norm,
+    };
+    let placement = match b
+        .word("placement", &["pre", "post", "sandwich", "post_ln"], d)
+        .as_ref()
+        .map(|(w, _)| w.as_str())
+    {
+        Some("post") => Placement::Post,
+        Some("sandwich") => Placement::Sandwich,
+        Some("post_ln") => Placement::PostLn,
+        _ => Placement::Pre,
+    };
+    let mixer =
+        one_slot(&b, &MIXERS, "token mixer", "attention { heads = ... }", d).and_then(|key| {
+            match key {
+                "attention" => section(&b, key, d)
+                    .and_then(|a| attention(&a, hidden, model_norm, d))
+                    .map(Mixer::Attention),
+                "gated_deltanet" => section(&b, key, d).and_then(|s| {
+                    s.check_keys(
+                        &["k_heads", "v_heads", "k_head_dim", "v_head_dim", "conv"],
+                        d,
+                    );
+                    let k_heads = s.req_size("k_heads", d);
+                    let v_heads = s.req_size("v_heads", d);
+                    let k_head_dim = s.req_size("k_head_dim", d);
+                    let v_head_dim = s.req_size("v_head_dim", d);
+                    let conv = size_or(&s, "conv", 4, d);
+                    if let (Some(k), Some(v)) = (k_heads, v_heads) {
+                        if v % k != 0 {
+                            d.push(
+                                Diagnostic::error(
+                                    value_span(&s, "v_heads"),
+                                    format!("v_heads ({v}) is not a multiple of k_heads ({k})"),
+                                )
+                                .label("not a multiple of k_heads"),
+                            );
+                        }
+                    }
+                    Some(Mixer::GatedDeltaNet(GatedDeltaNet {
+                        k_heads: k_heads?,
+                        v_heads: v_heads?,
+                        k_head_dim: k_head_dim?,
+                        v_head_dim: v_head_dim?,
+                        conv: conv?,
+                    }))
+                }),
+                _ => section(&b, key, d).and_then(|s| {
+                    s.check_keys(&["heads", "head_dim", "conv"], d);
+                    let heads = s.req_size("heads", d);
+                    let head_dim = s.req_size("head_dim", d);
+                    let conv = size_or(&s, "conv", 4, d);
+                    Some(Mixer::KimiDelta(KimiDelta {
+                        heads: heads?,
+                        head_dim: head_dim?,
+                        conv: conv?,
+                    }))
+                }),
+            }
+        });
+    let ffn = one_slot(&b, &FFNS, "feed-forward", "mlp { hidden = ... }", d).and_then(|key| {
+        let s = section(&b, key, d)?;
+        if key == "mlp" {
+            mlp(&s, d).map(Ffn::Mlp)
+        } else {
+            moe(&s, d).map(Ffn::Moe)
+        }
+    });
+    Some(Block {
+        name: name.to_string(),
+        placement,
+        norm,
+        mixer: mixer?,
+        ffn: ffn?,
+    })
+}
+
+fn size_or(s: &Sect, key: &str, default: u64, d: &mut Diags) -> Option<u64> {
+    if s.get(key).is_some() {
+        s.size(key, d)
+    } else {
+        Some(default)
+    }
+}
+
+/// Which one of a slot's sections the block gives; none or several are errors.
+fn one_slot(
+    b: &Sect,
+    keys: &[&'static str],
+    what: &str,
+    example: &str,
+    d: &mut Diags,
+) -> Option<&'static str> {
+    let given: Vec<&'static str> = keys
+        .iter()
+        .copied()
+        .filter(|k| b.get(k).is_some())
+        .collect();
+    match given.as_slice() {
+        [] => {
+            d.push(
+                Diagnostic::error(b.table.span, format!("{} has no {what}", b.name))
+                    .label(format!("missing a {what}"))
+                    .hint(format!("add `{example}` (one of {})", quoted(keys))),
+            );
+            None
+        }
+        [one] => Some(one),
+        [first, second, ..] => {
+            let at = b.get(second).map_or(b.table.span, |n| n.key_span);
+            let first_at = b.get(first).map_or(b.table.span, |n| n.key_span);
+            d.push(
+                Diagnostic::error(at, format!("{} has both `{first}` and `{second}`", b.name))
+                    .label(format!("a second {what}"))
+                    .secondary(first_at, "the first one")
+                    .hint(format!("a block has exactly one {what}")),
+            );
+            None
+        }
+    }
+}
+
+fn attention(a: &Sect, hidden: Option<u64>, model_norm: Norm, d: &mut Diags) -> Option<Attention> {
+    a.check_keys(ATTENTION_KEYS, d);
+    let heads = a.req_size("heads", d);
+    let mla = section(a, "mla", d).and_then(|s| {
+        s.check_keys(&["q_rank", "kv_rank", "nope_dim", "rope_dim", "v_dim"], d);
+        let q_rank = s.opt_size("q_rank", d);
+        let kv_rank = s.req_size("kv_rank", d);
+        let nope_dim = s.req_size("nope_dim", d);
+        let rope_dim = s.req_size("rope_dim", d);
+        let v_dim = s.req_size("v_dim", d);
+        Some(Mla {
+            q_rank,
+            kv_rank: kv_rank?,
+            nope_dim: nope_dim?,
+            rope_dim: rope_dim?,
+            v_dim: v_dim?,
+        })
+    });
+    let mla_given = a
+        .get("mla")
+        .is_some_and(|n| matches!(n.value, NodeValue::Table(_)));
+    let (kv_heads, head_dim, v_head_dim) = if mla_given {
+        let mla = mla?;
+        let head_dim = mla.nope_dim + mla.rope_dim;
+        if let Some(hd) = a.get("head_dim").and_then(|_| a.size("head_dim", d)) {
+            if hd != head_dim {
+                d.push(
+                    Diagnostic::error(
+                        value_span(a, "head_dim"),
+                        format!(
+                            "with `mla`, head_dim is nope_dim + rope_dim = {head_dim}, not {hd}"
+                        ),
+                    )
+                    .label("inconsistent with `mla`")
+                    .hint("remove `head_dim`"),
+                );
+            }
+        }
+        if let (Some(kv), Some(h)) = (a.get("kv_heads").and_then(|_| a.size("kv_heads", d)), heads)
+        {
+            if kv != h {
+                d.push(
+                    Diagnostic::error(
+                        value_span(a, "kv_heads"),
+                        format!("with `mla`, kv_heads equals heads ({h}), not {kv}"),
+                    )
+                    .label("inconsistent with `mla`")
+                    .hint("remove `kv_heads`"),
+                );
+            }
+        }
+        (heads, Some(head_dim), Some(mla.v_dim))
+    } else {
+        let kv_heads = if a.get("kv_heads").is_some() {
+            a.size("kv_heads", d)
+        } else {
+            heads
+        };
+        let head_dim = if a.get("head_dim").is_some() {
+            a.size("head_dim", d)
+        } else {
+            match (hidden, heads) {
+                (Some(h), Some(n)) if h % n == 0 => Some(h / n),
+                (Some(h), Some(n)) => {
+                    d.push(
+                        Diagnostic::error(value_span(a, "heads"), format!("head_dim defaults to hidden / heads, but {h} / {n} is not an integer"))
+                            .label("does not divide hidden")
+                            .hint("give `head_dim` explicitly"),
+                    );
+                    None
+                }
+                _ => None,
+            }
+        };
+        if let (Some(h), Some(kv)) = (heads, kv_heads) {
+            if h % kv != 0 {
+                d.push(
+                    Diagnostic::error(
+                        value_span(a, "kv_heads"),
+                        format!("heads ({h}) is not divisible by kv_heads ({kv})"),
+                    )
+                    .label("must divide heads")
+                    .hint("each KV head serves the same number of query heads"),
+                );
+            }
+        }
+        (kv_heads, head_dim, head_dim)
+    };
+    let bias = attn_bias(a, d);
+    let qk_norm = qk_norm(a, model_norm, d);
+    let causal = a.bool_or("causal", true, d);
+    let window = a.opt_size("window", d);
+    let chunk = a.opt_size("chunk", d);
+    let sinks = a.bool_or("sinks", false, d);
+    let softcap = a.opt_positive("softcap", d);
+    let scale = a.opt_f64("scale", d);
+    let gate = a.bool_or("gate", false, d);
+    let temperature = section(a, "temperature", d).and_then(|t| {
+        t.check_keys(&["floor_scale", "attn_scale"], d);
+        let floor = if t.get("floor_scale").is_some() {
+            Some(t.positive_or("floor_scale", 1.0, d))
+        } else {
+            t.missing("floor_scale", d);
+            None
+        };
+        let attn = if t.get("attn_scale").is_some() {
+            t.f64("attn_scale", d)
+        } else {
+            t.missing("attn_scale", d);
+            None
+        };
+        Some(Temperature {
+            floor_scale: floor?,
+            attn_scale: attn?,
+        })
+    });
+    let rope = match a.get("rope") {
+        None => Some(Table::new(a.table.span)),
+        Some(_) => section(a, "rope", d).map(|s| s.table.clone()),
+    };
+    let rope = match rope {
+        None => None,
+        Some(t) => {
+            let s = a.child(&t, "`rope`");
+            let defaulted = a.get("rope").is_none();
+            let mla_rope = if mla_given {
+                mla.map(|m| m.rope_dim)
+            } else {
+                None
+            };
+            Some(rope_of(&s, head_dim, mla_rope, mla_given, defaulted, d)?)
+        }
+    };
+    Some(Attention {
+        heads: heads?,
+        kv_heads: kv_heads?,
+        head_dim: head_dim?,
+        v_head_dim: v_head_dim?,
+        mla,
+        bias,
+        qk_norm,
+        causal,
+        window,
+        chunk,
+        sinks,
+        softcap,
+        scale,
+        gate,
+        temperature,
+        rope,
+    })
+}
+
+fn attn_bias(a: &Sect, d: &mut Diags) -> AttnBias {
+    let Some(v) = a.leaf("bias", "`true`, `false` or a list of `q`, `k`, `v`, `o`", d) else {
+        return AttnBias::default();
+    };
+    match &v.kind {
+        ValueKind::Bool(b) => AttnBias {
+            q: *b,
+            k: *b,
+            v: *b,
+            o: *b,
+        },
+        ValueKind::List(items) => {
+            let mut bias = AttnBias::default();
+            for item in items {
+                if let Some((w, span)) = word_of(item, "bias", &["q", "k", "v", "o"], d) {
+                    let slot = match w.as_str() {
+                        "q" => &mut bias.q,
+                        "k" => &mut bias.k,
+                        "v" => &mut bias.v,
+                        _ => &mut bias.o,
+                    };
+                    if *slot {
+                        d.push(
+                            Diagnostic::error(span, format!("`{w}` is listed twice"))
+                                .label("listed again"),
+                        );
+                    }
+                    *slot = true;
+                }
+            }
+            bias
+        }
+        _ => {
+            d.push(type_error(
+                v,
+                "`true`, `false` or a list of `q`, `k`, `v`, `o`",
+            ));
+            AttnBias::default()
+        }
+    }
+}
+
+fn qk_norm(a: &Sect, model_norm: Norm, d: &mut Diags) -> QkNorm {
+    const KINDS: &[&str] = &["none", "per_head", "full", "l2"];
+    let Some(node) = a.get("qk_norm") else {
+        return QkNorm::None;
+    };
+    let (kind, body) = match &node.value {
+        NodeValue::Leaf(v) => match word_of(v, "qk_norm", KINDS, d) {
+            Some((w, _)) => (w, None),
+            None => return QkNorm::None,
+        },
+        NodeValue::Tagged { tag, body, .. } if KINDS[1..].contains(&tag.name.as_str()) => {
+            (tag.name.clone(), Some(body))
+        }
+        NodeValue::Tagged { tag, .. } => {
+            d.push(unknown_tag(tag, "qk_norm", KINDS));
+            return QkNorm::None;
+        }
+        NodeValue::Table(t) => {
+            d.push(
+                Diagnostic::error(t.span, "`qk_norm` needs a kind")
+                    .label("no kind given")
+                    .hint("write `qk_norm = per_head { ... }`"),
+            );
+            return QkNorm::None;
+        }
+    };
+    if kind == "l2" {
+        let eps = match body {
+            Some(t) => {
+                let s = a.child(t, "`l2`");
+                s.check_keys(&["eps"], d);
+                s.positive_or("eps", model_norm.eps, d)
+            }
+            None => model_norm.eps,
+        };
+        return QkNorm::L2 { eps };
+    }
+    let norm = match body {
+        Some(t) => {
+            let s = a.child(t, &format!("`{kind}`"));
+            s.check_keys(&["kind", "eps", "plus_one", "bias"], d);
+            let k = s
+                .word("kind", NORMS, d)
+                .map_or(model_norm.kind, |(w, _)| kind_of(&w));
+            let base = if k == model_norm.kind {
+                model_norm
+            } else {
+                Norm {
+                    kind: k,
+                    eps: model_norm.eps,
+                    bias: k == NormKind::LayerNorm,
+                    plus_one: false,
+                }
+            };
+            Norm {
+                kind: k,
+                eps: s.positive_or("eps", base.eps, d),
+                bias: s.bool_or("bias", base.bias, d),
+                plus_one: s.bool_or("plus_one", base.plus_one, d),
+            }
+        }
+        None => model_norm,
+    };
+    match kind.as_str() {
+        "per_head" => QkNorm::PerHead(norm),
+        "full" => QkNorm::Full(norm),
+        _ => QkNorm::None,
+    }
+}
+
+fn rope_of(
+    s: &Sect,
+    head_dim: Option<u64>,
+    mla_rope: Option<u64>,
+    mla: bool,
+    defaulted: bool,
+    d: &mut Diags,
+) -> Option<Rope> {
+    s.check_keys(&["theta", "dims", "fraction", "pairing", "scaling"], d);
+    let theta = s.positive_or("theta", 10_000.0, d);
+    let has_dims = s.get("dims").is_some();
+    let has_fraction = s.get("fraction").is_some();
+    let dims_span = if has_dims {
+        value_span(s, "dims")
+    } else if has_fraction {
+        value_span(s, "fraction")
+    } else {
+        s.table.span
+    };
+    let dims = if mla {
+        if has_dims || has_fraction {
+            d.push(
+                Diagnostic::error(dims_span, "with `mla`, the rotary dims are `mla.rope_dim`")
+                    .label("not allowed with `mla`")
+                    .hint("remove it and set `rope_dim` in `mla`"),
+            );
+        }
+        mla_rope
+    } else if has_dims && has_fraction {
+        d.push(
+            Diagnostic::error(
+                value_span(s, "fraction"),
+                "give either `dims` or `fraction`, not both",
+            )
+            .label("second way to give the rotary dims")
+            .secondary(value_span(s, "dims"), "`dims` given here"),
+        );
+        None
+    } else if has_dims {
+        s.size("dims", d)
+    } else if has_fraction {
+        let f = s.f64("fraction", d)?;
+        if !(f > 0.0 && f <= 1.0) {
+            d.push(
+                Diagnostic::error(
+                    dims_span,
+                    format!("`fraction` must be in (0, 1], found {f}"),
+                )
+                .label("out of range"),
+            );
+            return None;
+        }
+        let hd = head_dim?;
+        let x = f * hd as f64;
+        if (x - x.round()).abs() > 1e-9 {
+            d.push(
+                Diagnostic::error(
+                    dims_span,
+                    format!("fraction {f} of head_dim {hd} is {x}, not a whole number of dims"),
+                )
+                .label("not a whole number of dims")
+                .hint("give `dims` instead"),
+            );
+            return None;
+        }
+        Some(x.round() as u64)
+    } else {
+        head_dim
+    };
+    if let (Some(dims), Some(hd)) = (dims, head_dim) {
+        let span = if defaulted { s.table.span } else { dims_span };
+        if dims % 2 == 1 {
+            d.push(
+                Diagnostic::error(span, format!("rotary dims must be even, found {dims}"))
+                    .label("odd")
+                    .hint("rotary dimensions come in pairs"),
+            );
+        } else if dims > hd {
+            d.push(
+                Diagnostic::error(span, format!("rotary dims ({dims}) exceed head_dim ({hd})"))
+                    .label("more than head_dim"),
+            );
+        }
+    }
+    let pairing = match s.word("pairing", &["half", "interleaved"], d) {
+        Some((w, _)) if w == "interleaved" => Pairing::Interleaved,
+        _ => Pairing::Half,
+    };
+    let scaling = scaling(s, d)?;
+    Some(Rope {
+        theta,
+        dims: dims?,
+        pairing,
+        scaling,
+    })
+}
+
+fn scaling(s: &Sect, d: &mut Diags) -> Option<RopeScaling> {
+    const KINDS: &[&str] = &["none", "linear", "llama3", "yarn"];
+    let Some(node) = s.get("scaling") else {
+        return Some(RopeScaling::None);
+    };
+    let empty;
+    let (kind, body) = match &node.value {
+        NodeValue::Leaf(v) => {
+            let (w, _) = word_of(v, "scaling", KINDS, d)?;
+            empty = Table::new(v.span);
+            (w, &empty)
+        }
+        NodeValue::Tagged { tag, body, .. } if KINDS[1..].contains(&tag.name.as_str()) => {
+            (tag.name.clone(), body)
+        }
+        NodeValue::Tagged { tag, .. } => {
+            d.push(unknown_tag(tag, "scaling", KINDS));
+            return None;
+        }
+        NodeValue::Table(t) => {
+            d.push(
+                Diagnostic::error(t.span, "`scaling` needs a kind")
+                    .label("no kind given")
+                    .hint("write `scaling = yarn { ... }` (or `linear`, `llama3`)"),
+            );
+            return None;
+        }
+    };
+    let b = s.child(body, &format!("`{kind}`"));
+    let req_f64 = |key: &str, d: &mut Diags| -> Option<f64> {
+        if b.get(key).is_none() {
+            b.missing(key, d);
+            return None;
+        }
+        b.f64(key, d)
+    };
+    Some(match kind.as_str() {
+        "none" => RopeScaling::None,
+        "linear" => {
+            b.check_keys(&["factor"], d);
+            RopeScaling::Linear {
+                factor: req_f64("factor", d)?,
+            }
+        }
+        "llama3" => {
+            b.check_keys(
+                &[
+                    "factor",
+                    "low_freq_factor",
+                    "high_freq_factor",
+                    "original_context",
+                ],
+                d,
+            );
+            let factor = req_f64("factor", d);
+            let low = req_f64("low_freq_factor", d);
+            let high = req_f64("high_freq_factor", d);
+            let orig = b.req_size("original_context", d);
+            RopeScaling::Llama3 {
+                factor: factor?,
+                low_freq_factor: low?,
+                high_freq_factor: high?,
+                original_context: orig?,
+            }
+        }
+        _ => {
+            b.check_keys(
+                &[
+                    "factor",
+                    "original_context",
+                    "beta_fast",
+                    "beta_slow",
+                    "mscale",
+                    "mscale_all_dim",
+                    "attention_factor",
+                    "truncate",
+                ],
+                d,
+            );
+            let factor = req_f64("factor", d);
+            let orig = b.req_size("original_context", d);
+            RopeScaling::Yarn {
+                factor: factor?,
+                original_context: orig?,
+                beta_fast: b.f64_or("beta_fast", 32.0, d),
+                beta_slow: b.f64_or("beta_slow", 1.0, d),
+                mscale: b.f64_or("mscale", 1.0, d),
+                mscale_all_dim: b.f64_or("mscale_all_dim", 0.0, d),
+                attention_factor: b.opt_f64("attention_factor", d),
+                truncate: b.bool_or("truncate", true, d),
+            }
+        }
+    })
+}
+
+fn activation(s: &Sect, d: &mut Diags) -> Option<Activation> {
+    let Some(node) = s.get("act") else {
+        return Some(Activation::Silu);
+    };
+    let (w, body) = match &node.value {
+        NodeValue::Leaf(v) => (word_of(v, "act", ACTS, d)?.0, None),
+        NodeValue::Tagged { tag, body, .. } if tag.name == "clamped_swiglu" => {
+            (tag.name.clone(), Some(body))
+        }
+        NodeValue::Tagged { tag, .. } => {
+            d.push(unknown_tag(tag, "act", ACTS).note("only `clamped_swiglu` takes a body"));
+            return None;
+        }
+        NodeValue::Table(t) => {
+            d.push(Diagnostic::error(t.span, "`act` needs a kind").label("no kind given"));
+            return None;
+        }
+    };
+    Some(match w.as_str() {
+        "gelu" => Activation::Gelu,
+        "gelu_tanh" => Activation::GeluTanh,
+        "relu" => Activation::Relu,
+        "silu" => Activation::Silu,
+        _ => {
+            let (alpha, limit) = match body {
+                Some(t) => {
+                    let b = s.child(t, "`clamped_swiglu`");
+                    b.check_keys(&["alpha", "limit"], d);
+                    (b.f64_or("alpha", 1.702, d), b.positive_or("limit", 7.0, d))
+                }
+                None => (1.702, 7.0),
+            };
+            Activation::ClampedSwiglu { alpha, limit }
+        }
+    })
+}
+
+fn gated(s: &Sect, act: Option<Activation>, d: &mut Diags) -> bool {
+    let gated = s.bool_or("gated", true, d);
+    if !gated && matches!(act, Some(Activation::ClampedSwiglu { .. })) {
+        d.push(
+            Diagnostic::error(value_span(s, "gated"), "`clamped_swiglu` is always gated")
+                .label("cannot be `false` with `clamped_swiglu`"),
+        );
+    }
+    gated
+}
+
+fn mlp(s: &Sect, d: &mut Diags) -> Option<Mlp> {
+    s.check_keys(&["hidden", "act", "gated", "bias"], d);
+    let hidden = s.req_size("hidden", d);
+    let act = activation(s, d);
+    let gated = gated(s, act, d);
+    let bias = s.bool_or("bias", false, d);
+    Some(Mlp {
+        hidden: hidden?,
+        act: act?,
+        gated,
+        bias,
+    })
+}
+
+fn moe(s: &Sect, d: &mut Diags) -> Option<Moe> {
+    s.check_keys(
+        &[
+            "experts", "top_k", "hidden", "act", "gated", "bias", "shared", "router",
+        ],
+        d,
+    );
+    let experts = s.req_size("experts", d);
+    let top_k = s.req_size("top_k", d);
+    let hidden = s.req_size("hidden", d);
+    let act = activation(s, d);
+    let gated = gated(s, act, d);
+    let bias = s.bool_or("bias", false, d);
+    let shared_given = s
+        .get("shared")
+        .is_some_and(|n| matches!(n.value, NodeValue::Table(_)));
+    let shared = section(s, "shared", d).and_then(|sh| {
+        sh.check_keys(&["count", "hidden", "gate"], d);
+        let count = size_or(&sh, "count", 1, d);
+        let hidden = sh.req_size("hidden", d);
+        let gate = sh.bool_or("gate", false, d);
+        Some(SharedExperts {
+            count: count?,
+            hidden: hidden?,
+            gate,
+        })
+    });
+    let router_table;
+    let r = match section(s, "router", d) {
+        Some(r) => r,
+        None => {
+            router_table = Table::new(s.table.span);
+            s.child(&router_table, "`router`")
+        }
+    };
+    r.check_keys(
+        &[
+            "score",
+            "topk_first",
+            "renormalize",
+            "scale",
+            "correction_bias",
+            "groups",
+            "bias",
+            "weight_input",
+        ],
+        d,
+    );
+    let score = match r.word("score", &["softmax", "sigmoid"], d) {
+        Some((w, _)) if w == "sigmoid" => RouterScore::Sigmoid,
+        _ => RouterScore::Softmax,
+    };
+    let groups_given = r
+        .get("groups")
+        .is_some_and(|n| matches!(n.value, NodeValue::Table(_)));
+    let groups = section(&r, "groups", d).and_then(|g| {
+        g.check_keys(&["count", "keep"], d);
+        let count = g.req_size("count", d);
+        let keep = g.req_size("keep", d);
+        if let (Some(c), Some(k)) = (count, keep) {
+            if k > c {
+                d.push(
+                    Diagnostic::error(value_span(&g, "keep"), format!("keep ({k}) is more than the number of groups ({c})"))
+                        .label("more than `count`"),
+                );
+            }
+            if let Some(e) = experts {
+                if e % c != 0 {
+                    d.push(
+                        Diagnostic::error(value_span(&g, "count"), format!("{c} groups do not divide {e} experts"))
+                            .label("must divide `experts`"),
+                    );
+                } else if let Some(t) = top_k {
+                    if k <= c && t > k * (e / c) {
+                        d.push(
+                            Diagnostic::error(value_span(s, "top_k"), format!("top_k ({t}) is more than the {} experts of the {k} kept groups", k * (e / c)))
+                                .label("cannot pick this many experts")
+                                .secondary(value_span(&g, "keep"), "groups kept here"),
+                        );
+                    }
+                }
+            }
+        }
+        Some(RouterGroups {
+            count: count?,
+            keep: keep?,
+        })
+    });
+    if let (Some(t), Some(e)) = (top_k, experts) {
+        if t > e {
+            d.push(
+                Diagnostic::error(
+                    value_span(s, "top_k"),
+                    format!("top_k ({t}) is more than the number of experts ({e})"),
+                )
+                .label("more than `experts`"),
+            );
+        }
+    }
+    let router = Router {
+        score,
+        topk_first: r.bool_or("topk_first", false, d),
+        renormalize: r.bool_or("renormalize", false, d),
+        scale: r.positive_or("scale", 1.0, d),
+        correction_bias: r.bool_or("correction_bias", false, d),
+        groups,
+        bias: r.bool_or("bias", false, d),
+        weight_input: r.bool_or("weight_input", false, d),
+    };
+    if (shared_given && shared.is_none()) || (groups_given && groups.is_none()) {
+        return None;
+    }
+    Some(Moe {
+        experts: experts?,
+        top_k: top_k?,
+        hidden: hidden?,
+        act: act?,
+        gated,
+        bias,
+        shared,
+        router,
+    })
+}
