@@ -229,7 +229,15 @@ impl<'t> Sect<'t> {
     }
 
     pub fn number(&self, v: &Value, what: &str, d: &mut Diags) -> Option<f64> {
-        match eval(v, &self.chain, &mut Vec::new(), what) {
+        // A field's own name inside its value means the enclosing field of that name
+        // (`mlp { hidden = 4 * hidden }`), so the field starts out as being evaluated.
+        let mut stack = Vec::new();
+        for (key, node) in &self.table.entries {
+            if matches!(&node.value, NodeValue::Leaf(leaf) if std::ptr::eq(leaf, v)) {
+                stack.push((self.table as *const Table, key.clone()));
+            }
+        }
+        match eval(v, &self.chain, &mut stack, what) {
             Ok(x) if x.is_finite() => Some(x),
             Ok(x) => {
                 d.push(
