@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use archc_spec::import::{from_config_json, from_path, ImportError};
-use archc_spec::{Ffn, Mixer, Moe, Norm, NormKind, Placement, QkNorm, Spec};
+use archc_spec::stats::{stats, Options};
+use archc_spec::Spec;
 
 fn data(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,8 +62,49 @@ fn imported_specs_match_snapshots() {
             spec.layers,
             "{name}: one schedule entry per layer"
         );
-        let json = serde_json::to_string_pretty(&spec).expect("a spec serializes");
-        snapshot(&data("import"), name, &json);
+        let text = archc_spec::print::to_arch(&spec);
+        snapshot(&data("import"), name, &text);
+        // What `archc import` writes reads back as the same Spec.
+        match archc_spec::validate::check_source(name, &text) {
+            Ok(back) => assert_eq!(
+                back, spec,
+                "{name}: the printed .arch reads back differently"
+            ),
+            Err(d) => panic!(
+                "{name}: the printed .arch does not check:\n{}",
+                archc_spec::diagnostics::render(name, &text, &d)
+            ),
+        }
+    }
+}
+
+/// Every HF fixture config (saved by transformers 5.23, newer key spellings) imports and
+/// round-trips through the printer too.
+#[test]
+fn fixture_configs_import_and_round_trip() {
+    let root = data("fixtures");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("fixtures dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 16,
+        "expected the HF fixtures, found {}",
+        dirs.len()
+    );
+    for dir in dirs {
+        let spec = import(&dir);
+        let text = archc_spec::print::to_arch(&spec);
+        let back = archc_spec::validate::check_source(&spec.name, &text).unwrap_or_else(|d| {
+            panic!(
+                "{}: the printed .arch does not check:\n{}",
+                spec.name,
+                archc_spec::diagnostics::render(&spec.name, &text, &d)
+            )
+        });
+        assert_eq!(back, spec, "{}: round trip", spec.name);
     }
 }
 
@@ -79,111 +121,6 @@ fn gemma3_multimodal_text_part_equals_text_config() {
 /// A parameter count derived from the canonical tensor shapes, independent of the
 /// importer: `(total, active)`, tied embeddings counted once, inactive routed experts
 /// subtracted from `active`.
-fn count_params(s: &Spec) -> (u64, u64) {
-    fn norm(n: &Norm, h: u64) -> u64 {
-        h + if n.kind == NormKind::LayerNorm && n.bias {
-            h
-        } else {
-            0
-        }
-    }
-    fn mlp(h: u64, i: u64, gated: bool, bias: bool) -> u64 {
-        let mats = if gated { 3 } else { 2 };
-        mats * h * i + if bias { (mats - 1) * i + h } else { 0 }
-    }
-    fn expert(m: &Moe, h: u64) -> u64 {
-        mlp(h, m.hidden, m.gated, m.bias)
-    }
-    let h = s.hidden;
-    let mut total = s.vocab * h * if s.tied { 1 } else { 2 };
-    total += s.learned_positions.unwrap_or(0) * h;
-    total += s.final_norm.as_ref().map_or(0, |n| norm(n, h));
-    let mut inactive = 0;
-    for &index in &s.schedule {
-        let b = &s.blocks[index];
-        let norms = if b.placement == Placement::Sandwich {
-            4
-        } else {
-            2
-        };
-        total += norms * norm(&b.norm, h);
-        total += match &b.mixer {
-            Mixer::Attention(a) => match &a.mla {
-                Some(m) => {
-                    let qk = a.heads * (m.nope_dim + m.rope_dim);
-                    let q = m.q_rank.map_or(h * qk, |r| h * r + r + r * qk);
-                    let kv = h * (m.kv_rank + m.rope_dim)
-                        + m.kv_rank
-                        + m.kv_rank * a.heads * (m.nope_dim + m.v_dim);
-                    q + kv + a.heads * m.v_dim * h
-                }
-                None => {
-                    let gate = if a.gate { 2 } else { 1 };
-                    let (q, k, v, o) = (
-                        a.heads * a.head_dim,
-                        a.kv_heads * a.head_dim,
-                        a.kv_heads * a.v_head_dim,
-                        a.heads * a.v_head_dim,
-                    );
-                    let mut n = h * (gate * q + k + v) + o * h;
-                    n += [
-                        (a.bias.q, gate * q),
-                        (a.bias.k, k),
-                        (a.bias.v, v),
-                        (a.bias.o, h),
-                    ]
-                    .iter()
-                    .filter(|(on, _)| *on)
-                    .map(|(_, size)| size)
-                    .sum::<u64>();
-                    n += match a.qk_norm {
-                        QkNorm::PerHead(_) => 2 * a.head_dim,
-                        QkNorm::Full(_) => q + k,
-                        QkNorm::None | QkNorm::L2 { .. } => 0,
-                    };
-                    n + if a.sinks { a.heads } else { 0 }
-                }
-            },
-            // HF Qwen3-Next: qkvz and ba projections, depthwise conv over q, k, v, per-head
-            // dt bias and decay, a gated norm over the value head dim, the output projection.
-            Mixer::GatedDeltaNet(d) => {
-                let (k, v) = (d.k_heads * d.k_head_dim, d.v_heads * d.v_head_dim);
-                h * (2 * k + 2 * v)
-                    + h * 2 * d.v_heads
-                    + (2 * k + v) * d.conv
-                    + 2 * d.v_heads
-                    + d.v_head_dim
-                    + v * h
-            }
-            // HF Kimi Linear: q, k, v projections and their depthwise conv, the low-rank
-            // forget gate (with dt bias and decay), beta, the low-rank output gate, the
-            // gated output norm and the output projection.
-            Mixer::KimiDelta(d) => {
-                let q = d.heads * d.head_dim;
-                3 * h * q
-                    + 3 * q * d.conv
-                    + (h * d.head_dim + d.head_dim * q + q + d.heads)
-                    + h * d.heads
-                    + (h * d.head_dim + d.head_dim * q)
-                    + d.head_dim
-                    + q * h
-            }
-        };
-        total += match &b.ffn {
-            Ffn::Mlp(m) => mlp(h, m.hidden, m.gated, m.bias),
-            Ffn::Moe(m) => {
-                inactive += (m.experts - m.top_k) * expert(m, h);
-                let router = m.experts * h + if m.router.bias { m.experts } else { 0 };
-                let shared = m.shared.map_or(0, |sh| {
-                    mlp(h, sh.count * sh.hidden, true, false) + if sh.gate { h } else { 0 }
-                });
-                router + m.experts * expert(m, h) + shared
-            }
-        };
-    }
-    (total, total - inactive)
-}
-
 #[test]
 fn parameter_counts_match_hf_transformers() {
     let mut report = Vec::new();
@@ -199,7 +136,8 @@ fn parameter_counts_match_hf_transformers() {
             counts["params_total"].as_u64().expect("params_total"),
             counts["params_active"].as_u64().expect("params_active"),
         );
-        let got = count_params(&spec);
+        let st = stats(&spec, Options::for_spec(&spec));
+        let got = (st.params_total, st.params_active);
         if got != want {
             report.push(format!(
                 "{}: (total, active) {got:?}, HF says {want:?}",

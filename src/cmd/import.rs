@@ -40,17 +40,9 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-/// The text `archc import` emits for a spec.
-///
-/// Until the canonical `.arch` printer lands this is the spec as JSON.
+/// The text `archc import` emits: the canonical `.arch` form of the spec.
 fn render(spec: &archc_spec::Spec) -> String {
-    match serde_json::to_string_pretty(spec) {
-        Ok(mut text) => {
-            text.push('\n');
-            text
-        }
-        Err(e) => format!("error: cannot serialize the imported spec: {e}\n"),
-    }
+    archc_spec::print::to_arch(spec)
 }
 
 /// Write `text` to a temporary file beside `out`, then rename it over `out`, so a reader
