@@ -193,6 +193,8 @@ pub enum NormKind {
 }
 
 /// The token mixer of a layer.
+// A Spec holds a handful of these, built once; boxing would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mixer {
@@ -268,7 +270,9 @@ pub enum QkNorm {
     /// A norm over the whole projection (OLMo 2, MiniMax-M2); weights of size heads*head_dim.
     Full(Norm),
     /// Weightless L2 normalisation per head (Llama 4).
-    L2 { eps: f64 },
+    L2 {
+        eps: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -373,7 +377,10 @@ pub enum Activation {
     Silu,
     /// GPT-OSS: gate clamped above at `limit`, up clamped to ±limit,
     /// `(up + 1) * gate * sigmoid(alpha * gate)`. Always gated.
-    ClampedSwiglu { alpha: f64, limit: f64 },
+    ClampedSwiglu {
+        alpha: f64,
+        limit: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

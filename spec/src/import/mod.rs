@@ -591,12 +591,14 @@ impl<'a> RopeSource<'a> {
                     truncate: p.bool_or("truncate", true)?,
                 }
             }
-            other => return Err(p.invalid(
-                kind_key,
-                format!(
+            other => {
+                return Err(p.invalid(
+                    kind_key,
+                    format!(
                     "unsupported RoPE type \"{other}\" (expected default, linear, llama3 or yarn)"
                 ),
-            )),
+                ))
+            }
         };
         Ok(Rope {
             theta,
