@@ -27,6 +27,8 @@ enum Command {
     Diff(cmd::diff::Args),
     /// Lower a .arch file to the Graph IR and print it.
     Lower(cmd::lower::Args),
+    /// Print a stage of the compilation (graph, fused).
+    Emit(cmd::emit::Args),
     /// Run a model directory on tokens and write the logits as .npy.
     Logits(cmd::logits::Args),
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Import(args) => cmd::import::run(args),
         Command::Diff(args) => cmd::diff::run(args),
         Command::Lower(args) => cmd::lower::run(args),
+        Command::Emit(args) => cmd::emit::run(args),
         Command::Logits(args) => cmd::logits::run(args),
     }
 }

@@ -13,7 +13,7 @@ pub(crate) struct Arg<'a> {
 }
 
 impl Arg<'_> {
-    fn tensor(&self) -> Tensor {
+    pub(crate) fn tensor(&self) -> Tensor {
         self.rows.to_tensor(&self.shape)
     }
 }
@@ -151,6 +151,11 @@ pub(crate) fn eval(op: &Op, a: &[Arg<'_>], shape: &[usize]) -> Result<Tensor, In
                 .collect();
             Tensor::new(shape.to_vec(), data)
         }
+        Op::Linear(l) => super::fused::linear(l, a, shape)?,
+        Op::Elementwise(e) => super::fused::elementwise(e, a, shape)?,
+        Op::NormRope(n) => super::fused::norm_rope(n, a, shape)?,
+        Op::FlashAttention(f) => super::fused::flash_attention(f, a)?,
+        Op::Moe(m) => super::fused::moe(m, a, shape)?,
     })
 }
 
@@ -163,7 +168,7 @@ fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     )
 }
 
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -199,7 +204,12 @@ pub(crate) fn unary(op: UnaryOp, x: f32) -> f32 {
 }
 
 /// `f(x, y)` with numpy broadcasting to `shape`.
-fn broadcast2(x: &Tensor, y: &Tensor, shape: &[usize], f: impl Fn(f32, f32) -> f32) -> Tensor {
+pub(super) fn broadcast2(
+    x: &Tensor,
+    y: &Tensor,
+    shape: &[usize],
+    f: impl Fn(f32, f32) -> f32,
+) -> Tensor {
     let n: usize = shape.iter().product();
     if x.shape == shape && y.shape == shape {
         return Tensor::new(
@@ -289,7 +299,7 @@ fn gather(table: &Arg<'_>, ids: &Tensor) -> Result<Tensor, InterpError> {
     Ok(Tensor::new(shape, data))
 }
 
-fn index(v: f32, n: usize) -> Result<usize, InterpError> {
+pub(super) fn index(v: f32, n: usize) -> Result<usize, InterpError> {
     if v >= 0.0 && v.fract() == 0.0 && (v as usize) < n {
         Ok(v as usize)
     } else {
@@ -298,7 +308,7 @@ fn index(v: f32, n: usize) -> Result<usize, InterpError> {
 }
 
 /// Dot product with eight independent accumulators (lets the compiler vectorise).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = a.len() / 8;
     for c in 0..chunks {
@@ -322,7 +332,14 @@ fn threads() -> usize {
 
 /// `x [m, k]` times rows `[row0, row0 + n)` of `w` (each `k` long) transposed → `[m, n]`.
 /// Every weight row is converted once and dotted with all `m` rows of `x`.
-fn matmul(x: &[f32], m: usize, k: usize, w: Rows<'_>, row0: usize, n: usize) -> Vec<f32> {
+pub(super) fn matmul(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: Rows<'_>,
+    row0: usize,
+    n: usize,
+) -> Vec<f32> {
     let part = |lo: usize, hi: usize| -> Vec<f32> {
         // Result of this share, laid out [row][token].
         let mut out = vec![0.0f32; (hi - lo) * m];

@@ -13,6 +13,7 @@
 //! ```
 //! Integer tensors (token ids, positions, expert indices) are held as exact f32 values.
 
+mod fused;
 mod kernels;
 pub mod random;
 mod weights;

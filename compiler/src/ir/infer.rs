@@ -274,6 +274,11 @@ pub fn infer(op: &Op, ins: &[Type]) -> Result<Type, String> {
             }
             Ok(Type::new(ins[0].shape.clone(), DType::F32))
         }
+        Op::Linear(l) => super::fused::infer_linear(l, ins),
+        Op::Elementwise(e) => super::fused::infer_elementwise(e, ins),
+        Op::NormRope(n) => super::fused::infer_norm_rope(n, ins),
+        Op::FlashAttention(f) => super::fused::infer_flash(f, ins),
+        Op::Moe(m) => super::fused::infer_moe(m, ins),
     }
 }
 

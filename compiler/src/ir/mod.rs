@@ -9,12 +9,16 @@
 //! **Invariant:** nodes are in topological order (every operand precedes its user), and
 //! every node's stored type is what `infer` computes from its operands.
 
+pub mod fused;
 mod infer;
 mod print;
 pub(crate) use print::op_text;
 pub mod rope;
 mod verify;
 
+pub use fused::{
+    ElementwiseOp, Epilogue, ExpertAct, FlashAttnOp, Instr, LinearOp, MoeOp, NormRopeOp,
+};
 pub use infer::infer;
 pub use verify::{verify, VerifyError};
 
@@ -340,6 +344,17 @@ pub enum Op {
         alpha: f64,
         limit: f64,
     },
+    /// Fused (created only by passes): a matmul with norm prologue, several weight parts,
+    /// activation or gated epilogue and residual add; see `LinearOp`.
+    Linear(LinearOp),
+    /// Fused (created only by passes): a chain of elementwise ops as one loop.
+    Elementwise(ElementwiseOp),
+    /// Fused (created only by passes): QK-norm, RoPE and the KV-cache append.
+    NormRope(NormRopeOp),
+    /// Fused (created only by passes): attention with online softmax and output gate.
+    FlashAttention(FlashAttnOp),
+    /// Fused (created only by passes): router and routed experts of a MoE layer.
+    Moe(MoeOp),
 }
 
 /// One node: an operation, its operands and the type of its result.

@@ -182,6 +182,11 @@ pub(crate) fn op_text(op: &Op) -> String {
                 num(*limit)
             )
         }
+        Op::Linear(l) => super::fused::linear_text(l),
+        Op::Elementwise(e) => super::fused::elementwise_text(e),
+        Op::NormRope(n) => super::fused::norm_rope_text(n),
+        Op::FlashAttention(f) => super::fused::flash_text(f),
+        Op::Moe(m) => super::fused::moe_text(m),
     }
 }
 
