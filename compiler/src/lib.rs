@@ -6,6 +6,7 @@
 
 pub mod interp;
 pub mod ir;
+pub mod kernel;
 pub mod lower;
 pub mod passes;
 

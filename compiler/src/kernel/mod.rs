@@ -1,0 +1,345 @@
+//! Kernel IR: what a fused graph node becomes before code generation — loop nests over
+//! flat buffers with explicit tiling (loop steps), vector width, reductions (mutable
+//! accumulators) and one parallel axis, independent of the target.
+//!
+//! A `Program` is the whole forward pass: buffer declarations with symbolic sizes, the
+//! kernels, and the launch sequence binding buffers to kernel parameters. Every kernel
+//! has the same calling convention on every target:
+//!
+//! ```text
+//! void kernel(void **bufs, const int64_t *dims, int64_t thread, int64_t threads)
+//! ```
+//!
+//! `bufs[i]` is the kernel's i-th buffer parameter, `dims[0]` is `seq` and `dims[1]` is
+//! `past`. The one `Parallel` loop of a kernel (if any) is split into `threads` contiguous
+//! chunks and chunk `thread` runs; everything outside it runs on every thread, so a kernel
+//! with a parallel loop only writes to buffers inside it.
+//!
+//! **Invariant:** nothing here names a CPU or GPU feature. Targets read `LoopKind::Vector`
+//! as a hint for the vector width and `Parallel` as the axis to spread over cores or a grid.
+
+pub mod lower;
+mod print;
+
+use crate::ir::Dim;
+
+/// Element type of a buffer in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Elem {
+    F32,
+    Bf16,
+    F16,
+    I32,
+}
+
+impl Elem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::Bf16 => "bf16",
+            Elem::F16 => "f16",
+            Elem::I32 => "i32",
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 | Elem::I32 => 4,
+            Elem::Bf16 | Elem::F16 => 2,
+        }
+    }
+}
+
+/// Type of a scalar value in a kernel body. Loads widen: a float buffer (f32, bf16, f16)
+/// loads as `F32`, an `I32` buffer as `I64`; stores narrow back to the buffer's type
+/// (bf16 and f16 round to nearest even).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ty {
+    F32,
+    I64,
+    Bool,
+}
+
+impl Ty {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ty::F32 => "f32",
+            Ty::I64 => "i64",
+            Ty::Bool => "bool",
+        }
+    }
+}
+
+/// A buffer parameter of a kernel (index into `Kernel::bufs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufId(pub u32);
+
+/// A scalar variable of a kernel (index into `Kernel::vars`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VarId(pub u32);
+
+/// The runtime sizes every kernel receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DimVar {
+    Seq,
+    Past,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Tanh,
+    Sin,
+    Cos,
+    Floor,
+    /// `I64 → F32`.
+    ToF32,
+    /// `F32 → I64`, truncating toward zero.
+    ToI64,
+    /// `Bool → Bool`.
+    Not,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    /// Float division, or integer division truncating toward zero.
+    Div,
+    /// Integer remainder (operands non-negative where used).
+    Rem,
+    Min,
+    Max,
+    /// `F32` power.
+    Pow,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    And,
+    Or,
+}
+
+/// A scalar expression. Operands of a binary op have the same type (no implicit casts).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Expr {
+    F32(f32),
+    I64(i64),
+    Bool(bool),
+    Var(VarId),
+    Dim(DimVar),
+    /// Element `index` (flat, in elements) of a buffer, widened per `Ty`.
+    Load {
+        buf: BufId,
+        index: Box<Expr>,
+    },
+    Un(UnOp, Box<Expr>),
+    Bin(BinOp, Box<Expr>, Box<Expr>),
+    /// `if cond { a } else { b }` without branching.
+    Select(Box<Expr>, Box<Expr>, Box<Expr>),
+}
+
+/// How a loop's iterations may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoopKind {
+    Serial,
+    /// Iterations are independent and spread over threads (at most one per kernel).
+    Parallel,
+    /// Iterations may run in SIMD lanes of this width; accumulations into locals inside
+    /// are reductions whose order may change (reassociation allowed).
+    Vector(u32),
+    /// Unroll by this factor.
+    Unroll(u32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stmt {
+    /// An immutable scalar: `let v = e`.
+    Let { var: VarId, value: Expr },
+    /// A mutable scalar with an initial value: `local v = e` (accumulators).
+    Local { var: VarId, init: Expr },
+    /// Assign to a `Local`.
+    Set { var: VarId, value: Expr },
+    /// `buf[index] = value` (narrowed to the buffer's element type).
+    Store {
+        buf: BufId,
+        index: Expr,
+        value: Expr,
+    },
+    /// `for var in start..end step step`; `var` is `I64`.
+    Loop {
+        var: VarId,
+        start: Expr,
+        end: Expr,
+        step: u64,
+        kind: LoopKind,
+        body: Vec<Stmt>,
+    },
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+}
+
+/// Whether a kernel reads or writes a buffer parameter; `Scratch` is private per-thread
+/// memory of a constant size that the kernel allocates itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+    /// Private to each running thread, `len` elements, uninitialised.
+    Scratch {
+        len: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KBuf {
+    /// The program buffer name it is usually bound to (`%12`, `@layers.0.attn.q.weight`),
+    /// for reading the text form; launches bind by position.
+    pub name: String,
+    pub elem: Elem,
+    pub access: Access,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KVar {
+    pub name: String,
+    pub ty: Ty,
+}
+
+/// One kernel: a function over buffers with the common calling convention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kernel {
+    /// Unique within a program; a valid C identifier.
+    pub name: String,
+    pub bufs: Vec<KBuf>,
+    pub vars: Vec<KVar>,
+    pub body: Vec<Stmt>,
+}
+
+/// A buffer of the whole program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buffer {
+    pub name: String,
+    pub elem: Elem,
+    /// Shape (sizes symbolic in seq and past); the element count is the product.
+    pub shape: Vec<Dim>,
+    pub kind: BufferKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BufferKind {
+    /// A model parameter, bound by canonical tensor name.
+    Param,
+    /// A runtime input (`tokens`, `positions`, `cache.{i}.k`).
+    Input,
+    /// A named result (`logits`, the updated `cache.{i}.k`).
+    Output,
+    /// An intermediate activation.
+    Temp,
+    /// The same memory as another buffer, read with another shape (reshape).
+    Alias { of: usize },
+}
+
+/// A kernel call: `bufs[i]` is the program buffer bound to the kernel's i-th parameter
+/// (`None` for scratch parameters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub kernel: usize,
+    pub bufs: Vec<Option<usize>>,
+}
+
+/// A whole forward pass in kernel form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    pub name: String,
+    pub buffers: Vec<Buffer>,
+    pub kernels: Vec<Kernel>,
+    pub launches: Vec<Launch>,
+}
+
+/// Small constructors so kernel generators read like the loops they build.
+pub mod build {
+    use super::*;
+
+    pub fn f(x: f32) -> Expr {
+        Expr::F32(x)
+    }
+    pub fn i(x: i64) -> Expr {
+        Expr::I64(x)
+    }
+    pub fn var(v: VarId) -> Expr {
+        Expr::Var(v)
+    }
+    pub fn seq() -> Expr {
+        Expr::Dim(DimVar::Seq)
+    }
+    pub fn past() -> Expr {
+        Expr::Dim(DimVar::Past)
+    }
+    pub fn load(buf: BufId, index: Expr) -> Expr {
+        Expr::Load {
+            buf,
+            index: Box::new(index),
+        }
+    }
+    pub fn un(op: UnOp, a: Expr) -> Expr {
+        Expr::Un(op, Box::new(a))
+    }
+    pub fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+        Expr::Bin(op, Box::new(a), Box::new(b))
+    }
+    pub fn add(a: Expr, b: Expr) -> Expr {
+        bin(BinOp::Add, a, b)
+    }
+    pub fn sub(a: Expr, b: Expr) -> Expr {
+        bin(BinOp::Sub, a, b)
+    }
+    pub fn mul(a: Expr, b: Expr) -> Expr {
+        bin(BinOp::Mul, a, b)
+    }
+    pub fn div(a: Expr, b: Expr) -> Expr {
+        bin(BinOp::Div, a, b)
+    }
+    pub fn select(c: Expr, a: Expr, b: Expr) -> Expr {
+        Expr::Select(Box::new(c), Box::new(a), Box::new(b))
+    }
+
+    impl Kernel {
+        pub fn new(name: impl Into<String>) -> Kernel {
+            Kernel {
+                name: name.into(),
+                bufs: Vec::new(),
+                vars: Vec::new(),
+                body: Vec::new(),
+            }
+        }
+
+        pub fn buf(&mut self, name: impl Into<String>, elem: Elem, access: Access) -> BufId {
+            self.bufs.push(KBuf {
+                name: name.into(),
+                elem,
+                access,
+            });
+            BufId(self.bufs.len() as u32 - 1)
+        }
+
+        pub fn var(&mut self, name: impl Into<String>, ty: Ty) -> VarId {
+            self.vars.push(KVar {
+                name: name.into(),
+                ty,
+            });
+            VarId(self.vars.len() as u32 - 1)
+        }
+    }
+}

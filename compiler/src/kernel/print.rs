@@ -1,0 +1,251 @@
+//! The text form of the kernel IR: deterministic, one statement per line, read by people
+//! and snapshotted by tests.
+
+use super::*;
+use std::fmt::{self, Write};
+
+impl fmt::Display for Program {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "program {}", self.name)?;
+        for b in &self.buffers {
+            let shape: Vec<String> = b.shape.iter().map(|d| d.to_string()).collect();
+            let kind = match &b.kind {
+                BufferKind::Param => "param".to_string(),
+                BufferKind::Input => "input".to_string(),
+                BufferKind::Output => "output".to_string(),
+                BufferKind::Temp => "temp".to_string(),
+                BufferKind::Alias { of } => format!("alias of {}", self.buffers[*of].name),
+            };
+            writeln!(
+                f,
+                "buffer {}: {}[{}] {kind}",
+                b.name,
+                b.elem.as_str(),
+                shape.join(", ")
+            )?;
+        }
+        for l in &self.launches {
+            let args: Vec<&str> = l
+                .bufs
+                .iter()
+                .map(|b| match b {
+                    Some(i) => self.buffers[*i].name.as_str(),
+                    None => "_",
+                })
+                .collect();
+            writeln!(
+                f,
+                "launch {}({})",
+                self.kernels[l.kernel].name,
+                args.join(", ")
+            )?;
+        }
+        for k in &self.kernels {
+            writeln!(f)?;
+            write!(f, "{k}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let params: Vec<String> = self
+            .bufs
+            .iter()
+            .map(|b| match b.access {
+                Access::Read => format!("{}: {} read", b.name, b.elem.as_str()),
+                Access::Write => format!("{}: {} write", b.name, b.elem.as_str()),
+                Access::ReadWrite => format!("{}: {} readwrite", b.name, b.elem.as_str()),
+                Access::Scratch { len } => {
+                    format!("{}: {}[{len}] scratch", b.name, b.elem.as_str())
+                }
+            })
+            .collect();
+        writeln!(f, "kernel {}({}) {{", self.name, params.join(", "))?;
+        let mut out = String::new();
+        for s in &self.body {
+            self.stmt(&mut out, s, 1)?;
+        }
+        f.write_str(&out)?;
+        writeln!(f, "}}")
+    }
+}
+
+impl Kernel {
+    fn var_name(&self, v: VarId) -> String {
+        match self.vars.get(v.0 as usize) {
+            Some(kv) => format!("{}_{}", kv.name, v.0),
+            None => format!("?v{}", v.0),
+        }
+    }
+
+    fn buf_name(&self, b: BufId) -> &str {
+        self.bufs
+            .get(b.0 as usize)
+            .map(|kb| kb.name.as_str())
+            .unwrap_or("?buf")
+    }
+
+    fn stmt(&self, out: &mut String, s: &Stmt, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        match s {
+            Stmt::Let { var, value } => {
+                writeln!(
+                    out,
+                    "{pad}let {} = {}",
+                    self.var_name(*var),
+                    self.expr(value)
+                )
+            }
+            Stmt::Local { var, init } => {
+                let ty = self
+                    .vars
+                    .get(var.0 as usize)
+                    .map(|v| v.ty.as_str())
+                    .unwrap_or("?");
+                writeln!(
+                    out,
+                    "{pad}local {}: {ty} = {}",
+                    self.var_name(*var),
+                    self.expr(init)
+                )
+            }
+            Stmt::Set { var, value } => {
+                writeln!(out, "{pad}{} = {}", self.var_name(*var), self.expr(value))
+            }
+            Stmt::Store { buf, index, value } => writeln!(
+                out,
+                "{pad}{}[{}] = {}",
+                self.buf_name(*buf),
+                self.expr(index),
+                self.expr(value)
+            ),
+            Stmt::Loop {
+                var,
+                start,
+                end,
+                step,
+                kind,
+                body,
+            } => {
+                let kind = match kind {
+                    LoopKind::Serial => String::new(),
+                    LoopKind::Parallel => "parallel ".to_string(),
+                    LoopKind::Vector(w) => format!("vector({w}) "),
+                    LoopKind::Unroll(n) => format!("unroll({n}) "),
+                };
+                let step = if *step == 1 {
+                    String::new()
+                } else {
+                    format!(" step {step}")
+                };
+                writeln!(
+                    out,
+                    "{pad}{kind}for {} in {}..{}{step} {{",
+                    self.var_name(*var),
+                    self.expr(start),
+                    self.expr(end)
+                )?;
+                for s in body {
+                    self.stmt(out, s, depth + 1)?;
+                }
+                writeln!(out, "{pad}}}")
+            }
+            Stmt::If { cond, then, els } => {
+                writeln!(out, "{pad}if {} {{", self.expr(cond))?;
+                for s in then {
+                    self.stmt(out, s, depth + 1)?;
+                }
+                if !els.is_empty() {
+                    writeln!(out, "{pad}}} else {{")?;
+                    for s in els {
+                        self.stmt(out, s, depth + 1)?;
+                    }
+                }
+                writeln!(out, "{pad}}}")
+            }
+        }
+    }
+
+    /// An expression; binary operators are parenthesised when nested.
+    pub fn expr(&self, e: &Expr) -> String {
+        self.expr_at(e, true)
+    }
+
+    fn expr_at(&self, e: &Expr, top: bool) -> String {
+        match e {
+            Expr::F32(x) => format!("{x:?}"),
+            Expr::I64(x) => x.to_string(),
+            Expr::Bool(b) => b.to_string(),
+            Expr::Var(v) => self.var_name(*v),
+            Expr::Dim(DimVar::Seq) => "seq".to_string(),
+            Expr::Dim(DimVar::Past) => "past".to_string(),
+            Expr::Load { buf, index } => {
+                format!("{}[{}]", self.buf_name(*buf), self.expr_at(index, true))
+            }
+            Expr::Un(op, a) => {
+                let name = match op {
+                    UnOp::Neg => return format!("-{}", self.expr_at(a, false)),
+                    UnOp::Not => return format!("!{}", self.expr_at(a, false)),
+                    UnOp::Abs => "abs",
+                    UnOp::Exp => "exp",
+                    UnOp::Log => "log",
+                    UnOp::Sqrt => "sqrt",
+                    UnOp::Tanh => "tanh",
+                    UnOp::Sin => "sin",
+                    UnOp::Cos => "cos",
+                    UnOp::Floor => "floor",
+                    UnOp::ToF32 => "f32",
+                    UnOp::ToI64 => "i64",
+                };
+                format!("{name}({})", self.expr_at(a, true))
+            }
+            Expr::Bin(op, a, b) => {
+                let sym = match op {
+                    BinOp::Min | BinOp::Max | BinOp::Pow => {
+                        let name = match op {
+                            BinOp::Min => "min",
+                            BinOp::Max => "max",
+                            _ => "pow",
+                        };
+                        return format!(
+                            "{name}({}, {})",
+                            self.expr_at(a, true),
+                            self.expr_at(b, true)
+                        );
+                    }
+                    BinOp::Add => "+",
+                    BinOp::Sub => "-",
+                    BinOp::Mul => "*",
+                    BinOp::Div => "/",
+                    BinOp::Rem => "%",
+                    BinOp::Lt => "<",
+                    BinOp::Le => "<=",
+                    BinOp::Gt => ">",
+                    BinOp::Ge => ">=",
+                    BinOp::Eq => "==",
+                    BinOp::Ne => "!=",
+                    BinOp::And => "&&",
+                    BinOp::Or => "||",
+                };
+                let text = format!(
+                    "{} {sym} {}",
+                    self.expr_at(a, false),
+                    self.expr_at(b, false)
+                );
+                if top {
+                    text
+                } else {
+                    format!("({text})")
+                }
+            }
+            Expr::Select(c, a, b) => format!(
+                "select({}, {}, {})",
+                self.expr_at(c, true),
+                self.expr_at(a, true),
+                self.expr_at(b, true)
+            ),
+        }
+    }
+}
