@@ -338,10 +338,13 @@ fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, V
             let (dtype, shape) = fetch(t, name, ck).map_err(|p| vec![p])?;
             let (start, len, stride, axis) =
                 (*start as usize, *len as usize, *stride as usize, *axis);
+            // The binding's numbers come from the spec; saturate so that even an unchecked
+            // spec gets a shape error rather than an overflow.
+            let last = start.saturating_add(len.saturating_sub(1).saturating_mul(stride));
             let describe = || {
                 format!(
                     "a tensor whose axis {axis} holds entries {start}..{} step {stride}{}, giving {}",
-                    start + len.saturating_sub(1) * stride + 1,
+                    last.saturating_add(1),
                     if *transpose { " then transposed" } else { "" },
                     fmt_shape(&want)
                 )
@@ -349,7 +352,6 @@ fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, V
             if axis >= shape.len() || len == 0 || stride == 0 {
                 return Err(shape_err(name, describe(), shape));
             }
-            let last = start + (len - 1) * stride;
             if last >= shape[axis] {
                 return Err(shape_err(name, describe(), shape));
             }

@@ -62,7 +62,10 @@ pub fn logits(
             .prefill(&mut cache, tokens)
             .map_err(|e| err("prefill", &e)),
         Mode::Decode => {
-            let mut out = Vec::with_capacity(tokens.len() * spec.vocab as usize);
+            // Reserve at most 64 MiB up front: the rows arrive one by one anyway, and the
+            // product of two untrusted sizes should not decide an allocation.
+            let want = tokens.len().saturating_mul(spec.vocab as usize);
+            let mut out = Vec::with_capacity(want.min(1 << 24));
             for (i, &t) in tokens.iter().enumerate() {
                 let row = interp
                     .decode(&mut cache, t)

@@ -112,7 +112,7 @@ impl Rule {
                 Source::Slice {
                     name: full(module),
                     axis: usize::from(weight),
-                    start: index * len,
+                    start: index.saturating_mul(len),
                     len,
                     stride: 1,
                     transpose: weight,
@@ -141,7 +141,7 @@ impl Rule {
                 let (start, stride) = if interleaved {
                     (index, parts)
                 } else {
-                    (index * len, 1)
+                    (index.saturating_mul(len), 1)
                 };
                 Source::Slice {
                     name: full(name),
@@ -191,7 +191,8 @@ fn resolve(table: &Table, layer: Option<usize>, local: &str, shape: &[u64]) -> O
 
 /// Value fix-ups llama.cpp's converter applies per family.
 fn gguf_fix(spec: &Spec, layer: Option<usize>, local: &str) -> GgufFix {
-    let attention = layer.and_then(|i| match &spec.block(i).mixer {
+    let block = layer.and_then(|i| spec.schedule.get(i).and_then(|&b| spec.blocks.get(b)));
+    let attention = block.and_then(|b| match &b.mixer {
         Mixer::Attention(a) => Some(a),
         _ => None,
     });

@@ -658,7 +658,7 @@ fn schedule_text(spec: &Spec) -> String {
 /// `repeat [a * 3, b]` with the shortest period, when it is shorter than the model.
 fn repeat_text(schedule: &[usize], names: &[&str]) -> Option<String> {
     let n = schedule.len();
-    let period = (1..=n).find(|&p| (0..n).all(|i| schedule[i] == schedule[i % p]))?;
+    let period = shortest_period(schedule)?;
     if period == n && n > 1 {
         return None;
     }
@@ -670,7 +670,7 @@ fn repeat_text(schedule: &[usize], names: &[&str]) -> Option<String> {
             j += 1;
         }
         let count = j - i + 1;
-        let name = names[schedule[i]];
+        let name = names.get(schedule[i]).copied().unwrap_or("?");
         parts.push(if count == 1 {
             name.to_string()
         } else {
@@ -681,12 +681,37 @@ fn repeat_text(schedule: &[usize], names: &[&str]) -> Option<String> {
     Some(format!("  repeat [{}]\n", parts.join(", ")))
 }
 
+/// The smallest `p` with `s[i] == s[i % p]` for every `i` (`None` when `s` is empty): the
+/// length minus the longest proper border, from the KMP failure function in linear time
+/// (a model may have 100,000 layers).
+fn shortest_period(s: &[usize]) -> Option<usize> {
+    let n = s.len();
+    if n == 0 {
+        return None;
+    }
+    let mut border = vec![0usize; n];
+    for i in 1..n {
+        let mut k = border[i - 1];
+        while k > 0 && s[i] != s[k] {
+            k = border[k - 1];
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        border[i] = k;
+    }
+    Some(n - border[n - 1])
+}
+
 /// Named rules: the block with the most layers takes `rest`, the others list theirs.
 fn rules_text(spec: &Spec, names: &[&str]) -> String {
     let n = spec.schedule.len();
-    let sets: Vec<Vec<usize>> = (0..names.len())
-        .map(|b| (0..n).filter(|&l| spec.schedule[l] == b).collect())
-        .collect();
+    let mut sets: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+    for (l, &b) in spec.schedule.iter().enumerate() {
+        if let Some(set) = sets.get_mut(b) {
+            set.push(l);
+        }
+    }
     let rest = (0..names.len()).max_by_key(|&b| (sets[b].len(), usize::MAX - b));
     let width = names.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut s = String::new();
@@ -744,4 +769,27 @@ fn selectors(layers: &[usize], n: usize) -> String {
         return "layers []".to_string();
     }
     parts.join(" + ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shortest_period;
+
+    #[test]
+    fn shortest_period_matches_the_definition() {
+        let brute = |s: &[usize]| (1..=s.len()).find(|&p| (0..s.len()).all(|i| s[i] == s[i % p]));
+        let cases: [&[usize]; 8] = [
+            &[],
+            &[0],
+            &[0, 1, 0, 1, 0],
+            &[0, 0, 0, 1],
+            &[0, 1, 0],
+            &[0, 0, 1, 0, 0, 1, 0, 0],
+            &[1, 0, 1, 1, 0, 1, 1],
+            &[0, 1, 2, 0, 1, 2, 0, 1, 3],
+        ];
+        for s in cases {
+            assert_eq!(shortest_period(s), brute(s), "{s:?}");
+        }
+    }
 }

@@ -78,31 +78,32 @@ pub struct Stats {
 }
 
 /// Computes the statistics of `spec` at `opts`.
+///
+/// Every sum and product saturates at `u64::MAX`: a spec that passed
+/// [`check_spec`](crate::validate::check_spec) stays far below it at its own context, so
+/// only a hand-built spec or an absurd `opts.context` can reach the cap, and then the
+/// numbers read as "at least this much" instead of panicking or wrapping.
 pub fn stats(spec: &Spec, opts: Options) -> Stats {
     let all = tensors(spec);
-    let params_total: u64 = all.iter().map(TensorSpec::param_count).sum();
-    let stored: u64 = all.iter().map(TensorSpec::numel).sum();
+    let sum = |it: &mut dyn Iterator<Item = u64>| it.fold(0u64, u64::saturating_add);
+    let params_total = sum(&mut all.iter().map(TensorSpec::param_count));
+    let stored = sum(&mut all.iter().map(TensorSpec::numel));
     let breakdown: Vec<(Role, u64)> = Role::ALL
         .iter()
         .map(|&r| {
-            let n = all
+            let n = sum(&mut all
                 .iter()
                 .filter(|t| t.role == r)
-                .map(TensorSpec::param_count)
-                .sum();
+                .map(TensorSpec::param_count));
             (r, n)
         })
         .collect();
 
     // Matrix parameters every token multiplies with; routed experts at full count here,
     // the unused ones subtracted below together with the active count.
-    let mut matmul: u64 = all
-        .iter()
-        .filter(|t| is_matmul(t))
-        .map(TensorSpec::numel)
-        .sum();
+    let mut matmul = sum(&mut all.iter().filter(|t| is_matmul(t)).map(TensorSpec::numel));
     if spec.tied {
-        matmul += spec.vocab * spec.hidden;
+        matmul = matmul.saturating_add(mul(spec.vocab, spec.hidden));
     }
 
     let kv = opts.kv_dtype.bytes();
@@ -112,51 +113,53 @@ pub fn stats(spec: &Spec, opts: Options) -> Stats {
     let mut kv_total = 0u64;
     let mut linear_state = 0u64;
     let mut attn_flops = 0u64;
-    let (mut attention_layers, mut linear_layers, mut moe_layers) = (0, 0, 0);
-    for i in 0..spec.schedule.len() {
-        let block = spec.block(i);
+    let (mut attention_layers, mut linear_layers, mut moe_layers) = (0u64, 0u64, 0u64);
+    // A schedule entry without a block (only in an unchecked spec) counts nothing.
+    for block in spec.schedule.iter().filter_map(|&b| spec.blocks.get(b)) {
         if let Ffn::Moe(m) = &block.ffn {
             moe_layers += 1;
             let unused = m.experts.saturating_sub(m.top_k);
-            inactive += unused * expert_params(spec.hidden, m);
+            inactive = inactive.saturating_add(mul(unused, expert_params(spec.hidden, m)));
             // Expert biases are vectors, so only the matrices leave the FLOP count.
             let gated = m.gated || m.act.is_gated();
             let mats = if gated { 3 } else { 2 };
-            matmul -= unused * mats * spec.hidden * m.hidden;
+            matmul = matmul.saturating_sub(mul(mul(unused, mats), mul(spec.hidden, m.hidden)));
         }
         match &block.mixer {
             Mixer::Attention(a) => {
                 attention_layers += 1;
                 let per_token = match &a.mla {
-                    Some(m) => m.kv_rank + m.rope_dim,
-                    None => a.kv_heads * (a.head_dim + a.v_head_dim),
+                    Some(m) => m.kv_rank.saturating_add(m.rope_dim),
+                    None => mul(a.kv_heads, a.head_dim.saturating_add(a.v_head_dim)),
                 };
                 let held = [a.window, a.chunk]
                     .into_iter()
                     .flatten()
                     .fold(ctx, u64::min);
-                kv_per_token += per_token * kv;
-                kv_total += per_token * kv * held;
+                kv_per_token = kv_per_token.saturating_add(mul(per_token, kv));
+                kv_total = kv_total.saturating_add(mul(mul(per_token, kv), held));
                 let per_key = match &a.mla {
-                    Some(m) => 2 * m.kv_rank + m.rope_dim,
-                    None => a.head_dim + a.v_head_dim,
+                    Some(m) => mul(2, m.kv_rank).saturating_add(m.rope_dim),
+                    None => a.head_dim.saturating_add(a.v_head_dim),
                 };
-                attn_flops += 2 * a.heads * per_key * held;
+                attn_flops = attn_flops.saturating_add(mul(mul(2, a.heads), mul(per_key, held)));
             }
             Mixer::GatedDeltaNet(g) => {
                 linear_layers += 1;
-                let channels = 2 * g.k_heads * g.k_head_dim + g.v_heads * g.v_head_dim;
-                let state =
-                    channels * g.conv.saturating_sub(1) + g.v_heads * g.k_head_dim * g.v_head_dim;
-                linear_state += state * kv;
-                attn_flops += 6 * g.v_heads * g.k_head_dim * g.v_head_dim;
+                let channels = mul(mul(2, g.k_heads), g.k_head_dim)
+                    .saturating_add(mul(g.v_heads, g.v_head_dim));
+                let matrices = mul(mul(g.v_heads, g.k_head_dim), g.v_head_dim);
+                let state = mul(channels, g.conv.saturating_sub(1)).saturating_add(matrices);
+                linear_state = linear_state.saturating_add(mul(state, kv));
+                attn_flops = attn_flops.saturating_add(mul(6, matrices));
             }
             Mixer::KimiDelta(k) => {
                 linear_layers += 1;
-                let channels = 3 * k.heads * k.head_dim;
-                let state = channels * k.conv.saturating_sub(1) + k.heads * k.head_dim * k.head_dim;
-                linear_state += state * kv;
-                attn_flops += 6 * k.heads * k.head_dim * k.head_dim;
+                let channels = mul(mul(3, k.heads), k.head_dim);
+                let matrices = mul(mul(k.heads, k.head_dim), k.head_dim);
+                let state = mul(channels, k.conv.saturating_sub(1)).saturating_add(matrices);
+                linear_state = linear_state.saturating_add(mul(state, kv));
+                attn_flops = attn_flops.saturating_add(mul(6, matrices));
             }
         }
     }
@@ -165,20 +168,24 @@ pub fn stats(spec: &Spec, opts: Options) -> Stats {
         name: spec.name.clone(),
         family: spec.family.as_str(),
         params_total,
-        params_active: params_total - inactive,
+        params_active: params_total.saturating_sub(inactive),
         breakdown,
         weight_dtype: spec.dtype,
-        weight_bytes: stored * spec.dtype.bytes(),
+        weight_bytes: mul(stored, spec.dtype.bytes()),
         context: ctx,
         kv_dtype: opts.kv_dtype,
         kv_bytes_per_token: kv_per_token,
         kv_bytes_total: kv_total,
         linear_state_bytes: linear_state,
-        flops_per_token: 2 * matmul + attn_flops,
+        flops_per_token: mul(2, matmul).saturating_add(attn_flops),
         attention_layers,
         linear_layers,
         moe_layers,
     }
+}
+
+fn mul(a: u64, b: u64) -> u64 {
+    a.saturating_mul(b)
 }
 
 /// A tensor a token multiplies with: at least two axes, not an embedding table and not

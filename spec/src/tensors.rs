@@ -39,7 +39,7 @@ pub struct TensorSpec {
 impl TensorSpec {
     /// Number of elements.
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d))
     }
 
     /// Whether the tensor counts as a parameter. The router's correction bias does not:
@@ -196,9 +196,12 @@ pub fn tensors(spec: &Spec) -> Vec<TensorSpec> {
     if let Some(norm) = &spec.embed_norm {
         b.norm("embed.norm", norm, h, Role::Norm);
     }
-    for i in 0..spec.schedule.len() {
-        b.layer = Some(i);
-        b.block(spec.block(i));
+    for (i, &index) in spec.schedule.iter().enumerate() {
+        // A schedule entry without a block (only in an unchecked spec) lists nothing.
+        if let Some(block) = spec.blocks.get(index) {
+            b.layer = Some(i);
+            b.block(block);
+        }
     }
     b.layer = None;
     if let Some(norm) = &spec.final_norm {
@@ -218,7 +221,9 @@ pub fn tensor_count(spec: &Spec) -> usize {
 /// Total number of parameters of `spec` (tied embeddings counted once, the router's
 /// correction bias not at all; see [`TensorSpec::is_parameter`]).
 pub fn params(spec: &Spec) -> u64 {
-    tensors(spec).iter().map(TensorSpec::param_count).sum()
+    tensors(spec)
+        .iter()
+        .fold(0u64, |n, t| n.saturating_add(t.param_count()))
 }
 
 /// Accumulates tensors; `layer` is the layer being listed (`None` for globals).
@@ -307,10 +312,10 @@ impl Builder<'_> {
             self.mla(a, mla);
             return;
         }
-        let q_rows = a.heads * a.head_dim * if a.gate { 2 } else { 1 };
+        let q_rows = mul(mul(a.heads, a.head_dim), if a.gate { 2 } else { 1 });
         self.linear("attn.q", q_rows, h, a.bias.q, r);
-        self.linear("attn.k", a.kv_heads * a.head_dim, h, a.bias.k, r);
-        self.linear("attn.v", a.kv_heads * a.v_head_dim, h, a.bias.v, r);
+        self.linear("attn.k", mul(a.kv_heads, a.head_dim), h, a.bias.k, r);
+        self.linear("attn.v", mul(a.kv_heads, a.v_head_dim), h, a.bias.v, r);
         match a.qk_norm {
             QkNorm::None | QkNorm::L2 { .. } => {}
             QkNorm::PerHead(n) => {
@@ -318,11 +323,11 @@ impl Builder<'_> {
                 self.norm("attn.k_norm", &n, a.head_dim, r);
             }
             QkNorm::Full(n) => {
-                self.norm("attn.q_norm", &n, a.heads * a.head_dim, r);
-                self.norm("attn.k_norm", &n, a.kv_heads * a.head_dim, r);
+                self.norm("attn.q_norm", &n, mul(a.heads, a.head_dim), r);
+                self.norm("attn.k_norm", &n, mul(a.kv_heads, a.head_dim), r);
             }
         }
-        self.linear("attn.o", h, a.heads * a.v_head_dim, a.bias.o, r);
+        self.linear("attn.o", h, mul(a.heads, a.v_head_dim), a.bias.o, r);
         if a.sinks {
             self.push("attn.sinks", vec![a.heads], r);
         }
@@ -333,7 +338,7 @@ impl Builder<'_> {
     fn mla(&mut self, a: &Attention, m: &Mla) {
         let h = self.spec.hidden;
         let r = Role::Attention;
-        let qk = m.nope_dim + m.rope_dim;
+        let qk = add(m.nope_dim, m.rope_dim);
         let latent_norm = Norm {
             kind: NormKind::RmsNorm,
             eps: 1e-6,
@@ -344,13 +349,13 @@ impl Builder<'_> {
             Some(q_rank) => {
                 self.linear("attn.q_a", q_rank, h, a.bias.q, r);
                 self.norm("attn.q_a_norm", &latent_norm, q_rank, r);
-                self.linear("attn.q_b", a.heads * qk, q_rank, false, r);
+                self.linear("attn.q_b", mul(a.heads, qk), q_rank, false, r);
             }
-            None => self.linear("attn.q", a.heads * qk, h, a.bias.q, r),
+            None => self.linear("attn.q", mul(a.heads, qk), h, a.bias.q, r),
         }
         self.linear(
             "attn.kv_a",
-            m.kv_rank + m.rope_dim,
+            add(m.kv_rank, m.rope_dim),
             h,
             a.bias.k || a.bias.v,
             r,
@@ -358,12 +363,12 @@ impl Builder<'_> {
         self.norm("attn.kv_a_norm", &latent_norm, m.kv_rank, r);
         self.linear(
             "attn.kv_b",
-            a.heads * (m.nope_dim + m.v_dim),
+            mul(a.heads, add(m.nope_dim, m.v_dim)),
             m.kv_rank,
             false,
             r,
         );
-        self.linear("attn.o", h, a.heads * m.v_dim, a.bias.o, r);
+        self.linear("attn.o", h, mul(a.heads, m.v_dim), a.bias.o, r);
         if a.sinks {
             self.push("attn.sinks", vec![a.heads], r);
         }
@@ -373,17 +378,17 @@ impl Builder<'_> {
     fn gated_deltanet(&mut self, g: &GatedDeltaNet) {
         let h = self.spec.hidden;
         let r = Role::LinearAttention;
-        let key_dim = g.k_heads * g.k_head_dim;
-        let value_dim = g.v_heads * g.v_head_dim;
+        let key_dim = mul(g.k_heads, g.k_head_dim);
+        let value_dim = mul(g.v_heads, g.v_head_dim);
         self.push(
             "gdn.in_qkvz.weight",
-            vec![2 * key_dim + 2 * value_dim, h],
+            vec![add(mul(2, key_dim), mul(2, value_dim)), h],
             r,
         );
-        self.push("gdn.in_ba.weight", vec![2 * g.v_heads, h], r);
+        self.push("gdn.in_ba.weight", vec![mul(2, g.v_heads), h], r);
         self.push(
             "gdn.conv.weight",
-            vec![2 * key_dim + value_dim, 1, g.conv],
+            vec![add(mul(2, key_dim), value_dim), 1, g.conv],
             r,
         );
         self.push("gdn.dt_bias", vec![g.v_heads], r);
@@ -397,7 +402,7 @@ impl Builder<'_> {
     fn kimi_delta(&mut self, k: &KimiDelta) {
         let h = self.spec.hidden;
         let r = Role::LinearAttention;
-        let d = k.heads * k.head_dim;
+        let d = mul(k.heads, k.head_dim);
         self.push("kda.q.weight", vec![d, h], r);
         self.push("kda.k.weight", vec![d, h], r);
         self.push("kda.v.weight", vec![d, h], r);
@@ -443,7 +448,7 @@ impl Builder<'_> {
             self.push("moe.experts.down.bias", vec![e, h], x);
         }
         if let Some(s) = &m.shared {
-            let si = s.count * s.hidden;
+            let si = mul(s.count, s.hidden);
             let r = Role::SharedExpert;
             if gated {
                 self.push("moe.shared.gate.weight", vec![si, h], r);
@@ -461,11 +466,22 @@ impl Builder<'_> {
 pub fn expert_params(hidden: u64, m: &Moe) -> u64 {
     let gated = m.gated || m.act.is_gated();
     let mats = if gated { 3 } else { 2 };
-    let mut n = mats * hidden * m.hidden;
+    let mut n = mul(mul(mats, hidden), m.hidden);
     if m.bias {
-        n += (mats - 1) * m.hidden + hidden;
+        n = add(n, add(mul(mats - 1, m.hidden), hidden));
     }
     n
+}
+
+// Shapes multiply `Spec` sizes. A validated spec keeps every product far below `u64::MAX`
+// (see `validate::check_spec`); saturating keeps an unchecked one from panicking, and
+// the check reads a saturated dimension as over its limit.
+fn mul(a: u64, b: u64) -> u64 {
+    a.saturating_mul(b)
+}
+
+fn add(a: u64, b: u64) -> u64 {
+    a.saturating_add(b)
 }
 
 impl crate::spec::Activation {

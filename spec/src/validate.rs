@@ -6,6 +6,7 @@
 //! (`model`, `schedule`) pull the `Spec` fields out of the tables with their defaults.
 
 mod eval;
+mod limits;
 mod model;
 mod schedule;
 mod tree;
@@ -28,7 +29,22 @@ pub fn validate(file: &File) -> Result<Spec, Vec<Diagnostic>> {
     let spec = model::build(file, &mut diags);
     let errors = diags.iter().any(Diagnostic::is_error);
     match spec {
-        Some(spec) if !errors => Ok(spec),
+        Some(spec) if !errors => {
+            // The checks above carry spans; this one guards what they cannot see (tensor
+            // and model totals) and anything they missed, at the model's header.
+            limits::check_spec(&spec).map_err(|problems| {
+                let at = file
+                    .items
+                    .iter()
+                    .find(|i| matches!(i.kind, ItemKind::Model { .. }))
+                    .map_or(Span::default(), |i| item_header(&i.kind));
+                problems
+                    .into_iter()
+                    .map(|p| Diagnostic::error(at, p).label("this model"))
+                    .collect::<Vec<_>>()
+            })?;
+            Ok(spec)
+        }
         _ => {
             if diags.is_empty() {
                 diags.push(Diagnostic::error(
@@ -70,4 +86,5 @@ pub(crate) fn item_header(kind: &ItemKind) -> Span {
     }
 }
 
+pub use limits::*;
 pub use model::{norm_word, DEFAULT_CONTEXT, DEFAULT_NORM};

@@ -291,6 +291,16 @@ impl Checkpoint {
         Checkpoint::from_files(files)
     }
 
+    /// A checkpoint of one already-open file (e.g. one built in memory with
+    /// [`SafetensorsFile::from_bytes`]).
+    pub fn from_file(file: SafetensorsFile) -> Checkpoint {
+        let names = file.names().map(|n| (n.to_string(), 0)).collect();
+        Checkpoint {
+            files: vec![file],
+            names,
+        }
+    }
+
     fn from_files(files: Vec<SafetensorsFile>) -> Result<Checkpoint, SafetensorsError> {
         let mut names = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {

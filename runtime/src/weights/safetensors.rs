@@ -53,11 +53,32 @@ pub struct TensorInfo {
     pub end: usize,
 }
 
+/// Headers longer than this are refused before parsing (the reference implementation
+/// has the same cap): real headers are a few hundred KiB even for thousands of tensors.
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The bytes of a file: memory-mapped from disk, or owned (an image built in memory).
+#[derive(Debug)]
+enum Image {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Image {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Image::Mapped(m) => m,
+            Image::Owned(v) => v,
+        }
+    }
+}
+
 /// An open, validated safetensors file.
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: PathBuf,
-    map: Mmap,
+    map: Image,
     /// Offset of the data section in the file (8 + header length).
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
@@ -74,6 +95,7 @@ impl SafetensorsFile {
             .map_err(|e| err(None, format!("cannot stat: {e}")))?
             .len();
         if len < 8 {
+            // Checked here too: an empty file cannot be memory-mapped on every platform.
             return Err(err(
                 None,
                 format!("file is {len} bytes, too short for the 8-byte header length"),
@@ -84,7 +106,18 @@ impl SafetensorsFile {
         // checkpoints are not modified while they are being loaded, and that is the
         // same assumption every memory-mapping weight loader makes.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| err(None, format!("cannot map: {e}")))?;
-        let (data_start, tensors, metadata) = parse(&map).map_err(|(t, m)| err(t.as_deref(), m))?;
+        SafetensorsFile::from_image(path, Image::Mapped(map))
+    }
+
+    /// Validates a file image held in memory; `path` only names it in errors. The same
+    /// checks as [`SafetensorsFile::open`] (used by tests and the fuzz target).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SafetensorsFile, SafetensorsError> {
+        SafetensorsFile::from_image(path, Image::Owned(bytes))
+    }
+
+    fn from_image(path: &Path, map: Image) -> Result<SafetensorsFile, SafetensorsError> {
+        let (data_start, tensors, metadata) =
+            parse(&map).map_err(|(t, m)| SafetensorsError::new(path, t.as_deref(), m))?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             map,
@@ -138,6 +171,9 @@ impl SafetensorsFile {
     }
 }
 
+/// A header problem: the tensor it concerns (if any) and the message.
+type ParseError = (Option<String>, String);
+
 type Parsed = (
     usize,
     BTreeMap<String, TensorInfo>,
@@ -145,12 +181,24 @@ type Parsed = (
 );
 
 /// Validates the header of a whole file image. Errors carry the tensor they concern.
-fn parse(bytes: &[u8]) -> Result<Parsed, (Option<String>, String)> {
+fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let file_len = bytes.len();
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&bytes[..8]);
-    let header_len = u64::from_le_bytes(len_bytes);
-    let available = (file_len - 8) as u64;
+    let Some((len_bytes, rest)) = bytes.split_first_chunk::<8>() else {
+        return Err((
+            None,
+            format!("file is {file_len} bytes, too short for the 8-byte header length"),
+        ));
+    };
+    let header_len = u64::from_le_bytes(*len_bytes);
+    let available = rest.len() as u64;
+    if header_len > MAX_HEADER_BYTES {
+        return Err((
+            None,
+            format!(
+                "header length {header_len} is more than the limit of {MAX_HEADER_BYTES} bytes"
+            ),
+        ));
+    }
     if header_len > available {
         return Err((
             None,
@@ -163,16 +211,24 @@ fn parse(bytes: &[u8]) -> Result<Parsed, (Option<String>, String)> {
     // header_len <= file_len, so it fits in usize.
     let data_start = 8 + header_len as usize;
     let header = &bytes[8..data_start];
-    let json: serde_json::Value = serde_json::from_slice(header)
-        .map_err(|e| (None, format!("header is not valid JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| (None, "header is not a JSON object".to_string()))?;
+    let entries = header_entries(header)?;
     let data_len = file_len - data_start;
-    let mut tensors = BTreeMap::new();
+    let mut tensors: BTreeMap<String, TensorInfo> = BTreeMap::new();
     let mut metadata = BTreeMap::new();
-    for (name, entry) in obj {
+    let mut seen_metadata = false;
+    for (name, entry) in &entries {
+        // A repeated name would let one entry silently shadow another.
+        if name == "__metadata__" && seen_metadata {
+            return Err((None, "__metadata__ appears twice in the header".to_string()));
+        }
+        if tensors.contains_key(name) {
+            return Err((
+                Some(name.clone()),
+                "the name appears twice in the header".to_string(),
+            ));
+        }
         if name == "__metadata__" {
+            seen_metadata = true;
             let m = entry
                 .as_object()
                 .ok_or_else(|| (None, "__metadata__ is not an object".to_string()))?;
@@ -187,7 +243,59 @@ fn parse(bytes: &[u8]) -> Result<Parsed, (Option<String>, String)> {
         let info = parse_entry(entry, data_len).map_err(|m| (Some(name.clone()), m))?;
         tensors.insert(name.clone(), info);
     }
+    // Tensors may leave gaps (padding) but must not share bytes: two views of the same
+    // bytes under different names would be a lying file.
+    let mut spans: Vec<(&String, &TensorInfo)> =
+        tensors.iter().filter(|(_, t)| t.begin < t.end).collect();
+    spans.sort_by_key(|(_, t)| (t.begin, t.end));
+    for pair in spans.windows(2) {
+        let ((a, ta), (b, tb)) = (pair[0], pair[1]);
+        if tb.begin < ta.end {
+            return Err((
+                Some(b.clone()),
+                format!(
+                    "data_offsets [{}, {}] overlap those of tensor '{a}' [{}, {}]",
+                    tb.begin, tb.end, ta.begin, ta.end
+                ),
+            ));
+        }
+    }
     Ok((data_start, tensors, metadata))
+}
+
+/// The header's top-level entries in file order, duplicates kept (a `serde_json::Value`
+/// would keep only the last of two equal keys, hiding the lie).
+fn header_entries(header: &[u8]) -> Result<Vec<(String, serde_json::Value)>, ParseError> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(String, serde_json::Value)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                out.push(entry);
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    let entries = de
+        .deserialize_map(Entries)
+        .and_then(|e| de.end().map(|()| e))
+        .map_err(|e| {
+            // Keys are strings and values any JSON, so a data error means the top level
+            // is not an object.
+            let msg = if e.is_data() {
+                "header is not a JSON object".to_string()
+            } else {
+                format!("header is not valid JSON: {e}")
+            };
+            (None, msg)
+        })?;
+    Ok(entries)
 }
 
 fn parse_entry(entry: &serde_json::Value, data_len: usize) -> Result<TensorInfo, String> {

@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::ImportError;
+use crate::validate::{MAX_LAYERS, MAX_SIZE};
 
 /// A JSON object of a config (the top level or a nested dict), with where it came from.
 #[derive(Debug, Clone)]
@@ -88,14 +89,34 @@ impl<'a> Config<'a> {
 
     fn as_u64(&self, key: &str, v: &Value) -> Result<u64, ImportError> {
         const EXPECTED: &str = "a non-negative integer";
-        if let Some(n) = v.as_u64() {
-            return Ok(n);
-        }
         // Some configs write sizes as floats (`4096.0`); accept those that are whole.
-        match v.as_f64() {
-            Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => Ok(f as u64),
-            _ => Err(self.wrong(key, EXPECTED, v)),
+        let n = match (v.as_u64(), v.as_f64()) {
+            (Some(n), _) => n,
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 9.0e15 => f as u64,
+            _ => return Err(self.wrong(key, EXPECTED, v)),
+        };
+        // Every integer archc reads from a config is a size; the cap keeps later
+        // products (and the allocations sized by them) sane.
+        if n > MAX_SIZE {
+            return Err(self.invalid(
+                key,
+                format!("{n} is more than the largest supported size, {MAX_SIZE} (2^32)"),
+            ));
         }
+        Ok(n)
+    }
+
+    /// The number of layers under `key`: required, between 1 and `MAX_LAYERS`, checked
+    /// before any per-layer list is built from it.
+    pub fn req_layers(&self, key: &str) -> Result<u64, ImportError> {
+        let n = self.req_u64(key)?;
+        if n == 0 || n > MAX_LAYERS {
+            return Err(self.invalid(
+                key,
+                format!("{n} layers is outside the supported range 1..={MAX_LAYERS}"),
+            ));
+        }
+        Ok(n)
     }
 
     pub fn req_u64(&self, key: &str) -> Result<u64, ImportError> {

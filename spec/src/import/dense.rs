@@ -36,7 +36,7 @@ pub(crate) fn head_shape(
 
 pub(crate) fn gpt2(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
     let hidden = c.req_u64("n_embd")?;
-    let layers = c.req_u64("n_layer")?;
+    let layers = c.req_layers("n_layer")?;
     let heads = c.req_u64("n_head")?;
     divisible(c, "n_embd", hidden, heads, "n_head")?;
     let positions = c.u64_or("n_positions", 1024)?;

@@ -82,7 +82,11 @@ pub(crate) fn qwen3_next(c: &Config<'_>, name: &str) -> Result<Spec, ImportError
             weight_input: false,
         },
     });
-    let dense_list = c.opt_u64_list("mlp_only_layers")?.unwrap_or_default();
+    let dense_list: std::collections::BTreeSet<u64> = c
+        .opt_u64_list("mlp_only_layers")?
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let step = c.u64_or("decoder_sparse_step", 1)?;
     if step == 0 {
         return Err(c.invalid("decoder_sparse_step", "must be at least 1"));
@@ -124,7 +128,7 @@ pub(crate) fn kimi_linear(c: &Config<'_>, name: &str) -> Result<Spec, ImportErro
     let g = Globals {
         vocab: c.req_u64("vocab_size")?,
         hidden: c.req_u64("hidden_size")?,
-        layers: c.req_u64("num_hidden_layers")?,
+        layers: c.req_layers("num_hidden_layers")?,
         context: c
             .opt_u64_any(&["model_max_length", "max_position_embeddings"])?
             .unwrap_or(1_048_576),

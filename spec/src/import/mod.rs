@@ -51,6 +51,9 @@ pub enum ImportError {
         key: String,
         message: String,
     },
+    /// The model the config describes fails the checks every `Spec` must pass (sizes over
+    /// archc's limits, numbers that disagree); each problem names the model field.
+    Unsupported { file: String, problems: Vec<String> },
 }
 
 impl fmt::Display for ImportError {
@@ -83,6 +86,13 @@ impl fmt::Display for ImportError {
             }
             ImportError::Invalid { file, key, message } => {
                 write!(f, "{file}: key \"{key}\": {message}")
+            }
+            ImportError::Unsupported { file, problems } => {
+                write!(f, "{file}: the model it describes is not supported:")?;
+                for p in problems {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
             }
         }
     }
@@ -134,7 +144,17 @@ pub fn from_config_json(text: &str, source_name: &str) -> Result<Spec, ImportErr
     };
     let root = Config::root(map, source_name);
     let name = model_name(source_name);
-    import_config(&root, &name)
+    checked(import_config(&root, &name)?, source_name)
+}
+
+/// Runs the checks every `Spec` must pass, so that import never hands out a spec that
+/// stats, tensors or lowering would choke on.
+fn checked(spec: Spec, file: &str) -> Result<Spec, ImportError> {
+    crate::validate::check_spec(&spec).map_err(|problems| ImportError::Unsupported {
+        file: file.to_string(),
+        problems,
+    })?;
+    Ok(spec)
 }
 
 /// Import `path`: a `config.json` file, or a directory that holds one. The model is named
@@ -164,7 +184,7 @@ pub fn from_path(path: &Path) -> Result<Spec, ImportError> {
         });
     };
     let root = Config::root(map, &shown);
-    import_config(&root, &model_name_of_path(&file))
+    checked(import_config(&root, &model_name_of_path(&file))?, &shown)
 }
 
 /// The model name for a source: the parent directory of a `config.json`, else the file stem.
@@ -270,7 +290,7 @@ impl Globals {
                 None => c.req_u64("vocab_size")?,
             },
             hidden: c.req_u64("hidden_size")?,
-            layers: c.req_u64("num_hidden_layers")?,
+            layers: c.req_layers("num_hidden_layers")?,
             context: c.u64_or("max_position_embeddings", context_default)?,
             dtype: dtype(c)?,
             tied: c.tied_or(tied_default)?,

@@ -103,7 +103,11 @@ pub(crate) fn mixtral(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
 /// Which layers of a Qwen-style MoE are sparse: not in `mlp_only_layers`, experts exist,
 /// and `(i + 1)` is a multiple of `decoder_sparse_step`.
 fn qwen_sparse_layers(c: &Config<'_>, layers: u64, experts: u64) -> Result<Vec<bool>, ImportError> {
-    let dense = c.opt_u64_list("mlp_only_layers")?.unwrap_or_default();
+    let dense: std::collections::BTreeSet<u64> = c
+        .opt_u64_list("mlp_only_layers")?
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let step = c.u64_or("decoder_sparse_step", 1)?;
     if step == 0 {
         return Err(c.invalid("decoder_sparse_step", "must be at least 1"));
@@ -497,8 +501,8 @@ pub(crate) fn llama4(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
             (0..n).map(|i| (i + 1) % interval != 0).collect()
         }
     };
-    let moe_layers: Vec<u64> = match c.opt_u64_list("moe_layers")? {
-        Some(list) => list,
+    let moe_layers: std::collections::BTreeSet<u64> = match c.opt_u64_list("moe_layers")? {
+        Some(list) => list.into_iter().collect(),
         None => {
             let step = c.u64_or("interleave_moe_layer_step", 1)?;
             if step == 0 {

@@ -268,7 +268,20 @@ impl<'t> Sect<'t> {
             );
             return None;
         }
-        if x.fract() != 0.0 || x > 9.007_199_254_740_992e15 {
+        if x.fract() == 0.0 && x > super::limits::MAX_SIZE as f64 {
+            d.push(
+                Diagnostic::error(
+                    v.span,
+                    format!(
+                        "{x} is more than the largest supported size, {} (2^32)",
+                        super::limits::MAX_SIZE
+                    ),
+                )
+                .label("too large"),
+            );
+            return None;
+        }
+        if x.fract() != 0.0 {
             let msg = if matches!(v.kind, ValueKind::Number { .. }) {
                 format!("expected an integer, found {}", v.describe())
             } else {

@@ -64,8 +64,7 @@ pub const DEFAULT_NORM: Norm = Norm {
 };
 /// Default context length when `context` is not given.
 pub const DEFAULT_CONTEXT: u64 = 4096;
-/// More layers than this is surely a typo, and would make the schedule huge.
-const MAX_LAYERS: u64 = 100_000;
+use super::limits::MAX_LAYERS;
 
 struct DeclBlock<'a> {
     name: String,
@@ -1031,12 +1030,24 @@ fn scaling(s: &Sect, d: &mut Diags) -> Option<RopeScaling> {
         }
     };
     let b = s.child(body, &format!("`{kind}`"));
+    // Every required number of a scaling is a factor or frequency ratio: positive.
     let req_f64 = |key: &str, d: &mut Diags| -> Option<f64> {
         if b.get(key).is_none() {
             b.missing(key, d);
             return None;
         }
-        b.f64(key, d)
+        let x = b.f64(key, d)?;
+        if x <= 0.0 {
+            d.push(
+                Diagnostic::error(
+                    value_span(&b, key),
+                    format!("`{key}` must be positive, found {x}"),
+                )
+                .label("not positive"),
+            );
+            return None;
+        }
+        Some(x)
     };
     Some(match kind.as_str() {
         "none" => RopeScaling::None,
