@@ -18,8 +18,10 @@
 //! **Invariant:** nothing here names a CPU or GPU feature. Targets read `LoopKind::Vector`
 //! as a hint for the vector width and `Parallel` as the axis to spread over cores or a grid.
 
+pub mod interp;
 pub mod lower;
 mod print;
+pub mod verify;
 
 use crate::ir::Dim;
 
