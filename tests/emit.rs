@@ -122,13 +122,63 @@ fn out_dir_receives_the_stage_file() {
 
 #[test]
 fn later_stages_are_not_accepted_yet() {
-    for stage in ["kernel", "llvm"] {
-        let out = archc(&["emit", "tests/data/lower/tiny-llama.arch", "--stage", stage]);
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(&format!("invalid value '{stage}'")),
-            "unexpected error: {err}"
+    let out = archc(&[
+        "emit",
+        "tests/data/lower/tiny-llama.arch",
+        "--stage",
+        "llvm",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value 'llvm'"),
+        "unexpected error: {err}"
+    );
+}
+
+/// `--stage kernel`: the kernel IR program of every example (or the error a user sees),
+/// byte-for-byte the same on a second run.
+#[test]
+fn kernel_program_of_every_example() {
+    let snaps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/emit/kernel");
+    let files = examples();
+    assert!(!files.is_empty(), "no examples");
+    for file in files {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name");
+        let rel = format!("examples/{name}.arch");
+        let first = archc(&["emit", &rel, "--stage", "kernel"]);
+        let second = archc(&["emit", &rel, "--stage", "kernel"]);
+        assert_eq!(
+            first.stdout, second.stdout,
+            "{name}: output differs between runs"
         );
+        assert_eq!(
+            first.stderr, second.stderr,
+            "{name}: errors differ between runs"
+        );
+        insta::with_settings!({snapshot_path => &snaps, prepend_module_to_snapshot => false, omit_expression => true}, {
+            insta::assert_snapshot!(name, shown(&first));
+        });
     }
+}
+
+/// The decode program of a small model: one token, the cache grown by one.
+#[test]
+fn kernel_stage_in_decode_mode() {
+    let out = archc(&[
+        "emit",
+        "tests/data/lower/tiny-llama.arch",
+        "--stage",
+        "kernel",
+        "--mode",
+        "decode",
+    ]);
+    assert!(out.status.success(), "{}", shown(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("program tiny-llama.decode\n"), "{text}");
+    assert!(text.contains("buffer logits: f32[1, "), "{text}");
+    assert!(text.contains("output\n"), "{text}");
 }

@@ -1,6 +1,7 @@
-//! `archc emit FILE --stage graph|fused [--mode prefill|decode] [-o DIR]`: prints a stage
-//! of the compilation — the lowered graph, or the graph after the fusion pipeline — or
-//! writes it to `DIR/<stage>.txt` (atomically: a temporary file renamed into place).
+//! `archc emit FILE --stage graph|fused|kernel [--mode prefill|decode] [-o DIR]`: prints a
+//! stage of the compilation — the lowered graph, the graph after the fusion pipeline, or
+//! its kernel IR program — or writes it to `DIR/<stage>.txt` (atomically: a temporary
+//! file renamed into place).
 //! Exit status: 0 on success, 1 when the file is invalid or cannot be compiled, 2 when a
 //! file cannot be read or written.
 
@@ -18,6 +19,8 @@ pub enum Stage {
     Graph,
     /// The Graph IR after the fusion pipeline.
     Fused,
+    /// The kernel IR program of the fused graph.
+    Kernel,
 }
 
 impl Stage {
@@ -25,6 +28,7 @@ impl Stage {
         match self {
             Stage::Graph => "graph",
             Stage::Fused => "fused",
+            Stage::Kernel => "kernel",
         }
     }
 }
@@ -90,6 +94,16 @@ pub fn run(args: Args) -> ExitCode {
             .last()
             .map(|(_, g)| g.to_string())
             .unwrap_or_default(),
+        Stage::Kernel => {
+            let fused = stages.last().map_or(&graph, |(_, g)| g);
+            match archc_compiler::kernel::lower::program(fused) {
+                Ok(p) => p.to_string(),
+                Err(e) => {
+                    eprintln!("archc emit: {name}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
     };
     match &args.out {
         None => {

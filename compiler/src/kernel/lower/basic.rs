@@ -1,13 +1,1248 @@
-//! Kernel generators for basic ops (see `mod.rs` for the buffer convention).
+//! Kernel generators for basic ops (see `mod.rs` for the buffer convention): gathers,
+//! matmuls and fused linears, elementwise ops with broadcasting, norms, layout ops
+//! (slice, expand, concat, sum), RoPE and the attention temperature.
+//!
+//! Shapes: matmul-like kernels make the output-feature axis the parallel loop (in blocks
+//! of `COLS` columns, so each thread streams its own weight rows), loop over token rows
+//! inside it and reduce over `k` in a `vector(16)` loop into an f32 local. Elementwise and
+//! layout kernels are parallel over rows with a vector loop over the last axis; norms
+//! reduce per row. Arithmetic follows `interp::{kernels, fused}` operation by operation;
+//! where the interpreter uses f64 (norm statistics, GELU's erf, softcap) the kernels use
+//! f32, which the differential tests bound.
 
-use super::KernelError;
-use crate::ir::{Graph, NodeId};
-use crate::kernel::Kernel;
+use super::{ix, KernelError};
+use crate::ir::{
+    BinaryOp, Dim, ElementwiseOp, Epilogue, Graph, Instr, LinearOp, NodeId, NormKind, NormOp, Op,
+    RopeOp, UnaryOp, Value,
+};
+use crate::kernel::build::{self, f, i, load, select, un};
+use crate::kernel::{Access, BinOp, BufId, Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp, VarId};
+use archc_spec::Pairing;
+
+/// Output columns per parallel iteration of a matmul.
+const COLS: i64 = 64;
+/// The vector width hint of inner loops.
+const VEC: u32 = 16;
 
 pub(super) fn kernel(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
-    let _ = name;
-    Err(KernelError::Unsupported {
-        node: id.0,
-        op: crate::ir::op_text(&graph.nodes[id.0 as usize].op),
-    })
+    let node = graph.node(id);
+    let roles: Vec<String> = match &node.op {
+        Op::Gather => names(&["table", "ids"]),
+        Op::MatMul => names(&["x", "w"]),
+        Op::Linear(l) => linear_roles(l),
+        Op::Rope(_) => names(&["x", "positions"]),
+        Op::AttnTemperature { .. } => names(&["positions"]),
+        Op::ClampedSwiglu { .. } => names(&["gate", "up"]),
+        Op::Concat { .. } => names(&["a", "b"]),
+        Op::Norm(n) => {
+            let mut v = names(&["x"]);
+            if n.weight {
+                v.push("weight".into());
+            }
+            if n.bias {
+                v.push("bias".into());
+            }
+            v
+        }
+        _ => (0..node.inputs.len()).map(|j| format!("in{j}")).collect(),
+    };
+    let arity = match &node.op {
+        Op::Unary(_) | Op::Expand { .. } | Op::Slice { .. } | Op::Sum { .. } => Some(1),
+        Op::AttnTemperature { .. } => Some(1),
+        Op::Gather | Op::MatMul | Op::Binary(_) | Op::ClampedSwiglu { .. } => Some(2),
+        Op::Concat { .. } | Op::Rope(_) => Some(2),
+        _ => None,
+    };
+    if let Some(n) = arity.filter(|&n| n != node.inputs.len()) {
+        return Err(KernelError::Invalid {
+            node: id.0,
+            message: format!(
+                "`{}` takes {n} operands, found {}",
+                crate::ir::op_text(&node.op),
+                node.inputs.len()
+            ),
+        });
+    }
+    let mut g = Gen::new(graph, id, name, &roles)?;
+    match &node.op {
+        Op::Gather => g.gather(),
+        Op::MatMul => g.linear(&LinearOp {
+            norm: None,
+            bias: vec![false],
+            epilogue: Epilogue::None,
+            residual: false,
+        }),
+        Op::Linear(l) => g.linear(l),
+        Op::Unary(u) => {
+            let u = *u;
+            g.broadcast(&[0], |g, v| g.unary(u, v[0].clone()))
+        }
+        Op::Binary(b) => {
+            let op = match b {
+                BinaryOp::Add => BinOp::Add,
+                BinaryOp::Mul => BinOp::Mul,
+            };
+            g.broadcast(&[0, 1], |_, v| {
+                (Vec::new(), build::bin(op, v[0].clone(), v[1].clone()))
+            })
+        }
+        Op::Expand { .. } => g.broadcast(&[0], |_, v| (Vec::new(), v[0].clone())),
+        Op::ClampedSwiglu { alpha, limit } => {
+            let (alpha, limit) = (*alpha, *limit);
+            g.broadcast(&[0, 1], |g, v| {
+                g.clamped_swiglu(alpha, limit, v[0].clone(), v[1].clone())
+            })
+        }
+        Op::Elementwise(e) => g.elementwise(e),
+        Op::Norm(n) => g.norm(n),
+        Op::Slice { axis, start, end } => g.slice(*axis, *start, *end),
+        Op::Concat { axis } => g.concat(*axis),
+        Op::Sum { axis } => g.sum(*axis),
+        Op::Rope(r) => g.rope(r),
+        Op::AttnTemperature {
+            floor_scale,
+            attn_scale,
+        } => g.temperature(*floor_scale, *attn_scale),
+        _ => {
+            return Err(KernelError::Unsupported {
+                node: id.0,
+                op: crate::ir::op_text(&node.op),
+            })
+        }
+    }?;
+    Ok(g.k)
+}
+
+fn names(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn linear_roles(l: &LinearOp) -> Vec<String> {
+    let mut v = names(&["x"]);
+    if let Some(n) = l.norm {
+        if n.weight {
+            v.push("norm_w".into());
+        }
+        if n.bias {
+            v.push("norm_b".into());
+        }
+    }
+    for p in 0..l.parts() {
+        v.push(format!("w{p}"));
+    }
+    for (p, has) in l.bias.iter().enumerate() {
+        if *has {
+            v.push(format!("b{p}"));
+        }
+    }
+    if l.residual {
+        v.push("residual".into());
+    }
+    v
+}
+
+/// A kernel that copies `shape` elements of `elem` from its first buffer to its second.
+pub(super) fn copy_kernel(elem: Elem, shape: &[Dim]) -> Kernel {
+    let mut k = Kernel::new("copy");
+    let src = k.buf("src", elem, Access::Read);
+    let dst = k.buf("dst", elem, Access::Write);
+    let n = ix::prod(shape);
+    let v = k.var("i", Ty::I64);
+    k.body = vec![Stmt::Loop {
+        var: v,
+        start: i(0),
+        end: n,
+        step: 1,
+        kind: LoopKind::Parallel,
+        body: vec![Stmt::Store {
+            buf: dst,
+            index: build::var(v),
+            value: load(src, build::var(v)),
+        }],
+    }];
+    k
+}
+
+/// The f32 value of an integer count (a constant when it is one).
+fn count_f32(n: Expr) -> Expr {
+    match n {
+        Expr::I64(c) => f(c as f32),
+        e => un(UnOp::ToF32, e),
+    }
+}
+
+fn lp(var: VarId, start: Expr, end: Expr, kind: LoopKind, body: Vec<Stmt>) -> Stmt {
+    Stmt::Loop {
+        var,
+        start,
+        end,
+        step: 1,
+        kind,
+        body,
+    }
+}
+
+fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
+    build::bin(op, a, b)
+}
+
+/// One operand of the node: its kernel buffer and shape.
+struct Operand {
+    buf: BufId,
+    shape: Vec<Dim>,
+}
+
+/// A kernel under construction for one node.
+struct Gen {
+    k: Kernel,
+    node: u32,
+    ins: Vec<Operand>,
+    out: BufId,
+    out_shape: Vec<Dim>,
+}
+
+impl Gen {
+    fn new(graph: &Graph, id: NodeId, name: &str, roles: &[String]) -> Result<Gen, KernelError> {
+        let node = graph.node(id);
+        let mut k = Kernel::new(name);
+        let mut ins = Vec::new();
+        for (j, v) in node.inputs.iter().enumerate() {
+            let ty = graph.value_type(*v).ok_or_else(|| KernelError::Invalid {
+                node: id.0,
+                message: format!("operand {j} does not exist"),
+            })?;
+            let what = match v {
+                Value::Param(p) => format!("parameter @{}", graph.param(*p).name),
+                Value::Node(n) => format!("value %{}", n.0),
+            };
+            let e = super::elem(ty.dtype, id.0, &what)?;
+            let role = roles.get(j).cloned().unwrap_or_else(|| format!("in{j}"));
+            let buf = k.buf(role, e, Access::Read);
+            ins.push(Operand {
+                buf,
+                shape: ty.shape,
+            });
+        }
+        let e = super::elem(node.ty.dtype, id.0, "result")?;
+        let out = k.buf("out", e, Access::Write);
+        Ok(Gen {
+            k,
+            node: id.0,
+            ins,
+            out,
+            out_shape: node.ty.shape.clone(),
+        })
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> KernelError {
+        KernelError::Invalid {
+            node: self.node,
+            message: message.into(),
+        }
+    }
+
+    fn var(&mut self, name: &str, ty: Ty) -> VarId {
+        self.k.var(name, ty)
+    }
+
+    /// `let name = value` as a fresh variable; returns the statement and the variable.
+    fn bind(&mut self, name: &str, ty: Ty, value: Expr) -> (Stmt, Expr) {
+        let v = self.var(name, ty);
+        (Stmt::Let { var: v, value }, build::var(v))
+    }
+
+    /// The operand's shape, checked to have at least `rank` axes.
+    fn shape(&self, j: usize, rank: usize) -> Result<Vec<Dim>, KernelError> {
+        let op = self
+            .ins
+            .get(j)
+            .ok_or_else(|| self.invalid(format!("missing operand {j}")))?;
+        if op.shape.len() < rank {
+            return Err(self.invalid(format!(
+                "operand {j} has rank {}, expected at least {rank}",
+                op.shape.len()
+            )));
+        }
+        Ok(op.shape.clone())
+    }
+
+    /// `act(x)` for a unary op, as statements binding intermediates and the result.
+    fn unary(&mut self, u: UnaryOp, x: Expr) -> (Vec<Stmt>, Expr) {
+        unary_expr(&mut self.k, u, x)
+    }
+
+    fn clamped_swiglu(&mut self, alpha: f64, limit: f64, g: Expr, u: Expr) -> (Vec<Stmt>, Expr) {
+        clamped_swiglu_expr(&mut self.k, alpha, limit, g, u)
+    }
+
+    /// A loop over every element of the result: parallel over rows (all axes but the
+    /// last), vector over the last axis. Operands `which` are read with numpy broadcasting
+    /// and bound to variables that `body` combines into the stored value.
+    fn broadcast(
+        &mut self,
+        which: &[usize],
+        body: impl FnOnce(&mut Gen, &[Expr]) -> (Vec<Stmt>, Expr),
+    ) -> Result<(), KernelError> {
+        let mut shape = self.out_shape.clone();
+        if shape.is_empty() {
+            shape.push(Dim::c(1));
+        }
+        let r = shape.len();
+        let lead = shape[..r - 1].to_vec();
+        let last = shape[r - 1];
+        let row = self.var("row", Ty::I64);
+        let j = self.var("j", Ty::I64);
+        let mut row_stmts = Vec::new();
+        let mut axis_idx: Vec<Option<Expr>> = vec![None; r - 1];
+        let mut inner = Vec::new();
+        let mut vals = Vec::new();
+        for (n, &w) in which.iter().enumerate() {
+            let s = self.shape(w, 0)?;
+            if s.len() > r {
+                return Err(self.invalid(format!("operand {w} has more axes than the result")));
+            }
+            let mut full = vec![Dim::c(1); r - s.len()];
+            full.extend_from_slice(&s);
+            let one = Dim::c(1);
+            let jpart = if full[r - 1] == one {
+                i(0)
+            } else {
+                build::var(j)
+            };
+            let index = if full[..r - 1] == lead[..] {
+                ix::add(ix::mul(build::var(row), ix::dim(full[r - 1])), jpart)
+            } else {
+                // Strides of the operand in the result's index space.
+                let mut index = jpart;
+                for a in 0..r - 1 {
+                    if full[a] == one {
+                        continue;
+                    }
+                    if axis_idx[a].is_none() {
+                        let below = ix::prod(&lead[a + 1..]);
+                        let value = ix::rem(ix::div(build::var(row), below), ix::dim(lead[a]));
+                        let (st, e) = self.bind(&format!("i{a}"), Ty::I64, value);
+                        row_stmts.push(st);
+                        axis_idx[a] = Some(e);
+                    }
+                    let stride = ix::prod(&full[a + 1..]);
+                    let idx = axis_idx[a].clone().unwrap_or(i(0));
+                    index = ix::add(ix::mul(idx, stride), index);
+                }
+                index
+            };
+            let buf = self.ins[w].buf;
+            let (st, e) = self.bind(&format!("a{n}"), Ty::F32, load(buf, index));
+            inner.push(st);
+            vals.push(e);
+        }
+        let (stmts, value) = body(self, &vals);
+        inner.extend(stmts);
+        inner.push(Stmt::Store {
+            buf: self.out,
+            index: ix::add(ix::mul(build::var(row), ix::dim(last)), build::var(j)),
+            value,
+        });
+        row_stmts.push(lp(j, i(0), ix::dim(last), LoopKind::Vector(VEC), inner));
+        self.k.body.push(lp(
+            row,
+            i(0),
+            ix::prod(&lead),
+            LoopKind::Parallel,
+            row_stmts,
+        ));
+        Ok(())
+    }
+
+    fn elementwise(&mut self, e: &ElementwiseOp) -> Result<(), KernelError> {
+        let all: Vec<usize> = (0..e.operands as usize).collect();
+        if all.len() != self.ins.len() || e.program.is_empty() {
+            return Err(self.invalid("elementwise operand count or program is malformed"));
+        }
+        let program = e.program.clone();
+        let node = self.node;
+        let mut bad = None;
+        self.broadcast(&all, |g, vals| {
+            let mut regs: Vec<Expr> = vals.to_vec();
+            let mut stmts = Vec::new();
+            for ins in &program {
+                let get = |r: u32| regs.get(r as usize).cloned();
+                let (st, value) = match *ins {
+                    Instr::Unary(u, a) => match get(a) {
+                        Some(a) => g.unary(u, a),
+                        None => {
+                            bad = Some(a);
+                            break;
+                        }
+                    },
+                    Instr::Binary(b, x, y) => match (get(x), get(y)) {
+                        (Some(x), Some(y)) => {
+                            let op = match b {
+                                BinaryOp::Add => BinOp::Add,
+                                BinaryOp::Mul => BinOp::Mul,
+                            };
+                            (Vec::new(), bin(op, x, y))
+                        }
+                        _ => {
+                            bad = Some(x.max(y));
+                            break;
+                        }
+                    },
+                    Instr::ClampedSwiglu {
+                        alpha,
+                        limit,
+                        gate,
+                        up,
+                    } => match (get(gate), get(up)) {
+                        (Some(x), Some(y)) => g.clamped_swiglu(alpha, limit, x, y),
+                        _ => {
+                            bad = Some(gate.max(up));
+                            break;
+                        }
+                    },
+                };
+                stmts.extend(st);
+                let (st, v) = g.bind(&format!("r{}", regs.len()), Ty::F32, value);
+                stmts.push(st);
+                regs.push(v);
+            }
+            let last = regs.pop().unwrap_or(f(0.0));
+            (stmts, last)
+        })?;
+        match bad {
+            Some(r) => Err(KernelError::Invalid {
+                node,
+                message: format!("elementwise register ${r} is read before it is written"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn gather(&mut self) -> Result<(), KernelError> {
+        let table = self.shape(0, 1)?;
+        let ids = self.shape(1, 0)?;
+        let rows = ix::dim(table[0]);
+        let width = ix::prod(&table[1..]);
+        let (tb, idb, out) = (self.ins[0].buf, self.ins[1].buf, self.out);
+        let t = self.var("t", Ty::I64);
+        let j = self.var("j", Ty::I64);
+        // Out-of-range ids are clamped into the table: the runtime rejects them before a
+        // run, and a kernel must never read outside its buffer.
+        let clamped = ix::min(
+            bin(BinOp::Max, load(idb, build::var(t)), i(0)),
+            ix::sub(rows, i(1)),
+        );
+        let (st, row) = self.bind("row", Ty::I64, clamped);
+        let copy = Stmt::Store {
+            buf: out,
+            index: ix::add(ix::mul(build::var(t), width.clone()), build::var(j)),
+            value: load(tb, ix::add(ix::mul(row, width.clone()), build::var(j))),
+        };
+        let body = vec![st, lp(j, i(0), width, LoopKind::Vector(VEC), vec![copy])];
+        self.k
+            .body
+            .push(lp(t, i(0), ix::prod(&ids), LoopKind::Parallel, body));
+        Ok(())
+    }
+
+    /// Per-row norm statistics of `src[base..base + k]`: statements, then `(mean, inv)`
+    /// where `mean` is `None` for RMSNorm.
+    fn norm_stats(
+        &mut self,
+        n: &NormOp,
+        src: BufId,
+        base: Expr,
+        k: Expr,
+    ) -> (Vec<Stmt>, Option<Expr>, Expr) {
+        let mut out = Vec::new();
+        let kf = count_f32(k.clone());
+        let eps = f(n.eps as f32);
+        let mean = match n.kind {
+            NormKind::Rms => None,
+            NormKind::Layer => {
+                let sum = self.var("sum", Ty::F32);
+                let kk = self.var("kk", Ty::I64);
+                out.push(Stmt::Local {
+                    var: sum,
+                    init: f(0.0),
+                });
+                out.push(lp(
+                    kk,
+                    i(0),
+                    k.clone(),
+                    LoopKind::Vector(VEC),
+                    vec![Stmt::Set {
+                        var: sum,
+                        value: build::add(
+                            build::var(sum),
+                            load(src, ix::add(base.clone(), build::var(kk))),
+                        ),
+                    }],
+                ));
+                let (st, m) = self.bind("mean", Ty::F32, build::div(build::var(sum), kf.clone()));
+                out.push(st);
+                Some(m)
+            }
+        };
+        let sq = self.var("sq", Ty::F32);
+        let kk = self.var("kk", Ty::I64);
+        let x = load(src, ix::add(base, build::var(kk)));
+        let (dst, d) = match &mean {
+            Some(m) => self.bind("d", Ty::F32, build::sub(x, m.clone())),
+            None => self.bind("d", Ty::F32, x),
+        };
+        out.push(Stmt::Local {
+            var: sq,
+            init: f(0.0),
+        });
+        out.push(lp(
+            kk,
+            i(0),
+            k,
+            LoopKind::Vector(VEC),
+            vec![
+                dst,
+                Stmt::Set {
+                    var: sq,
+                    value: build::add(build::var(sq), build::mul(d.clone(), d)),
+                },
+            ],
+        ));
+        let inv = build::div(
+            f(1.0),
+            un(UnOp::Sqrt, build::add(build::div(build::var(sq), kf), eps)),
+        );
+        let (st, inv) = self.bind("inv", Ty::F32, inv);
+        out.push(st);
+        (out, mean, inv)
+    }
+
+    /// `((x - mean) * inv) * w + b` for element `kk` of a row, as the interpreter orders it;
+    /// `(mean, inv)` come from `norm_stats`, then the weight and bias buffers.
+    fn norm_apply(
+        n: &NormOp,
+        x: Expr,
+        (mean, inv): (&Option<Expr>, &Expr),
+        (w, b): (Option<BufId>, Option<BufId>),
+        kk: Expr,
+    ) -> Expr {
+        let centered = match mean {
+            Some(m) => build::sub(x, m.clone()),
+            None => x,
+        };
+        let mut y = build::mul(centered, inv.clone());
+        if let Some(w) = w {
+            let wv = load(w, kk.clone());
+            let wv = if n.plus_one {
+                build::add(f(1.0), wv)
+            } else {
+                wv
+            };
+            y = build::mul(y, wv);
+        }
+        if let Some(b) = b {
+            y = build::add(y, load(b, kk));
+        }
+        y
+    }
+
+    fn norm(&mut self, n: &NormOp) -> Result<(), KernelError> {
+        let x = self.shape(0, 1)?;
+        let r = x.len();
+        let k = ix::dim(x[r - 1]);
+        let rows = ix::prod(&x[..r - 1]);
+        let xb = self.ins[0].buf;
+        let w = n.weight.then(|| self.ins.get(1).map(|o| o.buf)).flatten();
+        let b = n
+            .bias
+            .then(|| self.ins.get(1 + n.weight as usize).map(|o| o.buf))
+            .flatten();
+        if n.weight && w.is_none() || n.bias && b.is_none() {
+            return Err(self.invalid("norm weight or bias operand missing"));
+        }
+        let t = self.var("t", Ty::I64);
+        let (base_st, base) = self.bind("base", Ty::I64, ix::mul(build::var(t), k.clone()));
+        let (mut body, mean, inv) = self.norm_stats(n, xb, base.clone(), k.clone());
+        body.insert(0, base_st);
+        let kk = self.var("kk", Ty::I64);
+        let at = ix::add(base, build::var(kk));
+        let y = Self::norm_apply(
+            n,
+            load(xb, at.clone()),
+            (&mean, &inv),
+            (w, b),
+            build::var(kk),
+        );
+        body.push(lp(
+            kk,
+            i(0),
+            k,
+            LoopKind::Vector(VEC),
+            vec![Stmt::Store {
+                buf: self.out,
+                index: at,
+                value: y,
+            }],
+        ));
+        self.k
+            .body
+            .push(lp(t, i(0), rows, LoopKind::Parallel, body));
+        Ok(())
+    }
+
+    /// A matmul with its norm prologue, parts, biases, epilogue and residual (`LinearOp`).
+    fn linear(&mut self, op: &LinearOp) -> Result<(), KernelError> {
+        let l = op.layout();
+        if self.ins.len() != l.arity || op.parts() == 0 {
+            return Err(self.invalid(format!(
+                "linear expects {} operands, found {}",
+                l.arity,
+                self.ins.len()
+            )));
+        }
+        let x = self.shape(0, 1)?;
+        let r = x.len();
+        let kd = x[r - 1];
+        let k = ix::dim(kd);
+        let m = ix::prod(&x[..r - 1]);
+        let mut widths = Vec::new();
+        for p in 0..op.parts() {
+            let w = self.shape(l.weights + p, 2)?;
+            let n = w[0]
+                .as_const()
+                .ok_or_else(|| self.invalid("a weight with a symbolic width"))?;
+            if w.len() != 2 || w[1] != kd {
+                return Err(self.invalid(format!("weight part {p} does not fit x's width {kd}")));
+            }
+            widths.push(n as i64);
+        }
+        let gated = matches!(
+            op.epilogue,
+            Epilogue::Glu { .. } | Epilogue::ClampedGlu { .. }
+        );
+        if gated && (widths.len() != 2 || widths[0] != widths[1]) {
+            return Err(self.invalid("a gated epilogue needs two parts of equal width"));
+        }
+        let ncols: i64 = if gated {
+            widths[0]
+        } else {
+            widths.iter().sum()
+        };
+        let ob = self.out;
+        let xb = self.ins[0].buf;
+        let wbufs: Vec<BufId> = (0..op.parts())
+            .map(|p| self.ins[l.weights + p].buf)
+            .collect();
+        let mut bbufs: Vec<Option<BufId>> = Vec::new();
+        let mut next = l.biases;
+        for has in &op.bias {
+            if *has {
+                bbufs.push(Some(self.ins[next].buf));
+                next += 1;
+            } else {
+                bbufs.push(None);
+            }
+        }
+        let res = l.residual.map(|j| self.ins[j].buf);
+
+        let cb = self.var("cb", Ty::I64);
+        let t = self.var("t", Ty::I64);
+        let c = self.var("c", Ty::I64);
+        let mut block = Vec::new();
+        let (st, c0) = self.bind("c0", Ty::I64, ix::mul(build::var(cb), i(COLS)));
+        block.push(st);
+        let (st, c1) = self.bind(
+            "c1",
+            Ty::I64,
+            ix::min(ix::add(c0.clone(), i(COLS)), i(ncols)),
+        );
+        block.push(st);
+
+        // The row `x` is read from: the normalised copy in scratch, or `x` itself.
+        let mut row = Vec::new();
+        let (src, base) = match op.norm {
+            Some(n) => {
+                let kc = kd
+                    .as_const()
+                    .ok_or_else(|| self.invalid("a norm prologue over a symbolic width"))?;
+                let xs = self.k.buf("xs", Elem::F32, Access::Scratch { len: kc });
+                let (st, xbase) = self.bind("xbase", Ty::I64, ix::mul(build::var(t), k.clone()));
+                row.push(st);
+                let (stats, mean, inv) = self.norm_stats(&n, xb, xbase.clone(), k.clone());
+                row.extend(stats);
+                let nw = l.norm_weight.map(|j| self.ins[j].buf);
+                let nb = l.norm_bias.map(|j| self.ins[j].buf);
+                let kk = self.var("kk", Ty::I64);
+                let y = Self::norm_apply(
+                    &n,
+                    load(xb, ix::add(xbase, build::var(kk))),
+                    (&mean, &inv),
+                    (nw, nb),
+                    build::var(kk),
+                );
+                row.push(lp(
+                    kk,
+                    i(0),
+                    k.clone(),
+                    LoopKind::Vector(VEC),
+                    vec![Stmt::Store {
+                        buf: xs,
+                        index: build::var(kk),
+                        value: y,
+                    }],
+                ));
+                (xs, i(0))
+            }
+            None => {
+                let (st, xbase) = self.bind("xbase", Ty::I64, ix::mul(build::var(t), k.clone()));
+                row.push(st);
+                (xb, xbase)
+            }
+        };
+
+        // Dot products of the row with weight rows `o` of the given parts, in one k loop.
+        let dots = |g: &mut Gen, parts: &[(BufId, Expr)]| -> (Vec<Stmt>, Vec<Expr>) {
+            let mut st = Vec::new();
+            let kk = g.var("kk", Ty::I64);
+            let (xst, xv) = g.bind(
+                "xv",
+                Ty::F32,
+                load(src, ix::add(base.clone(), build::var(kk))),
+            );
+            let mut inner = vec![xst];
+            let mut accs = Vec::new();
+            for (w, o) in parts {
+                let acc = g.var("acc", Ty::F32);
+                st.push(Stmt::Local {
+                    var: acc,
+                    init: f(0.0),
+                });
+                inner.push(Stmt::Set {
+                    var: acc,
+                    value: build::add(
+                        build::var(acc),
+                        build::mul(
+                            xv.clone(),
+                            load(*w, ix::add(ix::mul(o.clone(), k.clone()), build::var(kk))),
+                        ),
+                    ),
+                });
+                accs.push(build::var(acc));
+            }
+            st.push(lp(kk, i(0), k.clone(), LoopKind::Vector(VEC), inner));
+            (st, accs)
+        };
+        let with_bias = |acc: Expr, b: Option<BufId>, o: Expr| match b {
+            Some(b) => build::add(acc, load(b, o)),
+            None => acc,
+        };
+
+        let mut col = Vec::new();
+        let y = if gated {
+            let gate = match op.epilogue {
+                Epilogue::Glu { gate, .. } | Epilogue::ClampedGlu { gate, .. } => gate,
+                _ => 0,
+            };
+            if gate > 1 {
+                return Err(self.invalid("gated epilogue names a third part"));
+            }
+            let up = 1 - gate;
+            let (st, accs) = dots(
+                self,
+                &[(wbufs[gate], build::var(c)), (wbufs[up], build::var(c))],
+            );
+            col.extend(st);
+            let (st, gv) = self.bind(
+                "g",
+                Ty::F32,
+                with_bias(accs[0].clone(), bbufs[gate], build::var(c)),
+            );
+            col.push(st);
+            let (st, uv) = self.bind(
+                "u",
+                Ty::F32,
+                with_bias(accs[1].clone(), bbufs[up], build::var(c)),
+            );
+            col.push(st);
+            let (st, value) = match op.epilogue {
+                Epilogue::Glu { act, .. } => {
+                    let (st, a) = self.unary(act, gv);
+                    (st, build::mul(a, uv))
+                }
+                Epilogue::ClampedGlu { alpha, limit, .. } => {
+                    self.clamped_swiglu(alpha, limit, gv, uv)
+                }
+                _ => (Vec::new(), f(0.0)),
+            };
+            col.extend(st);
+            value
+        } else if op.parts() == 1 {
+            let (st, accs) = dots(self, &[(wbufs[0], build::var(c))]);
+            col.extend(st);
+            with_bias(accs[0].clone(), bbufs[0], build::var(c))
+        } else {
+            // Several parts side by side: column `c` belongs to exactly one of them.
+            let yv = self.var("y", Ty::F32);
+            col.push(Stmt::Local {
+                var: yv,
+                init: f(0.0),
+            });
+            let mut offsets = Vec::new();
+            let mut off = 0;
+            for w in &widths {
+                offsets.push(off);
+                off += w;
+            }
+            let mut chain: Vec<Stmt> = Vec::new();
+            for p in (0..op.parts()).rev() {
+                let (st, o) = self.bind("o", Ty::I64, ix::sub(build::var(c), i(offsets[p])));
+                let (dst, accs) = dots(self, &[(wbufs[p], o.clone())]);
+                let mut arm = vec![st];
+                arm.extend(dst);
+                arm.push(Stmt::Set {
+                    var: yv,
+                    value: with_bias(accs[0].clone(), bbufs[p], o),
+                });
+                chain = if p == op.parts() - 1 {
+                    arm
+                } else {
+                    vec![Stmt::If {
+                        cond: bin(BinOp::Lt, build::var(c), i(offsets[p + 1])),
+                        then: arm,
+                        els: chain,
+                    }]
+                };
+            }
+            col.extend(chain);
+            build::var(yv)
+        };
+        let y = match op.epilogue {
+            Epilogue::Act(u) => {
+                let (st, yv) = self.bind("y", Ty::F32, y);
+                col.push(st);
+                let (st, a) = self.unary(u, yv);
+                col.extend(st);
+                a
+            }
+            _ => y,
+        };
+        let at = ix::add(ix::mul(build::var(t), i(ncols)), build::var(c));
+        let y = match res {
+            Some(rb) => build::add(y, load(rb, at.clone())),
+            None => y,
+        };
+        col.push(Stmt::Store {
+            buf: ob,
+            index: at,
+            value: y,
+        });
+        row.push(lp(c, c0, c1, LoopKind::Serial, col));
+        block.push(lp(t, i(0), m, LoopKind::Serial, row));
+        let nblocks = (ncols + COLS - 1) / COLS;
+        self.k
+            .body
+            .push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
+        Ok(())
+    }
+
+    /// `(prod(shape[..axis]), shape[axis], prod(shape[axis+1..]))` as expressions.
+    fn split(&self, shape: &[Dim], axis: usize) -> Result<(Expr, Dim, Expr), KernelError> {
+        if axis >= shape.len() {
+            return Err(self.invalid(format!("axis {axis} out of range")));
+        }
+        Ok((
+            ix::prod(&shape[..axis]),
+            shape[axis],
+            ix::prod(&shape[axis + 1..]),
+        ))
+    }
+
+    /// `(o, l)` = row `r` split into an outer index and a position along an axis of `len`.
+    fn outer_and_pos(&mut self, outer: &Expr, r: Expr, len: Expr) -> (Vec<Stmt>, Expr, Expr) {
+        if *outer == i(1) {
+            return (Vec::new(), i(0), r);
+        }
+        let (s1, o) = self.bind("o", Ty::I64, ix::div(r.clone(), len.clone()));
+        let (s2, l) = self.bind("l", Ty::I64, ix::rem(r, len));
+        (vec![s1, s2], o, l)
+    }
+
+    /// A slice is one contiguous chunk of `(end - start) * inner` elements per outer index.
+    fn slice(&mut self, axis: usize, start: u64, end: u64) -> Result<(), KernelError> {
+        let x = self.shape(0, 1)?;
+        let (outer, len, inner) = self.split(&x, axis)?;
+        let chunk = ix::mul(i((end - start) as i64), inner.clone());
+        let (xb, out) = (self.ins[0].buf, self.out);
+        let src = |o: Expr, j: Expr| {
+            let row = ix::add(ix::mul(o, ix::dim(len)), i(start as i64));
+            ix::add(ix::mul(row, inner.clone()), j)
+        };
+        if outer == i(1) {
+            // One chunk (a slice along the first axis): spread the chunk itself.
+            let j = self.var("j", Ty::I64);
+            let copy = Stmt::Store {
+                buf: out,
+                index: build::var(j),
+                value: load(xb, src(i(0), build::var(j))),
+            };
+            self.k
+                .body
+                .push(lp(j, i(0), chunk, LoopKind::Parallel, vec![copy]));
+        } else {
+            let o = self.var("o", Ty::I64);
+            let j = self.var("j", Ty::I64);
+            let copy = Stmt::Store {
+                buf: out,
+                index: ix::add(ix::mul(build::var(o), chunk.clone()), build::var(j)),
+                value: load(xb, src(build::var(o), build::var(j))),
+            };
+            let inner_loop = lp(j, i(0), chunk, LoopKind::Vector(VEC), vec![copy]);
+            self.k
+                .body
+                .push(lp(o, i(0), outer, LoopKind::Parallel, vec![inner_loop]));
+        }
+        Ok(())
+    }
+
+    fn concat(&mut self, axis: usize) -> Result<(), KernelError> {
+        let a = self.shape(0, 1)?;
+        let b = self.shape(1, 1)?;
+        let (outer, la, inner) = self.split(&a, axis)?;
+        let lb = b[axis];
+        let (la, lb) = (ix::dim(la), ix::dim(lb));
+        let lt = ix::add(la.clone(), lb.clone());
+        let r = self.var("r", Ty::I64);
+        let (mut body, o, l) = self.outer_and_pos(&outer, build::var(r), lt.clone());
+        let (ab, bb, out) = (self.ins[0].buf, self.ins[1].buf, self.out);
+        let copy = |g: &mut Gen, src: BufId, src_row: Expr| -> Vec<Stmt> {
+            let j = g.var("j", Ty::I64);
+            vec![lp(
+                j,
+                i(0),
+                inner.clone(),
+                LoopKind::Vector(VEC),
+                vec![Stmt::Store {
+                    buf: out,
+                    index: ix::add(ix::mul(build::var(r), inner.clone()), build::var(j)),
+                    value: load(src, ix::add(ix::mul(src_row, inner.clone()), build::var(j))),
+                }],
+            )]
+        };
+        let from_a = copy(self, ab, ix::add(ix::mul(o.clone(), la.clone()), l.clone()));
+        let from_b = copy(
+            self,
+            bb,
+            ix::add(ix::mul(o, lb), ix::sub(l.clone(), la.clone())),
+        );
+        body.push(Stmt::If {
+            cond: bin(BinOp::Lt, l, la),
+            then: from_a,
+            els: from_b,
+        });
+        self.k
+            .body
+            .push(lp(r, i(0), ix::mul(outer, lt), LoopKind::Parallel, body));
+        Ok(())
+    }
+
+    fn sum(&mut self, axis: usize) -> Result<(), KernelError> {
+        let x = self.shape(0, 1)?;
+        let (outer, len, inner) = self.split(&x, axis)?;
+        let len = ix::dim(len);
+        let r = self.var("r", Ty::I64);
+        let (mut body, o, ii) = self.outer_and_pos(&outer, build::var(r), inner.clone());
+        let acc = self.var("acc", Ty::F32);
+        let l = self.var("l", Ty::I64);
+        body.push(Stmt::Local {
+            var: acc,
+            init: f(0.0),
+        });
+        // Serial, in order: the interpreter sums in this order and `len` is short (top-k).
+        let index = ix::add(
+            ix::mul(
+                ix::add(ix::mul(o, len.clone()), build::var(l)),
+                inner.clone(),
+            ),
+            ii,
+        );
+        body.push(lp(
+            l,
+            i(0),
+            len,
+            LoopKind::Serial,
+            vec![Stmt::Set {
+                var: acc,
+                value: build::add(build::var(acc), load(self.ins[0].buf, index)),
+            }],
+        ));
+        body.push(Stmt::Store {
+            buf: self.out,
+            index: build::var(r),
+            value: build::var(acc),
+        });
+        self.k
+            .body
+            .push(lp(r, i(0), ix::mul(outer, inner), LoopKind::Parallel, body));
+        Ok(())
+    }
+
+    fn rope(&mut self, r: &RopeOp) -> Result<(), KernelError> {
+        let x = self.shape(0, 3)?;
+        let (h, d) = (ix::dim(x[1]), ix::dim(x[2]));
+        let dims = r.dims as i64;
+        let half = dims / 2;
+        let (xb, pb, out) = (self.ins[0].buf, self.ins[1].buf, self.out);
+        // The frequency table is a per-thread constant: filled before the parallel loop.
+        let (freqs, factor) = crate::ir::rope::inv_freq(r);
+        let freq = self
+            .k
+            .buf("freq", Elem::F32, Access::Scratch { len: half as u64 });
+        let cs = self.k.buf(
+            "cs",
+            Elem::F32,
+            Access::Scratch {
+                len: 2 * half as u64,
+            },
+        );
+        for (n, fr) in freqs.iter().enumerate() {
+            self.k.body.push(Stmt::Store {
+                buf: freq,
+                index: i(n as i64),
+                value: f(*fr as f32),
+            });
+        }
+        let t = self.var("t", Ty::I64);
+        let mut body = Vec::new();
+        let (st, p) = self.bind("p", Ty::F32, un(UnOp::ToF32, load(pb, build::var(t))));
+        body.push(st);
+        // cos and sin of every frequency at this position, shared by all heads.
+        let q = self.var("q", Ty::I64);
+        let (st, ang) = self.bind("ang", Ty::F32, build::mul(load(freq, build::var(q)), p));
+        let scaled = |e: Expr| {
+            if factor == 1.0 {
+                e
+            } else {
+                build::mul(e, f(factor as f32))
+            }
+        };
+        body.push(lp(
+            q,
+            i(0),
+            i(half),
+            LoopKind::Vector(VEC),
+            vec![
+                st,
+                Stmt::Store {
+                    buf: cs,
+                    index: build::var(q),
+                    value: scaled(un(UnOp::Cos, ang.clone())),
+                },
+                Stmt::Store {
+                    buf: cs,
+                    index: ix::add(build::var(q), i(half)),
+                    value: scaled(un(UnOp::Sin, ang)),
+                },
+            ],
+        ));
+        let head = self.var("head", Ty::I64);
+        let mut per_head = Vec::new();
+        let (st, base) = self.bind(
+            "base",
+            Ty::I64,
+            ix::mul(
+                ix::add(ix::mul(build::var(t), h.clone()), build::var(head)),
+                d.clone(),
+            ),
+        );
+        per_head.push(st);
+        let q2 = self.var("q", Ty::I64);
+        let (i1, i2) = match r.pairing {
+            Pairing::Half => (build::var(q2), ix::add(build::var(q2), i(half))),
+            Pairing::Interleaved => (
+                ix::mul(build::var(q2), i(2)),
+                ix::add(ix::mul(build::var(q2), i(2)), i(1)),
+            ),
+        };
+        let (a1, a2) = (ix::add(base.clone(), i1), ix::add(base.clone(), i2));
+        let (s1, c) = self.bind("c", Ty::F32, load(cs, build::var(q2)));
+        let (s2, s) = self.bind("s", Ty::F32, load(cs, ix::add(build::var(q2), i(half))));
+        let (s3, x1) = self.bind("x1", Ty::F32, load(xb, a1.clone()));
+        let (s4, x2) = self.bind("x2", Ty::F32, load(xb, a2.clone()));
+        per_head.push(lp(
+            q2,
+            i(0),
+            i(half),
+            LoopKind::Vector(VEC),
+            vec![
+                s1,
+                s2,
+                s3,
+                s4,
+                Stmt::Store {
+                    buf: out,
+                    index: a1,
+                    value: build::sub(
+                        build::mul(x1.clone(), c.clone()),
+                        build::mul(x2.clone(), s.clone()),
+                    ),
+                },
+                Stmt::Store {
+                    buf: out,
+                    index: a2,
+                    value: build::add(build::mul(x2, c), build::mul(x1, s)),
+                },
+            ],
+        ));
+        if x[2].as_const() != Some(dims as u64) {
+            // Dims past `dims` pass through unrotated.
+            let jj = self.var("j", Ty::I64);
+            let at = ix::add(base, build::var(jj));
+            per_head.push(lp(
+                jj,
+                i(dims),
+                d,
+                LoopKind::Vector(VEC),
+                vec![Stmt::Store {
+                    buf: out,
+                    index: at.clone(),
+                    value: load(xb, at),
+                }],
+            ));
+        }
+        body.push(lp(head, i(0), h, LoopKind::Serial, per_head));
+        self.k
+            .body
+            .push(lp(t, i(0), ix::dim(x[0]), LoopKind::Parallel, body));
+        Ok(())
+    }
+
+    fn temperature(&mut self, floor_scale: f64, attn_scale: f64) -> Result<(), KernelError> {
+        let pos = self.shape(0, 1)?;
+        let t = self.var("t", Ty::I64);
+        let p = un(UnOp::ToF32, load(self.ins[0].buf, build::var(t)));
+        let (st, bucket) = self.bind(
+            "bucket",
+            Ty::F32,
+            un(
+                UnOp::Floor,
+                build::div(build::add(p, f(1.0)), f(floor_scale as f32)),
+            ),
+        );
+        let value = build::add(
+            f(1.0),
+            build::mul(
+                f(attn_scale as f32),
+                un(UnOp::Log, build::add(bucket, f(1.0))),
+            ),
+        );
+        let body = vec![
+            st,
+            Stmt::Store {
+                buf: self.out,
+                index: build::var(t),
+                value,
+            },
+        ];
+        self.k
+            .body
+            .push(lp(t, i(0), ix::prod(&pos), LoopKind::Parallel, body));
+        Ok(())
+    }
+}
+
+/// `1 / (1 + exp(-x))`.
+fn sigmoid(x: Expr) -> Expr {
+    build::div(f(1.0), build::add(f(1.0), un(UnOp::Exp, un(UnOp::Neg, x))))
+}
+
+/// `u(x)` as statements binding intermediates, then the value; `x` should be a variable
+/// or a constant, since it may be used more than once.
+pub(super) fn unary_expr(k: &mut Kernel, u: UnaryOp, x: Expr) -> (Vec<Stmt>, Expr) {
+    let mut st = Vec::new();
+    let mut bind = |k: &mut Kernel, name: &str, value: Expr| {
+        let v = k.var(name, Ty::F32);
+        st.push(Stmt::Let { var: v, value });
+        build::var(v)
+    };
+    let value = match u {
+        UnaryOp::Gelu => {
+            // erf by Abramowitz & Stegun 7.1.26, the interpreter's formula (|error| < 1.5e-7).
+            let z = bind(
+                k,
+                "z",
+                build::mul(x.clone(), f(std::f32::consts::FRAC_1_SQRT_2)),
+            );
+            let t = bind(
+                k,
+                "t",
+                build::div(
+                    f(1.0),
+                    build::add(f(1.0), build::mul(f(0.327_591_1), un(UnOp::Abs, z.clone()))),
+                ),
+            );
+            let mut poly = f(1.061_405_4);
+            for c in [-1.453_152_1, 1.421_413_8, -0.284_496_72, 0.254_829_6] {
+                poly = build::add(build::mul(poly, t.clone()), f(c));
+            }
+            let y = bind(
+                k,
+                "erf",
+                build::sub(
+                    f(1.0),
+                    build::mul(
+                        build::mul(poly, t),
+                        un(UnOp::Exp, un(UnOp::Neg, build::mul(z.clone(), z.clone()))),
+                    ),
+                ),
+            );
+            let erf = select(bin(BinOp::Ge, z, f(0.0)), y.clone(), un(UnOp::Neg, y));
+            build::mul(build::mul(f(0.5), x), build::add(f(1.0), erf))
+        }
+        UnaryOp::GeluTanh => {
+            let cube = build::mul(build::mul(x.clone(), x.clone()), x.clone());
+            let inner = build::mul(
+                f((2.0 / std::f64::consts::PI).sqrt() as f32),
+                build::add(x.clone(), build::mul(f(0.044_715), cube)),
+            );
+            build::mul(
+                build::mul(f(0.5), x),
+                build::add(f(1.0), un(UnOp::Tanh, inner)),
+            )
+        }
+        UnaryOp::Relu => bin(BinOp::Max, x, f(0.0)),
+        UnaryOp::Silu => build::mul(x.clone(), sigmoid(x)),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Scale(c) => build::mul(x, f(c as f32)),
+        UnaryOp::Softcap(c) => build::mul(f(c as f32), un(UnOp::Tanh, build::div(x, f(c as f32)))),
+    };
+    (st, value)
+}
+
+/// GPT-OSS's `(clamp(u, ±limit) + 1) * g * sigmoid(alpha * g)` with `g = min(g, limit)`.
+pub(super) fn clamped_swiglu_expr(
+    k: &mut Kernel,
+    alpha: f64,
+    limit: f64,
+    g: Expr,
+    u: Expr,
+) -> (Vec<Stmt>, Expr) {
+    let lim = f(limit as f32);
+    let gv = k.var("gc", Ty::F32);
+    let uv = k.var("uc", Ty::F32);
+    let st = vec![
+        Stmt::Let {
+            var: gv,
+            value: bin(BinOp::Min, g, lim.clone()),
+        },
+        Stmt::Let {
+            var: uv,
+            value: bin(BinOp::Max, bin(BinOp::Min, u, lim), f(-(limit as f32))),
+        },
+    ];
+    let (g, u) = (build::var(gv), build::var(uv));
+    let value = build::mul(
+        build::mul(build::add(u, f(1.0)), g.clone()),
+        sigmoid(build::mul(f(alpha as f32), g)),
+    );
+    (st, value)
 }

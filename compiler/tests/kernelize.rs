@@ -1,0 +1,790 @@
+//! Graph → kernel IR lowering: small random-weight models lowered, optimized and turned into
+//! kernel programs must compute what the graph interpreter computes (prefill, decode with a
+//! KV cache and a prefill continued after a cache, on one and two threads), and the kernel
+//! IR text of a few tiny models is snapshotted.
+//!
+//! Bless with `INSTA_UPDATE=always cargo test -p archc-compiler --test kernelize`, then read
+//! the snapshots in `tests/data/kernelize/`.
+
+use archc_compiler::interp::{
+    self, Bindings, RandomWeights, Tensor, WeightDType, WeightSource, WeightView,
+};
+use archc_compiler::ir::{verify, Graph};
+use archc_compiler::kernel::interp::{run_program, KBufData, KData};
+use archc_compiler::kernel::lower::{program, KernelError};
+use archc_compiler::kernel::verify::verify_program;
+use archc_compiler::kernel::Program;
+use archc_compiler::passes::optimize;
+use archc_compiler::{lower, Mode};
+use archc_spec::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+// ---------------------------------------------------------------------------------------
+// Specs (the shapes of tests/decode.rs, with the vocabulary and MLP wider than a block).
+
+fn norm() -> Norm {
+    Norm {
+        kind: NormKind::RmsNorm,
+        eps: 1e-5,
+        bias: false,
+        plus_one: false,
+    }
+}
+
+fn layer_norm() -> Norm {
+    Norm {
+        kind: NormKind::LayerNorm,
+        eps: 1e-5,
+        bias: true,
+        plus_one: false,
+    }
+}
+
+fn attention() -> Attention {
+    Attention {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        v_head_dim: 8,
+        mla: None,
+        bias: AttnBias::default(),
+        qk_norm: QkNorm::None,
+        causal: true,
+        window: None,
+        chunk: None,
+        sinks: false,
+        softcap: None,
+        scale: None,
+        gate: false,
+        temperature: None,
+        rope: Some(Rope {
+            theta: 10_000.0,
+            dims: 8,
+            pairing: Pairing::Half,
+            scaling: RopeScaling::None,
+        }),
+    }
+}
+
+fn block(mixer: Attention, ffn: Ffn) -> Block {
+    Block {
+        name: "default".into(),
+        placement: Placement::Pre,
+        norm: norm(),
+        mixer: Mixer::Attention(mixer),
+        ffn,
+    }
+}
+
+fn mlp(act: Activation, gated: bool, bias: bool) -> Ffn {
+    // Wider than one column block of a matmul kernel (64), and not a multiple of 16.
+    Ffn::Mlp(Mlp {
+        hidden: 100,
+        act,
+        gated,
+        bias,
+    })
+}
+
+fn spec(blocks: Vec<Block>, schedule: Vec<usize>) -> Spec {
+    Spec {
+        name: "tiny".into(),
+        family: Family::Llama,
+        vocab: 97,
+        hidden: 32,
+        layers: schedule.len() as u64,
+        context: 128,
+        dtype: DType::F32,
+        tied: false,
+        embed_scale: None,
+        learned_positions: None,
+        token_types: None,
+        embed_norm: None,
+        final_norm: Some(norm()),
+        logit_softcap: None,
+        blocks,
+        schedule,
+    }
+}
+
+fn llama() -> Spec {
+    spec(
+        vec![block(attention(), mlp(Activation::Silu, true, false))],
+        vec![0, 0],
+    )
+}
+
+fn gpt2() -> Spec {
+    let mut a = attention();
+    a.rope = None;
+    a.kv_heads = 4;
+    a.bias = AttnBias {
+        q: true,
+        k: true,
+        v: true,
+        o: true,
+    };
+    let mut b = block(a, mlp(Activation::GeluTanh, false, true));
+    b.norm = layer_norm();
+    let mut s = spec(vec![b], vec![0, 0]);
+    s.name = "tiny-gpt2".into();
+    s.learned_positions = Some(32);
+    s.final_norm = Some(layer_norm());
+    s.tied = true;
+    s
+}
+
+fn bert() -> Spec {
+    let mut a = attention();
+    a.rope = None;
+    a.kv_heads = 4;
+    a.bias = AttnBias {
+        q: true,
+        k: true,
+        v: true,
+        o: true,
+    };
+    // Post-LN with token types and an embedding norm (causal so that decode is defined).
+    let mut b = block(a, mlp(Activation::Gelu, false, true));
+    b.norm = layer_norm();
+    b.placement = Placement::PostLn;
+    let mut s = spec(vec![b], vec![0, 0]);
+    s.learned_positions = Some(32);
+    s.token_types = Some(2);
+    s.embed_norm = Some(layer_norm());
+    s.final_norm = None;
+    s
+}
+
+fn gemma() -> Spec {
+    let plus = Norm {
+        plus_one: true,
+        eps: 1e-6,
+        ..norm()
+    };
+    let mut a = attention();
+    a.qk_norm = QkNorm::PerHead(plus);
+    a.scale = Some(0.2);
+    a.window = Some(4);
+    let mut g = attention();
+    g.qk_norm = QkNorm::PerHead(plus);
+    g.rope.as_mut().expect("rope").scaling = RopeScaling::Linear { factor: 8.0 };
+    let ffn = mlp(Activation::GeluTanh, true, false);
+    let mut local = block(a, ffn.clone());
+    local.placement = Placement::Sandwich;
+    local.norm = plus;
+    let mut global = block(g, ffn);
+    global.placement = Placement::Sandwich;
+    global.norm = plus;
+    let mut s = spec(vec![local, global], vec![0, 1, 0]);
+    s.embed_scale = Some(32f64.sqrt());
+    s.tied = true;
+    s.logit_softcap = Some(10.0);
+    s.final_norm = Some(plus);
+    s
+}
+
+/// Qwen3-Next's gated attention with partial RoPE, and an OLMo-style post-norm block with
+/// full QK-norm and Llama 3 RoPE scaling.
+fn qwen3_next_olmo() -> Spec {
+    let mut gated = attention();
+    gated.gate = true;
+    gated.qk_norm = QkNorm::PerHead(Norm {
+        plus_one: true,
+        ..norm()
+    });
+    gated.rope.as_mut().expect("rope").dims = 4;
+    let mut full = attention();
+    full.qk_norm = QkNorm::Full(norm());
+    full.rope.as_mut().expect("rope").scaling = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_context: 16,
+    };
+    let ffn = mlp(Activation::Silu, true, false);
+    let mut post = block(full, ffn.clone());
+    post.placement = Placement::Post;
+    spec(vec![block(gated, ffn), post], vec![0, 1])
+}
+
+/// Llama 4's chunked attention with L2 QK-norm and interleaved RoPE, and a NoPE layer with
+/// the attention temperature.
+fn llama4_attention() -> Spec {
+    let mut a = attention();
+    a.chunk = Some(4);
+    a.qk_norm = QkNorm::L2 { eps: 1e-6 };
+    a.rope.as_mut().expect("rope").pairing = Pairing::Interleaved;
+    let mut nope = attention();
+    nope.rope = None;
+    nope.temperature = Some(Temperature {
+        floor_scale: 4.0,
+        attn_scale: 0.1,
+    });
+    let ffn = mlp(Activation::Silu, true, false);
+    spec(vec![block(a, ffn.clone()), block(nope, ffn)], vec![0, 1])
+}
+
+fn sinks_softcap() -> Spec {
+    let mut a = attention();
+    a.sinks = true;
+    a.softcap = Some(5.0);
+    a.bias = AttnBias {
+        q: true,
+        k: true,
+        v: true,
+        o: true,
+    };
+    a.window = Some(5);
+    spec(
+        vec![block(a, mlp(Activation::Relu, false, true))],
+        vec![0, 0],
+    )
+}
+
+fn mla() -> Spec {
+    let mut a = attention();
+    a.mla = Some(Mla {
+        q_rank: Some(12),
+        kv_rank: 10,
+        nope_dim: 6,
+        rope_dim: 4,
+        v_dim: 5,
+    });
+    a.heads = 3;
+    a.kv_heads = 3;
+    a.head_dim = 10;
+    a.v_head_dim = 5;
+    a.rope = Some(Rope {
+        theta: 10_000.0,
+        dims: 4,
+        pairing: Pairing::Interleaved,
+        scaling: RopeScaling::Yarn {
+            factor: 4.0,
+            original_context: 32,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: 1.0,
+            mscale_all_dim: 1.0,
+            attention_factor: None,
+            truncate: true,
+        },
+    });
+    let mut b = a.clone();
+    b.mla.as_mut().expect("mla").q_rank = None;
+    let ffn = mlp(Activation::Silu, true, false);
+    spec(vec![block(a, ffn.clone()), block(b, ffn)], vec![0, 1])
+}
+
+fn router() -> Router {
+    Router {
+        score: RouterScore::Softmax,
+        topk_first: false,
+        renormalize: true,
+        scale: 1.0,
+        correction_bias: false,
+        groups: None,
+        bias: false,
+        weight_input: false,
+    }
+}
+
+fn moe_ffn(router: Router) -> Ffn {
+    Ffn::Moe(Moe {
+        experts: 8,
+        top_k: 2,
+        hidden: 16,
+        act: Activation::Silu,
+        gated: true,
+        bias: false,
+        shared: Some(SharedExperts {
+            count: 1,
+            hidden: 24,
+            gate: true,
+        }),
+        router,
+    })
+}
+
+fn moe() -> Spec {
+    let deepseek = Router {
+        score: RouterScore::Sigmoid,
+        correction_bias: true,
+        groups: Some(RouterGroups { count: 4, keep: 2 }),
+        scale: 2.5,
+        ..router()
+    };
+    let llama4 = Router {
+        score: RouterScore::Sigmoid,
+        topk_first: true,
+        renormalize: false,
+        weight_input: true,
+        ..router()
+    };
+    let gpt_oss = Router {
+        topk_first: true,
+        bias: true,
+        ..router()
+    };
+    let mut oss = moe_ffn(gpt_oss);
+    if let Ffn::Moe(m) = &mut oss {
+        m.bias = true;
+        m.act = Activation::ClampedSwiglu {
+            alpha: 1.702,
+            limit: 7.0,
+        };
+        m.shared = None;
+    }
+    let blocks = vec![
+        block(attention(), moe_ffn(router())),
+        block(attention(), moe_ffn(deepseek)),
+        block(attention(), moe_ffn(llama4)),
+        block(attention(), oss),
+    ];
+    spec(blocks, vec![0, 1, 2, 3])
+}
+
+// ---------------------------------------------------------------------------------------
+// Running both interpreters.
+
+const PROMPT: [u32; 11] = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 60];
+
+/// Random weights in the spec's dtype (f32 as generated, or rounded to bf16).
+struct Weights {
+    dtype: WeightDType,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<u8>)>,
+}
+
+impl Weights {
+    fn new(graphs: &[&Graph], bf16: bool) -> Weights {
+        let random = RandomWeights::for_graphs(graphs, 7);
+        let mut tensors = BTreeMap::new();
+        for name in random.names() {
+            let w = random.get(name).expect("listed weights exist");
+            let bytes = if bf16 {
+                w.bytes
+                    .chunks_exact(4)
+                    .flat_map(|b| {
+                        let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                        archc_compiler::kernel::interp::f32_to_bf16(x).to_le_bytes()
+                    })
+                    .collect()
+            } else {
+                w.bytes.to_vec()
+            };
+            tensors.insert(name.to_string(), (w.shape.to_vec(), bytes));
+        }
+        Weights {
+            dtype: if bf16 {
+                WeightDType::Bf16
+            } else {
+                WeightDType::F32
+            },
+            tensors,
+        }
+    }
+
+    /// The tensor in its storage type, as the kernel interpreter takes it.
+    fn data(&self, name: &str) -> KData {
+        let (_, bytes) = &self.tensors[name];
+        match self.dtype {
+            WeightDType::Bf16 => KData::Bf16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            _ => KData::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl WeightSource for Weights {
+    fn get(&self, name: &str) -> Option<WeightView<'_>> {
+        self.tensors.get(name).map(|(shape, bytes)| WeightView {
+            dtype: self.dtype,
+            shape,
+            bytes,
+        })
+    }
+}
+
+/// One forward step through the kernel program.
+fn run_kernels(
+    p: &Program,
+    params: &BTreeMap<String, KData>,
+    cache: &BTreeMap<String, Vec<f32>>,
+    tokens: &[u32],
+    past: usize,
+    threads: i64,
+) -> BTreeMap<String, Vec<f32>> {
+    let toks: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+    let pos: Vec<i32> = (past..past + tokens.len()).map(|p| p as i32).collect();
+    let mut inputs: BTreeMap<String, KBufData> = BTreeMap::new();
+    for (name, d) in params {
+        inputs.insert(name.clone(), d.view_ro());
+    }
+    for b in &p.buffers {
+        if b.kind != archc_compiler::kernel::BufferKind::Input {
+            continue;
+        }
+        let view = match b.name.as_str() {
+            "tokens" => KBufData::I32Ro(&toks),
+            "positions" => KBufData::I32Ro(&pos),
+            name => KBufData::F32Ro(cache.get(name).map_or(&[][..], |v| v.as_slice())),
+        };
+        inputs.insert(b.name.clone(), view);
+    }
+    let out = run_program(p, inputs, tokens.len() as i64, past as i64, threads)
+        .unwrap_or_else(|e| panic!("{}: kernel program fails: {e}", p.name));
+    out.into_iter().map(|(k, v)| (k, v.to_f32())).collect()
+}
+
+/// One forward step through the graph interpreter.
+fn run_graph(
+    g: &Graph,
+    w: &Weights,
+    cache: &BTreeMap<String, Vec<f32>>,
+    tokens: &[u32],
+    past: usize,
+) -> BTreeMap<String, Vec<f32>> {
+    let mut inputs = BTreeMap::new();
+    let seq = tokens.len();
+    inputs.insert(
+        "tokens".to_string(),
+        Tensor::new(vec![seq], tokens.iter().map(|&t| t as f32).collect()),
+    );
+    inputs.insert(
+        "positions".to_string(),
+        Tensor::new(vec![seq], (past..past + seq).map(|p| p as f32).collect()),
+    );
+    for (id, name) in g.inputs() {
+        if name.starts_with("cache.") {
+            let shape = g
+                .node(id)
+                .ty
+                .shape
+                .iter()
+                .map(|d| d.eval(seq, past))
+                .collect();
+            let data = cache.get(name).cloned().unwrap_or_default();
+            inputs.insert(name.to_string(), Tensor::new(shape, data));
+        }
+    }
+    interp::run(g, w, &inputs, Bindings { seq, past })
+        .unwrap_or_else(|e| panic!("graph interpreter fails: {e}"))
+        .into_iter()
+        .map(|(k, t)| (k, t.data))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x.is_nan() || y.is_nan() {
+                f32::INFINITY
+            } else {
+                (x - y).abs()
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Lowered and optimized prefill and decode graphs with their kernel programs.
+fn compile(s: &Spec) -> Result<(Graph, Graph, Program, Program), KernelError> {
+    let pre = optimize(&lower(s, Mode::Prefill).expect("prefill lowers"));
+    let dec = optimize(&lower(s, Mode::Decode).expect("decode lowers"));
+    verify(&pre).expect("prefill verifies");
+    verify(&dec).expect("decode verifies");
+    let pp = program(&pre)?;
+    let dp = program(&dec)?;
+    verify_program(&pp).unwrap_or_else(|e| panic!("prefill program: {e}"));
+    verify_program(&dp).unwrap_or_else(|e| panic!("decode program: {e}"));
+    Ok((pre, dec, pp, dp))
+}
+
+/// Runs a prefill of 5 tokens, two decode steps and a prefill of the rest after the cache
+/// through both interpreters (the kernels on one and on two threads, which must agree
+/// exactly); returns the largest difference of any output, relative to the output's
+/// largest magnitude when that exceeds 1.
+fn differential(s: &Spec, bf16: bool) -> Result<f32, KernelError> {
+    let mut s = s.clone();
+    if bf16 {
+        s.dtype = DType::Bf16;
+    }
+    let (pre, dec, pp, dp) = compile(&s)?;
+    let w = Weights::new(&[&pre, &dec], bf16);
+    let params: BTreeMap<String, KData> = pp
+        .buffers
+        .iter()
+        .chain(&dp.buffers)
+        .filter(|b| b.kind == archc_compiler::kernel::BufferKind::Param)
+        .map(|b| {
+            let name = b.name.trim_start_matches('@');
+            (b.name.clone(), w.data(name))
+        })
+        .collect();
+    let only = |p: &Program| -> BTreeMap<String, KData> {
+        params
+            .iter()
+            .filter(|(n, _)| p.input(n).is_some())
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect()
+    };
+    let (pparams, dparams) = (only(&pp), only(&dp));
+    let steps: [(&[u32], bool); 4] = [
+        (&PROMPT[..5], true),
+        (&PROMPT[5..6], false),
+        (&PROMPT[6..7], false),
+        (&PROMPT[7..], true),
+    ];
+    let mut kcache: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut gcache = kcache.clone();
+    let mut past = 0;
+    let mut worst = 0.0f32;
+    for (tokens, prefill) in steps {
+        let (g, p, params) = if prefill {
+            (&pre, &pp, &pparams)
+        } else {
+            (&dec, &dp, &dparams)
+        };
+        let want = run_graph(g, &w, &gcache, tokens, past);
+        let got = run_kernels(p, params, &kcache, tokens, past, 1);
+        let got2 = run_kernels(p, params, &kcache, tokens, past, 2);
+        assert_eq!(got, got2, "{}: one and two threads differ", p.name);
+        assert_eq!(
+            want.keys().collect::<Vec<_>>(),
+            got.keys().collect::<Vec<_>>(),
+            "{}: outputs differ",
+            p.name
+        );
+        let logits = &want["logits"];
+        assert!(logits.iter().all(|x| x.is_finite()));
+        assert!(
+            logits.iter().fold(0.0f32, |m, &x| m.max(x.abs())) > 1e-2,
+            "logits are all near zero"
+        );
+        for (name, v) in &want {
+            // f32 rounding differences scale with the values: measure relative to the
+            // output's largest magnitude (absolute for outputs within ±1).
+            let scale = v.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+            worst = worst.max(max_diff(v, &got[name]) / scale);
+        }
+        past += tokens.len();
+        for (name, v) in got {
+            if name.starts_with("cache.") {
+                kcache.insert(name, v);
+            }
+        }
+        for (name, v) in want {
+            if name.starts_with("cache.") {
+                gcache.insert(name, v);
+            }
+        }
+    }
+    Ok(worst)
+}
+
+fn assert_matches(name: &str, s: &Spec, bf16: bool) {
+    let worst = differential(s, bf16).unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!("{name}: max scaled difference {worst:e}");
+    assert!(
+        worst <= 1e-5,
+        "{name}: kernels differ from the graph by {worst}"
+    );
+}
+
+#[test]
+fn llama_kernels_match_the_graph() {
+    assert_matches("llama", &llama(), false);
+}
+
+#[test]
+fn llama_bf16_kernels_match_the_graph() {
+    assert_matches("llama bf16", &llama(), true);
+}
+
+#[test]
+fn gpt2_kernels_match_the_graph() {
+    assert_matches("gpt2", &gpt2(), false);
+}
+
+#[test]
+fn bert_post_ln_kernels_match_the_graph() {
+    assert_matches("bert", &bert(), false);
+}
+
+#[test]
+fn gemma_kernels_match_the_graph() {
+    assert_matches("gemma", &gemma(), false);
+}
+
+#[test]
+fn qwen3_next_and_olmo_kernels_match_the_graph() {
+    assert_matches("qwen3-next/olmo", &qwen3_next_olmo(), false);
+}
+
+#[test]
+fn llama4_attention_kernels_match_the_graph() {
+    assert_matches("llama4 attention", &llama4_attention(), false);
+}
+
+#[test]
+fn sinks_and_softcap_kernels_match_the_graph() {
+    assert_matches("sinks/softcap", &sinks_softcap(), false);
+}
+
+#[test]
+fn mla_kernels_match_the_graph() {
+    assert_matches("mla", &mla(), false);
+}
+
+#[test]
+fn moe_kernels_match_the_graph() {
+    assert_matches("moe", &moe(), false);
+}
+
+// ---------------------------------------------------------------------------------------
+// Structure and text.
+
+#[test]
+fn layers_share_their_kernels() {
+    let (_, _, pp, dp) = compile(&llama()).expect("compiles");
+    for p in [&pp, &dp] {
+        // Two identical layers: every kernel of layer 1 is one of layer 0's.
+        assert!(p.launches.len() > p.kernels.len());
+        for k in &p.kernels {
+            assert!(
+                k.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !k.name.starts_with(|c: char| c.is_ascii_digit()),
+                "`{}` is not a C identifier",
+                k.name
+            );
+        }
+    }
+    let again = compile(&llama()).expect("compiles");
+    assert_eq!(
+        pp.to_string(),
+        again.2.to_string(),
+        "output is not deterministic"
+    );
+}
+
+#[test]
+fn f8_parameters_are_unsupported() {
+    let mut s = llama();
+    s.dtype = DType::F8;
+    let g = optimize(&lower(&s, Mode::Decode).expect("lowers"));
+    let e = program(&g).expect_err("f8 has no kernels yet");
+    assert_eq!(
+        e.to_string(),
+        "%2: no kernel for `f8 parameter @embed.tokens` yet"
+    );
+}
+
+fn snapshot(name: &str, s: &Spec, mode: Mode) {
+    let g = optimize(&lower(s, mode).expect("lowers"));
+    let text = match program(&g) {
+        Ok(p) => p.to_string(),
+        Err(e) => format!("error: {e}\n"),
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernelize");
+    insta::with_settings!({snapshot_path => dir, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[test]
+fn kernel_text_of_tiny_models() {
+    let mut one = llama();
+    one.schedule = vec![0];
+    one.layers = 1;
+    snapshot("tiny-llama-decode", &one, Mode::Decode);
+    let mut g = gpt2();
+    g.schedule = vec![0];
+    g.layers = 1;
+    snapshot("tiny-gpt2-prefill", &g, Mode::Prefill);
+    let mut gm = gemma();
+    gm.schedule = vec![0];
+    gm.layers = 1;
+    snapshot("tiny-gemma-prefill", &gm, Mode::Prefill);
+}
+
+#[test]
+fn out_of_range_token_ids_read_a_row_of_the_table() {
+    // The kernel interpreter faults on any out-of-bounds access, so running at all shows
+    // that the gather clamps; the result is the row of the nearest valid id.
+    let (_, dec, _, dp) = compile(&llama()).expect("compiles");
+    let w = Weights::new(&[&dec], false);
+    let params: BTreeMap<String, KData> = dp
+        .buffers
+        .iter()
+        .filter(|b| b.kind == archc_compiler::kernel::BufferKind::Param)
+        .map(|b| (b.name.clone(), w.data(b.name.trim_start_matches('@'))))
+        .collect();
+    let cache = BTreeMap::new();
+    let high = run_kernels(&dp, &params, &cache, &[100_000], 0, 2);
+    let last = run_kernels(&dp, &params, &cache, &[96], 0, 2);
+    assert_eq!(high["logits"], last["logits"]);
+    let neg = run_kernels(&dp, &params, &cache, &[u32::MAX], 0, 2);
+    let zero = run_kernels(&dp, &params, &cache, &[0], 0, 2);
+    assert_eq!(neg["logits"], zero["logits"], "id -1 reads row 0");
+}
+
+#[test]
+fn outputs_that_compute_nothing_are_copied() {
+    use archc_compiler::ir::DType as IrDType;
+    use archc_compiler::ir::{Dim, Node, NodeId, Op, Output, Type};
+    // `a` is an input returned as is, `r` a reshape of it, and `logits` a computed node
+    // also returned as `t`.
+    let mut g = Graph::new("copies", Mode::Prefill);
+    let ty = Type::new(vec![Dim::SEQ, Dim::c(4)], IrDType::F32);
+    g.nodes.push(Node {
+        op: Op::Input { name: "a".into() },
+        inputs: vec![],
+        ty: ty.clone(),
+    });
+    g.nodes.push(Node {
+        op: Op::Reshape {
+            shape: vec![Dim::SEQ, Dim::c(2), Dim::c(2)],
+        },
+        inputs: vec![archc_compiler::ir::Value::Node(NodeId(0))],
+        ty: Type::new(vec![Dim::SEQ, Dim::c(2), Dim::c(2)], IrDType::F32),
+    });
+    g.nodes.push(Node {
+        op: Op::Unary(archc_compiler::ir::UnaryOp::Scale(2.0)),
+        inputs: vec![archc_compiler::ir::Value::Node(NodeId(0))],
+        ty,
+    });
+    for (name, node) in [("logits", 2), ("a", 0), ("r", 1), ("t", 2)] {
+        g.outputs.push(Output {
+            name: name.into(),
+            node: NodeId(node),
+        });
+    }
+    verify(&g).expect("verifies");
+    let p = program(&g).expect("lowers");
+    verify_program(&p).expect("program verifies");
+    let a: Vec<f32> = (0..8).map(|x| x as f32).collect();
+    let mut inputs = BTreeMap::new();
+    inputs.insert("a".to_string(), KBufData::F32Ro(&a));
+    let out = run_program(&p, inputs, 2, 0, 2).expect("runs");
+    let twice: Vec<f32> = a.iter().map(|x| 2.0 * x).collect();
+    assert_eq!(out["a"], KData::F32(a.clone()));
+    assert_eq!(out["r"], KData::F32(a.clone()));
+    assert_eq!(out["logits"], KData::F32(twice.clone()));
+    assert_eq!(out["t"], KData::F32(twice));
+    let text = p.to_string();
+    assert!(text.contains("buffer logits: f32[seq, 4] output"), "{text}");
+    assert_eq!(text.matches("launch copy_").count(), 3, "{text}");
+}
