@@ -1,0 +1,1041 @@
+//! One `kernel::Kernel` to LLVM IR: an entry function with the common calling convention
+//! that loads the buffer pointers and sizes once and calls an internal, always-inlined body
+//! function whose buffer parameters are `noalias`.
+//!
+//! **Aliasing contract:** every non-scratch buffer parameter of the body is `noalias`, and
+//! read-only ones are also `readonly`. That is sound because a launch binds the same
+//! memory (a program buffer or any alias of it) to two parameters of one kernel only when
+//! both are `Read`: LLVM's `noalias` only forbids overlap with a pointer that is written
+//! through. The inliner turns these into scoped alias metadata, so loads of weights can be
+//! hoisted and vectorized across stores to the output.
+//!
+//! Every variable lives in an `alloca` (mem2reg makes SSA of it), so any use the kernel
+//! IR's scoping allows is dominated by a definition. Integer arithmetic wraps; division and
+//! remainder by zero yield 0 instead of trapping (the interpreter reports an error there),
+//! and `f32 → i64` saturates (NaN → 0), as Rust's `as` does.
+
+use super::CodegenError;
+use crate::kernel::{
+    Access, BinOp, BufId, DimVar, Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp, VarId,
+};
+use inkwell::attributes::{Attribute, AttributeLoc};
+use inkwell::builder::{Builder, BuilderError};
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum};
+use inkwell::values::{
+    AsValueRef, BasicMetadataValueEnum, BasicValue, BasicValueEnum, FastMathFlags, FloatValue,
+    FunctionValue, InstructionValue, IntValue, PointerValue,
+};
+use inkwell::{FloatPredicate, IntPredicate};
+
+/// Scratch buffers up to this many bytes live on the stack; larger ones come from
+/// `malloc`, so a big scratch cannot overflow a worker thread's stack.
+pub(super) const MAX_STACK_SCRATCH: u64 = 256 * 1024;
+
+/// The symbol of kernel `index`: a prefix keeps it clear of C library names (a kernel
+/// may well be called `exp`), and the index keeps it unique in the module.
+pub(super) fn symbol(index: usize, kernel: &Kernel) -> String {
+    let name: String = kernel
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("archc_k{index}_{name}")
+}
+
+impl From<BuilderError> for CodegenError {
+    fn from(e: BuilderError) -> Self {
+        CodegenError::Llvm {
+            stage: "ir builder",
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A scalar value with its kernel IR type.
+#[derive(Clone, Copy)]
+enum Val<'ctx> {
+    F(FloatValue<'ctx>),
+    I(IntValue<'ctx>),
+    B(IntValue<'ctx>),
+}
+
+impl<'ctx> Val<'ctx> {
+    fn ty(self) -> Ty {
+        match self {
+            Val::F(_) => Ty::F32,
+            Val::I(_) => Ty::I64,
+            Val::B(_) => Ty::Bool,
+        }
+    }
+
+    fn basic(self) -> BasicValueEnum<'ctx> {
+        match self {
+            Val::F(v) => v.into(),
+            Val::I(v) | Val::B(v) => v.into(),
+        }
+    }
+}
+
+/// Function attributes naming the CPU: the JIT's backend takes its CPU from them (its own
+/// target machine is generic), and the optimizer's cost model reads them too.
+#[derive(Debug, Clone)]
+pub(super) struct CpuAttrs {
+    pub cpu: String,
+    pub features: String,
+}
+
+/// Adds kernel `index` to `module`: the entry function `symbol(index, k)` and its body.
+pub(super) fn translate<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    index: usize,
+    k: &Kernel,
+    cpu: &CpuAttrs,
+) -> Result<FunctionValue<'ctx>, CodegenError> {
+    let ptr = ctx.ptr_type(Default::default());
+    let i64t = ctx.i64_type();
+    let void = ctx.void_type();
+    let name = symbol(index, k);
+    let err = |message: String| CodegenError::Kernel {
+        kernel: k.name.clone(),
+        message,
+    };
+
+    let enum_attr = |n: &str| ctx.create_enum_attribute(Attribute::get_named_enum_kind_id(n), 0);
+    let cpu_attrs = |f: FunctionValue<'ctx>| {
+        f.add_attribute(AttributeLoc::Function, enum_attr("nounwind"));
+        f.add_attribute(
+            AttributeLoc::Function,
+            ctx.create_string_attribute("target-cpu", &cpu.cpu),
+        );
+        if !cpu.features.is_empty() {
+            f.add_attribute(
+                AttributeLoc::Function,
+                ctx.create_string_attribute("target-features", &cpu.features),
+            );
+        }
+    };
+
+    // The body: one pointer per non-scratch buffer, then seq, past, thread, threads.
+    let params: Vec<usize> = (0..k.bufs.len())
+        .filter(|&b| !matches!(k.bufs[b].access, Access::Scratch { .. }))
+        .collect();
+    let mut body_params: Vec<_> = params.iter().map(|_| ptr.into()).collect();
+    body_params.extend([BasicMetadataTypeEnum::from(i64t); 4]);
+    let body_fn = module.add_function(
+        &format!("{name}.body"),
+        void.fn_type(&body_params, false),
+        Some(Linkage::Internal),
+    );
+    cpu_attrs(body_fn);
+    body_fn.add_attribute(AttributeLoc::Function, enum_attr("alwaysinline"));
+    for (p, &b) in params.iter().enumerate() {
+        let loc = AttributeLoc::Param(p as u32);
+        body_fn.add_attribute(loc, enum_attr("noalias"));
+        body_fn.add_attribute(loc, enum_attr("nocapture"));
+        if k.bufs[b].access == Access::Read {
+            body_fn.add_attribute(loc, enum_attr("readonly"));
+        }
+        body_fn
+            .get_nth_param(p as u32)
+            .ok_or_else(|| err("missing body parameter".into()))?
+            .set_name(&format!("b{b}"));
+    }
+    for (n, label) in ["seq", "past", "thread", "threads"].iter().enumerate() {
+        if let Some(v) = body_fn.get_nth_param((params.len() + n) as u32) {
+            v.set_name(label);
+        }
+    }
+
+    // The entry: load pointers and sizes once, call the body.
+    let entry_fn = module.add_function(
+        &name,
+        void.fn_type(&[ptr.into(), ptr.into(), i64t.into(), i64t.into()], false),
+        None,
+    );
+    cpu_attrs(entry_fn);
+    let b = ctx.create_builder();
+    let bb = ctx.append_basic_block(entry_fn, "entry");
+    b.position_at_end(bb);
+    let nth = |n: u32| {
+        entry_fn
+            .get_nth_param(n)
+            .ok_or_else(|| err("missing entry parameter".into()))
+    };
+    let (bufs, dims) = (nth(0)?.into_pointer_value(), nth(1)?.into_pointer_value());
+    bufs.set_name("bufs");
+    dims.set_name("dims");
+    let (thread, threads) = (nth(2)?.into_int_value(), nth(3)?.into_int_value());
+    thread.set_name("thread");
+    threads.set_name("threads");
+    let mut args: Vec<BasicMetadataValueEnum> = Vec::new();
+    for &p in &params {
+        // SAFETY (for LLVM): `bufs` has one entry per kernel parameter by convention.
+        let slot =
+            unsafe { b.build_in_bounds_gep(ptr, bufs, &[i64t.const_int(p as u64, false)], "")? };
+        args.push(b.build_load(ptr, slot, &format!("b{p}"))?.into());
+    }
+    for (n, label) in [(0u64, "seq"), (1, "past")] {
+        let slot = unsafe { b.build_in_bounds_gep(i64t, dims, &[i64t.const_int(n, false)], "")? };
+        args.push(b.build_load(i64t, slot, label)?.into());
+    }
+    args.push(thread.into());
+    args.push(threads.into());
+    b.build_call(body_fn, &args, "")?;
+    b.build_return(None)?;
+
+    BodyBuilder::emit(ctx, module, k, body_fn, &params)?;
+    Ok(entry_fn)
+}
+
+/// Emits the body of one kernel.
+struct BodyBuilder<'ctx, 'a> {
+    ctx: &'ctx Context,
+    module: &'a Module<'ctx>,
+    k: &'a Kernel,
+    f: FunctionValue<'ctx>,
+    b: Builder<'ctx>,
+    /// Base pointer of each kernel buffer (parameters and scratch alike).
+    bufs: Vec<PointerValue<'ctx>>,
+    /// The stack slot of each variable.
+    vars: Vec<PointerValue<'ctx>>,
+    seq: IntValue<'ctx>,
+    past: IntValue<'ctx>,
+    thread: IntValue<'ctx>,
+    threads: IntValue<'ctx>,
+    /// How many loops enclose the statement being emitted.
+    depth: usize,
+    /// The depth inside the innermost enclosing `Vector` loop, if any.
+    vector_depth: Option<usize>,
+    /// The loop depth at which each local was declared.
+    local_depth: Vec<usize>,
+    /// Whether float ops being emitted accumulate into a local across a `Vector` loop
+    /// and so may be reassociated and contracted.
+    fast: bool,
+}
+
+impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
+    fn emit(
+        ctx: &'ctx Context,
+        module: &'a Module<'ctx>,
+        k: &'a Kernel,
+        f: FunctionValue<'ctx>,
+        params: &[usize],
+    ) -> Result<(), CodegenError> {
+        let b = ctx.create_builder();
+        let entry = ctx.append_basic_block(f, "entry");
+        b.position_at_end(entry);
+        let n = params.len() as u32;
+        let int_param = |i: u32| -> Result<IntValue<'ctx>, CodegenError> {
+            f.get_nth_param(n + i)
+                .map(|v| v.into_int_value())
+                .ok_or_else(|| CodegenError::Kernel {
+                    kernel: k.name.clone(),
+                    message: "missing body parameter".into(),
+                })
+        };
+        let mut bb = BodyBuilder {
+            ctx,
+            module,
+            k,
+            f,
+            b,
+            bufs: Vec::with_capacity(k.bufs.len()),
+            vars: Vec::with_capacity(k.vars.len()),
+            seq: int_param(0)?,
+            past: int_param(1)?,
+            thread: int_param(2)?,
+            threads: int_param(3)?,
+            depth: 0,
+            vector_depth: None,
+            local_depth: vec![0; k.vars.len()],
+            fast: false,
+        };
+        bb.run(params)
+    }
+
+    fn err(&self, message: String) -> CodegenError {
+        CodegenError::Kernel {
+            kernel: self.k.name.clone(),
+            message,
+        }
+    }
+
+    fn run(&mut self, params: &[usize]) -> Result<(), CodegenError> {
+        let ctx = self.ctx;
+        let i64t = ctx.i64_type();
+        // Allocas first, all in the entry block, so mem2reg and SROA see them.
+        for (i, v) in self.k.vars.iter().enumerate() {
+            let slot = self
+                .b
+                .build_alloca(self.llvm_ty(v.ty), &format!("{}_{i}", v.name))?;
+            self.vars.push(slot);
+        }
+        let mut heap = Vec::new();
+        let mut next_param = 0u32;
+        for (i, kb) in self.k.bufs.iter().enumerate() {
+            match kb.access {
+                Access::Scratch { len } => {
+                    let elem = self.elem_ty(kb.elem);
+                    let bytes = len.saturating_mul(kb.elem.bytes() as u64).max(1);
+                    let p = if bytes <= MAX_STACK_SCRATCH {
+                        let arr = elem.array_type(len.max(1) as u32);
+                        let p = self.b.build_alloca(arr, &format!("scratch{i}"))?;
+                        // Vector loads of scratch like aligned memory.
+                        if let Some(inst) = p.as_instruction() {
+                            let _ = inst.set_alignment(64);
+                        }
+                        p
+                    } else {
+                        let malloc = self.libc_fn("malloc", true)?;
+                        let call = self.b.build_call(
+                            malloc,
+                            &[i64t.const_int(bytes, false).into()],
+                            &format!("scratch{i}"),
+                        )?;
+                        let p = call
+                            .try_as_basic_value()
+                            .basic()
+                            .ok_or_else(|| self.err("malloc returned void".into()))?
+                            .into_pointer_value();
+                        heap.push(p);
+                        p
+                    };
+                    self.bufs.push(p);
+                }
+                _ => {
+                    debug_assert_eq!(params.get(next_param as usize), Some(&i));
+                    let p = self
+                        .f
+                        .get_nth_param(next_param)
+                        .ok_or_else(|| self.err("missing buffer parameter".into()))?
+                        .into_pointer_value();
+                    next_param += 1;
+                    self.bufs.push(p);
+                }
+            }
+        }
+        let exit = ctx.append_basic_block(self.f, "exit");
+        if !heap.is_empty() {
+            // Out of memory leaves the outputs unwritten rather than crashing the process.
+            let mut ok = ctx.bool_type().const_int(1, false);
+            for p in &heap {
+                let nonnull = self.b.build_is_not_null(*p, "")?;
+                ok = self.b.build_and(ok, nonnull, "")?;
+            }
+            let body = ctx.append_basic_block(self.f, "body");
+            let free_bb = ctx.append_basic_block(self.f, "free");
+            self.b.build_conditional_branch(ok, body, free_bb)?;
+            self.b.position_at_end(body);
+            self.block(&self.k.body)?;
+            self.b.build_unconditional_branch(free_bb)?;
+            self.b.position_at_end(free_bb);
+            let free = self.libc_fn("free", false)?;
+            for p in heap {
+                self.b.build_call(free, &[p.into()], "")?;
+            }
+            self.b.build_unconditional_branch(exit)?;
+        } else {
+            self.block(&self.k.body)?;
+            self.b.build_unconditional_branch(exit)?;
+        }
+        // The exit block was made first (the heap path needs it); it reads best last.
+        if let Some(last) = self.f.get_last_basic_block() {
+            let _ = exit.move_after(last);
+        }
+        self.b.position_at_end(exit);
+        self.b.build_return(None)?;
+        Ok(())
+    }
+
+    /// `malloc` (returns ptr) or `free`.
+    fn libc_fn(&self, name: &str, returns: bool) -> Result<FunctionValue<'ctx>, CodegenError> {
+        if let Some(f) = self.module.get_function(name) {
+            return Ok(f);
+        }
+        let ptr = self.ctx.ptr_type(Default::default());
+        let ty = if returns {
+            ptr.fn_type(&[self.ctx.i64_type().into()], false)
+        } else {
+            self.ctx.void_type().fn_type(&[ptr.into()], false)
+        };
+        Ok(self.module.add_function(name, ty, None))
+    }
+
+    fn llvm_ty(&self, t: Ty) -> BasicTypeEnum<'ctx> {
+        match t {
+            Ty::F32 => self.ctx.f32_type().into(),
+            Ty::I64 => self.ctx.i64_type().into(),
+            Ty::Bool => self.ctx.bool_type().into(),
+        }
+    }
+
+    fn elem_ty(&self, e: Elem) -> BasicTypeEnum<'ctx> {
+        match e {
+            Elem::F32 => self.ctx.f32_type().into(),
+            Elem::Bf16 => self.ctx.i16_type().into(),
+            Elem::F16 => self.ctx.f16_type().into(),
+            Elem::I32 => self.ctx.i32_type().into(),
+        }
+    }
+
+    fn var_slot(&self, v: VarId) -> Result<(PointerValue<'ctx>, Ty), CodegenError> {
+        let i = v.0 as usize;
+        match (self.vars.get(i), self.k.vars.get(i)) {
+            (Some(p), Some(kv)) => Ok((*p, kv.ty)),
+            _ => Err(self.err(format!(
+                "variable id {i} out of range ({} variables)",
+                self.k.vars.len()
+            ))),
+        }
+    }
+
+    fn buf(&self, id: BufId) -> Result<(PointerValue<'ctx>, Elem, Access), CodegenError> {
+        let i = id.0 as usize;
+        match (self.bufs.get(i), self.k.bufs.get(i)) {
+            (Some(p), Some(kb)) => Ok((*p, kb.elem, kb.access)),
+            _ => Err(self.err(format!(
+                "buffer id {i} out of range ({} buffers)",
+                self.k.bufs.len()
+            ))),
+        }
+    }
+
+    fn block(&mut self, body: &[Stmt]) -> Result<(), CodegenError> {
+        for s in body {
+            self.stmt(s)?;
+        }
+        Ok(())
+    }
+
+    fn store_var(&mut self, var: VarId, value: &Expr, what: &str) -> Result<(), CodegenError> {
+        let (slot, ty) = self.var_slot(var)?;
+        let v = self.expr(value)?;
+        if v.ty() != ty {
+            return Err(self.err(format!(
+                "`{what}` of `{}`: the variable is {} but `{}` is {}",
+                self.k.vars[var.0 as usize].name,
+                ty.as_str(),
+                self.k.expr(value),
+                v.ty().as_str()
+            )));
+        }
+        self.b.build_store(slot, v.basic())?;
+        Ok(())
+    }
+
+    fn stmt(&mut self, s: &Stmt) -> Result<(), CodegenError> {
+        match s {
+            Stmt::Let { var, value } => self.store_var(*var, value, "let"),
+            Stmt::Local { var, init } => {
+                if let Some(d) = self.local_depth.get_mut(var.0 as usize) {
+                    *d = self.depth;
+                }
+                self.store_var(*var, init, "local")
+            }
+            Stmt::Set { var, value } => {
+                let declared = self.local_depth.get(var.0 as usize).copied().unwrap_or(0);
+                let prev = self.fast;
+                self.fast = self.vector_depth.is_some_and(|vd| declared < vd);
+                let r = self.store_var(*var, value, "set");
+                self.fast = prev;
+                r
+            }
+            Stmt::Store { buf, index, value } => self.store(*buf, index, value),
+            Stmt::If { cond, then, els } => {
+                let c = match self.expr(cond)? {
+                    Val::B(c) => c,
+                    v => {
+                        return Err(self.err(format!(
+                            "`if {}`: the condition is {}, not bool",
+                            self.k.expr(cond),
+                            v.ty().as_str()
+                        )))
+                    }
+                };
+                let then_bb = self.ctx.append_basic_block(self.f, "then");
+                let else_bb = self.ctx.append_basic_block(self.f, "else");
+                let join = self.ctx.append_basic_block(self.f, "endif");
+                self.b.build_conditional_branch(c, then_bb, else_bb)?;
+                self.b.position_at_end(then_bb);
+                self.block(then)?;
+                self.b.build_unconditional_branch(join)?;
+                self.b.position_at_end(else_bb);
+                self.block(els)?;
+                self.b.build_unconditional_branch(join)?;
+                self.b.position_at_end(join);
+                Ok(())
+            }
+            Stmt::Loop {
+                var,
+                start,
+                end,
+                step,
+                kind,
+                body,
+            } => self.for_loop(*var, start, end, *step, *kind, body),
+        }
+    }
+
+    fn int(&mut self, e: &Expr, what: &str) -> Result<IntValue<'ctx>, CodegenError> {
+        match self.expr(e)? {
+            Val::I(v) => Ok(v),
+            v => Err(self.err(format!(
+                "{what} `{}` is {}, not i64",
+                self.k.expr(e),
+                v.ty().as_str()
+            ))),
+        }
+    }
+
+    /// `for var in start..end step step` as preheader, header (test), body, latch, exit.
+    /// A parallel loop runs only this thread's contiguous chunk of the iterations.
+    fn for_loop(
+        &mut self,
+        var: VarId,
+        start: &Expr,
+        end: &Expr,
+        step: u64,
+        kind: LoopKind,
+        body: &[Stmt],
+    ) -> Result<(), CodegenError> {
+        let i64t = self.ctx.i64_type();
+        if step == 0 || step > i64::MAX as u64 {
+            return Err(self.err(format!("loop step {step} is not in 1..=i64::MAX")));
+        }
+        let (slot, ty) = self.var_slot(var)?;
+        if ty != Ty::I64 {
+            return Err(self.err(format!(
+                "loop variable `{}` is {}, not i64",
+                self.k.vars[var.0 as usize].name,
+                ty.as_str()
+            )));
+        }
+        let mut lo = self.int(start, "loop start")?;
+        let mut hi = self.int(end, "loop end")?;
+        let stepv = i64t.const_int(step, false);
+        if kind == LoopKind::Parallel {
+            (lo, hi) = self.thread_chunk(lo, hi, stepv)?;
+        }
+        self.b.build_store(slot, lo)?;
+        let header = self.ctx.append_basic_block(self.f, "loop.header");
+        let body_bb = self.ctx.append_basic_block(self.f, "loop.body");
+        let latch = self.ctx.append_basic_block(self.f, "loop.latch");
+        let exit = self.ctx.append_basic_block(self.f, "loop.exit");
+        self.b.build_unconditional_branch(header)?;
+
+        self.b.position_at_end(header);
+        let iv = self.b.build_load(i64t, slot, "iv")?.into_int_value();
+        let more = self.b.build_int_compare(IntPredicate::SLT, iv, hi, "")?;
+        self.b.build_conditional_branch(more, body_bb, exit)?;
+
+        self.b.position_at_end(body_bb);
+        self.depth += 1;
+        let prev_vector = self.vector_depth;
+        if matches!(kind, LoopKind::Vector(_)) {
+            self.vector_depth = Some(self.depth);
+        }
+        let r = self.block(body);
+        self.vector_depth = prev_vector;
+        self.depth -= 1;
+        r?;
+        self.b.build_unconditional_branch(latch)?;
+
+        self.b.position_at_end(latch);
+        let iv = self.b.build_load(i64t, slot, "iv")?.into_int_value();
+        let next = self.b.build_int_nsw_add(iv, stepv, "iv.next")?;
+        self.b.build_store(slot, next)?;
+        let back = self.b.build_unconditional_branch(header)?;
+        self.loop_metadata(back, kind);
+        self.b.position_at_end(exit);
+        Ok(())
+    }
+
+    /// The bounds of this thread's chunk: iterations `[t*c, min((t+1)*c, n))` with
+    /// `c = ceil(n / threads)`, mapped back to loop-variable values.
+    fn thread_chunk(
+        &mut self,
+        lo: IntValue<'ctx>,
+        hi: IntValue<'ctx>,
+        step: IntValue<'ctx>,
+    ) -> Result<(IntValue<'ctx>, IntValue<'ctx>), CodegenError> {
+        let i64t = self.ctx.i64_type();
+        let (zero, one) = (i64t.const_zero(), i64t.const_int(1, false));
+        let b = &self.b;
+        let smax = |x: IntValue<'ctx>, y: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
+            let gt = b.build_int_compare(IntPredicate::SGT, x, y, "")?;
+            Ok(b.build_select(gt, x, y, "")?.into_int_value())
+        };
+        let smin = |x: IntValue<'ctx>, y: IntValue<'ctx>| -> Result<IntValue<'ctx>, CodegenError> {
+            let lt = b.build_int_compare(IntPredicate::SLT, x, y, "")?;
+            Ok(b.build_select(lt, x, y, "")?.into_int_value())
+        };
+        let span = smax(b.build_int_sub(hi, lo, "")?, zero)?;
+        let step_m1 = b.build_int_sub(step, one, "")?;
+        let trips = b.build_int_signed_div(b.build_int_add(span, step_m1, "")?, step, "trips")?;
+        let threads = smax(self.threads, one)?;
+        let per = b.build_int_signed_div(
+            b.build_int_add(trips, b.build_int_sub(threads, one, "")?, "")?,
+            threads,
+            "per_thread",
+        )?;
+        let t = smax(self.thread, zero)?;
+        let first = smin(b.build_int_mul(t, per, "")?, trips)?;
+        let last = smin(b.build_int_add(first, per, "")?, trips)?;
+        let lo2 = b.build_int_add(lo, b.build_int_mul(first, step, "")?, "chunk.lo")?;
+        let hi2 = b.build_int_add(lo, b.build_int_mul(last, step, "")?, "chunk.hi")?;
+        Ok((lo2, hi2))
+    }
+
+    fn loop_metadata(&self, latch_br: InstructionValue<'ctx>, kind: LoopKind) {
+        let props: Vec<(&str, MdArg)> = match kind {
+            LoopKind::Serial | LoopKind::Parallel => return,
+            LoopKind::Vector(w) => vec![
+                ("llvm.loop.vectorize.width", MdArg::I32(w.max(1))),
+                ("llvm.loop.vectorize.enable", MdArg::Bool(true)),
+            ],
+            LoopKind::Unroll(n) => vec![("llvm.loop.unroll.count", MdArg::I32(n.max(1)))],
+        };
+        attach_loop_id(self.ctx, latch_br, &props);
+    }
+
+    fn store(&mut self, buf: BufId, index: &Expr, value: &Expr) -> Result<(), CodegenError> {
+        let (base, elem, access) = self.buf(buf)?;
+        let text = || {
+            format!(
+                "{}[{}] = {}",
+                self.k.bufs[buf.0 as usize].name,
+                self.k.expr(index),
+                self.k.expr(value)
+            )
+        };
+        if access == Access::Read {
+            return Err(self.err(format!("`{}` stores to a read-only buffer", text())));
+        }
+        let idx = self.int(index, "store index")?;
+        let v = self.expr(value)?;
+        let want = match elem {
+            Elem::I32 => Ty::I64,
+            _ => Ty::F32,
+        };
+        if v.ty() != want {
+            return Err(self.err(format!(
+                "`{}`: a {} buffer stores {} but the value is {}",
+                text(),
+                elem.as_str(),
+                want.as_str(),
+                v.ty().as_str()
+            )));
+        }
+        let ety = self.elem_ty(elem);
+        let p = unsafe { self.b.build_in_bounds_gep(ety, base, &[idx], "")? };
+        let stored: BasicValueEnum = match (elem, v) {
+            (Elem::F32, Val::F(x)) => x.into(),
+            (Elem::F16, Val::F(x)) => self.b.build_float_trunc(x, self.ctx.f16_type(), "")?.into(),
+            (Elem::Bf16, Val::F(x)) => self.f32_to_bf16(x)?.into(),
+            (Elem::I32, Val::I(x)) => self
+                .b
+                .build_int_truncate(x, self.ctx.i32_type(), "")?
+                .into(),
+            _ => return Err(self.err(format!("`{}`: mismatched store", text()))),
+        };
+        self.b.build_store(p, stored)?;
+        Ok(())
+    }
+
+    /// f32 → bf16 bits, rounding to nearest even; NaN stays NaN (quiet bit set, sign kept).
+    fn f32_to_bf16(&self, x: FloatValue<'ctx>) -> Result<IntValue<'ctx>, CodegenError> {
+        let b = &self.b;
+        let i32t = self.ctx.i32_type();
+        let c = |v: u64| i32t.const_int(v, false);
+        let bits = b.build_bit_cast(x, i32t, "")?.into_int_value();
+        let lsb = b.build_and(b.build_right_shift(bits, c(16), false, "")?, c(1), "")?;
+        let bias = b.build_int_add(c(0x7fff), lsb, "")?;
+        let rounded = b.build_right_shift(b.build_int_add(bits, bias, "")?, c(16), false, "")?;
+        let quiet = b.build_or(b.build_right_shift(bits, c(16), false, "")?, c(0x40), "")?;
+        let is_nan = b.build_float_compare(FloatPredicate::UNO, x, x, "")?;
+        let r = b.build_select(is_nan, quiet, rounded, "")?.into_int_value();
+        Ok(b.build_int_truncate(r, self.ctx.i16_type(), "bf16")?)
+    }
+
+    fn load(&mut self, buf: BufId, index: &Expr) -> Result<Val<'ctx>, CodegenError> {
+        let (base, elem, _) = self.buf(buf)?;
+        let idx = self.int(index, "load index")?;
+        let ety = self.elem_ty(elem);
+        let p = unsafe { self.b.build_in_bounds_gep(ety, base, &[idx], "")? };
+        let raw = self.b.build_load(ety, p, "")?;
+        let (f32t, i32t) = (self.ctx.f32_type(), self.ctx.i32_type());
+        Ok(match elem {
+            Elem::F32 => Val::F(raw.into_float_value()),
+            Elem::F16 => Val::F(self.b.build_float_ext(raw.into_float_value(), f32t, "")?),
+            Elem::Bf16 => {
+                let wide = self.b.build_int_z_extend(raw.into_int_value(), i32t, "")?;
+                let bits = self
+                    .b
+                    .build_left_shift(wide, i32t.const_int(16, false), "")?;
+                Val::F(self.b.build_bit_cast(bits, f32t, "")?.into_float_value())
+            }
+            Elem::I32 => Val::I(self.b.build_int_s_extend(
+                raw.into_int_value(),
+                self.ctx.i64_type(),
+                "",
+            )?),
+        })
+    }
+
+    /// Sets `reassoc contract` on a float op that accumulates across a vector loop.
+    fn fmf(&self, v: impl BasicValue<'ctx>) {
+        if self.fast {
+            if let Some(inst) = v.as_instruction_value() {
+                let _ = inst.set_fast_math_flags(
+                    FastMathFlags::AllowReassoc | FastMathFlags::AllowContract,
+                );
+            }
+        }
+    }
+
+    fn intrinsic(
+        &self,
+        name: &str,
+        ty: BasicTypeEnum<'ctx>,
+        args: &[BasicMetadataValueEnum<'ctx>],
+    ) -> Result<BasicValueEnum<'ctx>, CodegenError> {
+        let decl = Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(self.module, &[ty]))
+            .ok_or_else(|| self.err(format!("LLVM has no intrinsic `{name}`")))?;
+        let call = self.b.build_call(decl, args, "")?;
+        let v = call
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| self.err(format!("`{name}` returned void")))?;
+        self.fmf(v);
+        Ok(v)
+    }
+
+    /// A libm function `float name(float...)` that does not touch memory (we never
+    /// read errno), so the optimizer may hoist and vectorize it.
+    fn libm(
+        &self,
+        name: &str,
+        args: &[FloatValue<'ctx>],
+    ) -> Result<FloatValue<'ctx>, CodegenError> {
+        let f32t = self.ctx.f32_type();
+        let f = match self.module.get_function(name) {
+            Some(f) => f,
+            None => {
+                let params: Vec<_> = args.iter().map(|_| f32t.into()).collect();
+                let f = self
+                    .module
+                    .add_function(name, f32t.fn_type(&params, false), None);
+                for a in ["nounwind", "willreturn", "nosync"] {
+                    f.add_attribute(
+                        AttributeLoc::Function,
+                        self.ctx
+                            .create_enum_attribute(Attribute::get_named_enum_kind_id(a), 0),
+                    );
+                }
+                // memory(none): the encoded MemoryEffects value 0.
+                f.add_attribute(
+                    AttributeLoc::Function,
+                    self.ctx
+                        .create_enum_attribute(Attribute::get_named_enum_kind_id("memory"), 0),
+                );
+                f
+            }
+        };
+        let args: Vec<BasicMetadataValueEnum> = args.iter().map(|a| (*a).into()).collect();
+        let call = self.b.build_call(f, &args, "")?;
+        call.try_as_basic_value()
+            .basic()
+            .map(|v| v.into_float_value())
+            .ok_or_else(|| self.err(format!("`{name}` returned void")))
+    }
+
+    fn expr(&mut self, e: &Expr) -> Result<Val<'ctx>, CodegenError> {
+        let ctx = self.ctx;
+        Ok(match e {
+            Expr::F32(x) => Val::F(ctx.f32_type().const_float(*x as f64)),
+            Expr::I64(x) => Val::I(ctx.i64_type().const_int(*x as u64, true)),
+            Expr::Bool(x) => Val::B(ctx.bool_type().const_int(*x as u64, false)),
+            Expr::Var(v) => {
+                let (slot, ty) = self.var_slot(*v)?;
+                let raw = self.b.build_load(self.llvm_ty(ty), slot, "")?;
+                match ty {
+                    Ty::F32 => Val::F(raw.into_float_value()),
+                    Ty::I64 => Val::I(raw.into_int_value()),
+                    Ty::Bool => Val::B(raw.into_int_value()),
+                }
+            }
+            Expr::Dim(DimVar::Seq) => Val::I(self.seq),
+            Expr::Dim(DimVar::Past) => Val::I(self.past),
+            Expr::Load { buf, index } => self.load(*buf, index)?,
+            Expr::Un(op, a) => {
+                let v = self.expr(a)?;
+                self.unary(*op, v, e)?
+            }
+            Expr::Bin(op, a, c) => {
+                let x = self.expr(a)?;
+                let y = self.expr(c)?;
+                self.binary(*op, x, y, e)?
+            }
+            Expr::Select(c, a, d) => {
+                let cond = self.expr(c)?;
+                let x = self.expr(a)?;
+                let y = self.expr(d)?;
+                let Val::B(cond) = cond else {
+                    return Err(self.err(format!(
+                        "`{}`: the condition is {}, not bool",
+                        self.k.expr(e),
+                        cond.ty().as_str()
+                    )));
+                };
+                if x.ty() != y.ty() {
+                    return Err(self.err(format!(
+                        "`{}`: the arms are {} and {}",
+                        self.k.expr(e),
+                        x.ty().as_str(),
+                        y.ty().as_str()
+                    )));
+                }
+                let r = self.b.build_select(cond, x.basic(), y.basic(), "")?;
+                match x {
+                    Val::F(_) => Val::F(r.into_float_value()),
+                    Val::I(_) => Val::I(r.into_int_value()),
+                    Val::B(_) => Val::B(r.into_int_value()),
+                }
+            }
+        })
+    }
+
+    fn unary(&mut self, op: UnOp, v: Val<'ctx>, e: &Expr) -> Result<Val<'ctx>, CodegenError> {
+        let f32t: BasicTypeEnum = self.ctx.f32_type().into();
+        let i64t = self.ctx.i64_type();
+        let fl = |r: BasicValueEnum<'ctx>| Val::F(r.into_float_value());
+        Ok(match (op, v) {
+            (UnOp::Neg, Val::F(x)) => {
+                let r = self.b.build_float_neg(x, "")?;
+                self.fmf(r);
+                Val::F(r)
+            }
+            (UnOp::Neg, Val::I(x)) => Val::I(self.b.build_int_neg(x, "")?),
+            (UnOp::Abs, Val::F(x)) => fl(self.intrinsic("llvm.fabs", f32t, &[x.into()])?),
+            (UnOp::Abs, Val::I(x)) => {
+                let poison = self.ctx.bool_type().const_zero();
+                Val::I(
+                    self.intrinsic("llvm.abs", i64t.into(), &[x.into(), poison.into()])?
+                        .into_int_value(),
+                )
+            }
+            (UnOp::Exp, Val::F(x)) => fl(self.intrinsic("llvm.exp", f32t, &[x.into()])?),
+            (UnOp::Log, Val::F(x)) => fl(self.intrinsic("llvm.log", f32t, &[x.into()])?),
+            (UnOp::Sqrt, Val::F(x)) => fl(self.intrinsic("llvm.sqrt", f32t, &[x.into()])?),
+            (UnOp::Sin, Val::F(x)) => fl(self.intrinsic("llvm.sin", f32t, &[x.into()])?),
+            (UnOp::Cos, Val::F(x)) => fl(self.intrinsic("llvm.cos", f32t, &[x.into()])?),
+            (UnOp::Floor, Val::F(x)) => fl(self.intrinsic("llvm.floor", f32t, &[x.into()])?),
+            (UnOp::Tanh, Val::F(x)) => Val::F(self.libm("tanhf", &[x])?),
+            (UnOp::ToF32, Val::I(x)) => Val::F(self.b.build_signed_int_to_float(
+                x,
+                self.ctx.f32_type(),
+                "",
+            )?),
+            (UnOp::ToI64, Val::F(x)) => Val::I(
+                self.intrinsic_2ty("llvm.fptosi.sat", i64t.into(), f32t, x.into())?
+                    .into_int_value(),
+            ),
+            (UnOp::Not, Val::B(x)) => Val::B(self.b.build_not(x, "")?),
+            _ => {
+                return Err(self.err(format!(
+                    "`{}`: operand is {}",
+                    self.k.expr(e),
+                    v.ty().as_str()
+                )))
+            }
+        })
+    }
+
+    /// An intrinsic overloaded on its result and argument types.
+    fn intrinsic_2ty(
+        &self,
+        name: &str,
+        ret: BasicTypeEnum<'ctx>,
+        arg_ty: BasicTypeEnum<'ctx>,
+        arg: BasicMetadataValueEnum<'ctx>,
+    ) -> Result<BasicValueEnum<'ctx>, CodegenError> {
+        let decl = Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(self.module, &[ret, arg_ty]))
+            .ok_or_else(|| self.err(format!("LLVM has no intrinsic `{name}`")))?;
+        self.b
+            .build_call(decl, &[arg], "")?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| self.err(format!("`{name}` returned void")))
+    }
+
+    fn binary(
+        &mut self,
+        op: BinOp,
+        x: Val<'ctx>,
+        y: Val<'ctx>,
+        e: &Expr,
+    ) -> Result<Val<'ctx>, CodegenError> {
+        if x.ty() != y.ty() {
+            return Err(self.err(format!(
+                "`{}`: operands are {} and {}",
+                self.k.expr(e),
+                x.ty().as_str(),
+                y.ty().as_str()
+            )));
+        }
+        let b = &self.b;
+        let f32t: BasicTypeEnum = self.ctx.f32_type().into();
+        let i64t = self.ctx.i64_type();
+        let bad = || {
+            self.err(format!(
+                "`{}`: no such operation on {}",
+                self.k.expr(e),
+                x.ty().as_str()
+            ))
+        };
+        Ok(match (x, y) {
+            (Val::F(a), Val::F(c)) => {
+                let fr = |r: FloatValue<'ctx>| {
+                    self.fmf(r);
+                    Val::F(r)
+                };
+                let cmp = |p: FloatPredicate| -> Result<Val<'ctx>, CodegenError> {
+                    Ok(Val::B(b.build_float_compare(p, a, c, "")?))
+                };
+                match op {
+                    BinOp::Add => fr(b.build_float_add(a, c, "")?),
+                    BinOp::Sub => fr(b.build_float_sub(a, c, "")?),
+                    BinOp::Mul => fr(b.build_float_mul(a, c, "")?),
+                    BinOp::Div => Val::F(b.build_float_div(a, c, "")?),
+                    BinOp::Min => Val::F(
+                        self.intrinsic("llvm.minnum", f32t, &[a.into(), c.into()])?
+                            .into_float_value(),
+                    ),
+                    BinOp::Max => Val::F(
+                        self.intrinsic("llvm.maxnum", f32t, &[a.into(), c.into()])?
+                            .into_float_value(),
+                    ),
+                    BinOp::Pow => Val::F(
+                        self.intrinsic("llvm.pow", f32t, &[a.into(), c.into()])?
+                            .into_float_value(),
+                    ),
+                    BinOp::Lt => cmp(FloatPredicate::OLT)?,
+                    BinOp::Le => cmp(FloatPredicate::OLE)?,
+                    BinOp::Gt => cmp(FloatPredicate::OGT)?,
+                    BinOp::Ge => cmp(FloatPredicate::OGE)?,
+                    BinOp::Eq => cmp(FloatPredicate::OEQ)?,
+                    // Rust's `!=`: true when either side is NaN.
+                    BinOp::Ne => cmp(FloatPredicate::UNE)?,
+                    BinOp::Rem | BinOp::And | BinOp::Or => return Err(bad()),
+                }
+            }
+            (Val::I(a), Val::I(c)) => {
+                let cmp = |p: IntPredicate| -> Result<Val<'ctx>, CodegenError> {
+                    Ok(Val::B(b.build_int_compare(p, a, c, "")?))
+                };
+                match op {
+                    BinOp::Add => Val::I(b.build_int_add(a, c, "")?),
+                    BinOp::Sub => Val::I(b.build_int_sub(a, c, "")?),
+                    BinOp::Mul => Val::I(b.build_int_mul(a, c, "")?),
+                    BinOp::Div | BinOp::Rem => {
+                        // Division by zero gives 0 and `i64::MIN / -1` wraps instead of
+                        // trapping; a constant divisor folds the guards away.
+                        let zero = i64t.const_zero();
+                        let is_zero = b.build_int_compare(IntPredicate::EQ, c, zero, "")?;
+                        let minus_one = i64t.const_all_ones();
+                        let is_m1 = b.build_int_compare(IntPredicate::EQ, c, minus_one, "")?;
+                        let unsafe_divisor = b.build_or(is_zero, is_m1, "")?;
+                        let safe = b
+                            .build_select(unsafe_divisor, i64t.const_int(1, false), c, "")?
+                            .into_int_value();
+                        let r = if op == BinOp::Div {
+                            let q = b.build_int_signed_div(a, safe, "")?;
+                            let neg = b.build_int_sub(zero, a, "")?;
+                            let q = b.build_select(is_m1, neg, q, "")?.into_int_value();
+                            b.build_select(is_zero, zero, q, "")?
+                        } else {
+                            let r = b.build_int_signed_rem(a, safe, "")?;
+                            b.build_select(unsafe_divisor, zero, r, "")?
+                        };
+                        Val::I(r.into_int_value())
+                    }
+                    BinOp::Min => Val::I(
+                        self.intrinsic("llvm.smin", i64t.into(), &[a.into(), c.into()])?
+                            .into_int_value(),
+                    ),
+                    BinOp::Max => Val::I(
+                        self.intrinsic("llvm.smax", i64t.into(), &[a.into(), c.into()])?
+                            .into_int_value(),
+                    ),
+                    BinOp::Lt => cmp(IntPredicate::SLT)?,
+                    BinOp::Le => cmp(IntPredicate::SLE)?,
+                    BinOp::Gt => cmp(IntPredicate::SGT)?,
+                    BinOp::Ge => cmp(IntPredicate::SGE)?,
+                    BinOp::Eq => cmp(IntPredicate::EQ)?,
+                    BinOp::Ne => cmp(IntPredicate::NE)?,
+                    BinOp::Pow | BinOp::And | BinOp::Or => return Err(bad()),
+                }
+            }
+            (Val::B(a), Val::B(c)) => match op {
+                BinOp::And => Val::B(b.build_and(a, c, "")?),
+                BinOp::Or => Val::B(b.build_or(a, c, "")?),
+                BinOp::Eq => Val::B(b.build_int_compare(IntPredicate::EQ, a, c, "")?),
+                BinOp::Ne => Val::B(b.build_int_compare(IntPredicate::NE, a, c, "")?),
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        })
+    }
+}
+
+/// An operand of a loop property node.
+enum MdArg {
+    I32(u32),
+    Bool(bool),
+}
+
+/// Attaches `!llvm.loop !N` with `!N = distinct !{!N, props...}` to the latch branch.
+/// The C API has no distinct nodes, so the self-reference is made through a temporary
+/// node; LLVM turns a node that refers to itself into a distinct one.
+fn attach_loop_id(ctx: &Context, latch_br: InstructionValue<'_>, props: &[(&str, MdArg)]) {
+    use inkwell::llvm_sys::core::{
+        LLVMConstInt, LLVMInt1TypeInContext, LLVMInt32TypeInContext, LLVMMDNodeInContext2,
+        LLVMMDStringInContext2, LLVMMetadataAsValue, LLVMSetMetadata,
+    };
+    use inkwell::llvm_sys::debuginfo::{LLVMMetadataReplaceAllUsesWith, LLVMTemporaryMDNode};
+    use inkwell::llvm_sys::prelude::LLVMMetadataRef;
+    let raw = ctx.raw();
+    // SAFETY: every reference passed belongs to `ctx`, which outlives the calls; the
+    // temporary node is consumed (deleted) by the replace-all-uses call.
+    unsafe {
+        let mut nodes: Vec<LLVMMetadataRef> = Vec::with_capacity(props.len() + 1);
+        let temp = LLVMTemporaryMDNode(raw, std::ptr::null_mut(), 0);
+        nodes.push(temp);
+        for (name, arg) in props {
+            let key = LLVMMDStringInContext2(raw, name.as_ptr().cast(), name.len());
+            let val = match arg {
+                MdArg::I32(v) => LLVMConstInt(LLVMInt32TypeInContext(raw), *v as u64, 0),
+                MdArg::Bool(v) => LLVMConstInt(LLVMInt1TypeInContext(raw), *v as u64, 0),
+            };
+            let val = inkwell::llvm_sys::core::LLVMValueAsMetadata(val);
+            let mut pair = [key, val];
+            nodes.push(LLVMMDNodeInContext2(raw, pair.as_mut_ptr(), 2));
+        }
+        let id = LLVMMDNodeInContext2(raw, nodes.as_mut_ptr(), nodes.len());
+        LLVMMetadataReplaceAllUsesWith(temp, id);
+        let kind = ctx.get_kind_id("llvm.loop");
+        LLVMSetMetadata(latch_br.as_value_ref(), kind, LLVMMetadataAsValue(raw, id));
+    }
+}
