@@ -13,6 +13,7 @@
 
 use archc_compiler::interp::{Interpreter, RandomWeights, WeightSource};
 use archc_compiler::passes::{optimize, optimize_verified, PIPELINE};
+use archc_compiler::testing::*;
 use archc_compiler::{lower, verify, Graph, Mode};
 use archc_spec::*;
 use std::path::{Path, PathBuf};
@@ -153,98 +154,9 @@ fn the_pipeline_is_idempotent_and_deterministic() {
 
 // ---- Differential tests on random weights ----
 
-fn norm() -> Norm {
-    Norm {
-        kind: NormKind::RmsNorm,
-        eps: 1e-5,
-        bias: false,
-        plus_one: false,
-    }
-}
-
-fn attention() -> Attention {
-    Attention {
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 8,
-        v_head_dim: 8,
-        mla: None,
-        bias: AttnBias::default(),
-        qk_norm: QkNorm::None,
-        causal: true,
-        window: None,
-        chunk: None,
-        sinks: false,
-        softcap: None,
-        scale: None,
-        gate: false,
-        temperature: None,
-        rope: Some(Rope {
-            theta: 10_000.0,
-            dims: 8,
-            pairing: Pairing::Half,
-            scaling: RopeScaling::None,
-        }),
-    }
-}
-
-fn block(mixer: Attention, ffn: Ffn) -> Block {
-    Block {
-        name: "default".into(),
-        placement: Placement::Pre,
-        norm: norm(),
-        mixer: Mixer::Attention(mixer),
-        ffn,
-    }
-}
-
-fn mlp() -> Ffn {
-    Ffn::Mlp(Mlp {
-        hidden: 48,
-        act: Activation::Silu,
-        gated: true,
-        bias: false,
-    })
-}
-
-fn spec(blocks: Vec<Block>, schedule: Vec<usize>) -> Spec {
-    Spec {
-        name: "tiny".into(),
-        family: Family::Llama,
-        vocab: 61,
-        hidden: 32,
-        layers: schedule.len() as u64,
-        context: 128,
-        dtype: DType::F32,
-        tied: false,
-        embed_scale: None,
-        learned_positions: None,
-        token_types: None,
-        embed_norm: None,
-        final_norm: Some(norm()),
-        logit_softcap: None,
-        blocks,
-        schedule,
-    }
-}
-
-const PROMPT: [u32; 21] = [
-    3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 60, 2, 7, 18, 28, 18, 28, 45, 9, 0, 4,
-];
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = (x - y).abs();
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                d
-            }
-        })
-        .fold(0.0, f32::max)
+/// The MLP of the dense models (gated SiLU).
+fn ffn() -> Ffn {
+    swiglu(48)
 }
 
 /// Logits of the whole prompt (prefill), and of a 5-token prefill followed by decode of
@@ -252,14 +164,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn run(interp: &Interpreter<'_>, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let mut cache = interp.new_cache();
     let full = interp.prefill(&mut cache, tokens).expect("prefill runs");
-    let mut cache = interp.new_cache();
-    let mut stepped = interp
-        .prefill(&mut cache, &tokens[..5])
-        .expect("short prefill runs");
-    for &t in &tokens[5..] {
-        stepped.extend(interp.decode(&mut cache, t).expect("decode runs"));
-    }
-    (full, stepped)
+    (full, prefill_then_decode(interp, tokens, 5))
 }
 
 /// The largest |optimized - reference| over prefill and decode logits.
@@ -273,14 +178,12 @@ fn differential(pre: &Graph, dec: &Graph, weights: &dyn WeightSource, tokens: &[
         Interpreter::new(opt_pre, opt_dec, weights).expect("weights bind to the fused graphs");
     let (a_full, a_step) = run(&reference, tokens);
     let (b_full, b_step) = run(&fused, tokens);
-    let spread = a_full.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-    assert!(spread > 1e-2, "logits are all near zero");
-    max_diff(&a_full, &b_full).max(max_diff(&a_step, &b_step))
+    assert!(max_abs(&a_full) > 1e-2, "logits are all near zero");
+    max_abs_diff(&a_full, &b_full).max(max_abs_diff(&a_step, &b_step))
 }
 
 fn check(name: &str, s: &Spec) {
-    let pre = lower(s, Mode::Prefill).expect("prefill lowers");
-    let dec = lower(s, Mode::Decode).expect("decode lowers");
+    let (pre, dec) = lower_both(s);
     let weights = RandomWeights::for_graphs(&[&pre, &dec], 11);
     let d = differential(&pre, &dec, &weights, &PROMPT);
     eprintln!("{name}: max |fused - reference| = {d:e}");
@@ -289,277 +192,77 @@ fn check(name: &str, s: &Spec) {
 
 #[test]
 fn differential_llama_gqa() {
-    check("llama", &spec(vec![block(attention(), mlp())], vec![0, 0]));
+    check("llama", &llama(ffn()));
 }
 
 #[test]
 fn differential_window_chunk_sinks_softcap_biases() {
-    let mut win = attention();
+    let mut win = sinks_softcap_attention();
     win.window = Some(3);
-    win.sinks = true;
-    win.softcap = Some(5.0);
-    win.bias = AttnBias {
-        q: true,
-        k: true,
-        v: true,
-        o: true,
-    };
-    let mut chunk = attention();
-    chunk.chunk = Some(4);
-    chunk.qk_norm = QkNorm::L2 { eps: 1e-6 };
-    chunk.rope.as_mut().expect("rope").pairing = Pairing::Interleaved;
-    let mut nope = attention();
-    nope.rope = None;
+    let mut nope = nope_temperature_attention();
     nope.kv_heads = 1;
-    nope.temperature = Some(Temperature {
-        floor_scale: 4.0,
-        attn_scale: 0.1,
-    });
-    let blocks = vec![block(win, mlp()), block(chunk, mlp()), block(nope, mlp())];
+    let blocks = vec![
+        block(win, ffn()),
+        block(chunked_l2_attention(), ffn()),
+        block(nope, ffn()),
+    ];
     check("window-chunk-sinks", &spec(blocks, vec![0, 1, 2, 2]));
 }
 
 #[test]
 fn differential_mla_with_and_without_q_rank() {
-    let mut a = attention();
-    a.mla = Some(Mla {
-        q_rank: Some(12),
-        kv_rank: 10,
-        nope_dim: 6,
-        rope_dim: 4,
-        v_dim: 5,
-    });
-    a.heads = 3;
-    a.kv_heads = 3;
-    a.head_dim = 10;
-    a.v_head_dim = 5;
-    a.rope = Some(Rope {
-        theta: 10_000.0,
-        dims: 4,
-        pairing: Pairing::Interleaved,
-        scaling: RopeScaling::Yarn {
-            factor: 4.0,
-            original_context: 32,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            mscale: 1.0,
-            mscale_all_dim: 1.0,
-            attention_factor: None,
-            truncate: true,
-        },
-    });
-    let mut b = a.clone();
-    b.mla.as_mut().expect("mla").q_rank = None;
-    check(
-        "mla",
-        &spec(vec![block(a, mlp()), block(b, mlp())], vec![0, 1]),
-    );
-}
-
-fn moe(router: Router) -> Ffn {
-    Ffn::Moe(Moe {
-        experts: 8,
-        top_k: 2,
-        hidden: 16,
-        act: Activation::Silu,
-        gated: true,
-        bias: false,
-        shared: Some(SharedExperts {
-            count: 1,
-            hidden: 24,
-            gate: true,
-        }),
-        router,
-    })
-}
-
-fn router() -> Router {
-    Router {
-        score: RouterScore::Softmax,
-        topk_first: false,
-        renormalize: true,
-        scale: 1.0,
-        correction_bias: false,
-        groups: None,
-        bias: false,
-        weight_input: false,
-    }
+    check("mla", &mla(ffn()));
 }
 
 #[test]
 fn differential_moe_routers_and_shared_experts() {
-    let deepseek = Router {
-        score: RouterScore::Sigmoid,
-        correction_bias: true,
-        groups: Some(RouterGroups { count: 4, keep: 2 }),
-        scale: 2.5,
-        ..router()
-    };
-    let llama4 = Router {
-        score: RouterScore::Sigmoid,
-        topk_first: true,
-        renormalize: false,
-        weight_input: true,
-        ..router()
-    };
-    let gpt_oss = Router {
-        topk_first: true,
-        bias: true,
-        ..router()
-    };
-    let mut oss = moe(gpt_oss);
-    if let Ffn::Moe(m) = &mut oss {
-        m.bias = true;
-        m.act = Activation::ClampedSwiglu {
-            alpha: 1.702,
-            limit: 7.0,
-        };
-        m.shared = None;
-    }
     let mut plain = moe(router());
-    if let Ffn::Moe(m) = &mut plain {
-        m.gated = false;
-        m.act = Activation::Gelu;
-        m.shared = Some(SharedExperts {
-            count: 2,
-            hidden: 8,
-            gate: false,
-        });
-    }
-    let blocks = vec![
-        block(attention(), moe(router())),
-        block(attention(), moe(deepseek)),
-        block(attention(), moe(llama4)),
-        block(attention(), oss),
-        block(attention(), plain),
-    ];
+    plain.gated = false;
+    plain.act = Activation::Gelu;
+    plain.shared = Some(SharedExperts {
+        count: 2,
+        hidden: 8,
+        gate: false,
+    });
+    let mut blocks = moe_blocks();
+    blocks.push(block(attention(), Ffn::Moe(plain)));
     check("moe", &spec(blocks, vec![0, 1, 2, 3, 4]));
 }
 
 #[test]
 fn differential_gemma_sandwich_per_head_qk_norm_softcaps() {
-    let plus = Norm {
-        plus_one: true,
-        eps: 1e-6,
-        ..norm()
+    let mut s = gemma(mlp(48, Activation::GeluTanh, true, false));
+    // The local layers also cap their attention logits (Gemma 2).
+    let Mixer::Attention(local) = &mut s.blocks[0].mixer else {
+        panic!("gemma's local block is attention");
     };
-    let mut a = attention();
-    a.qk_norm = QkNorm::PerHead(plus);
-    a.scale = Some(0.2);
-    a.window = Some(4);
-    a.softcap = Some(20.0);
-    let mut g = attention();
-    g.qk_norm = QkNorm::PerHead(plus);
-    g.rope.as_mut().expect("rope").scaling = RopeScaling::Linear { factor: 8.0 };
-    let ffn = Ffn::Mlp(Mlp {
-        hidden: 48,
-        act: Activation::GeluTanh,
-        gated: true,
-        bias: false,
-    });
-    let mut local = block(a, ffn.clone());
-    local.placement = Placement::Sandwich;
-    local.norm = plus;
-    let mut global = block(g, ffn);
-    global.placement = Placement::Sandwich;
-    global.norm = plus;
-    let mut s = spec(vec![local, global], vec![0, 1, 0]);
-    s.embed_scale = Some(32f64.sqrt());
-    s.tied = true;
-    s.logit_softcap = Some(10.0);
-    s.final_norm = Some(plus);
+    local.softcap = Some(20.0);
     check("gemma", &s);
 }
 
 #[test]
 fn differential_gated_attention_full_qk_norm_post_norms() {
-    let mut gated = attention();
-    gated.gate = true;
-    gated.qk_norm = QkNorm::PerHead(Norm {
-        plus_one: true,
-        ..norm()
-    });
-    gated.rope.as_mut().expect("rope").dims = 4;
-    let mut full = attention();
-    full.qk_norm = QkNorm::Full(norm());
-    full.rope.as_mut().expect("rope").scaling = RopeScaling::Llama3 {
-        factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_context: 16,
-    };
-    let mut post = block(full, mlp());
-    post.placement = Placement::Post;
-    check(
-        "gated-post",
-        &spec(vec![block(gated, mlp()), post], vec![0, 1]),
-    );
+    check("gated-post", &qwen3_next_olmo(ffn()));
 }
 
 #[test]
 fn differential_gpt2_and_bert_layernorm_biases() {
-    let ln = Norm {
-        kind: NormKind::LayerNorm,
-        eps: 1e-5,
-        bias: true,
-        plus_one: false,
-    };
-    let mut a = attention();
-    a.rope = None;
-    a.kv_heads = 4;
-    a.bias = AttnBias {
-        q: true,
-        k: true,
-        v: true,
-        o: true,
-    };
-    let gelu = Ffn::Mlp(Mlp {
-        hidden: 64,
-        act: Activation::Gelu,
-        gated: false,
-        bias: true,
-    });
-    let mut b = block(a.clone(), gelu);
-    b.norm = ln;
-    let mut s = spec(vec![b], vec![0, 0]);
-    s.learned_positions = Some(32);
-    s.final_norm = Some(ln);
-    check("gpt2", &s);
-
-    let mut bert = block(
-        a,
-        Ffn::Mlp(Mlp {
-            hidden: 64,
-            act: Activation::Relu,
-            gated: false,
-            bias: true,
-        }),
-    );
-    bert.norm = ln;
-    bert.placement = Placement::PostLn;
-    let mut s = spec(vec![bert], vec![0, 0]);
-    s.learned_positions = Some(32);
-    s.token_types = Some(2);
-    s.embed_norm = Some(ln);
-    s.final_norm = None;
-    check("bert", &s);
+    check("gpt2", &gpt2(mlp(64, Activation::Gelu, false, true)));
+    check("bert", &bert(mlp(64, Activation::Relu, false, true)));
 }
 
 #[test]
 fn differential_clamped_swiglu_mlp_and_mqa() {
     let mut a = attention();
     a.kv_heads = 1;
-    a.causal = true;
-    let ffn = Ffn::Mlp(Mlp {
-        hidden: 40,
-        act: Activation::ClampedSwiglu {
-            alpha: 1.702,
-            limit: 7.0,
-        },
-        gated: true,
-        bias: true,
-    });
-    check("clamped-mqa", &spec(vec![block(a, ffn)], vec![0, 0]));
+    let clamped = Activation::ClampedSwiglu {
+        alpha: 1.702,
+        limit: 7.0,
+    };
+    check(
+        "clamped-mqa",
+        &spec(vec![block(a, mlp(40, clamped, true, true))], vec![0, 0]),
+    );
 }
 
 // ---- HF fixtures through the optimized graphs ----
@@ -600,7 +303,7 @@ fn hf_fixtures_match_after_optimization() {
         let mut cache = fused.new_cache();
         let ours = fused.prefill(&mut cache, &tokens).expect("prefill runs");
         let hf = npy::read(&dir.join("logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
-        let hf_d = max_diff(&ours, &hf.data);
+        let hf_d = max_abs_diff(&ours, &hf.data);
         eprintln!("{case}: max |fused - reference| = {d:e}, max |fused - HF| = {hf_d:e}");
         assert!(
             d <= 1e-5,

@@ -15,340 +15,51 @@ use archc_compiler::kernel::lower::{program, KernelError};
 use archc_compiler::kernel::verify::verify_program;
 use archc_compiler::kernel::Program;
 use archc_compiler::passes::optimize;
+use archc_compiler::testing::{self, max_abs, scaled_diff, PROMPT};
 use archc_compiler::{lower, Mode};
 use archc_spec::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 // ---------------------------------------------------------------------------------------
-// Specs (the shapes of tests/decode.rs, with the vocabulary and MLP wider than a block).
+// Specs: `archc_compiler::testing`'s, with the vocabulary and MLP wider than a block.
 
-fn norm() -> Norm {
-    Norm {
-        kind: NormKind::RmsNorm,
-        eps: 1e-5,
-        bias: false,
-        plus_one: false,
-    }
-}
-
-fn layer_norm() -> Norm {
-    Norm {
-        kind: NormKind::LayerNorm,
-        eps: 1e-5,
-        bias: true,
-        plus_one: false,
-    }
-}
-
-fn attention() -> Attention {
-    Attention {
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 8,
-        v_head_dim: 8,
-        mla: None,
-        bias: AttnBias::default(),
-        qk_norm: QkNorm::None,
-        causal: true,
-        window: None,
-        chunk: None,
-        sinks: false,
-        softcap: None,
-        scale: None,
-        gate: false,
-        temperature: None,
-        rope: Some(Rope {
-            theta: 10_000.0,
-            dims: 8,
-            pairing: Pairing::Half,
-            scaling: RopeScaling::None,
-        }),
-    }
-}
-
-fn block(mixer: Attention, ffn: Ffn) -> Block {
-    Block {
-        name: "default".into(),
-        placement: Placement::Pre,
-        norm: norm(),
-        mixer: Mixer::Attention(mixer),
-        ffn,
-    }
+/// A vocabulary of 97: more than one column block of the head's matmul (64), and prime.
+fn wide(mut s: Spec) -> Spec {
+    s.vocab = 97;
+    s
 }
 
 fn mlp(act: Activation, gated: bool, bias: bool) -> Ffn {
     // Wider than one column block of a matmul kernel (64), and not a multiple of 16.
-    Ffn::Mlp(Mlp {
-        hidden: 100,
-        act,
-        gated,
-        bias,
-    })
+    testing::mlp(100, act, gated, bias)
 }
 
-fn spec(blocks: Vec<Block>, schedule: Vec<usize>) -> Spec {
-    Spec {
-        name: "tiny".into(),
-        family: Family::Llama,
-        vocab: 97,
-        hidden: 32,
-        layers: schedule.len() as u64,
-        context: 128,
-        dtype: DType::F32,
-        tied: false,
-        embed_scale: None,
-        learned_positions: None,
-        token_types: None,
-        embed_norm: None,
-        final_norm: Some(norm()),
-        logit_softcap: None,
-        blocks,
-        schedule,
-    }
+fn swiglu() -> Ffn {
+    mlp(Activation::Silu, true, false)
 }
 
 fn llama() -> Spec {
-    spec(
-        vec![block(attention(), mlp(Activation::Silu, true, false))],
-        vec![0, 0],
-    )
+    wide(testing::llama(swiglu()))
 }
 
 fn gpt2() -> Spec {
-    let mut a = attention();
-    a.rope = None;
-    a.kv_heads = 4;
-    a.bias = AttnBias {
-        q: true,
-        k: true,
-        v: true,
-        o: true,
-    };
-    let mut b = block(a, mlp(Activation::GeluTanh, false, true));
-    b.norm = layer_norm();
-    let mut s = spec(vec![b], vec![0, 0]);
+    let mut s = wide(testing::gpt2(mlp(Activation::GeluTanh, false, true)));
     s.name = "tiny-gpt2".into();
-    s.learned_positions = Some(32);
-    s.final_norm = Some(layer_norm());
     s.tied = true;
     s
 }
 
 fn bert() -> Spec {
-    let mut a = attention();
-    a.rope = None;
-    a.kv_heads = 4;
-    a.bias = AttnBias {
-        q: true,
-        k: true,
-        v: true,
-        o: true,
-    };
-    // Post-LN with token types and an embedding norm (causal so that decode is defined).
-    let mut b = block(a, mlp(Activation::Gelu, false, true));
-    b.norm = layer_norm();
-    b.placement = Placement::PostLn;
-    let mut s = spec(vec![b], vec![0, 0]);
-    s.learned_positions = Some(32);
-    s.token_types = Some(2);
-    s.embed_norm = Some(layer_norm());
-    s.final_norm = None;
-    s
+    wide(testing::bert(mlp(Activation::Gelu, false, true)))
 }
 
 fn gemma() -> Spec {
-    let plus = Norm {
-        plus_one: true,
-        eps: 1e-6,
-        ..norm()
-    };
-    let mut a = attention();
-    a.qk_norm = QkNorm::PerHead(plus);
-    a.scale = Some(0.2);
-    a.window = Some(4);
-    let mut g = attention();
-    g.qk_norm = QkNorm::PerHead(plus);
-    g.rope.as_mut().expect("rope").scaling = RopeScaling::Linear { factor: 8.0 };
-    let ffn = mlp(Activation::GeluTanh, true, false);
-    let mut local = block(a, ffn.clone());
-    local.placement = Placement::Sandwich;
-    local.norm = plus;
-    let mut global = block(g, ffn);
-    global.placement = Placement::Sandwich;
-    global.norm = plus;
-    let mut s = spec(vec![local, global], vec![0, 1, 0]);
-    s.embed_scale = Some(32f64.sqrt());
-    s.tied = true;
-    s.logit_softcap = Some(10.0);
-    s.final_norm = Some(plus);
-    s
-}
-
-/// Qwen3-Next's gated attention with partial RoPE, and an OLMo-style post-norm block with
-/// full QK-norm and Llama 3 RoPE scaling.
-fn qwen3_next_olmo() -> Spec {
-    let mut gated = attention();
-    gated.gate = true;
-    gated.qk_norm = QkNorm::PerHead(Norm {
-        plus_one: true,
-        ..norm()
-    });
-    gated.rope.as_mut().expect("rope").dims = 4;
-    let mut full = attention();
-    full.qk_norm = QkNorm::Full(norm());
-    full.rope.as_mut().expect("rope").scaling = RopeScaling::Llama3 {
-        factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_context: 16,
-    };
-    let ffn = mlp(Activation::Silu, true, false);
-    let mut post = block(full, ffn.clone());
-    post.placement = Placement::Post;
-    spec(vec![block(gated, ffn), post], vec![0, 1])
-}
-
-/// Llama 4's chunked attention with L2 QK-norm and interleaved RoPE, and a NoPE layer with
-/// the attention temperature.
-fn llama4_attention() -> Spec {
-    let mut a = attention();
-    a.chunk = Some(4);
-    a.qk_norm = QkNorm::L2 { eps: 1e-6 };
-    a.rope.as_mut().expect("rope").pairing = Pairing::Interleaved;
-    let mut nope = attention();
-    nope.rope = None;
-    nope.temperature = Some(Temperature {
-        floor_scale: 4.0,
-        attn_scale: 0.1,
-    });
-    let ffn = mlp(Activation::Silu, true, false);
-    spec(vec![block(a, ffn.clone()), block(nope, ffn)], vec![0, 1])
-}
-
-fn sinks_softcap() -> Spec {
-    let mut a = attention();
-    a.sinks = true;
-    a.softcap = Some(5.0);
-    a.bias = AttnBias {
-        q: true,
-        k: true,
-        v: true,
-        o: true,
-    };
-    a.window = Some(5);
-    spec(
-        vec![block(a, mlp(Activation::Relu, false, true))],
-        vec![0, 0],
-    )
-}
-
-fn mla() -> Spec {
-    let mut a = attention();
-    a.mla = Some(Mla {
-        q_rank: Some(12),
-        kv_rank: 10,
-        nope_dim: 6,
-        rope_dim: 4,
-        v_dim: 5,
-    });
-    a.heads = 3;
-    a.kv_heads = 3;
-    a.head_dim = 10;
-    a.v_head_dim = 5;
-    a.rope = Some(Rope {
-        theta: 10_000.0,
-        dims: 4,
-        pairing: Pairing::Interleaved,
-        scaling: RopeScaling::Yarn {
-            factor: 4.0,
-            original_context: 32,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            mscale: 1.0,
-            mscale_all_dim: 1.0,
-            attention_factor: None,
-            truncate: true,
-        },
-    });
-    let mut b = a.clone();
-    b.mla.as_mut().expect("mla").q_rank = None;
-    let ffn = mlp(Activation::Silu, true, false);
-    spec(vec![block(a, ffn.clone()), block(b, ffn)], vec![0, 1])
-}
-
-fn router() -> Router {
-    Router {
-        score: RouterScore::Softmax,
-        topk_first: false,
-        renormalize: true,
-        scale: 1.0,
-        correction_bias: false,
-        groups: None,
-        bias: false,
-        weight_input: false,
-    }
-}
-
-fn moe_ffn(router: Router) -> Ffn {
-    Ffn::Moe(Moe {
-        experts: 8,
-        top_k: 2,
-        hidden: 16,
-        act: Activation::Silu,
-        gated: true,
-        bias: false,
-        shared: Some(SharedExperts {
-            count: 1,
-            hidden: 24,
-            gate: true,
-        }),
-        router,
-    })
-}
-
-fn moe() -> Spec {
-    let deepseek = Router {
-        score: RouterScore::Sigmoid,
-        correction_bias: true,
-        groups: Some(RouterGroups { count: 4, keep: 2 }),
-        scale: 2.5,
-        ..router()
-    };
-    let llama4 = Router {
-        score: RouterScore::Sigmoid,
-        topk_first: true,
-        renormalize: false,
-        weight_input: true,
-        ..router()
-    };
-    let gpt_oss = Router {
-        topk_first: true,
-        bias: true,
-        ..router()
-    };
-    let mut oss = moe_ffn(gpt_oss);
-    if let Ffn::Moe(m) = &mut oss {
-        m.bias = true;
-        m.act = Activation::ClampedSwiglu {
-            alpha: 1.702,
-            limit: 7.0,
-        };
-        m.shared = None;
-    }
-    let blocks = vec![
-        block(attention(), moe_ffn(router())),
-        block(attention(), moe_ffn(deepseek)),
-        block(attention(), moe_ffn(llama4)),
-        block(attention(), oss),
-    ];
-    spec(blocks, vec![0, 1, 2, 3])
+    wide(testing::gemma(mlp(Activation::GeluTanh, true, false)))
 }
 
 // ---------------------------------------------------------------------------------------
 // Running both interpreters.
-
-const PROMPT: [u32; 11] = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 60];
 
 /// Random weights in the spec's dtype (f32 as generated, or rounded to bf16).
 struct Weights {
@@ -484,24 +195,10 @@ fn run_graph(
         .collect()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            if x.is_nan() || y.is_nan() {
-                f32::INFINITY
-            } else {
-                (x - y).abs()
-            }
-        })
-        .fold(0.0, f32::max)
-}
-
 /// Lowered and optimized prefill and decode graphs with their kernel programs.
 fn compile(s: &Spec) -> Result<(Graph, Graph, Program, Program), KernelError> {
-    let pre = optimize(&lower(s, Mode::Prefill).expect("prefill lowers"));
-    let dec = optimize(&lower(s, Mode::Decode).expect("decode lowers"));
+    let (pre, dec) = testing::lower_both(s);
+    let (pre, dec) = (optimize(&pre), optimize(&dec));
     verify(&pre).expect("prefill verifies");
     verify(&dec).expect("decode verifies");
     let pp = program(&pre)?;
@@ -511,10 +208,9 @@ fn compile(s: &Spec) -> Result<(Graph, Graph, Program, Program), KernelError> {
     Ok((pre, dec, pp, dp))
 }
 
-/// Runs a prefill of 5 tokens, two decode steps and a prefill of the rest after the cache
-/// through both interpreters (the kernels on one and on two threads, which must agree
-/// exactly); returns the largest difference of any output, relative to the output's
-/// largest magnitude when that exceeds 1.
+/// Runs a prefill of 5 tokens, two decode steps and a prefill of the rest of an 11-token
+/// prompt after the cache through both interpreters (the kernels on one and on two threads,
+/// which must agree exactly); returns the largest [`scaled_diff`] of any output.
 fn differential(s: &Spec, bf16: bool) -> Result<f32, KernelError> {
     let mut s = s.clone();
     if bf16 {
@@ -544,7 +240,7 @@ fn differential(s: &Spec, bf16: bool) -> Result<f32, KernelError> {
         (&PROMPT[..5], true),
         (&PROMPT[5..6], false),
         (&PROMPT[6..7], false),
-        (&PROMPT[7..], true),
+        (&PROMPT[7..11], true),
     ];
     let mut kcache: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut gcache = kcache.clone();
@@ -568,15 +264,9 @@ fn differential(s: &Spec, bf16: bool) -> Result<f32, KernelError> {
         );
         let logits = &want["logits"];
         assert!(logits.iter().all(|x| x.is_finite()));
-        assert!(
-            logits.iter().fold(0.0f32, |m, &x| m.max(x.abs())) > 1e-2,
-            "logits are all near zero"
-        );
+        assert!(max_abs(logits) > 1e-2, "logits are all near zero");
         for (name, v) in &want {
-            // f32 rounding differences scale with the values: measure relative to the
-            // output's largest magnitude (absolute for outputs within ±1).
-            let scale = v.iter().fold(1.0f32, |m, x| m.max(x.abs()));
-            worst = worst.max(max_diff(v, &got[name]) / scale);
+            worst = worst.max(scaled_diff(v, &got[name]));
         }
         past += tokens.len();
         for (name, v) in got {
@@ -629,27 +319,36 @@ fn gemma_kernels_match_the_graph() {
 
 #[test]
 fn qwen3_next_and_olmo_kernels_match_the_graph() {
-    assert_matches("qwen3-next/olmo", &qwen3_next_olmo(), false);
+    assert_matches(
+        "qwen3-next/olmo",
+        &wide(testing::qwen3_next_olmo(swiglu())),
+        false,
+    );
 }
 
 #[test]
 fn llama4_attention_kernels_match_the_graph() {
-    assert_matches("llama4 attention", &llama4_attention(), false);
+    assert_matches(
+        "llama4 attention",
+        &wide(testing::llama4_attention(swiglu())),
+        false,
+    );
 }
 
 #[test]
 fn sinks_and_softcap_kernels_match_the_graph() {
-    assert_matches("sinks/softcap", &sinks_softcap(), false);
+    let relu = mlp(Activation::Relu, false, true);
+    assert_matches("sinks/softcap", &wide(testing::sinks_softcap(relu)), false);
 }
 
 #[test]
 fn mla_kernels_match_the_graph() {
-    assert_matches("mla", &mla(), false);
+    assert_matches("mla", &wide(testing::mla(swiglu())), false);
 }
 
 #[test]
 fn moe_kernels_match_the_graph() {
-    assert_matches("moe", &moe(), false);
+    assert_matches("moe", &wide(testing::moe_routers()), false);
 }
 
 // ---------------------------------------------------------------------------------------

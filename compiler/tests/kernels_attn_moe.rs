@@ -8,7 +8,8 @@ use archc_compiler::interp::{self, Bindings, RandomWeights, Tensor, WeightSource
 use archc_compiler::ir::{Graph, Node, NodeId, Op, Output, ParamId, Value};
 use archc_compiler::kernel::interp::{run_program, KBufData, KData};
 use archc_compiler::kernel::lower::program;
-use archc_compiler::{lower, passes, Mode};
+use archc_compiler::testing::*;
+use archc_compiler::{passes, Mode};
 use archc_spec::*;
 use std::collections::BTreeMap;
 
@@ -205,8 +206,7 @@ fn check_graph(
 /// Lower `spec` for prefill from scratch, prefill after a cache longer than one key block,
 /// and decode; check both the plain and the optimised graphs.
 fn check_spec(spec: &Spec, prefill_only: bool) -> Vec<Checked> {
-    let pre = lower(spec, Mode::Prefill).expect("prefill lowers");
-    let dec = lower(spec, Mode::Decode).expect("decode lowers");
+    let (pre, dec) = lower_both(spec);
     let weights = RandomWeights::for_graphs(&[&pre, &dec], 11);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut runs = vec![(pre.clone(), 5, 0)];
@@ -237,89 +237,15 @@ fn covers(checked: &[Checked], what: &str, pred: impl Fn(&Op) -> bool) {
 // ---------------------------------------------------------------------------------------
 // Specs.
 
-fn norm() -> Norm {
-    Norm {
-        kind: NormKind::RmsNorm,
-        eps: 1e-5,
-        bias: false,
-        plus_one: false,
-    }
-}
-
-fn rope() -> Rope {
-    Rope {
-        theta: 10_000.0,
-        dims: 8,
-        pairing: Pairing::Half,
-        scaling: RopeScaling::None,
-    }
-}
-
-fn attention() -> Attention {
-    Attention {
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 8,
-        v_head_dim: 8,
-        mla: None,
-        bias: AttnBias::default(),
-        qk_norm: QkNorm::None,
-        causal: true,
-        window: None,
-        chunk: None,
-        sinks: false,
-        softcap: None,
-        scale: None,
-        gate: false,
-        temperature: None,
-        rope: Some(rope()),
-    }
-}
-
-fn mlp() -> Ffn {
-    Ffn::Mlp(Mlp {
-        hidden: 24,
-        act: Activation::Silu,
-        gated: true,
-        bias: false,
-    })
-}
-
-fn block(mixer: Attention, ffn: Ffn) -> Block {
-    Block {
-        name: "default".into(),
-        placement: Placement::Pre,
-        norm: norm(),
-        mixer: Mixer::Attention(mixer),
-        ffn,
-    }
-}
-
 /// One layer per block, in order.
-fn spec(blocks: Vec<Block>) -> Spec {
+fn in_order(blocks: Vec<Block>) -> Spec {
     let schedule: Vec<usize> = (0..blocks.len()).collect();
-    Spec {
-        name: "tiny".into(),
-        family: Family::Llama,
-        vocab: 61,
-        hidden: 32,
-        layers: schedule.len() as u64,
-        context: 128,
-        dtype: DType::F32,
-        tied: false,
-        embed_scale: None,
-        learned_positions: None,
-        token_types: None,
-        embed_norm: None,
-        final_norm: Some(norm()),
-        logit_softcap: None,
-        blocks,
-        schedule,
-    }
+    spec(blocks, schedule)
 }
 
+/// One layer per attention, each with a small gated SiLU MLP.
 fn attn_spec(mixers: Vec<Attention>) -> Spec {
-    spec(mixers.into_iter().map(|a| block(a, mlp())).collect())
+    in_order(mixers.into_iter().map(|a| block(a, swiglu(24))).collect())
 }
 
 fn flash(checked: &[Checked], what: &str, pred: impl Fn(&archc_compiler::ir::FlashAttnOp) -> bool) {
@@ -360,21 +286,15 @@ fn causal_gqa_and_mqa_attention_match() {
 
 #[test]
 fn bidirectional_attention_matches() {
-    let ln = Norm {
-        kind: NormKind::LayerNorm,
-        eps: 1e-5,
-        bias: true,
-        plus_one: false,
-    };
     let mut a = attention();
     a.causal = false;
     a.rope = None;
     a.kv_heads = 4;
-    let mut b = block(a, mlp());
-    b.norm = ln;
-    let mut s = spec(vec![b]);
+    let mut b = block(a, swiglu(24));
+    b.norm = layer_norm();
+    let mut s = in_order(vec![b]);
     s.learned_positions = Some(32);
-    s.final_norm = Some(ln);
+    s.final_norm = Some(layer_norm());
     let checked = check_spec(&s, true);
     flash(&checked, "bidirectional", |f| !f.attn.causal);
 }
@@ -383,20 +303,8 @@ fn bidirectional_attention_matches() {
 fn window_chunk_sinks_and_softcap_attention_match() {
     let mut window = attention();
     window.window = Some(3);
-    let mut chunk = attention();
-    chunk.chunk = Some(4);
-    chunk.qk_norm = QkNorm::L2 { eps: 1e-6 };
-    chunk.rope.as_mut().expect("rope").pairing = Pairing::Interleaved;
-    let mut sinks = attention();
-    sinks.sinks = true;
-    sinks.softcap = Some(5.0);
-    sinks.window = Some(5);
-    sinks.bias = AttnBias {
-        q: true,
-        k: true,
-        v: true,
-        o: true,
-    };
+    let chunk = chunked_l2_attention();
+    let sinks = sinks_softcap_attention();
     // A window wider than one key block and a chunk spanning two blocks.
     let mut wide = attention();
     wide.window = Some(18);
@@ -423,35 +331,9 @@ fn window_chunk_sinks_and_softcap_attention_match() {
 
 #[test]
 fn mla_attention_matches() {
-    let mut a = attention();
-    a.mla = Some(Mla {
-        q_rank: Some(12),
-        kv_rank: 10,
-        nope_dim: 6,
-        rope_dim: 4,
-        v_dim: 5,
-    });
-    a.heads = 3;
-    a.kv_heads = 3;
-    a.head_dim = 10;
-    a.v_head_dim = 5;
-    a.rope = Some(Rope {
-        theta: 10_000.0,
-        dims: 4,
-        pairing: Pairing::Interleaved,
-        scaling: RopeScaling::Yarn {
-            factor: 4.0,
-            original_context: 32,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-            mscale: 1.0,
-            mscale_all_dim: 0.707,
-            attention_factor: None,
-            truncate: true,
-        },
-    });
-    let mut b = a.clone();
-    b.mla.as_mut().expect("mla").q_rank = None;
+    // mscale_all_dim below mscale: DeepSeek's attention factor differs from 1.
+    let a = mla_attention(Some(12), 0.707);
+    let b = mla_attention(None, 0.707);
     let checked = check_spec(&attn_spec(vec![a, b]), false);
     plain_attention(&checked);
     flash(&checked, "MLA (q/k dim differs from v dim)", |f| {
@@ -461,57 +343,29 @@ fn mla_attention_matches() {
 
 #[test]
 fn gated_and_normed_attention_with_rope_scalings_match() {
-    let plus = Norm {
-        plus_one: true,
-        eps: 1e-6,
-        ..norm()
-    };
     // Gemma: per-head (1 + w) norm, explicit scale, window, linear RoPE scaling.
-    let mut gemma = attention();
-    gemma.qk_norm = QkNorm::PerHead(plus);
-    gemma.scale = Some(0.2);
-    gemma.window = Some(4);
+    let mut gemma = gemma_local_attention();
     gemma.rope.as_mut().expect("rope").scaling = RopeScaling::Linear { factor: 8.0 };
-    // Qwen3-Next: output gate, per-head norm, partial rotary.
-    let mut gated = attention();
-    gated.gate = true;
-    gated.qk_norm = QkNorm::PerHead(plus);
-    gated.rope.as_mut().expect("rope").dims = 4;
+    // Qwen3-Next: output gate, per-head norm (Gemma's eps here), partial rotary.
+    let mut gated = qwen3_next_attention();
+    gated.qk_norm = QkNorm::PerHead(gemma_norm());
     // OLMo 2: a norm over the whole projection (not fused), Llama 3 scaling.
-    let mut full = attention();
-    full.qk_norm = QkNorm::Full(norm());
-    full.rope.as_mut().expect("rope").scaling = RopeScaling::Llama3 {
-        factor: 8.0,
-        low_freq_factor: 1.0,
-        high_freq_factor: 4.0,
-        original_context: 16,
-    };
+    let full = olmo_attention();
     // A per-head LayerNorm with bias, interleaved and partial.
     let mut layer = attention();
-    layer.qk_norm = QkNorm::PerHead(Norm {
-        kind: NormKind::LayerNorm,
-        eps: 1e-5,
-        bias: true,
-        plus_one: false,
-    });
+    layer.qk_norm = QkNorm::PerHead(layer_norm());
     layer.rope = Some(Rope {
         dims: 6,
         pairing: Pairing::Interleaved,
         ..rope()
     });
     // YaRN with an attention factor other than 1 (DeepSeek's mscale ratio).
-    let mut yarn = attention();
-    yarn.rope.as_mut().expect("rope").scaling = RopeScaling::Yarn {
-        factor: 4.0,
-        original_context: 32,
-        beta_fast: 32.0,
-        beta_slow: 1.0,
-        mscale: 1.0,
-        mscale_all_dim: 0.707,
-        attention_factor: None,
-        truncate: true,
-    };
-    let checked = check_spec(&attn_spec(vec![gemma, gated, full, layer, yarn]), false);
+    let mut yarn_attn = attention();
+    yarn_attn.rope.as_mut().expect("rope").scaling = yarn(0.707);
+    let checked = check_spec(
+        &attn_spec(vec![gemma, gated, full, layer, yarn_attn]),
+        false,
+    );
     flash(&checked, "gated", |f| f.gate);
     norm_rope(&checked, "a per-head (1 + w) norm", |n| {
         n.norm.is_some_and(|m| m.plus_one)
@@ -537,38 +391,9 @@ fn gated_and_normed_attention_with_rope_scalings_match() {
 // ---------------------------------------------------------------------------------------
 // Mixture of experts.
 
-fn router() -> Router {
-    Router {
-        score: RouterScore::Softmax,
-        topk_first: false,
-        renormalize: true,
-        scale: 1.0,
-        correction_bias: false,
-        groups: None,
-        bias: false,
-        weight_input: false,
-    }
-}
-
-fn moe(router: Router) -> Moe {
-    Moe {
-        experts: 8,
-        top_k: 2,
-        hidden: 16,
-        act: Activation::Silu,
-        gated: true,
-        bias: false,
-        shared: Some(SharedExperts {
-            count: 1,
-            hidden: 24,
-            gate: true,
-        }),
-        router,
-    }
-}
-
+/// One layer per MoE, each behind a plain attention.
 fn moe_spec(ffns: Vec<Moe>) -> Spec {
-    spec(
+    in_order(
         ffns.into_iter()
             .map(|m| block(attention(), Ffn::Moe(m)))
             .collect(),
@@ -617,31 +442,9 @@ fn softmax_routed_moe_matches() {
 
 #[test]
 fn deepseek_llama4_and_gpt_oss_routing_match() {
-    let deepseek = moe(Router {
-        score: RouterScore::Sigmoid,
-        correction_bias: true,
-        groups: Some(RouterGroups { count: 4, keep: 2 }),
-        scale: 2.5,
-        ..router()
-    });
-    let llama4 = moe(Router {
-        score: RouterScore::Sigmoid,
-        topk_first: true,
-        renormalize: false,
-        weight_input: true,
-        ..router()
-    });
-    let mut oss = moe(Router {
-        topk_first: true,
-        bias: true,
-        ..router()
-    });
-    oss.bias = true;
-    oss.act = Activation::ClampedSwiglu {
-        alpha: 1.702,
-        limit: 7.0,
-    };
-    oss.shared = None;
+    let deepseek = moe(deepseek_router());
+    let llama4 = moe(llama4_router());
+    let oss = gpt_oss_moe();
     // Tiny limits so that the clamps are active on these activations.
     let mut clamped = oss.clone();
     clamped.act = Activation::ClampedSwiglu {
