@@ -27,7 +27,7 @@ enum Command {
     Diff(cmd::diff::Args),
     /// Lower a .arch file to the Graph IR and print it.
     Lower(cmd::lower::Args),
-    /// Print a stage of the compilation (graph, fused).
+    /// Print a stage of the compilation (graph, fused, kernel, llvm).
     Emit(cmd::emit::Args),
     /// Run a model directory on tokens and write the logits as .npy.
     Logits(cmd::logits::Args),

@@ -1,6 +1,13 @@
-//! `archc emit` snapshots: the fused graph (`--stage fused`) of every examples/*.arch, or
-//! the error a user sees (linear-attention examples are not lowered yet). Each run is
-//! repeated to check that the output is byte-for-byte deterministic.
+//! `archc emit` snapshots: for every examples/*.arch, the fused graph (`--stage fused`,
+//! tests/data/emit/), the kernel IR program (`--stage kernel`, tests/data/emit/kernel/)
+//! and the LLVM IR of its kernels for the fixed x86-64-v4 CPU (`--stage llvm`,
+//! tests/data/emit/llvm/), or the error a user sees (f8 weights and linear-attention
+//! mixers have no kernels yet). Each run is repeated to check that the output is
+//! byte-for-byte deterministic.
+//!
+//! Every successful `--stage llvm` snapshot is also a verifier check: `emit_llvm_ir`
+//! runs the LLVM module verifier on each generated module and archc fails (exit 1) when
+//! it complains.
 //!
 //! Bless with `INSTA_UPDATE=always cargo test --test emit`, then read the snapshots.
 
@@ -40,9 +47,12 @@ fn examples() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn fused_graph_of_every_example() {
-    let snaps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/emit");
+/// Runs `archc emit examples/<name>.arch <args>` twice for every example and snapshots
+/// what a user sees into `tests/data/<dir>/<name>.snap`.
+fn snapshot_every_example(args: &[&str], dir: &str) {
+    let snaps = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(dir);
     let files = examples();
     assert!(!files.is_empty(), "no examples");
     for file in files {
@@ -51,8 +61,10 @@ fn fused_graph_of_every_example() {
             .and_then(|s| s.to_str())
             .expect("utf-8 name");
         let rel = format!("examples/{name}.arch");
-        let first = archc(&["emit", &rel, "--stage", "fused"]);
-        let second = archc(&["emit", &rel, "--stage", "fused"]);
+        let mut full = vec!["emit", rel.as_str()];
+        full.extend_from_slice(args);
+        let first = archc(&full);
+        let second = archc(&full);
         assert_eq!(
             first.stdout, second.stdout,
             "{name}: output differs between runs"
@@ -65,6 +77,11 @@ fn fused_graph_of_every_example() {
             insta::assert_snapshot!(name, shown(&first));
         });
     }
+}
+
+#[test]
+fn fused_graph_of_every_example() {
+    snapshot_every_example(&["--stage", "fused"], "emit");
 }
 
 /// `--stage graph` is exactly what `archc lower` prints, in both modes.
@@ -120,18 +137,38 @@ fn out_dir_receives_the_stage_file() {
     assert_eq!(names, ["fused.txt"]);
 }
 
+/// `--target` and `--optimized` belong to the code generation stages: elsewhere they are
+/// a usage error, as is an unknown target.
 #[test]
-fn later_stages_are_not_accepted_yet() {
+fn codegen_flags_need_a_codegen_stage() {
+    for flags in [&["--target", "x86_64"][..], &["--optimized"][..]] {
+        let mut args = vec![
+            "emit",
+            "tests/data/lower/tiny-llama.arch",
+            "--stage",
+            "kernel",
+        ];
+        args.extend_from_slice(flags);
+        let out = archc(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", shown(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err,
+            "archc emit: --target and --optimized only apply to --stage llvm, not --stage kernel\n"
+        );
+    }
     let out = archc(&[
         "emit",
         "tests/data/lower/tiny-llama.arch",
         "--stage",
         "llvm",
+        "--target",
+        "riscv64",
     ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("invalid value 'llvm'"),
+        err.contains("invalid value 'riscv64'") && err.contains("x86_64, aarch64"),
         "unexpected error: {err}"
     );
 }
@@ -140,29 +177,7 @@ fn later_stages_are_not_accepted_yet() {
 /// byte-for-byte the same on a second run.
 #[test]
 fn kernel_program_of_every_example() {
-    let snaps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/emit/kernel");
-    let files = examples();
-    assert!(!files.is_empty(), "no examples");
-    for file in files {
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .expect("utf-8 name");
-        let rel = format!("examples/{name}.arch");
-        let first = archc(&["emit", &rel, "--stage", "kernel"]);
-        let second = archc(&["emit", &rel, "--stage", "kernel"]);
-        assert_eq!(
-            first.stdout, second.stdout,
-            "{name}: output differs between runs"
-        );
-        assert_eq!(
-            first.stderr, second.stderr,
-            "{name}: errors differ between runs"
-        );
-        insta::with_settings!({snapshot_path => &snaps, prepend_module_to_snapshot => false, omit_expression => true}, {
-            insta::assert_snapshot!(name, shown(&first));
-        });
-    }
+    snapshot_every_example(&["--stage", "kernel"], "emit/kernel");
 }
 
 /// The decode program of a small model: one token, the cache grown by one.
@@ -181,4 +196,200 @@ fn kernel_stage_in_decode_mode() {
     assert!(text.starts_with("program tiny-llama.decode\n"), "{text}");
     assert!(text.contains("buffer logits: f32[1, "), "{text}");
     assert!(text.contains("output\n"), "{text}");
+}
+
+/// `--stage llvm`: the unoptimized LLVM IR (what archc generates, before `O3`) of every
+/// example for the default target, the fixed x86-64-v4 CPU, so the snapshots do not
+/// depend on the machine. Each module is a few hundred KB at most (the kernels are
+/// deduplicated), small enough to keep in full.
+#[test]
+fn llvm_ir_of_every_example() {
+    snapshot_every_example(&["--stage", "llvm"], "emit/llvm");
+}
+
+/// Runs `archc emit` twice and returns stdout, checking that it succeeded and that both
+/// runs printed the same bytes.
+fn emit_twice(args: &[&str]) -> String {
+    let mut full = vec!["emit"];
+    full.extend_from_slice(args);
+    let first = archc(&full);
+    assert!(first.status.success(), "{}", shown(&first));
+    let second = archc(&full);
+    assert_eq!(
+        first.stdout, second.stdout,
+        "output differs between runs of archc {full:?}"
+    );
+    shown(&first)
+}
+
+fn snapshot(name: &str, text: &str) {
+    let snaps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/emit/llvm");
+    insta::with_settings!({snapshot_path => &snaps, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// The default target is x86_64; aarch64 code is generated for its fixed CPU
+/// (`neoverse-v1`) on any machine.
+#[test]
+fn llvm_ir_for_aarch64() {
+    let file = "examples/smollm2-135m.arch";
+    let default = emit_twice(&[file, "--stage", "llvm"]);
+    let x86 = emit_twice(&[file, "--stage", "llvm", "--target", "x86_64"]);
+    assert_eq!(default, x86, "x86_64 is the default target");
+    let arm = emit_twice(&[file, "--stage", "llvm", "--target", "aarch64"]);
+    assert!(
+        arm.contains("target triple = \"aarch64-unknown-linux-gnu\"\n")
+            && arm.contains("\"target-cpu\"=\"neoverse-v1\""),
+        "not aarch64 code"
+    );
+    snapshot("smollm2-135m.aarch64", &arm);
+}
+
+/// `--optimized`: the module after `O3`, what actually runs. Its full text is about
+/// 400 KB even for the smallest example (unrolled and vectorized loops), too much to
+/// review, so the snapshot holds a digest line per function (instruction count, how
+/// many of them work on vectors, a hash of its text: any change shows) and the full
+/// text of one function, the smallest `linear` kernel, where the vectorization of a
+/// bf16-weight dot product can be read: AVX-512 on x86_64, NEON/SVE on aarch64.
+#[test]
+fn optimized_llvm_ir_digest() {
+    for (target, vector) in [("x86_64", "<16 x float>"), ("aarch64", "x float>")] {
+        let ir = emit_twice(&[
+            "examples/smollm2-135m.arch",
+            "--stage",
+            "llvm",
+            "--target",
+            target,
+            "--optimized",
+        ]);
+        let text = digest(&ir);
+        let (_, linear) = text.split_once("\n\n").expect("a kernel after the digest");
+        assert!(
+            linear.contains(vector),
+            "{target}: the linear kernel was not vectorized:\n{text}"
+        );
+        snapshot(&format!("smollm2-135m.{target}.optimized"), &text);
+    }
+}
+
+/// The target lines, one digest line per defined function, then the smallest function
+/// whose symbol contains `_linear_`, in full.
+fn digest(ir: &str) -> String {
+    let mut out =
+        String::from("; one line per function: instructions, vector instructions, FNV-1a hash\n");
+    for line in ir.lines().filter(|l| l.starts_with("target ")) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    let functions = functions(ir);
+    assert!(!functions.is_empty(), "no function in the module");
+    for f in &functions {
+        out.push_str(&format!(
+            "{}: {} instructions, {} on vectors, {:016x}\n",
+            f.name,
+            f.instructions,
+            f.vector_instructions,
+            fnv1a(f.text.as_bytes())
+        ));
+    }
+    let smallest_linear = functions
+        .iter()
+        .filter(|f| f.name.contains("_linear_"))
+        .min_by_key(|f| (f.instructions, f.name.clone()))
+        .expect("a linear kernel");
+    out.push_str(&format!(
+        "\n; the smallest linear kernel in full:\n{}",
+        smallest_linear.text
+    ));
+    out
+}
+
+/// A function defined in an LLVM IR module.
+struct Function {
+    name: String,
+    /// The text from its `define` line to its closing brace, both included.
+    text: String,
+    instructions: usize,
+    vector_instructions: usize,
+}
+
+/// The defined functions of a module, in order. Instructions are the indented lines of
+/// a body (labels and comments start at column 0).
+fn functions(ir: &str) -> Vec<Function> {
+    let mut out = Vec::new();
+    let mut current: Option<Function> = None;
+    for line in ir.lines() {
+        if let Some(f) = current.as_mut() {
+            f.text.push_str(line);
+            f.text.push('\n');
+            if line == "}" {
+                out.extend(current.take());
+            } else if line.starts_with("  ") {
+                f.instructions += 1;
+                f.vector_instructions += usize::from(is_vector(line));
+            }
+        } else if line.starts_with("define ") {
+            let name = line
+                .split_once('@')
+                .and_then(|(_, rest)| rest.split_once('('))
+                .map(|(name, _)| name.to_string())
+                .unwrap_or_else(|| panic!("no function name in `{line}`"));
+            current = Some(Function {
+                name,
+                text: format!("{line}\n"),
+                instructions: 0,
+                vector_instructions: 0,
+            });
+        }
+    }
+    assert!(current.is_none(), "unterminated function in the module");
+    out
+}
+
+/// Whether an instruction mentions a vector type: `<N x T>` or `<vscale x N x T>`.
+fn is_vector(line: &str) -> bool {
+    line.match_indices('<').any(|(i, _)| {
+        let rest = &line[i + 1..];
+        let rest = rest.strip_prefix("vscale x ").unwrap_or(rest);
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest[digits..].starts_with(" x ")
+    })
+}
+
+/// 64-bit FNV-1a: a hash whose value is fixed by its definition, unlike std's hashers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// `-o DIR` writes `llvm.ll`, the bytes `--stage llvm` prints; here for a decode program.
+#[test]
+fn llvm_stage_writes_llvm_ll() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_dir = dir.path().join("build");
+    let args = [
+        "emit",
+        "tests/data/lower/tiny-llama.arch",
+        "--stage",
+        "llvm",
+        "--mode",
+        "decode",
+    ];
+    let mut with_out = args.to_vec();
+    with_out.extend(["-o", out_dir.to_str().expect("utf-8 path")]);
+    let out = archc(&with_out);
+    assert!(out.status.success(), "{}", shown(&out));
+    assert!(out.stdout.is_empty());
+    let written = std::fs::read_to_string(out_dir.join("llvm.ll")).expect("llvm.ll written");
+    let printed = archc(&args);
+    assert_eq!(written.as_bytes(), printed.stdout.as_slice());
+    assert!(written.starts_with("; ModuleID = 'archc'\n"), "{written}");
+    assert!(written.contains("define void @archc_k0_"), "{written}");
+    let names: Vec<String> = std::fs::read_dir(&out_dir)
+        .expect("listable")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(names, ["llvm.ll"]);
 }

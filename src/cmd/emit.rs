@@ -1,13 +1,16 @@
-//! `archc emit FILE --stage graph|fused|kernel [--mode prefill|decode] [-o DIR]`: prints a
-//! stage of the compilation — the lowered graph, the graph after the fusion pipeline, or
-//! its kernel IR program — or writes it to `DIR/<stage>.txt` (atomically: a temporary
-//! file renamed into place).
+//! `archc emit FILE --stage graph|fused|kernel|llvm [--mode prefill|decode] [--target
+//! x86_64|aarch64] [--optimized] [-o DIR]`: prints a stage of the compilation — the
+//! lowered graph, the graph after the fusion pipeline, its kernel IR program, or the LLVM
+//! IR of the program's kernels — or writes it to `DIR/<stage>.<ext>` (atomically: a
+//! temporary file renamed into place).
 //! Exit status: 0 on success, 1 when the file is invalid or cannot be compiled, 2 when a
-//! file cannot be read or written.
+//! file cannot be read or written or the arguments do not fit together.
 
 use super::lower::ModeArg;
+use archc_compiler::codegen::llvm::{emit_llvm_ir, Target};
+use archc_compiler::kernel::Program;
 use archc_compiler::passes::optimize_verified;
-use archc_compiler::{lower, Mode};
+use archc_compiler::{lower, Graph, Mode};
 use archc_spec::diagnostics::{render, render_colored};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -21,14 +24,52 @@ pub enum Stage {
     Fused,
     /// The kernel IR program of the fused graph.
     Kernel,
+    /// The LLVM IR of the program's kernels for `--target`.
+    Llvm,
 }
 
 impl Stage {
+    /// The file `-o DIR` writes.
+    fn file_name(self) -> &'static str {
+        match self {
+            Stage::Graph => "graph.txt",
+            Stage::Fused => "fused.txt",
+            Stage::Kernel => "kernel.txt",
+            Stage::Llvm => "llvm.ll",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Stage::Graph => "graph",
             Stage::Fused => "fused",
             Stage::Kernel => "kernel",
+            Stage::Llvm => "llvm",
+        }
+    }
+
+    /// Whether `--target` and `--optimized` mean something for this stage.
+    fn is_codegen(self) -> bool {
+        matches!(self, Stage::Llvm)
+    }
+}
+
+/// The fixed CPU targets of `--target`: output never depends on the machine archc runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    /// x86-64 with AVX-512 (`x86-64-v4`).
+    #[value(name = "x86_64")]
+    X86_64,
+    /// aarch64 (`neoverse-v1`).
+    #[value(name = "aarch64")]
+    Aarch64,
+}
+
+impl TargetArg {
+    fn target(self) -> Target {
+        match self {
+            TargetArg::X86_64 => Target::x86_64(),
+            TargetArg::Aarch64 => Target::aarch64(),
         }
     }
 }
@@ -43,12 +84,26 @@ pub struct Args {
     /// Which forward pass to build.
     #[arg(long, value_enum, default_value = "prefill")]
     pub mode: ModeArg,
-    /// Write `<stage>.txt` into this directory instead of printing.
+    /// The code generation target (`--stage llvm`), a fixed CPU.
+    #[arg(long, value_enum)]
+    pub target: Option<TargetArg>,
+    /// Print the code after the `O3` pipeline instead of what archc generates (`--stage llvm`).
+    #[arg(long)]
+    pub optimized: bool,
+    /// Write the stage into this directory instead of printing: `graph.txt`, `fused.txt`,
+    /// `kernel.txt` or `llvm.ll`.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    if !args.stage.is_codegen() && (args.target.is_some() || args.optimized) {
+        eprintln!(
+            "archc emit: --target and --optimized only apply to --stage llvm, not --stage {}",
+            args.stage.name()
+        );
+        return ExitCode::from(2);
+    }
     let name = args.file.display().to_string();
     let src = match std::fs::read_to_string(&args.file) {
         Ok(src) => src,
@@ -73,36 +128,11 @@ pub fn run(args: Args) -> ExitCode {
         ModeArg::Prefill => Mode::Prefill,
         ModeArg::Decode => Mode::Decode,
     };
-    let graph = match lower(&spec, mode) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("archc emit: {name}: {e}");
+    let text = match stage_text(&args, &spec, mode) {
+        Ok(text) => text,
+        Err(message) => {
+            eprintln!("archc emit: {name}: {message}");
             return ExitCode::from(1);
-        }
-    };
-    // The verified pipeline: a pass that breaks the graph is reported, not printed.
-    let stages = match optimize_verified(&graph) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("archc emit: {name}: internal error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let text = match args.stage {
-        Stage::Graph => graph.to_string(),
-        Stage::Fused => stages
-            .last()
-            .map(|(_, g)| g.to_string())
-            .unwrap_or_default(),
-        Stage::Kernel => {
-            let fused = stages.last().map_or(&graph, |(_, g)| g);
-            match archc_compiler::kernel::lower::program(fused) {
-                Ok(p) => p.to_string(),
-                Err(e) => {
-                    eprintln!("archc emit: {name}: {e}");
-                    return ExitCode::from(1);
-                }
-            }
         }
     };
     match &args.out {
@@ -111,7 +141,7 @@ pub fn run(args: Args) -> ExitCode {
             let _ = write!(std::io::stdout().lock(), "{text}");
             ExitCode::SUCCESS
         }
-        Some(dir) => match write_atomic(dir, &format!("{}.txt", args.stage.name()), &text) {
+        Some(dir) => match write_atomic(dir, args.stage.file_name(), &text) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("archc emit: cannot write into {}: {e}", dir.display());
@@ -119,6 +149,35 @@ pub fn run(args: Args) -> ExitCode {
             }
         },
     }
+}
+
+/// The text of the requested stage, each built from the one before it, or why it cannot
+/// be built (a compile failure, exit status 1).
+fn stage_text(args: &Args, spec: &archc_spec::Spec, mode: Mode) -> Result<String, String> {
+    let graph = lower(spec, mode).map_err(|e| e.to_string())?;
+    match args.stage {
+        Stage::Graph => Ok(graph.to_string()),
+        Stage::Fused => Ok(fused(&graph)?.to_string()),
+        Stage::Kernel => Ok(kernel_program(&graph)?.to_string()),
+        Stage::Llvm => {
+            let program = kernel_program(&graph)?;
+            let target = args.target.unwrap_or(TargetArg::X86_64).target();
+            emit_llvm_ir(&program.kernels, &target, args.optimized)
+                .map_err(|e| format!("internal error: {e}"))
+        }
+    }
+}
+
+/// The graph after the verified pipeline: a pass that breaks the graph is reported, not
+/// printed.
+fn fused(graph: &Graph) -> Result<Graph, String> {
+    let mut stages = optimize_verified(graph).map_err(|e| format!("internal error: {e}"))?;
+    Ok(stages.pop().map_or_else(|| graph.clone(), |(_, g)| g))
+}
+
+/// The kernel program of the fused graph.
+fn kernel_program(graph: &Graph) -> Result<Program, String> {
+    archc_compiler::kernel::lower::program(&fused(graph)?).map_err(|e| e.to_string())
 }
 
 /// Write `dir/file` through a temporary file in the same directory and a rename, so a
