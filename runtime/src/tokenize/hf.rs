@@ -1,0 +1,214 @@
+//! Building a tokenizer from an HF model directory: `tokenizer.json` runs as HF defines it;
+//! `tokenizer_config.json` and `generation_config.json` supply special tokens, EOS ids and
+//! the chat template.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{
+    decode, finish_special, partition, PieceStyle, Result, SpecialIds, TokenAttr, TokenizeError,
+    Tokenizer, TokenizerKind,
+};
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TokenizeError::new(format!("reading {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| TokenizeError::new(format!("parsing {}: {e}", path.display())))
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Every `"type"` in a decoder's JSON, depth first, and whether a space prefix is stripped.
+fn decoder_style(decoder: &Value) -> (PieceStyle, bool) {
+    fn walk(v: &Value, types: &mut Vec<String>, strip_prefix: &mut bool) {
+        match v {
+            Value::Object(o) => {
+                if let Some(t) = o.get("type").and_then(Value::as_str) {
+                    types.push(t.to_owned());
+                    match t {
+                        "Metaspace" => {
+                            let scheme = o.get("prepend_scheme").and_then(Value::as_str);
+                            let legacy = o.get("add_prefix_space").and_then(Value::as_bool);
+                            if scheme.map_or(legacy.unwrap_or(true), |s| s != "never") {
+                                *strip_prefix = true;
+                            }
+                        }
+                        "Strip" if o.get("start").and_then(Value::as_u64).unwrap_or(0) > 0 => {
+                            *strip_prefix = true;
+                        }
+                        "Replace" => {
+                            let pattern =
+                                o.get("pattern").map(Value::to_string).unwrap_or_default();
+                            if pattern.contains('\u{2581}') {
+                                types.push("Metaspace".to_owned());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                for child in o.values() {
+                    walk(child, types, strip_prefix);
+                }
+            }
+            Value::Array(items) => {
+                for child in items {
+                    walk(child, types, strip_prefix);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut types = Vec::new();
+    let mut strip = false;
+    walk(decoder, &mut types, &mut strip);
+    let style = if types.iter().any(|t| t == "ByteLevel") {
+        PieceStyle::ByteLevel
+    } else if types.iter().any(|t| t == "Metaspace") {
+        PieceStyle::Metaspace
+    } else {
+        PieceStyle::Raw
+    };
+    (style, strip && style == PieceStyle::Metaspace)
+}
+
+pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
+    let tj_path = dir.join("tokenizer.json");
+    let inner = tokenizers::Tokenizer::from_file(&tj_path)
+        .map_err(|e| TokenizeError::new(format!("loading {}: {e}", tj_path.display())))?;
+    let tj = read_json(&tj_path)?.unwrap_or(Value::Null);
+    let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+    let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+
+    // The id -> text table over model and added tokens.
+    let vocab = inner.get_vocab(true);
+    let n = vocab.values().max().map_or(0, |&m| m as usize + 1);
+    let mut tokens = vec![String::new(); n];
+    for (text, &id) in &vocab {
+        tokens[id as usize] = text.clone();
+    }
+    let (style, add_space_prefix) = decoder_style(tj.get("decoder").unwrap_or(&Value::Null));
+    let byte_fallback = tj
+        .pointer("/model/byte_fallback")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut attrs: Vec<TokenAttr> = tokens
+        .iter()
+        .map(|t| {
+            if t.is_empty() {
+                TokenAttr::Undefined
+            } else if byte_fallback && decode::hex_byte(t).is_some() {
+                TokenAttr::Byte
+            } else {
+                TokenAttr::Normal
+            }
+        })
+        .collect();
+    for (id, added) in inner.get_added_tokens_decoder() {
+        if let Some(attr) = attrs.get_mut(id as usize) {
+            *attr = if added.special {
+                TokenAttr::Control
+            } else {
+                TokenAttr::UserDefined
+            };
+        }
+    }
+
+    let id_of = |name: &str| token_string(config.get(name)).and_then(|t| inner.token_to_id(&t));
+    let mut special = SpecialIds {
+        bos: id_of("bos_token"),
+        eos: id_of("eos_token"),
+        unk: id_of("unk_token"),
+        pad: id_of("pad_token"),
+        sep: id_of("sep_token"),
+        ..SpecialIds::default()
+    };
+    let gen_ids = |key: &str| -> Vec<u32> {
+        match generation.get(key) {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .into_iter()
+                .collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let gen_eos = gen_ids("eos_token_id");
+    if special.eos.is_none() {
+        special.eos = gen_eos.first().copied();
+    }
+    if special.bos.is_none() {
+        special.bos = gen_ids("bos_token_id").first().copied();
+    }
+    let mut eog = finish_special(&tokens, &mut attrs, &mut special);
+    eog.extend(gen_eos.into_iter().filter(|&id| (id as usize) < n));
+
+    // Whether the post-processor adds BOS/EOS: ask it.
+    let probe = inner.encode("", true).map_err(|e| {
+        TokenizeError::new(format!(
+            "{}: encoding an empty text failed: {e}",
+            tj_path.display()
+        ))
+    })?;
+    let probe = probe.get_ids();
+    let add_bos = special.bos.is_some() && probe.first().copied() == special.bos;
+    let add_eos = special.eos.is_some()
+        && probe.last().copied() == special.eos
+        && probe.len() > usize::from(add_bos);
+
+    let mut plain = inner.clone();
+    plain.set_encode_special_tokens(true);
+
+    let chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        Ok(t) => Some(t),
+        Err(_) => match config.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or_else(|| items.first())
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            _ => None,
+        },
+    };
+
+    let partition_order = partition::order(&tokens, &attrs);
+    let pieces = decode::pieces(&tokens, &attrs, style);
+    Ok(Tokenizer {
+        kind: TokenizerKind::HfJson,
+        inner,
+        inner_plain: Some(plain),
+        tokens,
+        attrs,
+        pieces,
+        partition_order,
+        special,
+        eog,
+        add_bos,
+        add_eos,
+        add_space_prefix,
+        clean_spaces: config
+            .get("clean_up_tokenization_spaces")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        chat_template,
+    })
+}
