@@ -1,5 +1,7 @@
 //! Running a bound model: prefill or token-by-token decode on a backend, producing logits.
 
+pub mod cpu;
+
 use crate::bind::BoundWeights;
 use archc_compiler::interp::Interpreter;
 use archc_compiler::{lower, Mode as GraphMode};
@@ -20,6 +22,10 @@ pub enum Mode {
 pub enum Backend {
     /// The compiler's reference interpreter.
     Interp,
+    /// Kernel programs compiled to native code by LLVM, on the CPU thread pool.
+    Llvm,
+    /// Kernel programs run by the kernel IR interpreter on the CPU executor (debugging).
+    KernelInterp,
 }
 
 /// Execution failed: lowering, a missing parameter, or the interpreter itself.
@@ -48,7 +54,29 @@ pub fn logits(
     mode: Mode,
     backend: Backend,
 ) -> Result<Vec<f32>, ExecError> {
-    let Backend::Interp = backend;
+    logits_with_threads(spec, weights, tokens, mode, backend, None)
+}
+
+/// `logits` on `threads` CPU threads (`None`: every core); the thread count matters only
+/// to the kernel backends.
+pub fn logits_with_threads(
+    spec: &Spec,
+    weights: &BoundWeights,
+    tokens: &[u32],
+    mode: Mode,
+    backend: Backend,
+    threads: Option<usize>,
+) -> Result<Vec<f32>, ExecError> {
+    let engine = match backend {
+        Backend::Interp => None,
+        Backend::Llvm => Some(cpu::Engine::Llvm),
+        Backend::KernelInterp => Some(cpu::Engine::KernelInterp),
+    };
+    if let Some(engine) = engine {
+        let threads = threads.unwrap_or_else(cpu::default_threads);
+        return kernel_logits(spec, weights, tokens, mode, engine, threads)
+            .map_err(|message| ExecError { message });
+    }
     let err = |what: &str, e: &dyn fmt::Display| ExecError {
         message: format!("{what}: {e}"),
     };
@@ -70,6 +98,35 @@ pub fn logits(
                 let row = interp
                     .decode(&mut cache, t)
                     .map_err(|e| err(&format!("decode of token {i}"), &e))?;
+                out.extend_from_slice(&row);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `logits` through kernel programs on the CPU executor.
+fn kernel_logits(
+    spec: &Spec,
+    weights: &BoundWeights,
+    tokens: &[u32],
+    mode: Mode,
+    engine: cpu::Engine,
+    threads: usize,
+) -> Result<Vec<f32>, String> {
+    let mut model = cpu::CpuModel::from_spec(spec, weights, engine, threads)?;
+    let mut cache = model.new_cache();
+    match mode {
+        Mode::Prefill => model
+            .run(cpu::Phase::Prefill, &mut cache, tokens)
+            .map_err(|e| format!("prefill: {e}")),
+        Mode::Decode => {
+            let want = tokens.len().saturating_mul(spec.vocab as usize);
+            let mut out = Vec::with_capacity(want.min(1 << 24));
+            for (i, &t) in tokens.iter().enumerate() {
+                let row = model
+                    .run(cpu::Phase::Decode, &mut cache, &[t])
+                    .map_err(|e| format!("decode of token {i}: {e}"))?;
                 out.extend_from_slice(&row);
             }
             Ok(out)

@@ -1,0 +1,200 @@
+//! How the executor runs "kernel i of a program on thread t": the `Kernels` trait, with one
+//! implementation per engine (compiled native code, or the kernel IR interpreter).
+
+use archc_compiler::codegen::llvm::{
+    compile_kernels_with, CompiledProgram, Options, Origin, Target,
+};
+use archc_compiler::kernel::interp::{run_kernel, KBufData};
+use archc_compiler::kernel::{Access, Elem, Kernel, Program};
+
+/// The arguments of one kernel call on one thread, in the kernel calling convention
+/// (`compiler/src/kernel/mod.rs`): buffer pointers (null for scratch parameters), their
+/// lengths in bytes (0 for scratch), `[seq, past]`, and this thread's place.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub bufs: &'a [*mut u8],
+    pub lens: &'a [usize],
+    pub dims: [i64; 2],
+    pub thread: usize,
+    pub threads: usize,
+}
+
+/// The kernels of one program, callable by index.
+///
+/// Implementations must be callable from several threads at once (one call per thread of
+/// a launch) and must not keep the pointers after returning.
+pub trait Kernels: Send + Sync {
+    /// Runs kernel `kernel` (an index into `Program::kernels`) for `call.thread`.
+    ///
+    /// # Safety
+    /// Every non-null `call.bufs[i]` points to `call.lens[i]` bytes, aligned for the
+    /// kernel's element type, holding a buffer of the size the program declares for
+    /// `call.dims`. Buffers the kernel writes are accessed by nothing else during the
+    /// launch except the other threads of the same launch, which write disjoint parts.
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), String>;
+
+    /// Whether the threads of a launch may run at the same time. Native code may; the
+    /// kernel IR interpreter builds Rust slices over the buffers, so its threads run one
+    /// after the other (the split is the same, only the overlap in time is lost).
+    fn concurrent(&self) -> bool {
+        true
+    }
+
+    /// For compiled kernels, where the machine code came from.
+    fn origin(&self) -> Option<Origin> {
+        None
+    }
+}
+
+/// Kernels compiled to native code for this machine by the LLVM code generator (loaded
+/// from its disk cache when an earlier run compiled the same kernels).
+#[derive(Debug)]
+pub struct Native {
+    code: CompiledProgram,
+}
+
+impl Native {
+    /// Compiles (or loads from the cache) every kernel of `program` for the host.
+    pub fn new(program: &Program, options: &Options) -> Result<Native, String> {
+        let code = compile_kernels_with(&program.kernels, &Target::host(), options)
+            .map_err(|e| format!("LLVM code generation: {e}"))?;
+        if code.kernels().len() != program.kernels.len() {
+            return Err(format!(
+                "LLVM code generation returned {} functions for {} kernels",
+                code.kernels().len(),
+                program.kernels.len()
+            ));
+        }
+        Ok(Native { code })
+    }
+}
+
+impl Kernels for Native {
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), String> {
+        let f = self
+            .code
+            .kernel(kernel)
+            .ok_or_else(|| format!("no compiled kernel {kernel}"))?;
+        let dims = call.dims;
+        // SAFETY: the `Kernels::run` contract is the `KernelFn` contract; `Plan::new`
+        // checked that no kernel writes read-only memory.
+        unsafe {
+            f(
+                call.bufs.as_ptr(),
+                dims.as_ptr(),
+                call.thread as i64,
+                call.threads as i64,
+            )
+        };
+        Ok(())
+    }
+
+    fn origin(&self) -> Option<Origin> {
+        Some(self.code.origin())
+    }
+}
+
+/// The kernels run by the kernel IR interpreter: slow, checked (every access is bounds
+/// checked against the buffer lengths), for debugging and for testing the executor before
+/// native code exists.
+#[derive(Debug)]
+pub struct Interpreted {
+    kernels: Vec<Kernel>,
+}
+
+impl Interpreted {
+    pub fn new(program: &Program) -> Interpreted {
+        Interpreted {
+            kernels: program.kernels.clone(),
+        }
+    }
+}
+
+impl Kernels for Interpreted {
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), String> {
+        let k = self
+            .kernels
+            .get(kernel)
+            .ok_or_else(|| format!("no kernel {kernel}"))?;
+        if call.bufs.len() != k.bufs.len() || call.lens.len() != k.bufs.len() {
+            return Err(format!(
+                "{} buffers for {} parameters",
+                call.bufs.len(),
+                k.bufs.len()
+            ));
+        }
+        // A written buffer must not overlap any other parameter: two Rust views of the
+        // same bytes, one of them mutable, are not allowed.
+        let range = |i: usize| (call.bufs[i] as usize, call.bufs[i] as usize + call.lens[i]);
+        for (i, p) in k.bufs.iter().enumerate() {
+            if !matches!(p.access, Access::Write | Access::ReadWrite) || call.lens[i] == 0 {
+                continue;
+            }
+            let (a0, a1) = range(i);
+            for j in (0..k.bufs.len()).filter(|&j| j != i && call.lens[j] > 0) {
+                let (b0, b1) = range(j);
+                if a0 < b1 && b0 < a1 {
+                    return Err(format!(
+                        "parameters `{}` and `{}` share memory, which the kernel interpreter cannot run",
+                        p.name, k.bufs[j].name
+                    ));
+                }
+            }
+        }
+        let mut views = Vec::with_capacity(k.bufs.len());
+        for (i, p) in k.bufs.iter().enumerate() {
+            let (ptr, bytes) = (call.bufs[i], call.lens[i]);
+            let write = matches!(p.access, Access::Write | Access::ReadWrite);
+            // SAFETY: per the trait contract `ptr` holds `bytes` bytes aligned for the
+            // element type; written buffers overlap no other view (checked above), and the
+            // threads of a launch do not run concurrently (`concurrent` is false).
+            let view = unsafe {
+                match (p.access, p.elem, write) {
+                    (Access::Scratch { .. }, _, _) => KBufData::Unbound,
+                    (_, Elem::F32, true) => KBufData::F32(slice_mut(ptr, bytes / 4)),
+                    (_, Elem::F32, false) => KBufData::F32Ro(slice(ptr, bytes / 4)),
+                    (_, Elem::Bf16, true) => KBufData::Bf16(slice_mut(ptr, bytes / 2)),
+                    (_, Elem::Bf16, false) => KBufData::Bf16Ro(slice(ptr, bytes / 2)),
+                    (_, Elem::F16, true) => KBufData::F16(slice_mut(ptr, bytes / 2)),
+                    (_, Elem::F16, false) => KBufData::F16Ro(slice(ptr, bytes / 2)),
+                    (_, Elem::I32, true) => KBufData::I32(slice_mut(ptr, bytes / 4)),
+                    (_, Elem::I32, false) => KBufData::I32Ro(slice(ptr, bytes / 4)),
+                }
+            };
+            views.push(view);
+        }
+        run_kernel(
+            k,
+            &mut views,
+            call.dims[0],
+            call.dims[1],
+            call.thread as i64,
+            call.threads as i64,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn concurrent(&self) -> bool {
+        false
+    }
+}
+
+/// # Safety
+/// `ptr` is valid and aligned for `len` elements of `T`, or `len` is 0.
+unsafe fn slice<'a, T>(ptr: *mut u8, len: usize) -> &'a [T] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: per the function contract.
+    unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), len) }
+}
+
+/// # Safety
+/// As `slice`, and nothing else accesses the memory while the slice lives.
+unsafe fn slice_mut<'a, T>(ptr: *mut u8, len: usize) -> &'a mut [T] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: per the function contract.
+    unsafe { std::slice::from_raw_parts_mut(ptr.cast::<T>(), len) }
+}

@@ -1,0 +1,460 @@
+//! Differential tests of the kernel backends on every fixture under `tests/data/fixtures/`:
+//! the CPU executor running kernel programs against the reference graph interpreter and
+//! against HF's recorded logits, decode against prefill, one thread against two, and the
+//! bf16-weight path (the fixture's weights rounded to bf16 in a temporary directory).
+//!
+//! Each engine runs the same checks: `llvm` (native code) and `kernel-interp` (the kernel
+//! IR interpreter, which checks every access). One test per fixture and engine, so a
+//! failure names both; the numbers each check measured are printed (`--nocapture`).
+
+use archc_runtime::bind::{bind, BoundWeights};
+use archc_runtime::exec::cpu::{
+    f32_to_bf16, CpuModel, Engine, KvState, LlvmOptions, Origin, Phase,
+};
+use archc_runtime::exec::{logits, Backend, Mode};
+use archc_runtime::npy;
+use archc_runtime::weights::{decode_f32, Checkpoint};
+use archc_spec::{DType, Spec};
+use std::path::{Path, PathBuf};
+
+/// Largest allowed |a - b| between two fp32 computations of the same logits.
+const TOLERANCE: f32 = 1e-4;
+/// One thread against two: the parallel split only changes which thread computes a row.
+const THREADS_TOLERANCE: f32 = 1e-6;
+/// bf16 weights against the fp32 logits, in units of the fp32 logits' standard deviation.
+///
+/// Rounding every weight to 8 significant bits moves a logit by 1-4% of the spread, except
+/// where it flips a router's top-k choice: then one token's logits move by up to 2.4 std
+/// (deepseek_v3_noqlora), 1.0 (glm4_moe), 0.2 (qwen3_moe_nonorm). So the maximum is not a
+/// useful bound; the typical token is. Measured over all fixtures: the median over tokens
+/// of the token's largest difference is at most 0.077 std (dense models at most 0.029), the
+/// mean difference at most 0.050 std (dense at most 0.008). The bounds leave room above
+/// those, and a wrong kernel moves most logits by the order of one std. (The bf16 kernels
+/// themselves are checked to 1e-4 against the graph interpreter on the same bf16 weights.)
+const BF16_MEDIAN_TOKEN_MAX: f64 = 0.15;
+const BF16_MEAN: f64 = 0.1;
+
+fn fixture_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
+}
+
+/// The largest absolute difference and where it is (token, vocab index); NaN counts as
+/// infinitely far.
+fn max_diff(a: &[f32], b: &[f32], vocab: usize) -> (f32, usize, usize) {
+    assert_eq!(a.len(), b.len(), "logits of different sizes");
+    let mut worst = (0.0f32, 0, 0);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = (x - y).abs();
+        let d = if d.is_nan() { f32::INFINITY } else { d };
+        if d > worst.0 {
+            worst = (d, i / vocab, i % vocab);
+        }
+    }
+    worst
+}
+
+fn std_dev(x: &[f32]) -> f64 {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    (x.iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
+}
+
+fn check(case: &str, what: &str, a: &[f32], b: &[f32], vocab: usize, tol: f32) -> f32 {
+    let (d, t, v) = max_diff(a, b, vocab);
+    eprintln!("{case}: {what}: max abs diff {d:e}");
+    assert!(
+        d <= tol,
+        "{case}: {what}: differs by {d:e} > {tol:e} at token {t}, vocab {v} ({} against {})",
+        a[t * vocab + v],
+        b[t * vocab + v]
+    );
+    d
+}
+
+struct Fixture {
+    dir: PathBuf,
+    spec: Spec,
+    tokens: Vec<u32>,
+    hf: Vec<f32>,
+    vocab: usize,
+}
+
+fn fixture(case: &str) -> Fixture {
+    let dir = fixture_root().join(case);
+    let spec = archc_spec::import::from_path(&dir)
+        .unwrap_or_else(|e| panic!("{case}: import of config.json failed: {e}"));
+    let tokens_text = std::fs::read_to_string(dir.join("tokens.json"))
+        .unwrap_or_else(|e| panic!("{case}: cannot read tokens.json: {e}"));
+    let tokens: Vec<u32> = serde_json::from_str(&tokens_text)
+        .unwrap_or_else(|e| panic!("{case}: tokens.json is not a list of token ids: {e}"));
+    let hf = npy::read(&dir.join("logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let vocab = spec.vocab as usize;
+    assert_eq!(hf.shape, [tokens.len(), vocab], "{case}: logits.npy shape");
+    Fixture {
+        dir,
+        spec,
+        tokens,
+        hf: hf.data,
+        vocab,
+    }
+}
+
+fn load(case: &str, spec: &Spec, dir: &Path) -> BoundWeights {
+    let checkpoint =
+        Checkpoint::open(dir).unwrap_or_else(|e| panic!("{case}: cannot open weights: {e}"));
+    bind(spec, checkpoint).unwrap_or_else(|e| panic!("{case}: {e}"))
+}
+
+fn model<'w>(
+    case: &str,
+    spec: &Spec,
+    w: &'w BoundWeights,
+    engine: Engine,
+    threads: usize,
+) -> CpuModel<'w> {
+    CpuModel::from_spec_with(spec, w, engine, threads, &code_cache())
+        .unwrap_or_else(|e| panic!("{case}: {} cannot load the model: {e}", engine.as_str()))
+}
+
+/// Compiled kernels are cached under the build directory, shared by the tests (the cache
+/// writes entries atomically) and kept between runs.
+fn code_cache() -> LlvmOptions {
+    LlvmOptions {
+        cache: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("archc-code-cache")),
+        cc: None,
+    }
+}
+
+fn prefill(case: &str, m: &mut CpuModel<'_>, tokens: &[u32]) -> Vec<f32> {
+    let mut cache = m.new_cache();
+    m.run(Phase::Prefill, &mut cache, tokens)
+        .unwrap_or_else(|e| panic!("{case}: prefill failed: {e}"))
+}
+
+/// Every token through the decode program, the first included.
+fn decode(case: &str, m: &mut CpuModel<'_>, tokens: &[u32]) -> Vec<f32> {
+    let mut cache: KvState = m.new_cache();
+    let mut out = Vec::new();
+    for (i, &t) in tokens.iter().enumerate() {
+        out.extend(
+            m.run(Phase::Decode, &mut cache, &[t])
+                .unwrap_or_else(|e| panic!("{case}: decode of token {i} failed: {e}")),
+        );
+    }
+    out
+}
+
+/// Writes the fixture's checkpoint with every tensor rounded to bf16 (nearest even) and
+/// its config next to it.
+fn write_bf16_copy(case: &str, from: &Path, to: &Path) {
+    let ck = Checkpoint::open(from).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for name in ck.names() {
+        let view = ck.get(name).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let values = decode_f32(view.dtype, view.bytes)
+            .unwrap_or_else(|| panic!("{case}: tensor {name} is not a float tensor"));
+        let begin = data.len();
+        for v in values {
+            data.extend_from_slice(&f32_to_bf16(v).to_le_bytes());
+        }
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "BF16", "shape": view.shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_string(&serde_json::Value::Object(header)).expect("json");
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(text.as_bytes());
+    file.extend_from_slice(&data);
+    std::fs::write(to.join("model.safetensors"), file).expect("write bf16 checkpoint");
+    std::fs::copy(from.join("config.json"), to.join("config.json")).expect("copy config");
+}
+
+fn check_case(case: &str, engine: Engine) {
+    let f = fixture(case);
+    let case = &format!("{case} ({})", engine.as_str());
+    let w = load(case, &f.spec, &f.dir);
+    let reference = logits(&f.spec, &w, &f.tokens, Mode::Prefill, Backend::Interp)
+        .unwrap_or_else(|e| panic!("{case}: graph interpreter failed: {e}"));
+
+    let mut one = model(case, &f.spec, &w, engine, 1);
+    let ours = prefill(case, &mut one, &f.tokens);
+    check(
+        case,
+        "prefill vs graph interpreter",
+        &ours,
+        &reference,
+        f.vocab,
+        TOLERANCE,
+    );
+    check(case, "prefill vs HF", &ours, &f.hf, f.vocab, TOLERANCE);
+    let decoded = decode(case, &mut one, &f.tokens);
+    check(
+        case,
+        "decode vs prefill",
+        &decoded,
+        &ours,
+        f.vocab,
+        TOLERANCE,
+    );
+    let hf_decode =
+        npy::read(&f.dir.join("decode_logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
+    check(
+        case,
+        "decode vs HF decode",
+        &decoded,
+        &hf_decode.data,
+        f.vocab,
+        TOLERANCE,
+    );
+    let stats = one.param_stats();
+    assert_eq!(
+        stats.converted, 0,
+        "{case}: f32 weights must be used in place: {stats:?}"
+    );
+
+    let mut two = model(case, &f.spec, &w, engine, 2);
+    let ours2 = prefill(case, &mut two, &f.tokens);
+    check(
+        case,
+        "prefill, 2 threads vs 1",
+        &ours2,
+        &ours,
+        f.vocab,
+        THREADS_TOLERANCE,
+    );
+    let decoded2 = decode(case, &mut two, &f.tokens);
+    check(
+        case,
+        "decode, 2 threads vs 1",
+        &decoded2,
+        &decoded,
+        f.vocab,
+        THREADS_TOLERANCE,
+    );
+
+    // bf16 weights: same weights in both paths, then against the fp32 logits.
+    let tmp = tempfile::tempdir().expect("temp dir");
+    write_bf16_copy(case, &f.dir, tmp.path());
+    let mut spec16 = f.spec.clone();
+    spec16.dtype = DType::Bf16;
+    let w16 = load(case, &spec16, tmp.path());
+    let reference16 = logits(&spec16, &w16, &f.tokens, Mode::Prefill, Backend::Interp)
+        .unwrap_or_else(|e| panic!("{case}: graph interpreter (bf16) failed: {e}"));
+    let mut m16 = model(case, &spec16, &w16, engine, 2);
+    let ours16 = prefill(case, &mut m16, &f.tokens);
+    let stats = m16.param_stats();
+    assert_eq!(
+        stats.converted, 0,
+        "{case}: bf16 weights must be read as bf16: {stats:?}"
+    );
+    check(
+        case,
+        "bf16 prefill vs graph interpreter (bf16)",
+        &ours16,
+        &reference16,
+        f.vocab,
+        TOLERANCE,
+    );
+    let decoded16 = decode(case, &mut m16, &f.tokens);
+    check(
+        case,
+        "bf16 decode vs bf16 prefill",
+        &decoded16,
+        &ours16,
+        f.vocab,
+        TOLERANCE,
+    );
+    check_bf16(case, &ours16, &ours, f.tokens.len(), f.vocab);
+}
+
+/// The bf16-weight logits against the fp32 ones: typical token and mean, relative to std.
+fn check_bf16(case: &str, bf16: &[f32], fp32: &[f32], rows: usize, vocab: usize) {
+    let sd = std_dev(fp32);
+    let mean = bf16
+        .iter()
+        .zip(fp32)
+        .map(|(a, b)| f64::from((a - b).abs()))
+        .sum::<f64>()
+        / fp32.len() as f64
+        / sd;
+    let mut row_max: Vec<f64> = (0..rows)
+        .map(|r| {
+            (0..vocab)
+                .map(|v| f64::from((bf16[r * vocab + v] - fp32[r * vocab + v]).abs()))
+                .fold(0.0, f64::max)
+                / sd
+        })
+        .collect();
+    row_max.sort_by(f64::total_cmp);
+    let (median, max) = (row_max[rows / 2], row_max[rows - 1]);
+    eprintln!(
+        "{case}: bf16 vs fp32 logits, in logit std ({sd:.3}): median token max {median:.4}, mean {mean:.4}, max {max:.4}"
+    );
+    assert!(
+        bf16.iter().all(|x| x.is_finite()),
+        "{case}: bf16 logits are not all finite"
+    );
+    assert!(
+        median <= BF16_MEDIAN_TOKEN_MAX && mean <= BF16_MEAN,
+        "{case}: bf16 weights move the logits too far: median token max {median:.4} std \
+         (bound {BF16_MEDIAN_TOKEN_MAX}), mean {mean:.4} std (bound {BF16_MEAN})"
+    );
+}
+
+macro_rules! backend_cases {
+    ($($case:ident),* $(,)?) => {
+        mod llvm {
+            $(
+                #[test]
+                fn $case() {
+                    super::check_case(stringify!($case), super::Engine::Llvm);
+                }
+            )*
+        }
+
+        mod kernel_interp {
+            $(
+                #[test]
+                fn $case() {
+                    super::check_case(stringify!($case), super::Engine::KernelInterp);
+                }
+            )*
+        }
+
+        /// Every fixture directory has a case above, and every case has its directory.
+        #[test]
+        fn every_fixture_has_a_case() {
+            let mut listed: Vec<&str> = vec![$(stringify!($case)),*];
+            listed.sort();
+            let mut found: Vec<String> = std::fs::read_dir(fixture_root())
+                .expect("tests/data/fixtures exists")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            found.sort();
+            assert_eq!(found, listed, "fixture directories against the cases in tests/backend.rs");
+        }
+    };
+}
+
+backend_cases!(
+    deepseek_v3_noqlora,
+    deepseek_v3_qlora,
+    gemma3_text,
+    glm4_moe,
+    gpt2,
+    gpt_oss,
+    llama,
+    llama4,
+    minimax_m2,
+    mistral,
+    mixtral,
+    olmo2,
+    qwen3,
+    qwen3_moe_nonorm,
+    qwen3_moe_norm,
+    smollm3,
+);
+
+/// A second load of the same model takes the machine code from the disk cache, and runs
+/// the same.
+#[test]
+fn compiled_kernels_come_from_the_disk_cache_the_second_time() {
+    let case = "llama";
+    let f = fixture(case);
+    let w = load(case, &f.spec, &f.dir);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = LlvmOptions {
+        cache: Some(dir.path().to_path_buf()),
+        cc: None,
+    };
+    let mut first = CpuModel::from_spec_with(&f.spec, &w, Engine::Llvm, 2, &options)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(first.origins(), [Some(Origin::Built), Some(Origin::Built)]);
+    let mut second = CpuModel::from_spec_with(&f.spec, &w, Engine::Llvm, 2, &options)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(second.origins(), [Some(Origin::Cache), Some(Origin::Cache)]);
+    let a = prefill(case, &mut first, &f.tokens);
+    let b = prefill(case, &mut second, &f.tokens);
+    assert_eq!(a, b, "cached code computes other logits");
+}
+
+fn snapshot(name: &str, text: &str) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/backend");
+    insta::with_settings!({snapshot_path => dir, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// A model the kernel path cannot build names the op and points to the graph interpreter.
+#[test]
+fn unsupported_model_error() {
+    let case = "llama";
+    let f = fixture(case);
+    let w = load(case, &f.spec, &f.dir);
+    let mut spec = f.spec.clone();
+    spec.dtype = DType::F8;
+    let err = CpuModel::from_spec_with(&spec, &w, Engine::Llvm, 1, &code_cache())
+        .expect_err("f8 weights have no kernels");
+    snapshot("unsupported_model_error", &err);
+}
+
+/// `archc logits` with the default backend (llvm) on two threads, the kernel interpreter
+/// and the graph interpreter write the same logits; `--threads 0` is refused.
+#[test]
+fn logits_cli_backends_agree() {
+    let dir = fixture_root().join("llama");
+    let out = tempfile::tempdir().expect("temp dir");
+    let run = |extra: &[&str], file: &str| {
+        let path = out.path().join(file);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_archc"))
+            .args([
+                "logits",
+                dir.to_str().expect("utf-8 path"),
+                "--tokens",
+                "5,17,99,3",
+            ])
+            .arg("--out")
+            .arg(&path)
+            .args(extra)
+            .env("ARCHC_CACHE_DIR", code_cache().cache.expect("a cache dir"))
+            .output()
+            .expect("archc runs");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            path,
+        )
+    };
+    let read = |p: &Path| npy::read(p).unwrap_or_else(|e| panic!("{e}")).data;
+    let (code, err, llvm) = run(&["--threads", "2"], "llvm.npy");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, kinterp) = run(&["--backend", "kernel-interp", "--mode", "decode"], "k.npy");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, interp) = run(&["--backend", "interp"], "interp.npy");
+    assert_eq!(code, Some(0), "{err}");
+    let (llvm, kinterp, interp) = (read(&llvm), read(&kinterp), read(&interp));
+    assert_eq!(llvm.len(), 4 * 128);
+    check("cli", "llvm vs interp", &llvm, &interp, 128, TOLERANCE);
+    check(
+        "cli",
+        "kernel-interp decode vs interp",
+        &kinterp,
+        &interp,
+        128,
+        TOLERANCE,
+    );
+    let (code, err, _) = run(&["--threads", "0"], "none.npy");
+    assert_eq!(code, Some(2));
+    assert_eq!(err.trim(), "archc logits: --threads must be at least 1");
+}
