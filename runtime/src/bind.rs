@@ -1,14 +1,20 @@
-//! Binds every canonical parameter of a `Spec` to the checkpoint tensors its HF binding
-//! names, applying the binding's transposes, slices and stacks.
+//! Binds every canonical parameter of a `Spec` to checkpoint tensors: an HF safetensors
+//! checkpoint through each tensor's HF binding, or a llama.cpp GGUF file through its GGUF
+//! binding, applying the binding's transposes, slices, stacks and value fix-ups.
 //!
-//! Plain tensors stay memory-mapped (zero-copy); transposed, sliced and stacked ones are
-//! materialised into owned buffers in their stored dtype. Binding checks the whole
-//! checkpoint at once and reports every problem together: missing tensors, tensors the
-//! model does not use, wrong shapes and wrong dtypes, each naming the tensor and showing
-//! what was expected against what was found.
+//! From safetensors, plain tensors stay memory-mapped (zero-copy); transposed, sliced and
+//! stacked ones are materialised into owned buffers in their stored dtype. From GGUF,
+//! plain float tensors without a fix-up stay mapped; quantised ones are dequantised to
+//! f32 for the interpreter, and their raw blocks (rows un-permuted where llama.cpp
+//! permuted them) are kept for compiled kernels, see [`BoundWeights::quantized`].
+//! Binding checks the whole checkpoint at once and reports every problem together:
+//! missing tensors, tensors the model does not use, wrong shapes and wrong dtypes, each
+//! naming the tensor and showing what was expected against what was found.
 
+use crate::quant::{self, GgmlType};
+use crate::weights::gguf::GgufFile;
 use crate::weights::{Checkpoint, Dtype, TensorView};
-use archc_spec::tensors::{tensors, Source, TensorSpec};
+use archc_spec::tensors::{tensors, GgufFix, Source, TensorSpec};
 use archc_spec::{Family, Spec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -18,7 +24,7 @@ use std::fmt;
 enum Data {
     /// Zero-copy: this checkpoint tensor as it is.
     Mapped(String),
-    /// Rearranged bytes (transpose, slice, stack) in the stored dtype.
+    /// Rearranged bytes (transpose, slice, stack) in the stored dtype, or dequantised f32.
     Owned(Vec<u8>),
 }
 
@@ -27,12 +33,39 @@ struct Bound {
     dtype: Dtype,
     shape: Vec<usize>,
     data: Data,
+    /// The GGUF tensor's own blocks in canonical layout, where they can be had.
+    raw: Option<(GgmlType, Data)>,
+}
+
+/// The file(s) the weights come from.
+#[derive(Debug)]
+enum Store {
+    Safetensors(Checkpoint),
+    Gguf(GgufFile),
+}
+
+impl Store {
+    fn mapped(&self, stored: &str) -> Option<&[u8]> {
+        match self {
+            Store::Safetensors(ck) => ck.get(stored).ok().map(|v| v.bytes),
+            Store::Gguf(file) => file.info(stored).map(|i| file.bytes(i)),
+        }
+    }
+}
+
+/// A parameter's quantised blocks as the GGUF file stores them (see [`BoundWeights::quantized`]).
+#[derive(Debug, Clone, Copy)]
+pub struct QuantView<'a> {
+    pub ty: GgmlType,
+    /// Canonical (torch-order) shape; rows of the last extent hold whole blocks.
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
 }
 
 /// Every parameter of a model, bound to a checkpoint and checked against its Spec.
 #[derive(Debug)]
 pub struct BoundWeights {
-    checkpoint: Checkpoint,
+    store: Store,
     params: BTreeMap<String, Bound>,
 }
 
@@ -41,11 +74,29 @@ impl BoundWeights {
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
         let p = self.params.get(name)?;
         let bytes = match &p.data {
-            Data::Mapped(stored) => self.checkpoint.get(stored).ok()?.bytes,
+            Data::Mapped(stored) => self.store.mapped(stored)?,
             Data::Owned(bytes) => bytes.as_slice(),
         };
         Some(TensorView {
             dtype: p.dtype,
+            shape: &p.shape,
+            bytes,
+        })
+    }
+
+    /// The parameter's blocks in their GGUF type, for kernels that read quantised data.
+    /// `None` for safetensors checkpoints and for tensors whose values needed a fix-up
+    /// (norm weights stored as `1 + w`); rows that llama.cpp permuted for its RoPE come
+    /// back in canonical order.
+    pub fn quantized(&self, name: &str) -> Option<QuantView<'_>> {
+        let p = self.params.get(name)?;
+        let (ty, data) = p.raw.as_ref()?;
+        let bytes = match data {
+            Data::Mapped(stored) => self.store.mapped(stored)?,
+            Data::Owned(bytes) => bytes.as_slice(),
+        };
+        Some(QuantView {
+            ty: *ty,
             shape: &p.shape,
             bytes,
         })
@@ -75,8 +126,20 @@ impl BoundWeights {
         )
     }
 
-    pub fn checkpoint(&self) -> &Checkpoint {
-        &self.checkpoint
+    /// The safetensors checkpoint, when the weights come from one.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        match &self.store {
+            Store::Safetensors(ck) => Some(ck),
+            Store::Gguf(_) => None,
+        }
+    }
+
+    /// The GGUF file, when the weights come from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.store {
+            Store::Gguf(f) => Some(f),
+            Store::Safetensors(_) => None,
+        }
     }
 }
 
@@ -246,7 +309,10 @@ pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindErr
         problems.insert(Problem::Unexpected { stored: unexpected });
     }
     if problems.is_empty() {
-        Ok(BoundWeights { checkpoint, params })
+        Ok(BoundWeights {
+            store: Store::Safetensors(checkpoint),
+            params,
+        })
     } else {
         Err(BindError {
             model: spec.name.clone(),
@@ -303,6 +369,7 @@ fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, V
                 dtype,
                 shape: want,
                 data: Data::Mapped(name.clone()),
+                raw: None,
             })
         }
         Source::Transposed { name } => {
@@ -324,6 +391,7 @@ fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, V
             Ok(Bound {
                 dtype,
                 shape: want,
+                raw: None,
                 data: Data::Owned(transpose_last2(bytes, shape, dtype.size())),
             })
         }
@@ -377,6 +445,7 @@ fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, V
             Ok(Bound {
                 dtype,
                 shape: want,
+                raw: None,
                 data: Data::Owned(out),
             })
         }
@@ -424,6 +493,7 @@ fn bind_one(t: &TensorSpec, source: &Source, ck: &Checkpoint) -> Result<Bound, V
             Ok(Bound {
                 dtype: dtype.unwrap_or(Dtype::F32),
                 shape: want,
+                raw: None,
                 data: Data::Owned(out),
             })
         }
@@ -479,6 +549,242 @@ fn slice_axis(
         for j in 0..len {
             let row = o * dim + start + j * stride;
             out.extend_from_slice(&bytes[row * inner..(row + 1) * inner]);
+        }
+    }
+    out
+}
+
+/// Binds every parameter of `spec` to the tensors of a GGUF file through each tensor's
+/// GGUF binding, or reports every mismatch. Plain float tensors without a fix-up stay
+/// mapped; everything else is dequantised to f32, rearranged and fixed up.
+pub fn bind_gguf(spec: &Spec, file: GgufFile) -> Result<BoundWeights, BindError> {
+    let mut problems = BTreeSet::new();
+    let mut used = BTreeSet::new();
+    let mut params = BTreeMap::new();
+    for t in tensors(spec) {
+        let Some(binding) = &t.gguf else {
+            problems.insert(Problem::NoBinding {
+                param: t.name.clone(),
+                family: spec.family,
+            });
+            continue;
+        };
+        used.extend(binding.source.names());
+        match bind_gguf_one(&t, &binding.source, binding.fix, &file) {
+            Ok(b) => {
+                params.insert(t.name.clone(), b);
+            }
+            Err(ps) => problems.extend(ps),
+        }
+    }
+    let unexpected: Vec<String> = file
+        .names()
+        .into_iter()
+        .filter(|n| !used.contains(n))
+        .collect();
+    if !unexpected.is_empty() {
+        problems.insert(Problem::Unexpected { stored: unexpected });
+    }
+    if problems.is_empty() {
+        Ok(BoundWeights {
+            store: Store::Gguf(file),
+            params,
+        })
+    } else {
+        Err(BindError {
+            model: spec.name.clone(),
+            family: spec.family,
+            problems: problems.into_iter().collect(),
+        })
+    }
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn bind_gguf_one(
+    t: &TensorSpec,
+    source: &Source,
+    fix: GgufFix,
+    file: &GgufFile,
+) -> Result<Bound, Vec<Problem>> {
+    let want: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    let name = match source {
+        Source::Plain { name } | Source::Transposed { name } | Source::Slice { name, .. } => name,
+        Source::Stack { template, .. } => {
+            return Err(vec![Problem::Unreadable {
+                stored: template.clone(),
+                message: "per-expert GGUF tensors are not supported".into(),
+            }])
+        }
+    };
+    let Some(info) = file.info(name) else {
+        return Err(vec![Problem::Missing {
+            stored: name.clone(),
+            param: t.name.clone(),
+            shape: t.shape.clone(),
+        }]);
+    };
+    let shape_err = |expected: String| {
+        vec![Problem::Shape {
+            stored: name.clone(),
+            param: t.name.clone(),
+            expected,
+            found: info.shape.clone(),
+        }]
+    };
+    // The stored shape that, after the source's rearrangement, gives the canonical one.
+    let stored_ok = match source {
+        Source::Plain { .. } => info.shape == want,
+        Source::Transposed { .. } => {
+            let mut s = want.clone();
+            let r = s.len();
+            r >= 2 && {
+                s.swap(r - 2, r - 1);
+                info.shape == s
+            }
+        }
+        Source::Slice {
+            axis,
+            start,
+            len,
+            stride,
+            transpose,
+            ..
+        } => {
+            let (axis, start, len, stride) =
+                (*axis, *start as usize, *len as usize, *stride as usize);
+            let last = start.saturating_add(len.saturating_sub(1).saturating_mul(stride));
+            let mut result = info.shape.clone();
+            let fits = axis < result.len() && len > 0 && stride > 0 && last < result[axis];
+            if fits {
+                result[axis] = len;
+                if *transpose && result.len() >= 2 {
+                    let r = result.len();
+                    result.swap(r - 2, r - 1);
+                }
+            }
+            fits && result == want
+        }
+        Source::Stack { .. } => false,
+    };
+    if !stored_ok {
+        let how = match source {
+            Source::Plain { .. } => String::new(),
+            Source::Transposed { .. } => " after swapping the last two axes".into(),
+            _ => " after slicing".into(),
+        };
+        return Err(shape_err(format!("{want:?}{how}")));
+    }
+    if let GgufFix::RopePermute { heads } = fix {
+        let rows = want.first().copied().unwrap_or(0);
+        let heads = heads as usize;
+        if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+            return Err(shape_err(format!(
+                "{want:?} with rows in {heads} heads of an even size (for the RoPE un-permute)"
+            )));
+        }
+    }
+    let unreadable = |message: String| {
+        vec![Problem::Unreadable {
+            stored: name.clone(),
+            message,
+        }]
+    };
+    let bytes = file.bytes(info);
+    let plain = matches!(source, Source::Plain { .. });
+    // Float tensors used as stored are served from the map.
+    let float = match info.ty {
+        GgmlType::F32 => Some(Dtype::F32),
+        GgmlType::F16 => Some(Dtype::F16),
+        GgmlType::Bf16 => Some(Dtype::Bf16),
+        _ => None,
+    };
+    let raw = match (plain, fix) {
+        (true, GgufFix::None) => Some((info.ty, Data::Mapped(name.clone()))),
+        (true, GgufFix::RopePermute { heads }) => {
+            let row_bytes = bytes.len() / want.first().copied().unwrap_or(1).max(1);
+            Some((
+                info.ty,
+                Data::Owned(unpermute_rows(bytes, heads as usize, row_bytes)),
+            ))
+        }
+        _ => None,
+    };
+    if let (true, GgufFix::None, Some(dtype)) = (plain, fix, float) {
+        return Ok(Bound {
+            dtype,
+            shape: want,
+            data: Data::Mapped(name.clone()),
+            raw,
+        });
+    }
+    let values = quant::dequantize(info.ty, bytes).map_err(|e| unreadable(e.to_string()))?;
+    let mut out = f32_bytes(&values);
+    match source {
+        Source::Transposed { .. } => out = transpose_last2(&out, &info.shape, 4),
+        Source::Slice {
+            axis,
+            start,
+            len,
+            stride,
+            transpose,
+            ..
+        } => {
+            let (axis, start, len, stride) =
+                (*axis, *start as usize, *len as usize, *stride as usize);
+            out = slice_axis(&out, &info.shape, axis, start, len, stride, 4);
+            if *transpose {
+                let mut sliced = info.shape.clone();
+                sliced[axis] = len;
+                out = transpose_last2(&out, &sliced, 4);
+            }
+        }
+        _ => {}
+    }
+    match fix {
+        GgufFix::None => {}
+        GgufFix::RopePermute { heads } => {
+            let rows = want.first().copied().unwrap_or(1).max(1);
+            out = unpermute_rows(&out, heads as usize, out.len() / rows);
+        }
+        GgufFix::PlusOne => map_f32(&mut out, |w| w - 1.0),
+        GgufFix::NegExp => map_f32(&mut out, |a| (-a).ln()),
+    }
+    Ok(Bound {
+        dtype: Dtype::F32,
+        shape: want,
+        data: Data::Owned(out),
+        raw,
+    })
+}
+
+/// Applies `f` to every f32 of a little-endian buffer.
+fn map_f32(bytes: &mut [u8], f: impl Fn(f32) -> f32) {
+    for c in bytes.chunks_exact_mut(4) {
+        let v = f(f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        c.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Undoes llama.cpp's `permute(w, heads)` on the rows of a projection (or bias): the
+/// converter moved HF row `h*d + s*d/2 + j` (half `s` of head `h`) to `h*d + 2*j + s`,
+/// so that rotation pairs sit side by side. Rows are `row_bytes` long, which works the
+/// same on f32 values and on quantised blocks (a row is whole blocks).
+fn unpermute_rows(bytes: &[u8], heads: usize, row_bytes: usize) -> Vec<u8> {
+    let rows = bytes.len() / row_bytes.max(1);
+    let d = rows / heads.max(1);
+    let half = d / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..half {
+                let canon = h * d + s * half + j;
+                let stored = h * d + 2 * j + s;
+                out[canon * row_bytes..(canon + 1) * row_bytes]
+                    .copy_from_slice(&bytes[stored * row_bytes..(stored + 1) * row_bytes]);
+            }
         }
     }
     out

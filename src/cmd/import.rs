@@ -1,5 +1,6 @@
 //! `archc import SRC [-o OUT.arch]`: turns an HF `config.json` (or a model directory that
-//! holds one) into canonical `.arch` text, printed or written atomically to OUT.
+//! holds one), or a llama.cpp `.gguf` file (from its metadata and tensor names), into
+//! canonical `.arch` text, printed or written atomically to OUT.
 //! Exit status: 0 on success, 2 when the config cannot be read or imported or OUT cannot
 //! be written.
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// An HF config.json, or a model directory that contains one.
+    /// An HF config.json, a model directory that contains one, or a .gguf file.
     pub src: PathBuf,
     /// Write the .arch text to this file instead of standard output.
     #[arg(short, long, value_name = "OUT.arch")]
@@ -17,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let spec = match archc_spec::import::from_path(&args.src) {
+    let spec = match import(&args.src) {
         Ok(spec) => spec,
         Err(e) => {
             eprintln!("archc import: {e}");
@@ -38,6 +39,24 @@ pub fn run(args: Args) -> ExitCode {
             }
         },
     }
+}
+
+/// Imports SRC: a `.gguf` file through the GGUF reader, anything else as an HF config.
+fn import(src: &Path) -> Result<archc_spec::Spec, String> {
+    if is_gguf(src) {
+        let file = archc_runtime::weights::gguf::GgufFile::open(src).map_err(|e| e.to_string())?;
+        let shown = src.display().to_string();
+        archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
+            .map_err(|e| e.to_string())
+    } else {
+        archc_spec::import::from_path(src).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether a path names a GGUF file (by its extension).
+pub fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// The text `archc import` emits: the canonical `.arch` form of the spec.

@@ -6,9 +6,11 @@
 //! bad arguments, I/O, import, weight or execution errors. The output file is written
 //! atomically, so a failed run never leaves a partial file.
 
-use archc_runtime::bind::bind;
+use super::import::is_gguf;
+use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
 use archc_runtime::exec::{self, Backend};
 use archc_runtime::npy;
+use archc_runtime::weights::gguf::GgufFile;
 use archc_runtime::weights::Checkpoint;
 use archc_spec::diagnostics::{render, render_colored};
 use archc_spec::Spec;
@@ -26,13 +28,18 @@ pub enum ModeArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendArg {
+    /// Native kernels compiled by LLVM, run on a thread pool over every core.
+    Llvm,
     /// The reference interpreter over the Graph IR.
     Interp,
+    /// The kernel IR interpreter on the CPU executor (slow; for debugging kernels).
+    KernelInterp,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// HF model directory (config.json and model.safetensors or a sharded index).
+    /// HF model directory (config.json and model.safetensors or a sharded index), or a
+    /// llama.cpp .gguf file (run on its dequantised weights).
     pub model: PathBuf,
     /// Comma-separated token ids, e.g. `1,2,3`.
     #[arg(long, allow_hyphen_values = true)]
@@ -43,8 +50,13 @@ pub struct Args {
     /// Describe the model with this .arch file instead of importing config.json.
     #[arg(long)]
     pub spec: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "interp")]
+    /// What runs the model: `llvm` compiles kernels (cached on disk, see ARCHC_CACHE_DIR),
+    /// `interp` is the reference graph interpreter, `kernel-interp` interprets the kernels.
+    #[arg(long, value_enum, default_value = "llvm")]
     pub backend: BackendArg,
+    /// Worker threads for the kernel backends (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long, value_enum, default_value = "prefill")]
     pub mode: ModeArg,
 }
@@ -75,7 +87,7 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn run_inner(args: &Args) -> Result<(), Failure> {
-    if !args.model.is_dir() {
+    if !args.model.is_dir() && !is_gguf(&args.model) {
         return Err(fail(format!(
             "{}: not a model directory",
             args.model.display()
@@ -83,24 +95,48 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     }
     let spec = match &args.spec {
         Some(path) => load_arch(path)?,
+        None if is_gguf(&args.model) => gguf_spec(&args.model)?,
         None => archc_spec::import::from_path(&args.model).map_err(|e| fail(e.to_string()))?,
     };
     let tokens = parse_tokens(&args.tokens, spec.vocab).map_err(fail)?;
-    let checkpoint = Checkpoint::open(&args.model).map_err(|e| fail(e.to_string()))?;
-    let weights =
-        bind(&spec, checkpoint).map_err(|e| fail(format!("{}: {e}", args.model.display())))?;
+    let weights = load_weights(&spec, &args.model)?;
     let mode = match args.mode {
         ModeArg::Prefill => exec::Mode::Prefill,
         ModeArg::Decode => exec::Mode::Decode,
     };
     let backend = match args.backend {
         BackendArg::Interp => Backend::Interp,
+        BackendArg::Llvm => Backend::Llvm,
+        BackendArg::KernelInterp => Backend::KernelInterp,
     };
-    let logits =
-        exec::logits(&spec, &weights, &tokens, mode, backend).map_err(|e| fail(e.to_string()))?;
+    if args.threads == Some(0) {
+        return Err(fail("--threads must be at least 1"));
+    }
+    let logits = exec::logits_with_threads(&spec, &weights, &tokens, mode, backend, args.threads)
+        .map_err(|e| fail(e.to_string()))?;
     npy::write(&args.out, &[tokens.len(), spec.vocab as usize], &logits)
         .map_err(|e| fail(e.to_string()))?;
     Ok(())
+}
+
+/// Binds the weights of an HF model directory, or of a `.gguf` file (dequantised to f32
+/// for the interpreter).
+fn load_weights(spec: &Spec, model: &Path) -> Result<BoundWeights, Failure> {
+    let shown = model.display();
+    if is_gguf(model) {
+        let file = GgufFile::open(model).map_err(|e| fail(e.to_string()))?;
+        return bind_gguf(spec, file).map_err(|e| fail(format!("{shown}: {e}")));
+    }
+    let checkpoint = Checkpoint::open(model).map_err(|e| fail(e.to_string()))?;
+    bind(spec, checkpoint).map_err(|e| fail(format!("{shown}: {e}")))
+}
+
+/// The Spec of a `.gguf` file, imported from its metadata and tensor names.
+fn gguf_spec(model: &Path) -> Result<Spec, Failure> {
+    let file = GgufFile::open(model).map_err(|e| fail(e.to_string()))?;
+    let shown = model.display().to_string();
+    archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).

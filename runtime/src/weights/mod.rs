@@ -1,6 +1,7 @@
 //! Checkpoint tensors: dtypes, borrowed views, and opening an HF model directory
 //! (one `model.safetensors` or shards listed in `model.safetensors.index.json`).
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::collections::{BTreeMap, BTreeSet};

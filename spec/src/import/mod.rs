@@ -8,6 +8,7 @@
 
 mod config;
 mod dense;
+pub mod gguf;
 mod hybrid;
 mod moe;
 

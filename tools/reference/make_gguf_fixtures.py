@@ -1,0 +1,254 @@
+"""Writes the GGUF fixtures under tests/data/gguf/ with the `gguf` Python package.
+
+- types/<TYPE>.gguf + <TYPE>.npy: one tensor `t` of shape [2, 512] (GGUF ne [512, 2]) per
+  tensor type, its blocks random bytes (scale fields random finite f16s, subnormals and
+  negative values included), and the f32 values `gguf.quants.dequantize` gives for it.
+- metadata/all_types.gguf: every metadata value type, arrays, nested arrays, a 64-byte
+  `general.alignment` and three small tensors at known offsets.
+- tiny_llama/{f32,f16,q8_0}.gguf: a tiny random Llama (HF LlamaForCausalLM) converted the way
+  llama.cpp's converter does it (tensor names, q/k rows permuted for its RoPE, 1-D tensors
+  kept f32), plus tokens.json and HF's logits for each: `logits_f32.npy` from the model
+  itself, `logits_f16.npy` / `logits_q8_0.npy` from the same HF model with its 2-D weights
+  replaced by their f16-rounded / Q8_0-dequantised values.
+- smollm2_meta.gguf (only with --smollm2 PATH): the metadata of the SmolLM2-135M-Instruct
+  GGUF with its tokenizer arrays cut to 16 entries, and no tensors.
+
+Usage: python tools/reference/make_gguf_fixtures.py [--smollm2 PATH/TO/SmolLM2.gguf]
+Deterministic: fixed seeds, fp32, one thread.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGUFReader, GGUFValueType as V, GGUFWriter, GGMLQuantizationType as T
+from gguf.quants import dequantize, quantize
+
+ROOT = Path(__file__).resolve().parents[2] / "tests" / "data" / "gguf"
+
+# Byte offsets of the f16 scale fields inside one block, per type.
+SCALE_FIELDS = {
+    T.Q4_0: [0],
+    T.Q4_1: [0, 2],
+    T.Q8_0: [0],
+    T.Q4_K: [0, 2],
+    T.Q5_K: [0, 2],
+    T.Q6_K: [208],
+}
+BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q8_0: (32, 34), T.Q4_K: (256, 144),
+         T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
+
+
+def finite_f16_bits(rng, n):
+    """Random f16 bit patterns that are finite (exponent field not all ones)."""
+    bits = rng.integers(0, 1 << 16, size=n, dtype=np.uint32).astype(np.uint16)
+    exp = (bits >> 10) & 0x1F
+    return np.where(exp == 0x1F, bits & ~np.uint16(0x4000), bits).astype(np.uint16)
+
+
+def type_fixtures():
+    out = ROOT / "types"
+    out.mkdir(parents=True, exist_ok=True)
+    rows, cols = 2, 512
+    for t in [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]:
+        rng = np.random.default_rng(1000 + int(t))
+        if t == T.F32:
+            raw = rng.normal(size=rows * cols).astype(np.float32).view(np.uint8)
+        elif t == T.F16:
+            raw = finite_f16_bits(rng, rows * cols).view(np.uint8)
+        elif t == T.BF16:
+            bits = rng.integers(0, 1 << 16, size=rows * cols, dtype=np.uint32).astype(np.uint16)
+            exp = (bits >> 7) & 0xFF
+            bits = np.where(exp == 0xFF, bits & ~np.uint16(0x4000), bits).astype(np.uint16)
+            raw = bits.view(np.uint8)
+        else:
+            blen, bbytes = BLOCK[t]
+            n_blocks = rows * cols // blen
+            blocks = rng.integers(0, 256, size=(n_blocks, bbytes), dtype=np.uint16).astype(np.uint8)
+            for at in SCALE_FIELDS[t]:
+                blocks[:, at:at + 2] = finite_f16_bits(rng, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+            raw = blocks.reshape(-1)
+        raw = np.ascontiguousarray(raw.reshape(rows, -1))
+        expected = dequantize(raw, t).astype(np.float32).reshape(rows, cols)
+        w = GGUFWriter(str(out / f"{t.name}.gguf"), "test")
+        w.add_tensor("t", raw, raw_dtype=t)
+        write(w)
+        np.save(out / f"{t.name}.npy", expected)
+
+
+def write(w):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def metadata_fixture():
+    out = ROOT / "metadata"
+    out.mkdir(parents=True, exist_ok=True)
+    w = GGUFWriter(str(out / "all_types.gguf"), "test")
+    w.add_custom_alignment(64)
+    w.add_key_value("t.u8", 200, V.UINT8)
+    w.add_key_value("t.i8", -100, V.INT8)
+    w.add_key_value("t.u16", 60000, V.UINT16)
+    w.add_key_value("t.i16", -30000, V.INT16)
+    w.add_key_value("t.u32", 4_000_000_000, V.UINT32)
+    w.add_key_value("t.i32", -2_000_000_000, V.INT32)
+    w.add_key_value("t.u64", 18_000_000_000_000_000_000, V.UINT64)
+    w.add_key_value("t.i64", -9_000_000_000_000_000_000, V.INT64)
+    w.add_key_value("t.f32", 0.1, V.FLOAT32)
+    w.add_key_value("t.f64", 0.1, V.FLOAT64)
+    w.add_key_value("t.bool_true", True, V.BOOL)
+    w.add_key_value("t.bool_false", False, V.BOOL)
+    w.add_key_value("t.string", "héllo, GGUF", V.STRING)
+    w.add_key_value("t.empty_string", "", V.STRING)
+    w.add_key_value("t.array_u32", [1, 2, 3], V.ARRAY, sub_type=V.UINT32)
+    w.add_key_value("t.array_f64", [0.5, -1.25], V.ARRAY, sub_type=V.FLOAT64)
+    w.add_key_value("t.array_string", ["a", "bc", ""], V.ARRAY, sub_type=V.STRING)
+    w.add_key_value("t.array_long", list(range(12)), V.ARRAY, sub_type=V.INT16)
+    w.add_key_value("t.nested", [[1, 2], [3], ["x", "y"]], V.ARRAY, sub_type=V.ARRAY)
+    w.add_key_value("t.nested_deep", [[[True], [False, True]]], V.ARRAY, sub_type=V.ARRAY)
+    w.add_tensor("a", np.arange(3, dtype=np.float32))
+    w.add_tensor("b", np.arange(6, dtype=np.float32).reshape(2, 3) / 8)
+    w.add_tensor("c", np.array([1.5, -2.0, 0.25, 65504.0, -0.0], dtype=np.float16))
+    write(w)
+
+
+# --- tiny Llama ------------------------------------------------------------------------
+
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False)
+TOKENS = [1, 7, 33, 2, 60, 14, 14, 9, 41, 0, 5, 63, 22, 8, 30, 17]
+
+LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def gguf_name(hf: str) -> str:
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, i, rest = hf.split(".", 3)
+    module, suffix = rest.rsplit(".", 1)
+    return f"blk.{i}.{LAYER_NAMES[module]}.{suffix}"
+
+
+def permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter permutation: each head's two halves become interleaved pairs."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(7)
+    torch.set_num_threads(1)
+    cfg = LlamaConfig(**TINY, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(0.8 + 0.4 * torch.rand(p.shape, generator=gen))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5)
+        # Logits of std about 1, so that every term shows.
+        x = model(torch.tensor([TOKENS])).logits
+        model.lm_head.weight.mul_(1.0 / x.std())
+    out = ROOT / "tiny_llama"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokens.json").write_text(json.dumps(TOKENS) + "\n")
+    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+
+    def logits_with(weights: dict) -> np.ndarray:
+        m = LlamaForCausalLM(cfg).eval()
+        m.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        with torch.no_grad():
+            return m(torch.tensor([TOKENS])).logits[0].numpy().astype(np.float32)
+
+    h = TINY["num_attention_heads"]
+    kv = TINY["num_key_value_heads"]
+    for kind, ftype in [("f32", 0), ("f16", 1), ("q8_0", 7)]:
+        w = GGUFWriter(str(out / f"{kind}.gguf"), "llama")
+        w.add_name("tiny-llama")
+        w.add_uint32("llama.vocab_size", TINY["vocab_size"])
+        w.add_uint32("llama.context_length", TINY["max_position_embeddings"])
+        w.add_uint32("llama.embedding_length", TINY["hidden_size"])
+        w.add_uint32("llama.block_count", TINY["num_hidden_layers"])
+        w.add_uint32("llama.feed_forward_length", TINY["intermediate_size"])
+        w.add_uint32("llama.attention.head_count", h)
+        w.add_uint32("llama.attention.head_count_kv", kv)
+        w.add_float32("llama.rope.freq_base", TINY["rope_theta"])
+        w.add_float32("llama.attention.layer_norm_rms_epsilon", TINY["rms_norm_eps"])
+        w.add_uint32("llama.rope.dimension_count", TINY["hidden_size"] // h)
+        w.add_uint32("general.file_type", ftype)
+        seen = {}
+        for hf, v in state.items():
+            stored = v
+            if hf.endswith("q_proj.weight"):
+                stored = permute(v, h)
+            elif hf.endswith("k_proj.weight"):
+                stored = permute(v, kv)
+            stored = np.ascontiguousarray(stored)
+            if kind == "f32" or v.ndim == 1:
+                w.add_tensor(gguf_name(hf), stored)
+                seen[hf] = v
+            elif kind == "f16":
+                w.add_tensor(gguf_name(hf), stored.astype(np.float16))
+                seen[hf] = v.astype(np.float16).astype(np.float32)
+            else:
+                q = quantize(stored, T.Q8_0)
+                w.add_tensor(gguf_name(hf), q, raw_dtype=T.Q8_0)
+                # The HF model gets the dequantised values, in HF's (unpermuted) row order.
+                seen[hf] = quantize_roundtrip(v, T.Q8_0)
+        write(w)
+        np.save(out / f"logits_{kind}.npy", logits_with(seen))
+        print(kind, "logits std", float(np.load(out / f"logits_{kind}.npy").std()))
+
+
+def quantize_roundtrip(v: np.ndarray, t) -> np.ndarray:
+    # Rows are quantised independently, so permuting rows commutes with quantisation.
+    return dequantize(quantize(np.ascontiguousarray(v), t), t).astype(np.float32).reshape(v.shape)
+
+
+def smollm2_meta(path: Path):
+    r = GGUFReader(str(path))
+    w = GGUFWriter(str(ROOT / "smollm2_meta.gguf"), "llama")
+    for key, field in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        main = field.types[0]
+        value = field.contents()
+        if main == V.ARRAY:
+            value = value[:16]
+            w.add_key_value(key, value, V.ARRAY, sub_type=field.types[-1])
+        else:
+            w.add_key_value(key, value, main)
+    write(w)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf to extract metadata from")
+    args = ap.parse_args()
+    type_fixtures()
+    metadata_fixture()
+    tiny_llama()
+    if args.smollm2:
+        smollm2_meta(args.smollm2)
+
+
+if __name__ == "__main__":
+    main()
