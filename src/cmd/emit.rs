@@ -5,6 +5,10 @@
 //! temporary file renamed into place).
 //! Exit status: 0 on success, 1 when the file is invalid or cannot be compiled, 2 when a
 //! file cannot be read or written or the arguments do not fit together.
+//!
+//! `--stage ptx [--sm 80|90]` compiles the kernels for an NVIDIA GPU: printed, the
+//! manifest (JSON) and each kernel's PTX; with `-o DIR`, one `DIR/<symbol>.ptx` per kernel
+//! and `DIR/manifest.json` (kernel names, launch shapes, parameters).
 
 use super::lower::ModeArg;
 use archc_compiler::codegen::llvm::{emit_llvm_ir, Target};
@@ -26,6 +30,8 @@ pub enum Stage {
     Kernel,
     /// The LLVM IR of the program's kernels for `--target`.
     Llvm,
+    /// PTX of each kernel for `--sm`, with a manifest.
+    Ptx,
 }
 
 impl Stage {
@@ -36,6 +42,7 @@ impl Stage {
             Stage::Fused => "fused.txt",
             Stage::Kernel => "kernel.txt",
             Stage::Llvm => "llvm.ll",
+            Stage::Ptx => "manifest.json",
         }
     }
 
@@ -45,6 +52,7 @@ impl Stage {
             Stage::Fused => "fused",
             Stage::Kernel => "kernel",
             Stage::Llvm => "llvm",
+            Stage::Ptx => "ptx",
         }
     }
 
@@ -90,8 +98,11 @@ pub struct Args {
     /// Print the code after the `O3` pipeline instead of what archc generates (`--stage llvm`).
     #[arg(long)]
     pub optimized: bool,
+    /// The GPU architecture (`--stage ptx`): 80 (Ampere) or 90 (Hopper, the default).
+    #[arg(long, value_parser = ["80", "90"])]
+    pub sm: Option<String>,
     /// Write the stage into this directory instead of printing: `graph.txt`, `fused.txt`,
-    /// `kernel.txt` or `llvm.ll`.
+    /// `kernel.txt`, `llvm.ll`, or `manifest.json` and one `.ptx` per kernel.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
 }
@@ -102,6 +113,10 @@ pub fn run(args: Args) -> ExitCode {
             "archc emit: --target and --optimized only apply to --stage llvm, not --stage {}",
             args.stage.name()
         );
+        return ExitCode::from(2);
+    }
+    if args.stage != Stage::Ptx && args.sm.is_some() {
+        eprintln!("archc emit: --sm only applies to --stage ptx");
         return ExitCode::from(2);
     }
     let name = args.file.display().to_string();
@@ -128,6 +143,9 @@ pub fn run(args: Args) -> ExitCode {
         ModeArg::Prefill => Mode::Prefill,
         ModeArg::Decode => Mode::Decode,
     };
+    if args.stage == Stage::Ptx {
+        return ptx_stage(&args, &spec, mode, &name);
+    }
     let text = match stage_text(&args, &spec, mode) {
         Ok(text) => text,
         Err(message) => {
@@ -164,6 +182,54 @@ fn stage_text(args: &Args, spec: &archc_spec::Spec, mode: Mode) -> Result<String
             let target = args.target.unwrap_or(TargetArg::X86_64).target();
             emit_llvm_ir(&program.kernels, &target, args.optimized)
                 .map_err(|e| format!("internal error: {e}"))
+        }
+        Stage::Ptx => Err("internal error: --stage ptx has its own output".into()),
+    }
+}
+
+/// `--stage ptx`: compiles every kernel for the GPU, then prints or writes the files.
+fn ptx_stage(args: &Args, spec: &archc_spec::Spec, mode: Mode, name: &str) -> ExitCode {
+    use archc_compiler::codegen::ptx;
+    let sm = match ptx::Sm::by_name(args.sm.as_deref().unwrap_or("90")) {
+        Ok(sm) => sm,
+        Err(e) => {
+            eprintln!("archc emit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let compiled = lower(spec, mode)
+        .map_err(|e| e.to_string())
+        .and_then(|g| kernel_program(&g))
+        .and_then(|p| {
+            ptx::emit_kernels(&p.kernels, sm)
+                .map(|k| (p.name.clone(), k))
+                .map_err(|e| format!("internal error: {e}"))
+        });
+    let (program, kernels) = match compiled {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("archc emit: {name}: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    let manifest = ptx::manifest(&program, &kernels);
+    let Some(dir) = &args.out else {
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "{manifest}");
+        for k in &kernels {
+            let _ = write!(out, "\n//// {}\n{}", k.file_name(), k.ptx);
+        }
+        return ExitCode::SUCCESS;
+    };
+    let written = kernels
+        .iter()
+        .try_for_each(|k| write_atomic(dir, &k.file_name(), &k.ptx))
+        .and_then(|()| write_atomic(dir, Stage::Ptx.file_name(), &manifest));
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("archc emit: cannot write into {}: {e}", dir.display());
+            ExitCode::from(2)
         }
     }
 }

@@ -13,7 +13,7 @@
 mod cache;
 mod jit;
 mod target;
-mod translate;
+pub(super) mod translate;
 
 pub use cache::{cache_key, CacheSettings};
 pub use target::Target;

@@ -13,8 +13,15 @@
 //! IR's scoping allows is dominated by a definition. Integer arithmetic wraps; division and
 //! remainder by zero yield 0 instead of trapping (the interpreter reports an error there),
 //! and `f32 → i64` saturates (NaN → 0), as Rust's `as` does.
+//!
+//! The same body builder also emits GPU kernels for the NVPTX backend (`translate_gpu`):
+//! buffers are kernel parameters in the global address space, the parallel loop strides
+//! over the grid, math uses the PTX approximations of `codegen::ptx::device`, and in warp
+//! mode a warp cooperates on each parallel iteration (see `codegen::ptx::plan`).
 
 use super::CodegenError;
+use crate::codegen::ptx::device as gpu_math;
+use crate::codegen::ptx::plan::{KernelPlan, Mode as GpuMode};
 use crate::kernel::{
     Access, BinOp, BufId, DimVar, Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp, VarId,
 };
@@ -36,7 +43,7 @@ pub(super) const MAX_STACK_SCRATCH: u64 = 256 * 1024;
 
 /// The symbol of kernel `index`: a prefix keeps it clear of C library names (a kernel
 /// may well be called `exp`), and the index keeps it unique in the module.
-pub(super) fn symbol(index: usize, kernel: &Kernel) -> String {
+pub(crate) fn symbol(index: usize, kernel: &Kernel) -> String {
     let name: String = kernel
         .name
         .chars()
@@ -193,8 +200,50 @@ pub(super) fn translate<'ctx>(
     b.build_call(body_fn, &args, "")?;
     b.build_return(None)?;
 
-    BodyBuilder::emit(ctx, module, k, body_fn, &params)?;
+    BodyBuilder::emit(ctx, module, k, body_fn, &params, None)?;
     Ok(entry_fn)
+}
+
+/// Adds kernel `index` to `module` as a PTX kernel entry `symbol(index, k)`: one
+/// parameter per non-scratch buffer (a global-memory pointer, `noalias`, and `readonly`
+/// when the kernel only reads it, so loads may use the non-coherent cache), then `seq`
+/// and `past`. Grid position, scratch and vector loops follow `plan`.
+pub(crate) fn translate_gpu<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    index: usize,
+    k: &Kernel,
+    plan: &KernelPlan,
+) -> Result<FunctionValue<'ctx>, CodegenError> {
+    let global = ctx.ptr_type(inkwell::AddressSpace::from(1u16));
+    let i64t = ctx.i64_type();
+    let name = symbol(index, k);
+    let params: Vec<usize> = (0..k.bufs.len())
+        .filter(|&b| !matches!(k.bufs[b].access, Access::Scratch { .. }))
+        .collect();
+    let mut tys: Vec<BasicMetadataTypeEnum> = params.iter().map(|_| global.into()).collect();
+    tys.extend([BasicMetadataTypeEnum::from(i64t); 2]);
+    let f = module.add_function(&name, ctx.void_type().fn_type(&tys, false), None);
+    let enum_attr = |n: &str| ctx.create_enum_attribute(Attribute::get_named_enum_kind_id(n), 0);
+    f.add_attribute(AttributeLoc::Function, enum_attr("nounwind"));
+    for (p, &b) in params.iter().enumerate() {
+        let loc = AttributeLoc::Param(p as u32);
+        f.add_attribute(loc, enum_attr("noalias"));
+        f.add_attribute(loc, enum_attr("nocapture"));
+        if k.bufs[b].access == Access::Read {
+            f.add_attribute(loc, enum_attr("readonly"));
+        }
+        if let Some(v) = f.get_nth_param(p as u32) {
+            v.set_name(&format!("b{b}"));
+        }
+    }
+    for (n, label) in ["seq", "past"].iter().enumerate() {
+        if let Some(v) = f.get_nth_param((params.len() + n) as u32) {
+            v.set_name(label);
+        }
+    }
+    BodyBuilder::emit(ctx, module, k, f, &params, Some(plan))?;
+    Ok(f)
 }
 
 /// Emits the body of one kernel.
@@ -221,6 +270,31 @@ struct BodyBuilder<'ctx, 'a> {
     /// Whether float ops being emitted accumulate into a local across a `Vector` loop
     /// and so may be reassociated and contracted.
     fast: bool,
+    /// The GPU state when emitting a PTX kernel; `None` for CPUs.
+    gpu: Option<Gpu<'ctx, 'a>>,
+    /// Pre-order number of the next `Loop` statement, the key of `KernelPlan::distributed`.
+    next_loop: usize,
+}
+
+/// What the body builder needs to know while emitting a GPU kernel.
+struct Gpu<'ctx, 'a> {
+    plan: &'a KernelPlan,
+    /// This thread's lane in its warp (i64).
+    lane: IntValue<'ctx>,
+    /// The index of this thread (thread mode) or warp (warp mode) in the grid, and the
+    /// number of them: the parallel loop strides by the count.
+    id: IntValue<'ctx>,
+    count: IntValue<'ctx>,
+    /// Whether the code being emitted runs in one lane per iteration of a distributed
+    /// vector loop (otherwise, in warp mode, every lane of a warp runs it alike).
+    distributed: bool,
+}
+
+impl Gpu<'_, '_> {
+    /// Whether every lane of a warp runs the statement being emitted with the same values.
+    fn redundant(&self) -> bool {
+        self.plan.mode == GpuMode::Warp && !self.distributed
+    }
 }
 
 impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
@@ -230,6 +304,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         k: &'a Kernel,
         f: FunctionValue<'ctx>,
         params: &[usize],
+        plan: Option<&'a KernelPlan>,
     ) -> Result<(), CodegenError> {
         let b = ctx.create_builder();
         let entry = ctx.append_basic_block(f, "entry");
@@ -243,6 +318,22 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                     message: "missing body parameter".into(),
                 })
         };
+        // A GPU kernel takes only `seq` and `past`; its place in the grid comes from the
+        // special registers.
+        let (thread, threads, gpu) = match plan {
+            None => (int_param(2)?, int_param(3)?, None),
+            Some(plan) => {
+                let g = gpu_math::grid_position(ctx, module, &b, plan)?;
+                let gpu = Gpu {
+                    plan,
+                    lane: g.lane,
+                    id: g.id,
+                    count: g.count,
+                    distributed: false,
+                };
+                (g.id, g.count, Some(gpu))
+            }
+        };
         let mut bb = BodyBuilder {
             ctx,
             module,
@@ -253,12 +344,14 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             vars: Vec::with_capacity(k.vars.len()),
             seq: int_param(0)?,
             past: int_param(1)?,
-            thread: int_param(2)?,
-            threads: int_param(3)?,
+            thread,
+            threads,
             depth: 0,
             vector_depth: None,
             local_depth: vec![0; k.vars.len()],
             fast: false,
+            gpu,
+            next_loop: 0,
         };
         bb.run(params)
     }
@@ -287,7 +380,25 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                 Access::Scratch { len } => {
                     let elem = self.elem_ty(kb.elem);
                     let bytes = len.saturating_mul(kb.elem.bytes() as u64).max(1);
-                    let p = if bytes <= MAX_STACK_SCRATCH {
+                    let p = if let Some(gpu) = &self.gpu {
+                        // Thread mode: local memory. Warp mode: the warp's slice of a
+                        // shared-memory array, so every lane sees what any lane wrote.
+                        match gpu.plan.mode {
+                            GpuMode::Thread => {
+                                let arr = elem.array_type(len.max(1) as u32);
+                                self.b.build_alloca(arr, &format!("scratch{i}"))?
+                            }
+                            GpuMode::Warp => gpu_math::shared_scratch(
+                                ctx,
+                                self.module,
+                                &self.b,
+                                gpu.plan,
+                                &format!("{}.scratch{i}", self.f.get_name().to_string_lossy()),
+                                elem,
+                                len,
+                            )?,
+                        }
+                    } else if bytes <= MAX_STACK_SCRATCH {
                         let arr = elem.array_type(len.max(1) as u32);
                         let p = self.b.build_alloca(arr, &format!("scratch{i}"))?;
                         // Vector loads of scratch like aligned memory.
@@ -520,11 +631,57 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                 ty.as_str()
             )));
         }
+        let ordinal = self.next_loop;
+        self.next_loop += 1;
         let mut lo = self.int(start, "loop start")?;
         let mut hi = self.int(end, "loop end")?;
-        let stepv = i64t.const_int(step, false);
+        let mut stepv = i64t.const_int(step, false);
+        // A vector loop the plan spreads over the lanes of a warp, with its reductions.
+        let reductions = self
+            .gpu
+            .as_ref()
+            .filter(|g| g.redundant())
+            .and_then(|g| g.plan.distributed.get(&ordinal))
+            .cloned();
         if kind == LoopKind::Parallel {
-            (lo, hi) = self.thread_chunk(lo, hi, stepv)?;
+            match &self.gpu {
+                // Grid-stride: iteration `id`, `id + count`, ... so consecutive threads
+                // (or warps) take consecutive iterations, and any grid size is correct.
+                Some(gpu) => {
+                    let first = self.b.build_int_mul(gpu.id, stepv, "")?;
+                    lo = self.b.build_int_add(lo, first, "stride.lo")?;
+                    stepv = self.b.build_int_mul(gpu.count, stepv, "stride")?;
+                }
+                None => (lo, hi) = self.thread_chunk(lo, hi, stepv)?,
+            }
+        }
+        if let (Some(reds), Some(gpu)) = (&reductions, &self.gpu) {
+            let lane = gpu.lane;
+            gpu_math::sync_warp(self.module, &self.b)?;
+            // Lane 0 carries the value the accumulator had before the loop; the other
+            // lanes start from the identity, so the combined result counts it once.
+            let is_lane0 =
+                self.b
+                    .build_int_compare(IntPredicate::EQ, lane, i64t.const_zero(), "lane0")?;
+            for &(v, op) in reds {
+                let (vslot, vty) = self.var_slot(v)?;
+                let cur = self.b.build_load(self.llvm_ty(vty), vslot, "")?;
+                let id = gpu_math::identity(self.ctx, op, vty);
+                let start = self.b.build_select(is_lane0, cur, id, "")?;
+                self.b.build_store(vslot, start)?;
+            }
+            let first = self.b.build_int_mul(lane, stepv, "")?;
+            lo = self.b.build_int_add(lo, first, "lane.lo")?;
+            stepv = self.b.build_int_mul(
+                i64t.const_int(gpu_math::WARP as u64, false),
+                stepv,
+                "lane.stride",
+            )?;
+        }
+        if reductions.is_some() {
+            if let Some(g) = self.gpu.as_mut() {
+                g.distributed = true;
+            }
         }
         self.b.build_store(slot, lo)?;
         let header = self.ctx.append_basic_block(self.f, "loop.header");
@@ -557,6 +714,20 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         let back = self.b.build_unconditional_branch(header)?;
         self.loop_metadata(back, kind);
         self.b.position_at_end(exit);
+        if let Some(reds) = &reductions {
+            if let Some(g) = self.gpu.as_mut() {
+                g.distributed = false;
+            }
+            // Every lane ends with the whole reduction (a butterfly gives each lane the
+            // same bits: each step combines the same two values, in either order).
+            for &(v, op) in reds {
+                let (vslot, vty) = self.var_slot(v)?;
+                let part = self.b.build_load(self.llvm_ty(vty), vslot, "part")?;
+                let all = gpu_math::warp_allreduce(self.ctx, self.module, &self.b, op, part)?;
+                self.b.build_store(vslot, all)?;
+            }
+            gpu_math::sync_warp(self.module, &self.b)?;
+        }
         Ok(())
     }
 
@@ -599,6 +770,8 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
     fn loop_metadata(&self, latch_br: InstructionValue<'ctx>, kind: LoopKind) {
         let props: Vec<(&str, MdArg)> = match kind {
             LoopKind::Serial | LoopKind::Parallel => return,
+            // GPUs have no SIMD lanes within a thread to vectorize into.
+            LoopKind::Vector(_) if self.gpu.is_some() => return,
             LoopKind::Vector(w) => vec![
                 ("llvm.loop.vectorize.width", MdArg::I32(w.max(1))),
                 ("llvm.loop.vectorize.enable", MdArg::Bool(true)),
@@ -638,6 +811,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         }
         let ety = self.elem_ty(elem);
         let p = unsafe { self.b.build_in_bounds_gep(ety, base, &[idx], "")? };
+        let lane = self.gpu.as_ref().filter(|g| g.redundant()).map(|g| g.lane);
         let stored: BasicValueEnum = match (elem, v) {
             (Elem::F32, Val::F(x)) => x.into(),
             (Elem::F16, Val::F(x)) => self.b.build_float_trunc(x, self.ctx.f16_type(), "")?.into(),
@@ -648,7 +822,31 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                 .into(),
             _ => return Err(self.err(format!("`{}`: mismatched store", text()))),
         };
+        let Some(lane) = lane else {
+            self.b.build_store(p, stored)?;
+            return Ok(());
+        };
+        // Every lane of the warp runs this store alike: lane 0 does it. A buffer the
+        // kernel also reads needs barriers: before, so no lane still reads the old value;
+        // after, so every lane reads the new one.
+        let shared = access != Access::Write;
+        if shared {
+            gpu_math::sync_warp(self.module, &self.b)?;
+        }
+        let zero = self.ctx.i64_type().const_zero();
+        let is_lane0 = self
+            .b
+            .build_int_compare(IntPredicate::EQ, lane, zero, "lane0")?;
+        let st = self.ctx.append_basic_block(self.f, "lane0.store");
+        let join = self.ctx.append_basic_block(self.f, "lane0.join");
+        self.b.build_conditional_branch(is_lane0, st, join)?;
+        self.b.position_at_end(st);
         self.b.build_store(p, stored)?;
+        self.b.build_unconditional_branch(join)?;
+        self.b.position_at_end(join);
+        if shared {
+            gpu_math::sync_warp(self.module, &self.b)?;
+        }
         Ok(())
     }
 
@@ -835,6 +1033,11 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                         .into_int_value(),
                 )
             }
+            (UnOp::Exp | UnOp::Log | UnOp::Sin | UnOp::Cos | UnOp::Tanh, Val::F(x))
+                if self.gpu.is_some() =>
+            {
+                Val::F(gpu_math::unary(self.ctx, self.module, &self.b, op, x)?)
+            }
             (UnOp::Exp, Val::F(x)) => fl(self.intrinsic("llvm.exp", f32t, &[x.into()])?),
             (UnOp::Log, Val::F(x)) => fl(self.intrinsic("llvm.log", f32t, &[x.into()])?),
             (UnOp::Sqrt, Val::F(x)) => fl(self.intrinsic("llvm.sqrt", f32t, &[x.into()])?),
@@ -927,6 +1130,9 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                         self.intrinsic("llvm.maxnum", f32t, &[a.into(), c.into()])?
                             .into_float_value(),
                     ),
+                    BinOp::Pow if self.gpu.is_some() => {
+                        Val::F(gpu_math::pow(self.ctx, self.module, b, a, c)?)
+                    }
                     BinOp::Pow => Val::F(
                         self.intrinsic("llvm.pow", f32t, &[a.into(), c.into()])?
                             .into_float_value(),
