@@ -1,16 +1,28 @@
 //! GPU execution through the CUDA runtime: the device probe fails cleanly without a
 //! driver or device, and where a device is present, kernel programs of tiny models run
 //! on it (PTX from the NVPTX backend) and match the kernel IR interpreter in prefill and
-//! in a decode step after a cache. Without a device the GPU tests print that they were
-//! skipped and why.
+//! in a decode step after a cache; `--backend cuda` matches the graph interpreter on every
+//! family fixture (tests/data/fixtures/), and its decode matches its prefill. Without a
+//! device the GPU tests print that they were skipped and why; `archc logits --backend
+//! cuda` then exits 2 with a message naming what is missing.
 
 use archc_compiler::interp::{RandomWeights, WeightSource};
 use archc_compiler::kernel::interp::{run_program, KBufData};
 use archc_compiler::kernel::{lower::program, BufferKind, Elem, Program};
 use archc_compiler::passes::optimize;
 use archc_compiler::{lower, testing, Mode};
-use archc_runtime::exec::cuda::{probe, CudaError, CudaProgram};
+use archc_runtime::bind::{bind, BoundWeights};
+use archc_runtime::exec::cpu::Phase;
+use archc_runtime::exec::cuda::{probe, CudaError, CudaModel, CudaProgram};
+use archc_runtime::exec::{logits, Backend, Mode as ExecMode};
+use archc_runtime::npy;
+use archc_runtime::weights::Checkpoint;
+use archc_spec::Spec;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Largest allowed |a - b| between two fp32 computations of the same logits.
+const TOLERANCE: f32 = 1e-4;
 
 #[test]
 fn probe_fails_cleanly_for_a_missing_device() {
@@ -64,9 +76,9 @@ fn check(p: Program, weights: &RandomWeights, tokens: &[u32], past: usize) {
         match b.kind {
             BufferKind::Param => {
                 assert_eq!(b.elem, Elem::F32, "tiny models have f32 weights");
-                let w = weights
-                    .get(&b.name)
-                    .expect("random weights cover the graph");
+                // Program parameter buffers are named `@tensor`; the weights are not.
+                let name = b.name.strip_prefix('@').unwrap_or(&b.name);
+                let w = weights.get(name).expect("random weights cover the graph");
                 params.insert(b.name.clone(), to_f32(w.bytes));
             }
             BufferKind::Input if b.name.starts_with("cache.") => {
@@ -147,4 +159,218 @@ fn tiny_llama_on_the_gpu_matches_the_kernel_interpreter() {
         &tokens[..1],
         8,
     );
+}
+
+fn fixture_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
+}
+
+/// A fixture's spec, token ids and bound fp32 weights.
+fn fixture(case: &str) -> (Spec, Vec<u32>, BoundWeights) {
+    let dir = fixture_root().join(case);
+    let spec = archc_spec::import::from_path(&dir)
+        .unwrap_or_else(|e| panic!("{case}: import of config.json failed: {e}"));
+    let text = std::fs::read_to_string(dir.join("tokens.json"))
+        .unwrap_or_else(|e| panic!("{case}: cannot read tokens.json: {e}"));
+    let tokens: Vec<u32> = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{case}: tokens.json is not a list of token ids: {e}"));
+    let checkpoint =
+        Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{case}: cannot open weights: {e}"));
+    let weights = bind(&spec, checkpoint).unwrap_or_else(|e| panic!("{case}: {e}"));
+    (spec, tokens, weights)
+}
+
+/// The largest absolute difference and where it is (token, vocab index); NaN counts as
+/// infinitely far.
+fn compare(case: &str, what: &str, got: &[f32], want: &[f32], vocab: usize) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{case}: {what}: logits of different sizes"
+    );
+    let mut worst = (0.0f32, 0usize);
+    for (i, (x, y)) in got.iter().zip(want).enumerate() {
+        let d = (x - y).abs();
+        let d = if d.is_nan() { f32::INFINITY } else { d };
+        if d > worst.0 {
+            worst = (d, i);
+        }
+    }
+    let (d, at) = worst;
+    eprintln!("{case}: {what}: max abs diff {d:e}");
+    assert!(
+        d <= TOLERANCE,
+        "{case}: {what}: differs by {d:e} > {TOLERANCE:e} at token {}, vocab {} ({} against {})",
+        at / vocab,
+        at % vocab,
+        got[at],
+        want[at]
+    );
+}
+
+/// `--backend cuda` against the graph interpreter, and its decode against its prefill.
+fn check_fixture(case: &str) {
+    let Some(()) = device() else { return };
+    let (spec, tokens, weights) = fixture(case);
+    let vocab = spec.vocab as usize;
+    let reference = logits(&spec, &weights, &tokens, ExecMode::Prefill, Backend::Interp)
+        .unwrap_or_else(|e| panic!("{case}: graph interpreter failed: {e}"));
+    let ours = logits(&spec, &weights, &tokens, ExecMode::Prefill, Backend::Cuda)
+        .unwrap_or_else(|e| panic!("{case}: --backend cuda prefill failed: {e}"));
+    compare(
+        case,
+        "cuda prefill vs graph interpreter",
+        &ours,
+        &reference,
+        vocab,
+    );
+    let decoded = logits(&spec, &weights, &tokens, ExecMode::Decode, Backend::Cuda)
+        .unwrap_or_else(|e| panic!("{case}: --backend cuda decode failed: {e}"));
+    compare(case, "cuda decode vs cuda prefill", &decoded, &ours, vocab);
+
+    // A prefill of all but the last token, then one decode step on the same cache: the
+    // step must see exactly the cache the prefill left.
+    let model = CudaModel::from_spec(&spec, &weights, 0)
+        .unwrap_or_else(|e| panic!("{case}: cannot load the model: {e}"));
+    let mut cache = model.new_cache();
+    let (head, last) = tokens.split_at(tokens.len() - 1);
+    model
+        .run(Phase::Prefill, &mut cache, head)
+        .unwrap_or_else(|e| panic!("{case}: prefill of the head failed: {e}"));
+    assert_eq!(
+        cache.past(),
+        head.len(),
+        "{case}: cache length after prefill"
+    );
+    let step = model
+        .run(Phase::Decode, &mut cache, last)
+        .unwrap_or_else(|e| panic!("{case}: decode after prefill failed: {e}"));
+    compare(
+        case,
+        "decode after prefill vs prefill (last token)",
+        &step,
+        &ours[head.len() * vocab..],
+        vocab,
+    );
+}
+
+macro_rules! cuda_cases {
+    ($($case:ident),* $(,)?) => {
+        mod fixtures {
+            $(
+                #[test]
+                fn $case() {
+                    super::check_fixture(stringify!($case));
+                }
+            )*
+        }
+
+        /// Every fixture directory has a case above, and every case has its directory.
+        #[test]
+        fn every_fixture_has_a_case() {
+            let mut listed: Vec<&str> = vec![$(stringify!($case)),*];
+            listed.sort();
+            let mut found: Vec<String> = std::fs::read_dir(fixture_root())
+                .expect("tests/data/fixtures exists")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            found.sort();
+            assert_eq!(found, listed, "fixture directories against the cases in tests/cuda.rs");
+        }
+    };
+}
+
+cuda_cases!(
+    deepseek_v3_noqlora,
+    deepseek_v3_qlora,
+    gemma3_text,
+    glm4_moe,
+    gpt2,
+    gpt_oss,
+    llama,
+    llama4,
+    minimax_m2,
+    mistral,
+    mixtral,
+    olmo2,
+    qwen3,
+    qwen3_moe_nonorm,
+    qwen3_moe_norm,
+    smollm3,
+);
+
+fn snapshot(name: &str, text: &str) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cuda");
+    insta::with_settings!({snapshot_path => dir, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// What `--backend cuda` says for each reason the GPU cannot be used, on every machine.
+#[test]
+fn cuda_error_messages() {
+    let cases = [
+        CudaError::NoDriver,
+        CudaError::NoDevice {
+            message: "device 0 requested, the driver reports 0".into(),
+        },
+        CudaError::Unsupported {
+            message: "`Tesla V100` is compute capability 7.0; archc generates code for 8.0 \
+                      and newer"
+                .into(),
+        },
+    ];
+    let text: String = cases
+        .iter()
+        .map(|e| format!("archc logits: --backend cuda: {e}\n"))
+        .collect();
+    snapshot("error_messages", &text);
+}
+
+/// `archc logits --backend cuda` on a fixture: with a GPU it succeeds and matches the
+/// graph interpreter; without one it exits 2 and says what is missing (the exact message,
+/// snapshotted above, is the probe's).
+#[test]
+fn logits_command_with_backend_cuda() {
+    let case = "llama";
+    let dir = fixture_root().join(case);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = tmp.path().join("logits.npy");
+    let (spec, tokens, weights) = fixture(case);
+    let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_archc"))
+        .arg("logits")
+        .arg(&dir)
+        .args(["--tokens", &ids.join(","), "--backend", "cuda", "--out"])
+        .arg(&out)
+        .output()
+        .expect("archc runs");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    match probe(0) {
+        Ok(info) => {
+            assert!(o.status.success(), "on {}: {stderr}", info.name);
+            let got = npy::read(&out).expect("logits written");
+            let want = logits(&spec, &weights, &tokens, ExecMode::Prefill, Backend::Interp)
+                .expect("graph interpreter");
+            compare(
+                case,
+                "archc logits --backend cuda",
+                &got.data,
+                &want,
+                spec.vocab as usize,
+            );
+        }
+        Err(e) => {
+            eprintln!("no GPU here ({e}): checking the error instead");
+            assert_eq!(o.status.code(), Some(2), "{stderr}");
+            assert_eq!(stderr, format!("archc logits: --backend cuda: {e}\n"));
+            assert!(
+                matches!(e, CudaError::NoDriver | CudaError::NoDevice { .. }),
+                "{e}"
+            );
+            assert!(!out.exists(), "no output file after a failure");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Running a bound model: prefill or token-by-token decode on a backend, producing logits.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::bind::BoundWeights;
 use archc_compiler::interp::Interpreter;
@@ -26,6 +27,9 @@ pub enum Backend {
     Llvm,
     /// Kernel programs run by the kernel IR interpreter on the CPU executor (debugging).
     KernelInterp,
+    /// Kernel programs compiled to PTX and run on CUDA device 0 (choose the device with
+    /// `CUDA_VISIBLE_DEVICES`).
+    Cuda,
 }
 
 /// Execution failed: lowering, a missing parameter, or the interpreter itself.
@@ -71,6 +75,11 @@ pub fn logits_with_threads(
         Backend::Interp => None,
         Backend::Llvm => Some(cpu::Engine::Llvm),
         Backend::KernelInterp => Some(cpu::Engine::KernelInterp),
+        Backend::Cuda => {
+            return cuda_logits(spec, weights, tokens, mode).map_err(|e| ExecError {
+                message: format!("--backend cuda: {e}"),
+            })
+        }
     };
     if let Some(engine) = engine {
         let threads = threads.unwrap_or_else(cpu::default_threads);
@@ -127,6 +136,34 @@ fn kernel_logits(
                 let row = model
                     .run(cpu::Phase::Decode, &mut cache, &[t])
                     .map_err(|e| format!("decode of token {i}: {e}"))?;
+                out.extend_from_slice(&row);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `logits` through kernel programs on CUDA device 0. Decode keeps the KV cache between
+/// tokens (on the host for now, copied to the device and back at every call).
+fn cuda_logits(
+    spec: &Spec,
+    weights: &BoundWeights,
+    tokens: &[u32],
+    mode: Mode,
+) -> Result<Vec<f32>, cuda::CudaError> {
+    let model = cuda::CudaModel::from_spec(spec, weights, 0)?;
+    let mut cache = model.new_cache();
+    match mode {
+        Mode::Prefill => model.run(cpu::Phase::Prefill, &mut cache, tokens),
+        Mode::Decode => {
+            let want = tokens.len().saturating_mul(spec.vocab as usize);
+            let mut out = Vec::with_capacity(want.min(1 << 24));
+            for (i, &t) in tokens.iter().enumerate() {
+                let row = model
+                    .run(cpu::Phase::Decode, &mut cache, &[t])
+                    .map_err(|e| cuda::CudaError::Failed {
+                        message: format!("decode of token {i}: {e}"),
+                    })?;
                 out.extend_from_slice(&row);
             }
             Ok(out)

@@ -34,6 +34,8 @@ pub enum BackendArg {
     Interp,
     /// The kernel IR interpreter on the CPU executor (slow; for debugging kernels).
     KernelInterp,
+    /// Kernels compiled to PTX, run on CUDA device 0 (pick it with CUDA_VISIBLE_DEVICES).
+    Cuda,
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,7 +53,8 @@ pub struct Args {
     #[arg(long)]
     pub spec: Option<PathBuf>,
     /// What runs the model: `llvm` compiles kernels (cached on disk, see ARCHC_CACHE_DIR),
-    /// `interp` is the reference graph interpreter, `kernel-interp` interprets the kernels.
+    /// `interp` is the reference graph interpreter, `kernel-interp` interprets the kernels,
+    /// `cuda` runs PTX kernels on an NVIDIA GPU.
     #[arg(long, value_enum, default_value = "llvm")]
     pub backend: BackendArg,
     /// Worker threads for the kernel backends (default: every core).
@@ -108,6 +111,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         BackendArg::Interp => Backend::Interp,
         BackendArg::Llvm => Backend::Llvm,
         BackendArg::KernelInterp => Backend::KernelInterp,
+        BackendArg::Cuda => Backend::Cuda,
     };
     if args.threads == Some(0) {
         return Err(fail("--threads must be at least 1"));

@@ -1,18 +1,23 @@
 //! Running a kernel program on an NVIDIA GPU through the CUDA driver (cudarc, loaded at
 //! run time): the program's kernels compiled to PTX for the device's architecture and
-//! loaded once, parameters uploaded once, one device buffer per root program buffer
-//! (aliases share it), and every launch in order on one stream.
+//! loaded once, parameters uploaded once (and shared by the prefill and decode programs
+//! of a model, see `model`), one device buffer per root program buffer (aliases share
+//! it), and every launch in order on one stream.
 //!
 //! Without a CUDA driver library or without a device, every entry point returns a
 //! `CudaError` that says which; nothing panics (cudarc panics when the driver library is
 //! missing, so `probe` checks for it first and every other entry point calls `probe`).
 //!
-//! Not done yet: keeping the KV cache on the device between calls (outputs are copied
-//! back after each run), CUDA graph capture of decode, and the `--backend cuda` wiring
-//! of `logits`/`run`/`bench`, which takes this module's `CudaProgram`.
+//! Not done yet: keeping the KV cache and the temps on the device between calls (the
+//! temps are allocated per call and the cache is copied back to the host after each
+//! call and up again before the next), and CUDA graph capture of decode.
+
+mod model;
+
+pub use model::{CudaKv, CudaModel};
 
 use archc_compiler::codegen::ptx::{self, PtxKernel, Sm};
-use archc_compiler::kernel::{BufferKind, Program};
+use archc_compiler::kernel::{BufferKind, Elem, Program};
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use std::collections::BTreeMap;
@@ -120,8 +125,56 @@ pub struct CudaProgram {
     kernels: Vec<Loaded>,
     /// The root buffer of each program buffer (itself unless an alias).
     roots: Vec<usize>,
-    /// Uploaded `Param` buffers by program buffer index.
-    params: BTreeMap<usize, CudaSlice<u8>>,
+    /// Uploaded parameters, possibly shared with other programs of the same model.
+    params: Arc<DeviceParams>,
+    /// Slot in `params` of each `Param` buffer, by program buffer index.
+    param_slot: BTreeMap<usize, usize>,
+}
+
+/// Parameters uploaded to a device, each once per element type.
+#[derive(Default)]
+pub struct DeviceParams {
+    index: BTreeMap<(String, &'static str), usize>,
+    slices: Vec<CudaSlice<u8>>,
+}
+
+impl fmt::Debug for DeviceParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceParams")
+            .field("tensors", &self.slices.len())
+            .finish()
+    }
+}
+
+impl DeviceParams {
+    /// Whether parameter buffer `name` (as the program spells it) is uploaded as `elem`.
+    pub fn contains(&self, name: &str, elem: Elem) -> bool {
+        self.index.contains_key(&(name.to_string(), elem.as_str()))
+    }
+
+    /// Uploads `bytes` as parameter buffer `name` stored as `elem`, unless it is there.
+    pub fn upload(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        name: &str,
+        elem: Elem,
+        bytes: &[u8],
+    ) -> Result<(), CudaError> {
+        let key = (name.to_string(), elem.as_str());
+        if self.index.contains_key(&key) {
+            return Ok(());
+        }
+        // A zero-length allocation has no pointer; one spare byte keeps every slice real.
+        let dev = if bytes.is_empty() {
+            stream.alloc_zeros::<u8>(1)
+        } else {
+            stream.clone_htod(bytes)
+        }
+        .map_err(|e| failed(&format!("uploading `{name}`"), e))?;
+        self.slices.push(dev);
+        self.index.insert(key, self.slices.len() - 1);
+        Ok(())
+    }
 }
 
 impl fmt::Debug for CudaProgram {
@@ -167,25 +220,11 @@ impl CudaProgram {
         params: &BTreeMap<String, &[u8]>,
     ) -> Result<CudaProgram, CudaError> {
         let info = probe(ordinal)?;
-        let sm = info.sm()?;
+        // Refuse an old device before uploading anything to it.
+        info.sm()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| failed("context", e))?;
         let stream = ctx.default_stream();
-        let compiled =
-            ptx::emit_kernels(&program.kernels, sm).map_err(|e| failed("PTX generation", e))?;
-        let mut kernels = Vec::with_capacity(compiled.len());
-        for k in compiled {
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone()))
-                .map_err(|e| failed(&format!("loading {}", k.file_name()), e))?;
-            let func = module
-                .load_function(&k.symbol)
-                .map_err(|e| failed(&format!("kernel {}", k.symbol), e))?;
-            kernels.push(Loaded { ptx: k, func });
-        }
-        let roots = (0..program.buffers.len())
-            .map(|i| root_of(&program, i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut uploaded = BTreeMap::new();
+        let mut uploaded = DeviceParams::default();
         for (i, b) in program.buffers.iter().enumerate() {
             if b.kind != BufferKind::Param {
                 continue;
@@ -203,10 +242,54 @@ impl CudaProgram {
                     ),
                 });
             }
-            let dev = stream
-                .clone_htod(*bytes)
-                .map_err(|e| failed(&format!("uploading `{}`", b.name), e))?;
-            uploaded.insert(i, dev);
+            uploaded.upload(&stream, &b.name, b.elem, bytes)?;
+        }
+        CudaProgram::with_params(program, info, &ctx, stream, Arc::new(uploaded))
+    }
+
+    /// Compiles and loads `program` on `ctx`, reading its parameters from `params`, which
+    /// must hold every `Param` buffer of the program (by name and element type).
+    pub fn with_params(
+        program: Program,
+        info: DeviceInfo,
+        ctx: &Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        params: Arc<DeviceParams>,
+    ) -> Result<CudaProgram, CudaError> {
+        let sm = info.sm()?;
+        let compiled =
+            ptx::emit_kernels(&program.kernels, sm).map_err(|e| failed("PTX generation", e))?;
+        let mut kernels = Vec::with_capacity(compiled.len());
+        for k in compiled {
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone()))
+                .map_err(|e| failed(&format!("loading {}", k.file_name()), e))?;
+            let func = module
+                .load_function(&k.symbol)
+                .map_err(|e| failed(&format!("kernel {}", k.symbol), e))?;
+            kernels.push(Loaded { ptx: k, func });
+        }
+        let roots = (0..program.buffers.len())
+            .map(|i| root_of(&program, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut param_slot = BTreeMap::new();
+        for (i, b) in program.buffers.iter().enumerate() {
+            if b.kind != BufferKind::Param {
+                continue;
+            }
+            let slot = params
+                .index
+                .get(&(b.name.clone(), b.elem.as_str()))
+                .copied()
+                .ok_or_else(|| CudaError::Failed {
+                    message: format!(
+                        "program `{}`: parameter `{}` ({}) was not uploaded",
+                        program.name,
+                        b.name,
+                        b.elem.as_str()
+                    ),
+                })?;
+            param_slot.insert(i, slot);
         }
         Ok(CudaProgram {
             info,
@@ -214,8 +297,14 @@ impl CudaProgram {
             program,
             kernels,
             roots,
-            params: uploaded,
+            params,
+            param_slot,
         })
+    }
+
+    /// The program this runs.
+    pub fn program(&self) -> &Program {
+        &self.program
     }
 
     pub fn device(&self) -> &DeviceInfo {
@@ -269,17 +358,20 @@ impl CudaProgram {
                 dev.map_err(|e| failed(&format!("buffer `{}`", b.name), e))?,
             );
         }
-        let ptr_of =
-            |i: usize| -> Result<u64, CudaError> {
-                let r = self.roots[i];
-                let slice = self.params.get(&r).or_else(|| mem.get(&r)).ok_or_else(|| {
-                    CudaError::Failed {
-                        message: format!("buffer {i} has no device memory"),
-                    }
+        let ptr_of = |i: usize| -> Result<u64, CudaError> {
+            let r = self.roots[i];
+            let param = self
+                .param_slot
+                .get(&r)
+                .and_then(|&s| self.params.slices.get(s));
+            let slice = param
+                .or_else(|| mem.get(&r))
+                .ok_or_else(|| CudaError::Failed {
+                    message: format!("buffer {i} has no device memory"),
                 })?;
-                let (ptr, _sync) = slice.device_ptr(&self.stream);
-                Ok(ptr)
-            };
+            let (ptr, _sync) = slice.device_ptr(&self.stream);
+            Ok(ptr)
+        };
         let (seq_i, past_i) = (seq as i64, past as i64);
         for (n, launch) in p.launches.iter().enumerate() {
             let k = self
