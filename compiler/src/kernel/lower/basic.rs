@@ -186,6 +186,31 @@ fn bin(op: BinOp, a: Expr, b: Expr) -> Expr {
     build::bin(op, a, b)
 }
 
+/// What the tiles of a linear kernel need to know.
+struct Lin {
+    op: LinearOp,
+    k: Expr,
+    ncols: i64,
+    widths: Vec<i64>,
+    /// The gate part of a gated epilogue.
+    gated: Option<usize>,
+    wbufs: Vec<BufId>,
+    bbufs: Vec<Option<BufId>>,
+    res: Option<BufId>,
+    norm_w: Option<BufId>,
+    norm_b: Option<BufId>,
+}
+
+impl Lin {
+    /// `k` as a constant (checked by `linear` when a norm prologue needs scratch).
+    fn k_const(&self) -> u64 {
+        match self.k {
+            Expr::I64(v) => v as u64,
+            _ => 0,
+        }
+    }
+}
+
 /// One operand of the node: its kernel buffer and shape.
 struct Operand {
     buf: BufId,
@@ -591,6 +616,15 @@ impl Gen {
     }
 
     /// A matmul with its norm prologue, parts, biases, epilogue and residual (`LinearOp`).
+    ///
+    /// The schedule follows the shape. With one token row (decode) it is a matrix-vector
+    /// product: the norm prologue runs once per thread into scratch, then the parallel loop
+    /// walks groups of output rows (contiguous halves per thread), each group reducing
+    /// `k` with one accumulator per output so the weight streams run side by side. With
+    /// many token rows (prefill) it is a register-blocked GEMM: parallel over blocks of
+    /// `COLS` columns, tiles of `TM` tokens × `tn` columns whose accumulators stay in
+    /// registers across the whole `k` loop, so every loaded weight vector feeds `TM`
+    /// FMAs and every activation vector `tn`.
     fn linear(&mut self, op: &LinearOp) -> Result<(), KernelError> {
         let l = op.layout();
         if self.ins.len() != l.arity || op.parts() == 0 {
@@ -616,23 +650,21 @@ impl Gen {
             }
             widths.push(n as i64);
         }
-        let gated = matches!(
-            op.epilogue,
-            Epilogue::Glu { .. } | Epilogue::ClampedGlu { .. }
-        );
-        if gated && (widths.len() != 2 || widths[0] != widths[1]) {
+        let gated = match op.epilogue {
+            Epilogue::Glu { gate, .. } | Epilogue::ClampedGlu { gate, .. } => Some(gate),
+            _ => None,
+        };
+        if gated.is_some() && (widths.len() != 2 || widths[0] != widths[1]) {
             return Err(self.invalid("a gated epilogue needs two parts of equal width"));
         }
-        let ncols: i64 = if gated {
+        if gated.is_some_and(|g| g > 1) {
+            return Err(self.invalid("gated epilogue names a third part"));
+        }
+        let ncols: i64 = if gated.is_some() {
             widths[0]
         } else {
             widths.iter().sum()
         };
-        let ob = self.out;
-        let xb = self.ins[0].buf;
-        let wbufs: Vec<BufId> = (0..op.parts())
-            .map(|p| self.ins[l.weights + p].buf)
-            .collect();
         let mut bbufs: Vec<Option<BufId>> = Vec::new();
         let mut next = l.biases;
         for has in &op.bias {
@@ -643,206 +675,309 @@ impl Gen {
                 bbufs.push(None);
             }
         }
-        let res = l.residual.map(|j| self.ins[j].buf);
+        let lin = Lin {
+            op: op.clone(),
+            k: k.clone(),
+            ncols,
+            widths: widths.clone(),
+            gated,
+            wbufs: (0..op.parts())
+                .map(|p| self.ins[l.weights + p].buf)
+                .collect(),
+            bbufs,
+            res: l.residual.map(|j| self.ins[j].buf),
+            norm_w: l.norm_weight.map(|j| self.ins[j].buf),
+            norm_b: l.norm_bias.map(|j| self.ins[j].buf),
+        };
+        if op.norm.is_some() && kd.as_const().is_none() {
+            return Err(self.invalid("a norm prologue over a symbolic width"));
+        }
+        // Columns per tile: a divisor of every part's width, so a tile never straddles parts.
+        let fits = |n: i64| widths.iter().all(|w| w % n == 0);
+        if m == i(1) {
+            let tn = [8, 4, 2]
+                .into_iter()
+                .find(|&n| fits(n) && (gated.is_none() || n <= 4))
+                .unwrap_or(1);
+            self.linear_matvec(&lin, tn)
+        } else {
+            let tn = [4, 2]
+                .into_iter()
+                .find(|&n| fits(n) && (gated.is_none() || n <= 2))
+                .unwrap_or(1);
+            self.linear_gemm(&lin, m, tn)
+        }
+    }
 
+    /// `src[base..base + k]` normalised by the linear's norm prologue into `xs[at..at + k]`.
+    fn norm_row(&mut self, lin: &Lin, base: Expr, xs: BufId, at: Expr) -> Vec<Stmt> {
+        let n = match lin.op.norm {
+            Some(n) => n,
+            None => return Vec::new(),
+        };
+        let xb = self.ins[0].buf;
+        let (mut out, mean, inv) = self.norm_stats(&n, xb, base.clone(), lin.k.clone());
+        let kk = self.var("kk", Ty::I64);
+        let y = Self::norm_apply(
+            &n,
+            load(xb, ix::add(base, build::var(kk))),
+            (&mean, &inv),
+            (lin.norm_w, lin.norm_b),
+            build::var(kk),
+        );
+        out.push(lp(
+            kk,
+            i(0),
+            lin.k.clone(),
+            LoopKind::Vector(VEC),
+            vec![Stmt::Store {
+                buf: xs,
+                index: ix::add(at, build::var(kk)),
+                value: y,
+            }],
+        ));
+        out
+    }
+
+    /// Decode: every thread normalises the one row into scratch, then the parallel loop
+    /// runs over groups of `tn` output columns.
+    fn linear_matvec(&mut self, lin: &Lin, tn: i64) -> Result<(), KernelError> {
+        let (src, base) = match lin.op.norm {
+            Some(_) => {
+                let kc = lin.k_const();
+                let xs = self.k.buf("xs", Elem::F32, Access::Scratch { len: kc });
+                let st = self.norm_row(lin, i(0), xs, i(0));
+                self.k.body.extend(st);
+                (xs, i(0))
+            }
+            None => (self.ins[0].buf, i(0)),
+        };
+        let g = self.var("g", Ty::I64);
+        let (st, c) = self.bind("c", Ty::I64, ix::mul(build::var(g), i(tn)));
+        let mut body = vec![st];
+        body.extend(self.tile(lin, src, &[(base, i(0))], c, tn));
+        self.k
+            .body
+            .push(lp(g, i(0), i(lin.ncols / tn), LoopKind::Parallel, body));
+        Ok(())
+    }
+
+    /// Prefill: parallel over column blocks; inside, tiles of `TM` token rows × `tn`
+    /// columns, then the rows left over one at a time.
+    fn linear_gemm(&mut self, lin: &Lin, m: Expr, tn: i64) -> Result<(), KernelError> {
+        const TM: i64 = 4;
         let cb = self.var("cb", Ty::I64);
-        let t = self.var("t", Ty::I64);
-        let c = self.var("c", Ty::I64);
         let mut block = Vec::new();
         let (st, c0) = self.bind("c0", Ty::I64, ix::mul(build::var(cb), i(COLS)));
         block.push(st);
         let (st, c1) = self.bind(
             "c1",
             Ty::I64,
-            ix::min(ix::add(c0.clone(), i(COLS)), i(ncols)),
+            ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
         );
         block.push(st);
-
-        // The row `x` is read from: the normalised copy in scratch, or `x` itself.
-        let mut row = Vec::new();
-        let (src, base) = match op.norm {
-            Some(n) => {
-                let kc = kd
-                    .as_const()
-                    .ok_or_else(|| self.invalid("a norm prologue over a symbolic width"))?;
-                let xs = self.k.buf("xs", Elem::F32, Access::Scratch { len: kc });
-                let (st, xbase) = self.bind("xbase", Ty::I64, ix::mul(build::var(t), k.clone()));
-                row.push(st);
-                let (stats, mean, inv) = self.norm_stats(&n, xb, xbase.clone(), k.clone());
-                row.extend(stats);
-                let nw = l.norm_weight.map(|j| self.ins[j].buf);
-                let nb = l.norm_bias.map(|j| self.ins[j].buf);
-                let kk = self.var("kk", Ty::I64);
-                let y = Self::norm_apply(
-                    &n,
-                    load(xb, ix::add(xbase, build::var(kk))),
-                    (&mean, &inv),
-                    (nw, nb),
-                    build::var(kk),
-                );
-                row.push(lp(
-                    kk,
-                    i(0),
-                    k.clone(),
-                    LoopKind::Vector(VEC),
-                    vec![Stmt::Store {
-                        buf: xs,
-                        index: build::var(kk),
-                        value: y,
-                    }],
-                ));
-                (xs, i(0))
-            }
-            None => {
-                let (st, xbase) = self.bind("xbase", Ty::I64, ix::mul(build::var(t), k.clone()));
-                row.push(st);
-                (xb, xbase)
-            }
-        };
-
-        // Dot products of the row with weight rows `o` of the given parts, in one k loop.
-        let dots = |g: &mut Gen, parts: &[(BufId, Expr)]| -> (Vec<Stmt>, Vec<Expr>) {
-            let mut st = Vec::new();
-            let kk = g.var("kk", Ty::I64);
-            let (xst, xv) = g.bind(
-                "xv",
-                Ty::F32,
-                load(src, ix::add(base.clone(), build::var(kk))),
-            );
-            let mut inner = vec![xst];
-            let mut accs = Vec::new();
-            for (w, o) in parts {
-                let acc = g.var("acc", Ty::F32);
-                st.push(Stmt::Local {
-                    var: acc,
-                    init: f(0.0),
-                });
-                inner.push(Stmt::Set {
-                    var: acc,
-                    value: build::add(
-                        build::var(acc),
-                        build::mul(
-                            xv.clone(),
-                            load(*w, ix::add(ix::mul(o.clone(), k.clone()), build::var(kk))),
-                        ),
-                    ),
-                });
-                accs.push(build::var(acc));
-            }
-            st.push(lp(kk, i(0), k.clone(), LoopKind::Vector(VEC), inner));
-            (st, accs)
-        };
-        let with_bias = |acc: Expr, b: Option<BufId>, o: Expr| match b {
-            Some(b) => build::add(acc, load(b, o)),
-            None => acc,
-        };
-
-        let mut col = Vec::new();
-        let y = if gated {
-            let gate = match op.epilogue {
-                Epilogue::Glu { gate, .. } | Epilogue::ClampedGlu { gate, .. } => gate,
-                _ => 0,
-            };
-            if gate > 1 {
-                return Err(self.invalid("gated epilogue names a third part"));
-            }
-            let up = 1 - gate;
-            let (st, accs) = dots(
-                self,
-                &[(wbufs[gate], build::var(c)), (wbufs[up], build::var(c))],
-            );
-            col.extend(st);
-            let (st, gv) = self.bind(
-                "g",
-                Ty::F32,
-                with_bias(accs[0].clone(), bbufs[gate], build::var(c)),
-            );
-            col.push(st);
-            let (st, uv) = self.bind(
-                "u",
-                Ty::F32,
-                with_bias(accs[1].clone(), bbufs[up], build::var(c)),
-            );
-            col.push(st);
-            let (st, value) = match op.epilogue {
-                Epilogue::Glu { act, .. } => {
-                    let (st, a) = self.unary(act, gv);
-                    (st, build::mul(a, uv))
-                }
-                Epilogue::ClampedGlu { alpha, limit, .. } => {
-                    self.clamped_swiglu(alpha, limit, gv, uv)
-                }
-                _ => (Vec::new(), f(0.0)),
-            };
-            col.extend(st);
-            value
-        } else if op.parts() == 1 {
-            let (st, accs) = dots(self, &[(wbufs[0], build::var(c))]);
-            col.extend(st);
-            with_bias(accs[0].clone(), bbufs[0], build::var(c))
-        } else {
-            // Several parts side by side: column `c` belongs to exactly one of them.
-            let yv = self.var("y", Ty::F32);
-            col.push(Stmt::Local {
-                var: yv,
-                init: f(0.0),
-            });
-            let mut offsets = Vec::new();
-            let mut off = 0;
-            for w in &widths {
-                offsets.push(off);
-                off += w;
-            }
-            let mut chain: Vec<Stmt> = Vec::new();
-            for p in (0..op.parts()).rev() {
-                let (st, o) = self.bind("o", Ty::I64, ix::sub(build::var(c), i(offsets[p])));
-                let (dst, accs) = dots(self, &[(wbufs[p], o.clone())]);
-                let mut arm = vec![st];
-                arm.extend(dst);
-                arm.push(Stmt::Set {
-                    var: yv,
-                    value: with_bias(accs[0].clone(), bbufs[p], o),
-                });
-                chain = if p == op.parts() - 1 {
-                    arm
-                } else {
-                    vec![Stmt::If {
-                        cond: bin(BinOp::Lt, build::var(c), i(offsets[p + 1])),
-                        then: arm,
-                        els: chain,
-                    }]
-                };
-            }
-            col.extend(chain);
-            build::var(yv)
-        };
-        let y = match op.epilogue {
-            Epilogue::Act(u) => {
-                let (st, yv) = self.bind("y", Ty::F32, y);
-                col.push(st);
-                let (st, a) = self.unary(u, yv);
-                col.extend(st);
-                a
-            }
-            _ => y,
-        };
-        let at = ix::add(ix::mul(build::var(t), i(ncols)), build::var(c));
-        let y = match res {
-            Some(rb) => build::add(y, load(rb, at.clone())),
-            None => y,
-        };
-        col.push(Stmt::Store {
-            buf: ob,
-            index: at,
-            value: y,
+        let (st, mmain) = self.bind("mmain", Ty::I64, ix::mul(ix::div(m.clone(), i(TM)), i(TM)));
+        block.push(st);
+        let xs = lin.op.norm.map(|_| {
+            let len = TM as u64 * lin.k_const();
+            self.k.buf("xs", Elem::F32, Access::Scratch { len })
         });
-        row.push(lp(c, c0, c1, LoopKind::Serial, col));
-        block.push(lp(t, i(0), m, LoopKind::Serial, row));
-        let nblocks = (ncols + COLS - 1) / COLS;
+        for (rows, lo, hi) in [(TM, i(0), mmain.clone()), (1, mmain, m)] {
+            let t0 = self.var("t0", Ty::I64);
+            let mut group = Vec::new();
+            let mut row_at = Vec::new();
+            for rr in 0..rows {
+                let t = ix::add(build::var(t0), i(rr));
+                let xbase = ix::mul(t.clone(), lin.k.clone());
+                match xs {
+                    Some(xs) => {
+                        let at = ix::mul(i(rr), lin.k.clone());
+                        group.extend(self.norm_row(lin, xbase, xs, at.clone()));
+                        row_at.push((at, t));
+                    }
+                    None => row_at.push((xbase, t)),
+                }
+            }
+            let src = xs.unwrap_or(self.ins[0].buf);
+            let c = self.var("c", Ty::I64);
+            let tile = self.tile(lin, src, &row_at, build::var(c), tn);
+            group.push(Stmt::Loop {
+                var: c,
+                start: c0.clone(),
+                end: c1.clone(),
+                step: tn as u64,
+                kind: LoopKind::Serial,
+                body: tile,
+            });
+            block.push(Stmt::Loop {
+                var: t0,
+                start: lo,
+                end: hi,
+                step: rows as u64,
+                kind: LoopKind::Serial,
+                body: group,
+            });
+        }
+        let nblocks = (lin.ncols + COLS - 1) / COLS;
         self.k
             .body
             .push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
         Ok(())
+    }
+
+    /// Output columns `c..c + tn` of token rows `rows` (`(offset of the row in src, token)`),
+    /// with the part, bias, epilogue and residual of each column.
+    fn tile(
+        &mut self,
+        lin: &Lin,
+        src: BufId,
+        rows: &[(Expr, Expr)],
+        c: Expr,
+        tn: i64,
+    ) -> Vec<Stmt> {
+        if let Some(gate) = lin.gated {
+            let up = 1 - gate;
+            let parts = [
+                (lin.wbufs[gate], lin.bbufs[gate]),
+                (lin.wbufs[up], lin.bbufs[up]),
+            ];
+            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts);
+        }
+        if lin.wbufs.len() == 1 {
+            let parts = [(lin.wbufs[0], lin.bbufs[0])];
+            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts);
+        }
+        // Several parts side by side: a tile lies inside exactly one of them.
+        let mut offsets = Vec::new();
+        let mut off = 0;
+        for w in &lin.widths {
+            offsets.push(off);
+            off += w;
+        }
+        let mut chain: Vec<Stmt> = Vec::new();
+        for p in (0..lin.wbufs.len()).rev() {
+            let (st, o) = self.bind("o", Ty::I64, ix::sub(c.clone(), i(offsets[p])));
+            let mut arm = vec![st];
+            let parts = [(lin.wbufs[p], lin.bbufs[p])];
+            arm.extend(self.tile_parts(lin, src, rows, &c, &o, tn, &parts));
+            chain = if p == lin.wbufs.len() - 1 {
+                arm
+            } else {
+                vec![Stmt::If {
+                    cond: bin(BinOp::Lt, c.clone(), i(offsets[p + 1])),
+                    then: arm,
+                    els: chain,
+                }]
+            };
+        }
+        chain
+    }
+
+    /// The register tile itself: one accumulator per (row, column, part), one `k` loop,
+    /// then the epilogue of every output. `c` is the first output column, `o` the first
+    /// weight row of the parts (which differ when parts sit side by side).
+    #[allow(clippy::too_many_arguments)]
+    fn tile_parts(
+        &mut self,
+        lin: &Lin,
+        src: BufId,
+        rows: &[(Expr, Expr)],
+        c: &Expr,
+        o: &Expr,
+        tn: i64,
+        parts: &[(BufId, Option<BufId>)],
+    ) -> Vec<Stmt> {
+        let mut out = Vec::new();
+        let kk = self.var("kk", Ty::I64);
+        let mut inner = Vec::new();
+        let mut xv = Vec::new();
+        for (base, _) in rows {
+            let (st, v) = self.bind(
+                "xv",
+                Ty::F32,
+                load(src, ix::add(base.clone(), build::var(kk))),
+            );
+            inner.push(st);
+            xv.push(v);
+        }
+        // accs[row][col][part]
+        let mut accs: Vec<Vec<Vec<VarId>>> = vec![vec![Vec::new(); tn as usize]; rows.len()];
+        for j in 0..tn {
+            for (w, _) in parts {
+                let wrow = ix::add(o.clone(), i(j));
+                let (st, wv) = self.bind(
+                    "wv",
+                    Ty::F32,
+                    load(*w, ix::add(ix::mul(wrow, lin.k.clone()), build::var(kk))),
+                );
+                inner.push(st);
+                for (rr, x) in xv.iter().enumerate() {
+                    let acc = self.var("acc", Ty::F32);
+                    out.push(Stmt::Local {
+                        var: acc,
+                        init: f(0.0),
+                    });
+                    inner.push(Stmt::Set {
+                        var: acc,
+                        value: build::add(build::var(acc), build::mul(x.clone(), wv.clone())),
+                    });
+                    accs[rr][j as usize].push(acc);
+                }
+            }
+        }
+        out.push(lp(kk, i(0), lin.k.clone(), LoopKind::Vector(VEC), inner));
+        for (rr, (_, t)) in rows.iter().enumerate() {
+            for j in 0..tn {
+                let col = ix::add(c.clone(), i(j));
+                let wrow = ix::add(o.clone(), i(j));
+                let with_bias = |acc: VarId, b: Option<BufId>| match b {
+                    Some(b) => build::add(build::var(acc), load(b, wrow.clone())),
+                    None => build::var(acc),
+                };
+                let a = &accs[rr][j as usize];
+                let y = if lin.gated.is_some() {
+                    let (st, gv) = self.bind("g", Ty::F32, with_bias(a[0], parts[0].1));
+                    out.push(st);
+                    let (st, uv) = self.bind("u", Ty::F32, with_bias(a[1], parts[1].1));
+                    out.push(st);
+                    let (st, value) = match lin.op.epilogue {
+                        Epilogue::Glu { act, .. } => {
+                            let (st, a) = self.unary(act, gv);
+                            (st, build::mul(a, uv))
+                        }
+                        Epilogue::ClampedGlu { alpha, limit, .. } => {
+                            self.clamped_swiglu(alpha, limit, gv, uv)
+                        }
+                        _ => (Vec::new(), f(0.0)),
+                    };
+                    out.extend(st);
+                    value
+                } else {
+                    let y = with_bias(a[0], parts[0].1);
+                    match lin.op.epilogue {
+                        Epilogue::Act(u) => {
+                            let (st, yv) = self.bind("y", Ty::F32, y);
+                            out.push(st);
+                            let (st, a) = self.unary(u, yv);
+                            out.extend(st);
+                            a
+                        }
+                        _ => y,
+                    }
+                };
+                let at = ix::add(ix::mul(t.clone(), i(lin.ncols)), col);
+                let y = match lin.res {
+                    Some(rb) => build::add(y, load(rb, at.clone())),
+                    None => y,
+                };
+                out.push(Stmt::Store {
+                    buf: self.out,
+                    index: at,
+                    value: y,
+                });
+            }
+        }
+        out
     }
 
     /// `(prod(shape[..axis]), shape[axis], prod(shape[axis+1..]))` as expressions.
