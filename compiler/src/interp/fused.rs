@@ -192,6 +192,31 @@ const BLOCK: usize = 16;
 /// running denominator `l` and the unnormalised output are rescaled whenever a block
 /// raises the maximum, so no row of logits is ever materialised.
 pub(super) fn flash_attention(op: &FlashAttnOp, a: &[Arg<'_>]) -> Result<Tensor, InterpError> {
+    if let Some(m) = op.attn.mla {
+        // Absorbed MLA: the online softmax over the latent rows, W_UV per head, then the gate.
+        let (q, kv, w) = (a[0].tensor(), a[1].tensor(), a[2].tensor());
+        let (qa, v) = super::mla::absorb(m, &q, &kv, &w)?;
+        let mut args = vec![arg(&qa), super::mla::reuse(&a[1]), arg(&v)];
+        let n = 4 + op.attn.sinks as usize;
+        args.extend(a[3..n].iter().map(super::mla::reuse));
+        let plain = FlashAttnOp {
+            attn: crate::ir::AttnOp {
+                mla: None,
+                ..op.attn
+            },
+            gate: false,
+        };
+        let o_lat = flash_attention(&plain, &args)?;
+        let (s, h) = (q.shape[0], q.shape[1]);
+        let mut out = super::mla::up(m, &o_lat, s, h, &w);
+        if op.gate {
+            let g = a[n].tensor();
+            for (o, &x) in out.data.iter_mut().zip(&g.data) {
+                *o *= unary(UnaryOp::Sigmoid, x);
+            }
+        }
+        return Ok(Tensor::new(vec![s, h * m.v as usize], out.data));
+    }
     let at = &op.attn;
     let (q, k, v, pos) = (a[0].tensor(), a[1].tensor(), a[2].tensor(), a[3].tensor());
     let sinks = at.sinks.then(|| a[4].tensor().data);

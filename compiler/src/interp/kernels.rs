@@ -414,6 +414,20 @@ fn expert_matmul(x: &Tensor, w: &Arg<'_>, idx: &Tensor) -> Result<Tensor, Interp
 }
 
 fn attention(op: &AttnOp, a: &[Arg<'_>]) -> Result<Tensor, InterpError> {
+    if let Some(m) = op.mla {
+        // Absorbed MLA: plain attention over the latent rows, then W_UV per head.
+        let (q, kv, w) = (a[0].tensor(), a[1].tensor(), a[2].tensor());
+        let (qa, v) = super::mla::absorb(m, &q, &kv, &w)?;
+        let mut args = vec![
+            super::mla::arg(&qa),
+            super::mla::reuse(&a[1]),
+            super::mla::arg(&v),
+        ];
+        args.extend(a[3..].iter().map(super::mla::reuse));
+        let plain = AttnOp { mla: None, ..*op };
+        let o_lat = attention(&plain, &args)?;
+        return Ok(super::mla::up(m, &o_lat, q.shape[0], q.shape[1], &w));
+    }
     let (q, k, v, pos) = (a[0].tensor(), a[1].tensor(), a[2].tensor(), a[3].tensor());
     let sinks = if op.sinks {
         Some(a[4].tensor().data)
@@ -729,6 +743,7 @@ mod tests {
             chunk: None,
             softcap: None,
             sinks: true,
+            mla: None,
         };
         let got =
             attention(&op, &[arg(&q), arg(&k), arg(&v), arg(&pos), arg(&sinks)]).expect("attends");
@@ -759,6 +774,7 @@ mod tests {
             chunk: Some(4),
             softcap: None,
             sinks: false,
+            mla: None,
         };
         let got = attention(&op, &[arg(&q), arg(&k), arg(&v), arg(&pos)]).expect("attends");
         // Position 5 is in chunk [4, 8): equal logits over keys 4 and 5.

@@ -15,11 +15,12 @@
 
 mod fused;
 mod kernels;
+mod mla;
 pub mod random;
 mod weights;
 
 pub use random::RandomWeights;
-pub use weights::{f16_to_f32, WeightDType, WeightSource, WeightView};
+pub use weights::{f16_to_f32, BlockView, WeightDType, WeightSource, WeightView};
 
 use crate::ir::{Graph, Op, Value};
 use std::collections::BTreeMap;
@@ -69,7 +70,8 @@ pub(crate) fn error(message: impl Into<String>) -> InterpError {
 }
 
 /// The KV cache between calls: for every `cache.*` input of the graphs, the keys or
-/// values of the `past` tokens seen so far (`[past, kv_heads, dim]`).
+/// values of the `past` tokens seen so far (`[past, kv_heads, dim]`), or MLA's latent rows
+/// (`[past, kv_rank + rope_dim]`); shapes come from the graph's inputs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvCache {
     pub past: usize,

@@ -124,7 +124,8 @@ pub struct NormRopeOp {
 }
 
 /// Attention as one kernel with an online (flash-style) softmax. Every variant — causal
-/// or not, window, chunk, sinks, softcap, GQA sharing — is a parameter of `attn`; `gate`
+/// or not, window, chunk, sinks, softcap, GQA sharing, MLA's latent cache with the
+/// absorbed up-projections (`attn.mla`) — is a parameter of `attn`; `gate`
 /// multiplies the output by `sigmoid(gate)` (Qwen3-Next). Operands: those of
 /// `Op::Attention`, then the gate `[s, heads * dv]` when `gate`. Result: the heads side by
 /// side, `[s, heads * dv]`, as the output projection reads them.

@@ -3,7 +3,7 @@
 //! Lowering uses these rules to type new nodes and the verifier re-runs them, so a graph
 //! whose stored types disagree with its operands cannot pass verification.
 
-use super::{BinaryOp, DType, Dim, NormOp, Op, Type};
+use super::{AttnOp, BinaryOp, DType, Dim, MlaAttn, NormOp, Op, Type};
 
 /// The result type of `op` applied to operands of types `ins`.
 pub fn infer(op: &Op, ins: &[Type]) -> Result<Type, String> {
@@ -172,6 +172,9 @@ pub fn infer(op: &Op, ins: &[Type]) -> Result<Type, String> {
         }
         Op::Attention(a) => {
             arity(ins, if a.sinks { 5 } else { 4 })?;
+            if let Some(m) = a.mla {
+                return mla_attention(a, m, ins);
+            }
             let (q, k, v, pos) = (&ins[0], &ins[1], &ins[2], &ins[3]);
             for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
                 float(t, what)?;
@@ -280,6 +283,53 @@ pub fn infer(op: &Op, ins: &[Type]) -> Result<Type, String> {
         Op::FlashAttention(f) => super::fused::infer_flash(f, ins),
         Op::Moe(m) => super::fused::infer_moe(m, ins),
     }
+}
+
+/// `Op::Attention` over MLA's latent cache (see `MlaAttn`): `q [s, H, nope + rope]`,
+/// `kv [t, 1, rank + rope]`, `w [H * (nope + v), rank]`, `positions [s]`, `[sinks [H]]`.
+fn mla_attention(a: &AttnOp, m: MlaAttn, ins: &[Type]) -> Result<Type, String> {
+    let (q, kv, w, pos) = (&ins[0], &ins[1], &ins[2], &ins[3]);
+    float(q, "q")?;
+    float(kv, "latent kv")?;
+    float(w, "kv_b weight")?;
+    int(pos, "positions")?;
+    let bad = || {
+        format!(
+            "mla attention (rank {}, nope {}, v {}) wants q [s, H, nope + rope], kv [t, 1, rank + rope], \
+             w [H * (nope + v), rank] and positions [s], found q {q}, kv {kv}, w {w}, positions {pos}",
+            m.rank, m.nope, m.v
+        )
+    };
+    let ([s, h, qd], [_, one, kd], [rows, cols], [ps]) = (
+        q.shape.as_slice(),
+        kv.shape.as_slice(),
+        w.shape.as_slice(),
+        pos.shape.as_slice(),
+    ) else {
+        return Err(bad());
+    };
+    let (Some(heads), Some(qd), Some(kd)) = (h.as_const(), qd.as_const(), kd.as_const()) else {
+        return Err(bad());
+    };
+    let ok = ps == s
+        && *one == Dim::c(1)
+        && m.rank > 0
+        && m.v > 0
+        && qd >= m.nope
+        && kd >= m.rank
+        && qd - m.nope == kd - m.rank
+        && *rows == Dim::c(heads * (m.nope + m.v))
+        && *cols == Dim::c(m.rank);
+    if !ok {
+        return Err(bad());
+    }
+    if a.sinks {
+        float(&ins[4], "sinks")?;
+        if ins[4].shape != [*h] {
+            return Err(format!("attention sinks must be [heads], found {}", ins[4]));
+        }
+    }
+    Ok(Type::new(vec![*s, *h, Dim::c(m.v)], DType::F32))
 }
 
 fn norm(n: &NormOp, ins: &[Type]) -> Result<Type, String> {

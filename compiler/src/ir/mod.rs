@@ -249,6 +249,11 @@ pub struct RopeOp {
 /// `positions [s]` (absolute positions of the queries; key `j` sits at position `j`),
 /// then `sinks [H]` when `sinks`. Query head `h` reads KV head `h / (H / K)`.
 /// Result `[s, H, dv]`.
+///
+/// With `mla` the keys and values are MLA's compressed latent cache and the low-rank
+/// up-projections are absorbed (see [`MlaAttn`]); the operands are then `q [s, H, nope +
+/// rope]`, `kv [t, 1, rank + rope]`, the up-projection `w [H * (nope + v), rank]` (MLA's
+/// `kv_b.weight`, in the slot of `v`), `positions`, `[sinks]`; the result is `[s, H, v]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnOp {
     pub scale: f64,
@@ -261,6 +266,29 @@ pub struct AttnOp {
     pub softcap: Option<f64>,
     /// One extra logit per head joins the softmax denominator.
     pub sinks: bool,
+    /// Attend over MLA's latent cache with the absorbed up-projections.
+    pub mla: Option<MlaAttn>,
+}
+
+/// Multi-head latent attention over the compressed cache, with `kv_b` absorbed (the
+/// DeepSeek V2 trick): every cached token is one row `[c ; k_rope]` of `rank + rope`
+/// numbers shared by all heads, and `w = kv_b.weight` holds per head `h` the rows
+/// `W_UK_h [nope, rank]` then `W_UV_h [v, rank]`. For query row `q = [q_nope ; q_rope]`
+/// of head `h`:
+/// - `q_lat = q_nope · W_UK_h` (`[rank]`), so `q_lat · c = q_nope · (W_UK_h c) = q_nope ·
+///   k_nope` without expanding any key;
+/// - logit of key `j`: `scale * (q_lat · c_j + q_rope · k_rope_j)`, then the usual
+///   softcap, masks, sinks and softmax;
+/// - `o_lat = Σ_j p_j c_j` (`[rank]`) and the output `o = W_UV_h · o_lat` (`[v]`), which
+///   equals `Σ_j p_j v_j` without expanding any value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaAttn {
+    /// The latent width (`kv_rank`).
+    pub rank: u64,
+    /// Query/key dims without RoPE per head.
+    pub nope: u64,
+    /// Value dims per head.
+    pub v: u64,
 }
 
 /// Expert selection. Operands: router logits `[s, E]`, then the correction bias `[E]`
@@ -292,7 +320,8 @@ pub struct RouterWeightsOp {
 /// The closed set of Graph IR operations.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// A runtime input: `tokens [s]`, `positions [s]`, `cache.{i}.k` / `cache.{i}.v`.
+    /// A runtime input: `tokens [s]`, `positions [s]`, `cache.{i}.k` / `cache.{i}.v`, or
+    /// MLA's latent `cache.{i}.kv`.
     Input {
         name: String,
     },

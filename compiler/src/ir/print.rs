@@ -214,6 +214,9 @@ fn attn_text(a: &AttnOp) -> String {
     if a.sinks {
         s.push_str(", sinks");
     }
+    if let Some(m) = a.mla {
+        let _ = write!(s, ", mla(rank={}, nope={}, v={})", m.rank, m.nope, m.v);
+    }
     s.push('}');
     s
 }

@@ -1,10 +1,11 @@
 //! Lowering of softmax attention: projections, the Qwen3-Next output gate, QK-norms,
-//! RoPE, Llama 4 temperature tuning, MLA's latent projections, the KV-cache append and
-//! the attention op itself.
+//! RoPE, Llama 4 temperature tuning, the KV-cache append and the attention op itself;
+//! for MLA the latent cache, with absorbed up-projections in decode (see `mla`).
 
 use super::{err, Builder, LowerError};
 use crate::ir::{
-    rope::yarn_mscale, AttnOp, BinaryOp, DType, Dim, NormKind, NormOp, Op, RopeOp, UnaryOp, Value,
+    rope::yarn_mscale, AttnOp, BinaryOp, DType, Dim, MlaAttn, Mode, NormKind, NormOp, Op, RopeOp,
+    UnaryOp, Value,
 };
 use archc_spec::{Attention, Mla, Norm, NormKind as SpecNormKind, QkNorm, RopeScaling, Spec};
 
@@ -23,20 +24,83 @@ pub(super) fn lower(
             a.heads, a.kv_heads
         )));
     }
-    let seq = b.seq;
     let h = spec.hidden;
-    let (q, k, v, gate, kv_heads, v_dim) = match &a.mla {
-        Some(m) => {
-            let (q, k, v) = mla(b, spec, a, m, x, positions)?;
-            (q, k, v, None, a.heads, m.v_dim)
-        }
-        None => {
-            let (q, k, v, gate) = projections(b, a, h, x, positions)?;
-            (q, k, v, gate, a.kv_heads, a.v_head_dim)
-        }
+    let (out, width) = match &a.mla {
+        Some(m) => (mla(b, spec, layer, a, m, x, positions)?, a.heads * m.v_dim),
+        None => (
+            standard(b, layer, a, h, x, positions)?,
+            a.heads * a.v_head_dim,
+        ),
     };
-    let q = match (&a.temperature, &a.rope) {
-        // Llama 4 tunes the temperature only on its NoPE layers, as HF does.
+    b.linear(out, "attn.o", h, width, a.bias.o)
+}
+
+/// MHA/GQA/MQA attention: projections, the per-head KV cache `cache.{layer}.k` /
+/// `cache.{layer}.v` (`[past, kv_heads, dim]`), attention and the output gate. Returns the
+/// heads side by side, `[seq, heads * v_head_dim]`.
+fn standard(
+    b: &mut Builder,
+    layer: usize,
+    a: &Attention,
+    h: u64,
+    x: Value,
+    positions: Value,
+) -> Result<Value, LowerError> {
+    let seq = b.seq;
+    let (q, k, v, gate) = projections(b, a, h, x, positions)?;
+    let q = temperature(b, a, q, positions)?;
+
+    // Append this pass's keys and values to the cache.
+    let qk_dim = b.ty(k).shape[2];
+    let k_cache = b.input(
+        &format!("cache.{layer}.k"),
+        vec![Dim::PAST, Dim::c(a.kv_heads), qk_dim],
+        DType::F32,
+    );
+    let v_cache = b.input(
+        &format!("cache.{layer}.v"),
+        vec![Dim::PAST, Dim::c(a.kv_heads), Dim::c(a.v_head_dim)],
+        DType::F32,
+    );
+    let k_all = b.op(Op::Concat { axis: 0 }, &[k_cache, k])?;
+    let v_all = b.op(Op::Concat { axis: 0 }, &[v_cache, v])?;
+    b.output(&format!("cache.{layer}.k"), k_all);
+    b.output(&format!("cache.{layer}.v"), v_all);
+
+    let mut ins = vec![q, k_all, v_all, positions];
+    if a.sinks {
+        ins.push(b.local("attn.sinks", &[a.heads]));
+    }
+    let out = b.op(Op::Attention(attn_op(a)), &ins)?;
+    let mut out = b.reshape(out, vec![seq, Dim::c(a.heads * a.v_head_dim)])?;
+    if let Some(gate) = gate {
+        let g = b.unary(UnaryOp::Sigmoid, gate)?;
+        out = b.binary(BinaryOp::Mul, out, g)?;
+    }
+    Ok(out)
+}
+
+/// The attention op of a layer without MLA's latent form.
+fn attn_op(a: &Attention) -> AttnOp {
+    AttnOp {
+        scale: scale(a),
+        causal: a.causal,
+        window: a.window,
+        chunk: a.chunk,
+        softcap: a.softcap,
+        sinks: a.sinks,
+        mla: None,
+    }
+}
+
+/// Llama 4 tunes the query temperature only on its NoPE layers, as HF does.
+fn temperature(
+    b: &mut Builder,
+    a: &Attention,
+    q: Value,
+    positions: Value,
+) -> Result<Value, LowerError> {
+    match (&a.temperature, &a.rope) {
         (Some(t), None) => {
             let scale = b.op(
                 Op::AttnTemperature {
@@ -45,47 +109,10 @@ pub(super) fn lower(
                 },
                 &[positions],
             )?;
-            b.binary(BinaryOp::Mul, q, scale)?
+            b.binary(BinaryOp::Mul, q, scale)
         }
-        _ => q,
-    };
-
-    // Append this pass's keys and values to the cache.
-    let qk_dim = b.ty(k).shape[2];
-    let k_cache = b.input(
-        &format!("cache.{layer}.k"),
-        vec![Dim::PAST, Dim::c(kv_heads), qk_dim],
-        DType::F32,
-    );
-    let v_cache = b.input(
-        &format!("cache.{layer}.v"),
-        vec![Dim::PAST, Dim::c(kv_heads), Dim::c(v_dim)],
-        DType::F32,
-    );
-    let k_all = b.op(Op::Concat { axis: 0 }, &[k_cache, k])?;
-    let v_all = b.op(Op::Concat { axis: 0 }, &[v_cache, v])?;
-    b.output(&format!("cache.{layer}.k"), k_all);
-    b.output(&format!("cache.{layer}.v"), v_all);
-
-    let op = AttnOp {
-        scale: scale(a),
-        causal: a.causal,
-        window: a.window,
-        chunk: a.chunk,
-        softcap: a.softcap,
-        sinks: a.sinks,
-    };
-    let mut ins = vec![q, k_all, v_all, positions];
-    if a.sinks {
-        ins.push(b.local("attn.sinks", &[a.heads]));
+        _ => Ok(q),
     }
-    let out = b.op(Op::Attention(op), &ins)?;
-    let mut out = b.reshape(out, vec![seq, Dim::c(a.heads * v_dim)])?;
-    if let Some(gate) = gate {
-        let g = b.unary(UnaryOp::Sigmoid, gate)?;
-        out = b.binary(BinaryOp::Mul, out, g)?;
-    }
-    b.linear(out, "attn.o", h, a.heads * v_dim, a.bias.o)
 }
 
 /// The softmax scale: the override, or `head_dim^-0.5`, times DeepSeek's YaRN
@@ -191,10 +218,23 @@ fn projections(
     Ok((q, k, v, gate))
 }
 
-/// Multi-head latent attention with full matrices: queries (optionally through the
-/// low-rank `q_a`/`q_b`), the compressed KV latent expanded by `kv_b`, and the single
-/// shared RoPE key broadcast to every head. Returns `[seq, heads, nope+rope]` queries and
-/// keys and `[seq, heads, v_dim]` values.
+/// Multi-head latent attention. Queries come (optionally through the low-rank `q_a`/`q_b`)
+/// as `[seq, heads, nope + rope]`; every new token adds ONE row to the layer's cache
+/// `cache.{layer}.kv` (`[past, kv_rank + rope]`): its normed latent `c` (`kv_a_norm`) and
+/// its single shared RoPE key, side by side — what MLA is designed to cache, the size
+/// `archc stats` reports. Returns the heads side by side, `[seq, heads * v_dim]`.
+///
+/// - **Decode** attends over the latent rows directly with the absorbed up-projections
+///   (`AttnOp::mla`): `W_UK` is multiplied into the query and `W_UV` into the output, so no
+///   per-head key or value is ever formed for the cache; per token and head that costs
+///   `(nope + v) * kv_rank` multiply-adds for the projections plus `past * (2 * kv_rank +
+///   rope)` for the attention, and reads `past * (kv_rank + rope)` cached numbers in all.
+/// - **Prefill** expands keys and values from the latent rows (`kv_b`) for all `past + seq`
+///   tokens and runs plain attention: for a prompt of `n` tokens the expansion costs `n`
+///   matmul rows while absorption would widen every one of the `n²/2` query-key dot
+///   products from `nope + rope` to `kv_rank + rope` (and every value sum from `v` to
+///   `kv_rank`), so expanding is cheaper for long prompts. Both modes write the same
+///   latent cache, so prefill then decode continues the same sequence.
 ///
 /// HF DeepSeek V3's `rope_interleave` permutes the RoPE dims before a half rotation;
 /// that equals an interleaved rotation followed by the same permutation of q and k,
@@ -203,17 +243,21 @@ fn projections(
 fn mla(
     b: &mut Builder,
     spec: &Spec,
+    layer: usize,
     a: &Attention,
     m: &Mla,
     x: Value,
     positions: Value,
-) -> Result<(Value, Value, Value), LowerError> {
+) -> Result<Value, LowerError> {
     let seq = b.seq;
     let h = spec.hidden;
     let heads = a.heads;
-    let qk = m.nope_dim + m.rope_dim;
-    if m.rope_dim == 0 || m.nope_dim == 0 {
-        return Err(err("MLA needs non-zero nope_dim and rope_dim"));
+    let (rank, nope, rope, vd) = (m.kv_rank, m.nope_dim, m.rope_dim, m.v_dim);
+    let qk = nope + rope;
+    if rope == 0 || nope == 0 || rank == 0 || vd == 0 {
+        return Err(err(
+            "MLA needs non-zero kv_rank, nope_dim, rope_dim and v_dim",
+        ));
     }
     // HF builds the latent norms with the RMSNorm default eps, not the model's.
     let latent = Norm {
@@ -231,77 +275,19 @@ fn mla(
         None => b.linear(x, "attn.q", heads * qk, h, a.bias.q)?,
     };
     let q = b.reshape(q, vec![seq, Dim::c(heads), Dim::c(qk)])?;
-    let q_nope = b.op(
-        Op::Slice {
-            axis: 2,
-            start: 0,
-            end: m.nope_dim,
-        },
-        &[q],
-    )?;
-    let q_rot = b.op(
-        Op::Slice {
-            axis: 2,
-            start: m.nope_dim,
-            end: qk,
-        },
-        &[q],
-    )?;
+    let q_nope = slice(b, q, 2, 0, nope)?;
+    let q_rot = slice(b, q, 2, nope, qk)?;
 
-    let ckv = b.linear(
-        x,
-        "attn.kv_a",
-        m.kv_rank + m.rope_dim,
-        h,
-        a.bias.k || a.bias.v,
-    )?;
-    let latent_kv = b.op(
-        Op::Slice {
-            axis: 1,
-            start: 0,
-            end: m.kv_rank,
-        },
-        &[ckv],
-    )?;
-    let k_rot = b.op(
-        Op::Slice {
-            axis: 1,
-            start: m.kv_rank,
-            end: m.kv_rank + m.rope_dim,
-        },
-        &[ckv],
-    )?;
-    let k_rot = b.reshape(k_rot, vec![seq, Dim::c(1), Dim::c(m.rope_dim)])?;
-    let latent_kv = b.norm(latent_kv, "attn.kv_a_norm", &latent, m.kv_rank)?;
-    let kv = b.linear(
-        latent_kv,
-        "attn.kv_b",
-        heads * (m.nope_dim + m.v_dim),
-        m.kv_rank,
-        false,
-    )?;
-    let kv = b.reshape(kv, vec![seq, Dim::c(heads), Dim::c(m.nope_dim + m.v_dim)])?;
-    let k_nope = b.op(
-        Op::Slice {
-            axis: 2,
-            start: 0,
-            end: m.nope_dim,
-        },
-        &[kv],
-    )?;
-    let v = b.op(
-        Op::Slice {
-            axis: 2,
-            start: m.nope_dim,
-            end: m.nope_dim + m.v_dim,
-        },
-        &[kv],
-    )?;
-
+    // The new latent rows: `kv_a` gives [c ; k_rope] per token.
+    let ckv = b.linear(x, "attn.kv_a", rank + rope, h, a.bias.k || a.bias.v)?;
+    let c = slice(b, ckv, 1, 0, rank)?;
+    let k_rot = slice(b, ckv, 1, rank, rank + rope)?;
+    let k_rot = b.reshape(k_rot, vec![seq, Dim::c(1), Dim::c(rope)])?;
+    let c = b.norm(c, "attn.kv_a_norm", &latent, rank)?;
     let (q_rot, k_rot) = match rope_op(a) {
         Some(r) => {
             let r = RopeOp {
-                dims: r.dims.min(m.rope_dim),
+                dims: r.dims.min(rope),
                 ..r
             };
             (
@@ -311,13 +297,55 @@ fn mla(
         }
         None => (q_rot, k_rot),
     };
-    let k_rot = b.op(
-        Op::Expand {
-            shape: vec![seq, Dim::c(heads), Dim::c(m.rope_dim)],
-        },
-        &[k_rot],
-    )?;
     let q = b.op(Op::Concat { axis: 2 }, &[q_nope, q_rot])?;
-    let k = b.op(Op::Concat { axis: 2 }, &[k_nope, k_rot])?;
-    Ok((q, k, v))
+    let q = temperature(b, a, q, positions)?;
+    let k_rot = b.reshape(k_rot, vec![seq, Dim::c(rope)])?;
+    let row = b.op(Op::Concat { axis: 1 }, &[c, k_rot])?;
+    let name = format!("cache.{layer}.kv");
+    let cache = b.input(&name, vec![Dim::PAST, Dim::c(rank + rope)], DType::F32);
+    let all = b.op(Op::Concat { axis: 0 }, &[cache, row])?;
+    b.output(&name, all);
+    let t = b.ty(all).shape[0];
+
+    let kv_b = b.local("attn.kv_b.weight", &[heads * (nope + vd), rank]);
+    let sinks = a.sinks.then(|| b.local("attn.sinks", &[heads]));
+    let mut op = attn_op(a);
+    let mut ins = match b.g.mode {
+        Mode::Decode => {
+            op.mla = Some(MlaAttn { rank, nope, v: vd });
+            let kv = b.reshape(all, vec![t, Dim::c(1), Dim::c(rank + rope)])?;
+            vec![q, kv, kv_b, positions]
+        }
+        Mode::Prefill => {
+            let c_all = slice(b, all, 1, 0, rank)?;
+            let kr = slice(b, all, 1, rank, rank + rope)?;
+            let kr = b.reshape(kr, vec![t, Dim::c(1), Dim::c(rope)])?;
+            let kr = b.op(
+                Op::Expand {
+                    shape: vec![t, Dim::c(heads), Dim::c(rope)],
+                },
+                &[kr],
+            )?;
+            let kv = b.op(Op::MatMul, &[c_all, kv_b])?;
+            let kv = b.reshape(kv, vec![t, Dim::c(heads), Dim::c(nope + vd)])?;
+            let k_nope = slice(b, kv, 2, 0, nope)?;
+            let v = slice(b, kv, 2, nope, nope + vd)?;
+            let k = b.op(Op::Concat { axis: 2 }, &[k_nope, kr])?;
+            vec![q, k, v, positions]
+        }
+    };
+    ins.extend(sinks);
+    let out = b.op(Op::Attention(op), &ins)?;
+    b.reshape(out, vec![seq, Dim::c(heads * vd)])
+}
+
+/// `[start, end)` of `x` along `axis`.
+fn slice(
+    b: &mut Builder,
+    x: Value,
+    axis: usize,
+    start: u64,
+    end: u64,
+) -> Result<Value, LowerError> {
+    b.op(Op::Slice { axis, start, end }, &[x])
 }

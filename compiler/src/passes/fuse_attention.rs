@@ -5,7 +5,8 @@
 //! operand order), that gate too.
 //!
 //! After: one `flash_attention{...}` node (online softmax; causal, window, chunk, sinks,
-//! softcap, GQA and the gate are its parameters) producing `[s, heads * dv]`.
+//! softcap, GQA, MLA's absorbed latent form (`mla(...)`, operands as the attention's) and
+//! the gate are its parameters) producing `[s, heads * dv]`.
 
 use super::{node_id, replace, Uses};
 use crate::ir::{BinaryOp, FlashAttnOp, Graph, Op, UnaryOp};

@@ -5,7 +5,9 @@
 //!
 //! Attention runs one online softmax per (query row, head) pair — the parallel axis — over
 //! the visible key range only, a block of `BLOCK` keys at a time, exactly as the
-//! interpreter's `flash_attention` does (but accumulating in f32).
+//! interpreter's `flash_attention` does (but accumulating in f32). MLA's absorbed form over
+//! the latent cache is a parameter of the same generator (a query prologue and an output
+//! epilogue per pair), not a second kernel.
 
 use super::KernelError;
 use crate::ir::{AttnOp, DType, Dim, Graph, NodeId, NormKind, NormRopeOp, Op, Type};
@@ -294,6 +296,14 @@ fn rank3(id: NodeId, t: &Type, what: &str) -> Result<(Dim, u64, u64), KernelErro
 
 /// `Op::Attention` (`gate` false, result `[s, H, dv]`) and `Op::FlashAttention` (result
 /// `[s, H * dv]`, the same memory layout). Operands: q, k, v, positions, [sinks], [gate].
+///
+/// With `at.mla` (MLA's latent cache, see `ir::MlaAttn`) the operands are q `[s, H, nope +
+/// rope]`, the latent rows kv `[t, 1, rank + rope]`, `w = kv_b.weight [H * (nope + v),
+/// rank]`, positions, [sinks], [gate], and the same loop nest gains a prologue and an
+/// epilogue per (row, head): the absorbed query `q_lat = q_nope · W_UK_h` goes into a
+/// scratch of `rank`, logits are `q_lat · c_j + q_rope · k_rope_j`, the accumulator sums the
+/// latent rows `c_j` (`rank` wide), and the output is `W_UV_h · acc / l` (`v` wide). No key
+/// or value of any head is ever formed.
 fn attention(
     graph: &Graph,
     id: NodeId,
@@ -302,7 +312,10 @@ fn attention(
     gated: bool,
 ) -> Result<Kernel, KernelError> {
     let mut g = Gen::new(name);
-    let mut names = vec!["q", "k", "v", "positions"];
+    let mut names = match at.mla {
+        Some(_) => vec!["q", "kv", "w_kv_b", "positions"],
+        None => vec!["q", "k", "v", "positions"],
+    };
     if at.sinks {
         names.push("sinks");
     }
@@ -315,27 +328,59 @@ fn attention(
     let gate = gated.then(|| ins[4 + at.sinks as usize].0);
     let (s, h, d) = rank3(id, &ins[0].1, "q")?;
     let (t, kvh, dk) = rank3(id, &ins[1].1, "k")?;
-    let (_, kvh2, dv) = rank3(id, &ins[2].1, "v")?;
-    if dk != d || kvh2 != kvh || kvh == 0 || h % kvh != 0 {
-        return Err(invalid(
+    let misfit = || {
+        invalid(
             id,
             format!(
                 "attention shapes do not fit: q {}, k {}, v {}",
                 ins[0].1, ins[1].1, ins[2].1
             ),
-        ));
-    }
+        )
+    };
+    // `dacc`: the accumulator's width (values, or MLA's latent); `dv`: the output's.
+    let (dacc, dv) = match at.mla {
+        Some(m) => {
+            let fits = kvh == 1
+                && d >= m.nope
+                && dk >= m.rank
+                && d - m.nope == dk - m.rank
+                && m.rank > 0
+                && m.v > 0;
+            if !fits {
+                return Err(misfit());
+            }
+            (m.rank, m.v)
+        }
+        None => {
+            let (_, kvh2, dv) = rank3(id, &ins[2].1, "v")?;
+            if dk != d || kvh2 != kvh || kvh == 0 || h % kvh != 0 {
+                return Err(misfit());
+            }
+            (dv, dv)
+        }
+    };
     let group = h / kvh;
     let out = result(&mut g, graph, id)?;
-    let acc = scratch(&mut g, "acc", Elem::F32, dv);
+    let acc = scratch(&mut g, "acc", Elem::F32, dacc);
     let sc = scratch(&mut g, "scores", Elem::F32, BLOCK);
-    let (hh, dd, dvv, kk) = (i(h as i64), i(d as i64), i(dv as i64), i(kvh as i64));
+    let qlat = at.mla.map(|m| scratch(&mut g, "q_lat", Elem::F32, m.rank));
+    let (hh, dd, dacc_e, dvv, kk) = (
+        i(h as i64),
+        i(d as i64),
+        i(dacc as i64),
+        i(dv as i64),
+        i(kvh as i64),
+    );
 
     let rows = mul(dim(s), hh.clone());
     g.for_("r", i(0), rows, 1, LoopKind::Parallel, |g, r| {
         let row = g.let_("row", Ty::I64, div(r.clone(), hh.clone()));
         let head = g.let_("head", Ty::I64, rem(r.clone(), hh.clone()));
-        let kv = g.let_("kv", Ty::I64, div(head.clone(), i(group as i64)));
+        // MLA's latent rows are shared by every head: there is no KV head to pick.
+        let kv = match at.mla {
+            Some(_) => i(0),
+            None => g.let_("kv", Ty::I64, div(head.clone(), i(group as i64))),
+        };
         let p = g.let_("p", Ty::I64, load(pb, row));
         // The visible keys are one contiguous range [lo, hi): every mask is an interval.
         let mut lo = i(0);
@@ -361,25 +406,81 @@ fn attention(
         };
         let m = g.local("m", Ty::F32, m0);
         let l = g.local("l", Ty::F32, l0);
-        g.for_("c", i(0), dvv.clone(), 1, LoopKind::Vector(8), |g, c| {
+        g.for_("c", i(0), dacc_e.clone(), 1, LoopKind::Vector(8), |g, c| {
             g.store(acc, c, f(0.0));
         });
         let qbase = g.let_("qbase", Ty::I64, mul(r.clone(), dd.clone()));
+        // MLA: the first row of this head's W_UK and the absorbed query q_lat (a sum of
+        // W_UK's rows weighted by q_nope, so the weight is read row by row).
+        let mla = at.mla.zip(qlat).map(|(ml, qlat)| {
+            let wbase = g.let_(
+                "wbase",
+                Ty::I64,
+                mul(head.clone(), i(((ml.nope + ml.v) * ml.rank) as i64)),
+            );
+            let rk = i(ml.rank as i64);
+            g.for_("c", i(0), rk.clone(), 1, LoopKind::Vector(8), |g, c| {
+                g.store(qlat, c, f(0.0));
+            });
+            g.range("n", i(ml.nope as i64), |g, n| {
+                let qn = g.let_("qn", Ty::F32, load(qb, add(qbase.clone(), n.clone())));
+                let wrow = g.let_("wrow", Ty::I64, add(wbase.clone(), mul(n, rk.clone())));
+                g.for_("c", i(0), rk.clone(), 1, LoopKind::Vector(8), |g, c| {
+                    let upd = add(
+                        load(qlat, c.clone()),
+                        mul(qn, load(vb, add(wrow, c.clone()))),
+                    );
+                    g.store(qlat, c, upd);
+                });
+            });
+            (ml, qlat, wbase)
+        });
+        // Where key row `j` and value row `j` start, in `kb` and in the value buffer.
+        let kbase_of = |j: Expr| match at.mla {
+            Some(_) => mul(j, i(dk as i64)),
+            None => mul(add(mul(j, kk.clone()), kv.clone()), dd.clone()),
+        };
+        let (vbuf, vbase_of): (BufId, Box<dyn Fn(Expr) -> Expr>) = match at.mla {
+            Some(_) => (kb, Box::new(move |j| mul(j, i(dk as i64)))),
+            None => {
+                let (kk, kv, dvv) = (kk.clone(), kv.clone(), dvv.clone());
+                (
+                    vb,
+                    Box::new(move |j| mul(add(mul(j, kk.clone()), kv.clone()), dvv.clone())),
+                )
+            }
+        };
         g.for_("jb", lo, hi.clone(), BLOCK, LoopKind::Serial, |g, jb| {
             let je = g.let_("je", Ty::I64, min(add(jb.clone(), i(BLOCK as i64)), hi));
             let bm = g.local("bm", Ty::F32, f(NO_MAX));
             g.for_("j", jb.clone(), je.clone(), 1, LoopKind::Serial, |g, j| {
-                let kbase = g.let_(
-                    "kbase",
-                    Ty::I64,
-                    mul(add(mul(j.clone(), kk.clone()), kv.clone()), dd.clone()),
-                );
-                let dot = g.dot(
-                    "dot",
-                    d,
-                    |c| load(qb, add(qbase.clone(), c)),
-                    |c| load(kb, add(kbase, c)),
-                );
+                let kbase = g.let_("kbase", Ty::I64, kbase_of(j.clone()));
+                let dot = match mla {
+                    Some((ml, qlat, _)) => {
+                        let lat = g.dot(
+                            "dot",
+                            ml.rank,
+                            |c| load(qlat, c),
+                            |c| load(kb, add(kbase.clone(), c)),
+                        );
+                        let rope = d - ml.nope;
+                        let qr = add(qbase.clone(), i(ml.nope as i64));
+                        let kr = add(kbase, i(ml.rank as i64));
+                        let rot = g.dot(
+                            "dot_rope",
+                            rope,
+                            |c| load(qb, add(qr, c)),
+                            |c| load(kb, add(kr, c)),
+                        );
+                        add(lat, rot)
+                    }
+                    None => g.dot(
+                        "dot",
+                        d,
+                        |c| load(qb, add(qbase.clone(), c)),
+                        |c| load(kb, add(kbase, c)),
+                    ),
+                };
                 let mut x = mul(dot, f(at.scale as f32));
                 if let Some(cap) = at.softcap {
                     let cap = f(cap as f32);
@@ -393,7 +494,7 @@ fn attention(
             let new_m = g.let_("new_m", Ty::F32, max(var(m), var(bm)));
             let corr = g.let_("corr", Ty::F32, exp(sub(var(m), new_m.clone())));
             g.set(l, mul(var(l), corr.clone()));
-            g.for_("c", i(0), dvv.clone(), 1, LoopKind::Vector(8), |g, c| {
+            g.for_("c", i(0), dacc_e.clone(), 1, LoopKind::Vector(8), |g, c| {
                 g.store(acc, c.clone(), mul(load(acc, c), corr));
             });
             g.for_("j", jb.clone(), je, 1, LoopKind::Serial, |g, j| {
@@ -403,15 +504,11 @@ fn attention(
                     exp(sub(load(sc, sub(j.clone(), jb)), new_m.clone())),
                 );
                 g.set(l, add(var(l), e.clone()));
-                let vbase = g.let_(
-                    "vbase",
-                    Ty::I64,
-                    mul(add(mul(j, kk.clone()), kv.clone()), dvv.clone()),
-                );
-                g.for_("c", i(0), dvv.clone(), 1, LoopKind::Vector(8), |g, c| {
+                let vbase = g.let_("vbase", Ty::I64, vbase_of(j));
+                g.for_("c", i(0), dacc_e.clone(), 1, LoopKind::Vector(8), |g, c| {
                     let upd = add(
                         load(acc, c.clone()),
-                        mul(e, load(vb, add(vbase, c.clone()))),
+                        mul(e, load(vbuf, add(vbase, c.clone()))),
                     );
                     g.store(acc, c, upd);
                 });
@@ -421,14 +518,34 @@ fn attention(
         // No visible key and no sink leaves l = 0 and acc = 0: the row is zero.
         let den = g.let_("den", Ty::F32, select(eq(var(l), f(0.0)), f(1.0), var(l)));
         let obase = g.let_("obase", Ty::I64, mul(r, dvv.clone()));
-        g.for_("c", i(0), dvv, 1, LoopKind::Vector(8), |g, c| {
-            let o = add(obase, c.clone());
-            let mut y = div(load(acc, c), den);
-            if let Some(gb) = gate {
-                y = mul(y, sigmoid(load(gb, o.clone())));
-            }
-            g.store(out, o, y);
-        });
+        match mla {
+            // MLA: each output is a row of W_UV_h dotted with the latent accumulator.
+            Some((ml, _, wbase)) => g.range("o", dvv, |g, o| {
+                let wrow = g.let_(
+                    "wrow",
+                    Ty::I64,
+                    add(
+                        wbase,
+                        mul(add(o.clone(), i(ml.nope as i64)), i(ml.rank as i64)),
+                    ),
+                );
+                let y = g.dot("up", ml.rank, |c| load(acc, c), |c| load(vb, add(wrow, c)));
+                let at_o = add(obase, o);
+                let mut y = div(y, den);
+                if let Some(gb) = gate {
+                    y = mul(y, sigmoid(load(gb, at_o.clone())));
+                }
+                g.store(out, at_o, y);
+            }),
+            None => g.for_("c", i(0), dvv, 1, LoopKind::Vector(8), |g, c| {
+                let o = add(obase, c.clone());
+                let mut y = div(load(acc, c), den);
+                if let Some(gb) = gate {
+                    y = mul(y, sigmoid(load(gb, o.clone())));
+                }
+                g.store(out, o, y);
+            }),
+        }
     });
     Ok(g.finish())
 }
