@@ -2,8 +2,9 @@
 //! mixer and feed-forward around the residual stream, the final norm and the head.
 //!
 //! Each layer `i` reads its KV cache from the inputs `cache.{i}.k` / `cache.{i}.v`
-//! (`[past, kv_heads, dim]`, f32) and returns the appended cache under the same output
-//! names. Parameters are named by the canonical tensor names of `archc_spec::tensors`.
+//! (`[past, kv_heads, dim]`, f32), or for MLA from `cache.{i}.kv` (`[past, kv_rank +
+//! rope_dim]`: the normed latent and the shared RoPE key), and returns the appended cache
+//! under the same output names. Parameters are named by the canonical tensor names of `archc_spec::tensors`.
 
 mod attention;
 mod ffn;
