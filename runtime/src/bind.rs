@@ -4,9 +4,11 @@
 //!
 //! From safetensors, plain tensors stay memory-mapped (zero-copy); transposed, sliced and
 //! stacked ones are materialised into owned buffers in their stored dtype. From GGUF,
-//! plain float tensors without a fix-up stay mapped; quantised ones are dequantised to
-//! f32 for the interpreter, and their raw blocks (rows un-permuted where llama.cpp
-//! permuted them) are kept for compiled kernels, see [`BoundWeights::quantized`].
+//! plain float tensors without a fix-up stay mapped; the raw blocks of quantised ones
+//! (rows un-permuted where llama.cpp permuted them) are kept for compiled kernels, see
+//! [`BoundWeights::quantized`], and dequantised to f32 only when something asks for the
+//! f32 tensor (the interpreter), so a model run on its blocks never holds an f32 copy;
+//! transposed, sliced or fixed-up quantised tensors are dequantised at bind time.
 //! Binding checks the whole checkpoint at once and reports every problem together:
 //! missing tensors, tensors the model does not use, wrong shapes and wrong dtypes, each
 //! naming the tensor and showing what was expected against what was found.
@@ -26,6 +28,8 @@ enum Data {
     Mapped(String),
     /// Rearranged bytes (transpose, slice, stack) in the stored dtype, or dequantised f32.
     Owned(Vec<u8>),
+    /// The f32 values of the parameter's raw blocks, dequantised on first use.
+    Lazy(std::sync::OnceLock<Vec<u8>>),
 }
 
 #[derive(Debug)]
@@ -76,6 +80,17 @@ impl BoundWeights {
         let bytes = match &p.data {
             Data::Mapped(stored) => self.store.mapped(stored)?,
             Data::Owned(bytes) => bytes.as_slice(),
+            Data::Lazy(once) => {
+                let q = self.quantized(name)?;
+                // Binding checked that the blocks are whole, so this cannot fail.
+                let values = once.get_or_init(|| {
+                    quant::dequantize(q.ty, q.bytes).map_or_else(|_| Vec::new(), |v| f32_bytes(&v))
+                });
+                if values.is_empty() && !q.bytes.is_empty() {
+                    return None;
+                }
+                values.as_slice()
+            }
         };
         Some(TensorView {
             dtype: p.dtype,
@@ -94,6 +109,7 @@ impl BoundWeights {
         let bytes = match data {
             Data::Mapped(stored) => self.store.mapped(stored)?,
             Data::Owned(bytes) => bytes.as_slice(),
+            Data::Lazy(_) => return None,
         };
         Some(QuantView {
             ty: *ty,
@@ -158,6 +174,25 @@ impl archc_compiler::interp::WeightSource for BoundWeights {
             dtype,
             shape: v.shape,
             bytes: v.bytes,
+        })
+    }
+
+    fn blocks(&self, name: &str) -> Option<archc_compiler::interp::BlockView<'_>> {
+        use archc_compiler::kernel::lower::BlockFormat;
+        let q = self.quantized(name)?;
+        let format = match q.ty {
+            GgmlType::Q4_0 => BlockFormat::Q4_0,
+            GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q8_0 => BlockFormat::Q8_0,
+            GgmlType::Q4K => BlockFormat::Q4K,
+            GgmlType::Q5K => BlockFormat::Q5K,
+            GgmlType::Q6K => BlockFormat::Q6K,
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => return None,
+        };
+        Some(archc_compiler::interp::BlockView {
+            format,
+            shape: q.shape,
+            bytes: q.bytes,
         })
     }
 }
@@ -717,6 +752,23 @@ fn bind_gguf_one(
             dtype,
             shape: want,
             data: Data::Mapped(name.clone()),
+            raw,
+        });
+    }
+    if raw.is_some() {
+        // The f32 tensor is the raw blocks dequantised: made when first asked for.
+        let block = info.ty.layout().block_bytes;
+        if bytes.len() % block != 0 {
+            let e = quant::DequantError {
+                ty: info.ty,
+                bytes: bytes.len(),
+            };
+            return Err(unreadable(e.to_string()));
+        }
+        return Ok(Bound {
+            dtype: Dtype::F32,
+            shape: want,
+            data: Data::Lazy(std::sync::OnceLock::new()),
             raw,
         });
     }

@@ -10,6 +10,11 @@
   kept f32), plus tokens.json and HF's logits for each: `logits_f32.npy` from the model
   itself, `logits_f16.npy` / `logits_q8_0.npy` from the same HF model with its 2-D weights
   replaced by their f16-rounded / Q8_0-dequantised values.
+- tiny_quant/{q4_0,q4_1,q4_k,q5_k,q6_k}.gguf: tiny Llamas whose 2-D weights are random
+  blocks of one type (scale fields set so weights have a std near 1/sqrt(width), 1-D
+  tensors f32), for the quantised kernels against the interpreter on the dequantised
+  weights; no HF reference. Q4_0/Q4_1: hidden 32, untied head; K types: hidden 256, one
+  layer, head tied to the embedding.
 - smollm2_meta.gguf (only with --smollm2 PATH): the metadata of the SmolLM2-135M-Instruct
   GGUF with its tokenizer arrays cut to 16 entries, and no tensors.
 
@@ -223,6 +228,75 @@ def quantize_roundtrip(v: np.ndarray, t) -> np.ndarray:
     return dequantize(quantize(np.ascontiguousarray(v), t), t).astype(np.float32).reshape(v.shape)
 
 
+# --- tiny quantised Llamas ---------------------------------------------------------------
+
+# Per type: the f16 scale fields (byte offset, value, or a function of the block's other
+# bytes) that give weights of std about 1/sqrt(width) for random quants.
+QUANT_SCALES = {
+    T.Q4_0: lambda width: {0: 0.22 / width ** 0.5},
+    T.Q4_1: lambda width: {0: 0.22 / width ** 0.5, 2: -7.5 * 0.22 / width ** 0.5},
+    T.Q4_K: lambda width: {0: 0.007 / width ** 0.5, 2: 0.052 / width ** 0.5},
+    T.Q5_K: lambda width: {0: 0.0035 / width ** 0.5, 2: 0.054 / width ** 0.5},
+    T.Q6_K: lambda width: {208: 0.00085 / width ** 0.5},
+}
+
+
+def random_blocks(rng, t, rows: int, width: int) -> np.ndarray:
+    blen, bbytes = BLOCK[t]
+    n = rows * width // blen
+    blocks = rng.integers(0, 256, size=(n, bbytes), dtype=np.uint16).astype(np.uint8)
+    for at, value in QUANT_SCALES[t](width).items():
+        # Scales vary by up to a factor of two between blocks.
+        v = (value * rng.uniform(0.75, 1.5, size=n)).astype(np.float16)
+        blocks[:, at:at + 2] = v.view(np.uint8).reshape(n, 2)
+    return np.ascontiguousarray(blocks.reshape(rows, -1))
+
+
+def tiny_quant():
+    out = ROOT / "tiny_quant"
+    out.mkdir(parents=True, exist_ok=True)
+    for t in [T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K]:
+        small = t in (T.Q4_0, T.Q4_1)
+        vocab, hidden, inter, layers = (64, 32, 64, 2) if small else (32, 256, 256, 1)
+        heads, kv = (4, 2) if small else (4, 1)
+        hd = hidden // heads
+        rng = np.random.default_rng(2000 + int(t))
+        w = GGUFWriter(str(out / f"{t.name.lower()}.gguf"), "llama")
+        w.add_name(f"tiny-{t.name.lower()}")
+        w.add_uint32("llama.vocab_size", vocab)
+        w.add_uint32("llama.context_length", 64)
+        w.add_uint32("llama.embedding_length", hidden)
+        w.add_uint32("llama.block_count", layers)
+        w.add_uint32("llama.feed_forward_length", inter)
+        w.add_uint32("llama.attention.head_count", heads)
+        w.add_uint32("llama.attention.head_count_kv", kv)
+        w.add_float32("llama.rope.freq_base", 10000.0)
+        w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+        w.add_uint32("llama.rope.dimension_count", hd)
+
+        def norm(name):
+            w.add_tensor(name, (0.8 + 0.4 * rng.random(hidden)).astype(np.float32))
+
+        def mat(name, rows, width):
+            w.add_tensor(name, random_blocks(rng, t, rows, width), raw_dtype=t)
+
+        mat("token_embd.weight", vocab, hidden)
+        for i in range(layers):
+            norm(f"blk.{i}.attn_norm.weight")
+            mat(f"blk.{i}.attn_q.weight", heads * hd, hidden)
+            mat(f"blk.{i}.attn_k.weight", kv * hd, hidden)
+            mat(f"blk.{i}.attn_v.weight", kv * hd, hidden)
+            mat(f"blk.{i}.attn_output.weight", hidden, heads * hd)
+            norm(f"blk.{i}.ffn_norm.weight")
+            mat(f"blk.{i}.ffn_gate.weight", inter, hidden)
+            mat(f"blk.{i}.ffn_up.weight", inter, hidden)
+            mat(f"blk.{i}.ffn_down.weight", hidden, inter)
+        norm("output_norm.weight")
+        if small:
+            mat("output.weight", vocab, hidden)
+        write(w)
+
+
 def smollm2_meta(path: Path):
     r = GGUFReader(str(path))
     w = GGUFWriter(str(ROOT / "smollm2_meta.gguf"), "llama")
@@ -246,6 +320,7 @@ def main():
     type_fixtures()
     metadata_fixture()
     tiny_llama()
+    tiny_quant()
     if args.smollm2:
         smollm2_meta(args.smollm2)
 

@@ -32,6 +32,20 @@ pub struct WeightView<'a> {
 /// (`layers.3.attn.q.weight`), already in the canonical `[out, in]` layout.
 pub trait WeightSource {
     fn get(&self, name: &str) -> Option<WeightView<'_>>;
+
+    /// The parameter's raw blocks when it is stored block-quantised, for kernels that
+    /// decode them in place (`kernel::lower::program_with`); `None` otherwise.
+    fn blocks(&self, _name: &str) -> Option<BlockView<'_>> {
+        None
+    }
+}
+
+/// A block-quantised parameter as stored: whole blocks per row of its canonical shape.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockView<'a> {
+    pub format: crate::kernel::lower::BlockFormat,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
 }
 
 /// IEEE half to f32.

@@ -2,8 +2,13 @@
 //! semantics documented in `kernel/mod.rs`, against which every backend is tested.
 //!
 //! Semantics in detail (backends must agree):
-//! - Loads widen (bf16, f16, f32 → `f32`; i32 → `i64`); stores narrow, bf16 and f16 with
-//!   round-to-nearest-even, NaN kept NaN (quietened); i64 → i32 truncates (two's complement).
+//! - Loads widen (bf16, f16, f32 → `f32`; i32 → `i64` sign-extended; u8 → `i64`
+//!   zero-extended); stores narrow, bf16 and f16 with round-to-nearest-even, NaN kept NaN
+//!   (quietened); i64 → i32 and i64 → u8 keep the low bits (two's complement).
+//! - `<<` and `>>` (arithmetic) shift by `0..64` bits; any other amount is an error, as it
+//!   is undefined in the backends. `&` and `|` are bitwise. `f16bits(x)` reads the low 16
+//!   bits of `x` as an IEEE half, exactly; of a NaN only its NaN-ness is defined (hardware
+//!   conversions quieten signalling NaNs).
 //! - `f32` arithmetic is done in `f32`. `min`/`max` return the non-NaN operand (IEEE
 //!   minNum/maxNum). `i64` `+ - *` wrap; `/` and `%` truncate toward zero and an integer
 //!   division or remainder by zero is an error. `i64(x)` truncates toward zero, saturating.
@@ -30,10 +35,12 @@ pub enum KBufData<'a> {
     Bf16(&'a mut [u16]),
     F16(&'a mut [u16]),
     I32(&'a mut [i32]),
+    U8(&'a mut [u8]),
     F32Ro(&'a [f32]),
     Bf16Ro(&'a [u16]),
     F16Ro(&'a [u16]),
     I32Ro(&'a [i32]),
+    U8Ro(&'a [u8]),
     Unbound,
 }
 
@@ -45,6 +52,7 @@ impl KBufData<'_> {
             KBufData::Bf16(_) | KBufData::Bf16Ro(_) => Elem::Bf16,
             KBufData::F16(_) | KBufData::F16Ro(_) => Elem::F16,
             KBufData::I32(_) | KBufData::I32Ro(_) => Elem::I32,
+            KBufData::U8(_) | KBufData::U8Ro(_) => Elem::U8,
             KBufData::Unbound => return None,
         })
     }
@@ -57,6 +65,8 @@ impl KBufData<'_> {
             KBufData::F32Ro(s) => s.len(),
             KBufData::Bf16Ro(s) | KBufData::F16Ro(s) => s.len(),
             KBufData::I32Ro(s) => s.len(),
+            KBufData::U8(s) => s.len(),
+            KBufData::U8Ro(s) => s.len(),
             KBufData::Unbound => 0,
         }
     }
@@ -76,6 +86,8 @@ impl KBufData<'_> {
             KBufData::Bf16Ro(s) => KBufData::Bf16Ro(s),
             KBufData::F16Ro(s) => KBufData::F16Ro(s),
             KBufData::I32Ro(s) => KBufData::I32Ro(s),
+            KBufData::U8(s) => KBufData::U8(s),
+            KBufData::U8Ro(s) => KBufData::U8Ro(s),
             KBufData::Unbound => KBufData::Unbound,
         }
     }
@@ -90,6 +102,8 @@ impl KBufData<'_> {
             KBufData::F16Ro(s) => Val::F(f16_to_f32(*s.get(i)?)),
             KBufData::I32(s) => Val::I(i64::from(*s.get(i)?)),
             KBufData::I32Ro(s) => Val::I(i64::from(*s.get(i)?)),
+            KBufData::U8(s) => Val::I(i64::from(*s.get(i)?)),
+            KBufData::U8Ro(s) => Val::I(i64::from(*s.get(i)?)),
             KBufData::Unbound => return None,
         })
     }
@@ -103,8 +117,13 @@ impl KBufData<'_> {
             (KBufData::F16(s), Val::F(x)) => *s.get_mut(i).ok_or_else(slot_err)? = f32_to_f16(x),
             // Truncation, as a native `trunc` does.
             (KBufData::I32(s), Val::I(x)) => *s.get_mut(i).ok_or_else(slot_err)? = x as i32,
+            (KBufData::U8(s), Val::I(x)) => *s.get_mut(i).ok_or_else(slot_err)? = x as u8,
             (
-                KBufData::F32Ro(_) | KBufData::Bf16Ro(_) | KBufData::F16Ro(_) | KBufData::I32Ro(_),
+                KBufData::F32Ro(_)
+                | KBufData::Bf16Ro(_)
+                | KBufData::F16Ro(_)
+                | KBufData::I32Ro(_)
+                | KBufData::U8Ro(_),
                 _,
             ) => return Err("the memory was given read-only".to_string()),
             (_, v) => return Err(format!("cannot store {v:?} into this buffer")),
@@ -120,17 +139,19 @@ pub enum KData {
     Bf16(Vec<u16>),
     F16(Vec<u16>),
     I32(Vec<i32>),
+    U8(Vec<u8>),
 }
 
 impl KData {
     /// `len` elements poisoned so that reading them before writing shows: NaN for floats,
-    /// `i32::MIN` for integers.
+    /// `i32::MIN` for i32, `0xff` for bytes.
     pub fn poisoned(elem: Elem, len: usize) -> KData {
         match elem {
             Elem::F32 => KData::F32(vec![f32::NAN; len]),
             Elem::Bf16 => KData::Bf16(vec![0x7fc0; len]),
             Elem::F16 => KData::F16(vec![0x7e00; len]),
             Elem::I32 => KData::I32(vec![i32::MIN; len]),
+            Elem::U8 => KData::U8(vec![0xff; len]),
         }
     }
 
@@ -140,6 +161,7 @@ impl KData {
             KData::Bf16(_) => Elem::Bf16,
             KData::F16(_) => Elem::F16,
             KData::I32(_) => Elem::I32,
+            KData::U8(_) => Elem::U8,
         }
     }
 
@@ -148,6 +170,7 @@ impl KData {
             KData::F32(v) => v.len(),
             KData::Bf16(v) | KData::F16(v) => v.len(),
             KData::I32(v) => v.len(),
+            KData::U8(v) => v.len(),
         }
     }
 
@@ -162,6 +185,7 @@ impl KData {
             KData::Bf16(v) => KBufData::Bf16(v),
             KData::F16(v) => KBufData::F16(v),
             KData::I32(v) => KBufData::I32(v),
+            KData::U8(v) => KBufData::U8(v),
         }
     }
 
@@ -172,6 +196,7 @@ impl KData {
             KData::Bf16(v) => KBufData::Bf16Ro(v),
             KData::F16(v) => KBufData::F16Ro(v),
             KData::I32(v) => KBufData::I32Ro(v),
+            KData::U8(v) => KBufData::U8Ro(v),
         }
     }
 
@@ -182,6 +207,7 @@ impl KData {
             KData::Bf16(v) => v.iter().map(|&b| bf16_to_f32(b)).collect(),
             KData::F16(v) => v.iter().map(|&b| f16_to_f32(b)).collect(),
             KData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+            KData::U8(v) => v.iter().map(|&x| f32::from(x)).collect(),
         }
     }
 }
@@ -567,6 +593,7 @@ impl Machine<'_, '_> {
                 (UnOp::ToF32, Val::I(x)) => Val::F(x as f32),
                 (UnOp::ToI64, Val::F(x)) => Val::I(x as i64),
                 (UnOp::Not, Val::B(x)) => Val::B(!x),
+                (UnOp::F16Bits, Val::I(x)) => Val::F(f16_to_f32((x & 0xffff) as u16)),
                 (_, v) => return Err(format!("`{}`: operand is {v:?}", self.k.expr(e))),
             },
             Expr::Bin(op, a, b) => {
@@ -586,7 +613,13 @@ impl Machine<'_, '_> {
                         BinOp::Ge => Val::B(x >= y),
                         BinOp::Eq => Val::B(x == y),
                         BinOp::Ne => Val::B(x != y),
-                        BinOp::Rem | BinOp::And | BinOp::Or => {
+                        BinOp::Rem
+                        | BinOp::And
+                        | BinOp::Or
+                        | BinOp::Shl
+                        | BinOp::Shr
+                        | BinOp::BitAnd
+                        | BinOp::BitOr => {
                             return Err(format!("`{}`: not defined on f32", self.k.expr(e)))
                         }
                     },
@@ -611,6 +644,16 @@ impl Machine<'_, '_> {
                         BinOp::Ge => Val::B(x >= y),
                         BinOp::Eq => Val::B(x == y),
                         BinOp::Ne => Val::B(x != y),
+                        BinOp::Shl | BinOp::Shr if !(0..64).contains(&y) => {
+                            return Err(format!(
+                                "`{}`: shift by {y} bits, outside 0..64",
+                                self.k.expr(e)
+                            ))
+                        }
+                        BinOp::Shl => Val::I(x << y),
+                        BinOp::Shr => Val::I(x >> y),
+                        BinOp::BitAnd => Val::I(x & y),
+                        BinOp::BitOr => Val::I(x | y),
                         BinOp::Pow | BinOp::And | BinOp::Or => {
                             return Err(format!("`{}`: not defined on i64", self.k.expr(e)))
                         }

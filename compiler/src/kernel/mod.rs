@@ -32,6 +32,8 @@ pub enum Elem {
     Bf16,
     F16,
     I32,
+    /// Raw bytes (quantised weight blocks); loads zero-extend to `I64`.
+    U8,
 }
 
 impl Elem {
@@ -41,6 +43,7 @@ impl Elem {
             Elem::Bf16 => "bf16",
             Elem::F16 => "f16",
             Elem::I32 => "i32",
+            Elem::U8 => "u8",
         }
     }
 
@@ -48,13 +51,15 @@ impl Elem {
         match self {
             Elem::F32 | Elem::I32 => 4,
             Elem::Bf16 | Elem::F16 => 2,
+            Elem::U8 => 1,
         }
     }
 }
 
 /// Type of a scalar value in a kernel body. Loads widen: a float buffer (f32, bf16, f16)
-/// loads as `F32`, an `I32` buffer as `I64`; stores narrow back to the buffer's type
-/// (bf16 and f16 round to nearest even).
+/// loads as `F32`, an `I32` buffer as `I64` (sign-extended), a `U8` buffer as `I64`
+/// (zero-extended); stores narrow back to the buffer's type (bf16 and f16 round to nearest
+/// even, integers keep their low bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ty {
     F32,
@@ -104,6 +109,9 @@ pub enum UnOp {
     ToI64,
     /// `Bool → Bool`.
     Not,
+    /// `I64 → F32`: the low 16 bits read as an IEEE half (exact; a NaN stays a NaN, its
+    /// payload unspecified), the rest ignored; how block formats store their scales.
+    F16Bits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +135,14 @@ pub enum BinOp {
     Ne,
     And,
     Or,
+    /// `I64` shift left by `0..64` bits (bits shifted out are lost).
+    Shl,
+    /// `I64` arithmetic shift right by `0..64` bits (the sign bit is copied in).
+    Shr,
+    /// `I64` bitwise and.
+    BitAnd,
+    /// `I64` bitwise or.
+    BitOr,
 }
 
 /// A scalar expression. Operands of a binary op have the same type (no implicit casts).

@@ -198,6 +198,7 @@ impl Kernel {
                     UnOp::Floor => "floor",
                     UnOp::ToF32 => "f32",
                     UnOp::ToI64 => "i64",
+                    UnOp::F16Bits => "f16bits",
                 };
                 format!("{name}({})", self.expr_at(a, true))
             }
@@ -228,6 +229,10 @@ impl Kernel {
                     BinOp::Ne => "!=",
                     BinOp::And => "&&",
                     BinOp::Or => "||",
+                    BinOp::Shl => "<<",
+                    BinOp::Shr => ">>",
+                    BinOp::BitAnd => "&",
+                    BinOp::BitOr => "|",
                 };
                 let text = format!(
                     "{} {sym} {}",

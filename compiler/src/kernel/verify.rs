@@ -290,6 +290,10 @@ pub(crate) fn bin_name(op: BinOp) -> &'static str {
         BinOp::Ne => "!=",
         BinOp::And => "&&",
         BinOp::Or => "||",
+        BinOp::Shl => "<<",
+        BinOp::Shr => ">>",
+        BinOp::BitAnd => "&",
+        BinOp::BitOr => "|",
     }
 }
 
@@ -307,6 +311,7 @@ pub(crate) fn un_name(op: UnOp) -> &'static str {
         UnOp::ToF32 => "f32",
         UnOp::ToI64 => "i64",
         UnOp::Not => "!",
+        UnOp::F16Bits => "f16bits",
     }
 }
 
@@ -314,7 +319,7 @@ pub(crate) fn un_name(op: UnOp) -> &'static str {
 pub(crate) fn load_ty(e: Elem) -> Ty {
     match e {
         Elem::F32 | Elem::Bf16 | Elem::F16 => Ty::F32,
-        Elem::I32 => Ty::I64,
+        Elem::I32 | Elem::U8 => Ty::I64,
     }
 }
 
@@ -563,6 +568,7 @@ impl Checker<'_> {
                     UnOp::ToF32 => (t == Ty::I64, Ty::F32),
                     UnOp::ToI64 => (t == Ty::F32, Ty::I64),
                     UnOp::Not => (t == Ty::Bool, Ty::Bool),
+                    UnOp::F16Bits => (t == Ty::I64, Ty::F32),
                 };
                 if !ok {
                     return Err(format!(
@@ -590,7 +596,9 @@ impl Checker<'_> {
                     BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Min | BinOp::Max => {
                         (num, ta)
                     }
-                    BinOp::Rem => (ta == Ty::I64, ta),
+                    BinOp::Rem | BinOp::Shl | BinOp::Shr | BinOp::BitAnd | BinOp::BitOr => {
+                        (ta == Ty::I64, ta)
+                    }
                     BinOp::Pow => (ta == Ty::F32, ta),
                     BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => (num, Ty::Bool),
                     BinOp::Eq | BinOp::Ne => (true, Ty::Bool),

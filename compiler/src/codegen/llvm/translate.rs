@@ -496,6 +496,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             Elem::Bf16 => self.ctx.i16_type().into(),
             Elem::F16 => self.ctx.f16_type().into(),
             Elem::I32 => self.ctx.i32_type().into(),
+            Elem::U8 => self.ctx.i8_type().into(),
         }
     }
 
@@ -797,7 +798,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         let idx = self.int(index, "store index")?;
         let v = self.expr(value)?;
         let want = match elem {
-            Elem::I32 => Ty::I64,
+            Elem::I32 | Elem::U8 => Ty::I64,
             _ => Ty::F32,
         };
         if v.ty() != want {
@@ -820,6 +821,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                 .b
                 .build_int_truncate(x, self.ctx.i32_type(), "")?
                 .into(),
+            (Elem::U8, Val::I(x)) => self.b.build_int_truncate(x, self.ctx.i8_type(), "")?.into(),
             _ => return Err(self.err(format!("`{}`: mismatched store", text()))),
         };
         let Some(lane) = lane else {
@@ -883,6 +885,11 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                 Val::F(self.b.build_bit_cast(bits, f32t, "")?.into_float_value())
             }
             Elem::I32 => Val::I(self.b.build_int_s_extend(
+                raw.into_int_value(),
+                self.ctx.i64_type(),
+                "",
+            )?),
+            Elem::U8 => Val::I(self.b.build_int_z_extend(
                 raw.into_int_value(),
                 self.ctx.i64_type(),
                 "",
@@ -1055,6 +1062,14 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                     .into_int_value(),
             ),
             (UnOp::Not, Val::B(x)) => Val::B(self.b.build_not(x, "")?),
+            (UnOp::F16Bits, Val::I(x)) => {
+                let h = self.b.build_int_truncate(x, self.ctx.i16_type(), "")?;
+                let h = self.b.build_bit_cast(h, self.ctx.f16_type(), "")?;
+                Val::F(
+                    self.b
+                        .build_float_ext(h.into_float_value(), self.ctx.f32_type(), "")?,
+                )
+            }
             _ => {
                 return Err(self.err(format!(
                     "`{}`: operand is {}",
@@ -1144,7 +1159,13 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                     BinOp::Eq => cmp(FloatPredicate::OEQ)?,
                     // Rust's `!=`: true when either side is NaN.
                     BinOp::Ne => cmp(FloatPredicate::UNE)?,
-                    BinOp::Rem | BinOp::And | BinOp::Or => return Err(bad()),
+                    BinOp::Rem
+                    | BinOp::And
+                    | BinOp::Or
+                    | BinOp::Shl
+                    | BinOp::Shr
+                    | BinOp::BitAnd
+                    | BinOp::BitOr => return Err(bad()),
                 }
             }
             (Val::I(a), Val::I(c)) => {
@@ -1191,6 +1212,11 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                     BinOp::Ge => cmp(IntPredicate::SGE)?,
                     BinOp::Eq => cmp(IntPredicate::EQ)?,
                     BinOp::Ne => cmp(IntPredicate::NE)?,
+                    // Amounts outside 0..64 are poison; verified kernels never shift so.
+                    BinOp::Shl => Val::I(b.build_left_shift(a, c, "")?),
+                    BinOp::Shr => Val::I(b.build_right_shift(a, c, true, "")?),
+                    BinOp::BitAnd => Val::I(b.build_and(a, c, "")?),
+                    BinOp::BitOr => Val::I(b.build_or(a, c, "")?),
                     BinOp::Pow | BinOp::And | BinOp::Or => return Err(bad()),
                 }
             }

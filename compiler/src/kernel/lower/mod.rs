@@ -34,6 +34,9 @@
 mod attention;
 mod basic;
 mod moe;
+mod quant;
+
+pub use quant::{program_with, BlockFormat, ParamFormat};
 
 use super::{build, Buffer, BufferKind, Elem, Expr, Kernel, Launch, Program};
 use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, ParamId, Value};

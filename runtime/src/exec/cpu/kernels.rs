@@ -159,6 +159,8 @@ impl Kernels for Interpreted {
                     (_, Elem::F16, false) => KBufData::F16Ro(slice(ptr, bytes / 2)),
                     (_, Elem::I32, true) => KBufData::I32(slice_mut(ptr, bytes / 4)),
                     (_, Elem::I32, false) => KBufData::I32Ro(slice(ptr, bytes / 4)),
+                    (_, Elem::U8, true) => KBufData::U8(slice_mut(ptr, bytes)),
+                    (_, Elem::U8, false) => KBufData::U8Ro(slice(ptr, bytes)),
                 }
             };
             views.push(view);

@@ -76,6 +76,23 @@ impl<'w> Params<'w> {
         if let Some(&i) = self.index.get(&key) {
             return Ok(i);
         }
+        if elem == Elem::U8 {
+            // Block-quantised: the kernels decode the stored blocks in place.
+            let b = weights.blocks(name).ok_or_else(|| {
+                format!("parameter `{name}`: the program reads blocks the checkpoint does not hold")
+            })?;
+            let numel: usize = shape.iter().product();
+            if b.bytes.len() != numel {
+                return Err(format!(
+                    "parameter `{name}`: {} bytes of {} blocks stored, the program reads {numel}",
+                    b.bytes.len(),
+                    b.format.name()
+                ));
+            }
+            self.data.push((ParamData::Borrowed(b.bytes), numel));
+            self.index.insert(key, self.data.len() - 1);
+            return Ok(self.data.len() - 1);
+        }
         let view = weights
             .get(name)
             .ok_or_else(|| format!("parameter `{name}` is not bound to a checkpoint tensor"))?;
@@ -147,7 +164,7 @@ fn encode(values: &[f32], elem: Elem) -> Option<AlignedBuf> {
                 c.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
             }
         }
-        Elem::I32 => return None,
+        Elem::I32 | Elem::U8 => return None,
     }
     Some(buf)
 }
@@ -241,6 +258,8 @@ struct Loaded {
     /// Flattened per-launch arguments (rebuilt per call, capacity kept).
     args: Vec<*mut u8>,
     lens: Vec<usize>,
+    /// Per kernel: wall time and launches, when `ARCHC_PROFILE` is set.
+    profile: Option<Vec<(std::time::Duration, u64)>>,
 }
 
 // SAFETY: the raw pointers are scratch space rebuilt at every call, while `&mut self`
@@ -394,6 +413,7 @@ fn load<'w>(
         params.bind(weights, name, b.elem, &shape)
     })?;
     let n = program.buffers.len();
+    let n_kernels = program.kernels.len();
     Ok(Loaded {
         program,
         kernels,
@@ -403,7 +423,49 @@ fn load<'w>(
         ptrs: vec![std::ptr::null_mut(); n],
         args: Vec::new(),
         lens: Vec::new(),
+        profile: profiling().then(|| vec![Default::default(); n_kernels]),
     })
+}
+
+/// Whether `ARCHC_PROFILE` asks for per-kernel timings (set and not `0`).
+fn profiling() -> bool {
+    std::env::var("ARCHC_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+impl Loaded {
+    /// Per-kernel time shares, most expensive first, one kernel per line.
+    fn profile_report(&self, phase: &str) -> Option<String> {
+        let prof = self.profile.as_ref()?;
+        let total: f64 = prof.iter().map(|(d, _)| d.as_secs_f64()).sum();
+        if total == 0.0 {
+            return None;
+        }
+        let mut rows: Vec<usize> = (0..prof.len()).filter(|&k| prof[k].1 > 0).collect();
+        rows.sort_by(|&a, &b| prof[b].0.cmp(&prof[a].0));
+        let mut out = format!("{phase}: {:.3}s in kernels\n", total);
+        for k in rows {
+            let (d, n) = prof[k];
+            out.push_str(&format!(
+                "  {:5.1}%  {:9.3} ms  {:6} launches  {:9.1} us/launch  {}\n",
+                100.0 * d.as_secs_f64() / total,
+                1e3 * d.as_secs_f64(),
+                n,
+                1e6 * d.as_secs_f64() / n as f64,
+                self.program.kernels[k].name
+            ));
+        }
+        Some(out)
+    }
+}
+
+impl Drop for CpuModel<'_> {
+    fn drop(&mut self) {
+        for (phase, l) in [("prefill", &self.prefill), ("decode", &self.decode)] {
+            if let Some(r) = l.profile_report(phase) {
+                eprint!("{r}");
+            }
+        }
+    }
 }
 
 fn execute(
@@ -543,6 +605,7 @@ fn execute(
         let kernels = &*l.kernels;
         let k = launch.kernel;
         let fail = |e: String| format!("launch {li} (kernel `{}`): {e}", l.program.kernels[k].name);
+        let started = l.profile.is_some().then(std::time::Instant::now);
         if l.plan.parallel[k] && pool.threads() > 1 && !kernels.concurrent() {
             for t in 0..pool.threads() {
                 let call = Call {
@@ -595,6 +658,10 @@ fn execute(
             // SAFETY: as above.
             run_caught(|| unsafe { kernels.run(k, &call) }).map_err(&fail)?;
         }
+        if let (Some(t0), Some(prof)) = (started, l.profile.as_mut()) {
+            prof[k].0 += t0.elapsed();
+            prof[k].1 += 1;
+        }
     }
 
     // Results: logits out, grown caches in.
@@ -603,11 +670,19 @@ fn execute(
         match role {
             Role::Logits => {
                 let at = l.layout.offset[i];
-                let bytes = &l.arena.as_slice()[at..at + l.layout.bytes[i]];
-                logits = bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let n = l.layout.bytes[i] / 4;
+                let bytes = &l.arena.as_slice()[at..at + 4 * n];
+                logits = vec![0.0f32; n];
+                // SAFETY: `logits` holds exactly `4 * n` bytes, any bit pattern is an f32,
+                // and the arena slot and the new vector do not overlap. The arena holds
+                // native-endian f32 written by the kernels.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        logits.as_mut_ptr().cast::<u8>(),
+                        4 * n,
+                    );
+                }
             }
             Role::CacheOut(n) => {
                 if let Some(e) = cache.entries.get_mut(n) {
@@ -647,6 +722,23 @@ pub fn program(spec: &archc_spec::Spec, mode: archc_compiler::Mode) -> Result<Pr
         .map_err(|e| format!("lowering ({}): {e}", mode.as_str()))?;
     let fused = archc_compiler::passes::optimize(&graph);
     archc_compiler::kernel::lower::program(&fused)
+        .map_err(|e| format!("kernel program ({}): {e}", mode.as_str()))
+}
+
+/// `program` with every block-quantised parameter of `weights` (GGUF Q8_0, Q4_0, Q4_1,
+/// Q4_K, Q5_K, Q6_K) read as its raw blocks, which the kernels decode in place; float
+/// parameters keep the graph's dtype (converted at bind time where they differ).
+pub fn program_for(
+    spec: &archc_spec::Spec,
+    mode: archc_compiler::Mode,
+    weights: &dyn WeightSource,
+) -> Result<Program, String> {
+    use archc_compiler::kernel::lower::ParamFormat;
+    let graph = archc_compiler::lower(spec, mode)
+        .map_err(|e| format!("lowering ({}): {e}", mode.as_str()))?;
+    let fused = archc_compiler::passes::optimize(&graph);
+    let format = |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format));
+    archc_compiler::kernel::lower::program_with(&fused, &format)
         .map_err(|e| format!("kernel program ({}): {e}", mode.as_str()))
 }
 
@@ -698,7 +790,7 @@ impl<'w> CpuModel<'w> {
         };
         let mut built = Vec::new();
         for mode in [archc_compiler::Mode::Prefill, archc_compiler::Mode::Decode] {
-            let p = program(spec, mode).map_err(hint)?;
+            let p = program_for(spec, mode, weights).map_err(hint)?;
             let k = kernels(&p, engine, llvm).map_err(hint)?;
             built.push((p, k));
         }

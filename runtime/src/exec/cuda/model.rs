@@ -96,6 +96,11 @@ fn param_bytes<'w>(
                 "parameter `{name}`: the program reads it as i32, which no checkpoint stores"
             ))
         }
+        Elem::U8 => {
+            return Err(format!(
+                "parameter `{name}`: quantised blocks are not uploaded to the GPU yet"
+            ))
+        }
     };
     Ok(Cow::Owned(bytes))
 }
