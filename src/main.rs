@@ -31,6 +31,10 @@ enum Command {
     Emit(cmd::emit::Args),
     /// Run a model directory on tokens and write the logits as .npy.
     Logits(cmd::logits::Args),
+    /// Time a model on the CPU against the machine's bandwidth and FMA roofs.
+    Bench(cmd::bench::Args),
+    /// Generate text with a model (default: SmolLM2-135M-Instruct, fetched on first use).
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +48,7 @@ fn main() -> ExitCode {
         Command::Lower(args) => cmd::lower::run(args),
         Command::Emit(args) => cmd::emit::run(args),
         Command::Logits(args) => cmd::logits::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::Run(args) => cmd::run::run(args),
     }
 }

@@ -2,7 +2,14 @@
 //!
 //! **Invariant:** the runtime never parses `.arch` text; it consumes a `Spec`.
 
+pub mod bench;
 pub mod bind;
+pub mod chat;
 pub mod exec;
+pub mod fetch;
+pub mod generate;
 pub mod npy;
+pub mod quant;
+pub mod sample;
+pub mod tokenize;
 pub mod weights;

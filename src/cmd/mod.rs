@@ -1,5 +1,6 @@
 //! Subcommands of the `archc` binary, one file each.
 
+pub mod bench;
 pub mod check;
 pub mod diff;
 pub mod emit;
@@ -7,4 +8,5 @@ pub mod fmt;
 pub mod import;
 pub mod logits;
 pub mod lower;
+pub mod run;
 pub mod stats;

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Compares archc with llama.cpp (llama-bench) and PyTorch eager on the CPU, on random-weight
+# models at real shapes. A script for people, not part of CI; see bench/README.md.
+#
+#   bench/compare.sh [--threads N] [--prompt-len N] [--gen N] [--rounds N] [--models "a b"]
+#                    [--only build|models|run]
+#
+# Everything it downloads or builds lives under bench/.work/ (gitignored). Set PYTHON to a
+# Python that already has torch, transformers, safetensors, tokenizers and numpy to skip the venv.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$ROOT/bench/.work"
+THREADS=2
+PROMPT=512
+GEN=128
+ROUNDS=3
+MODELS="qwen3-0.6b llama-3.2-1b"
+ONLY=""
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --threads) THREADS="$2"; shift 2 ;;
+        --prompt-len) PROMPT="$2"; shift 2 ;;
+        --gen) GEN="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
+        --models) MODELS="$2"; shift 2 ;;
+        --only) ONLY="$2"; shift 2 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+mkdir -p "$WORK"
+log() { echo "[compare.sh $(date +%H:%M:%S)] $*" >&2; }
+
+# --- Python: a venv under bench/.work unless PYTHON names one that is ready. -------------------
+setup_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        PY="$PYTHON"
+    else
+        PY="$WORK/venv/bin/python"
+        if [ ! -x "$PY" ]; then
+            log "creating $WORK/venv"
+            python3 -m venv "$WORK/venv"
+        fi
+        if ! "$PY" -c "import torch, transformers, safetensors, tokenizers, numpy" 2>/dev/null; then
+            log "installing torch, transformers, safetensors, tokenizers, numpy into the venv"
+            "$PY" -m pip install --quiet -r "$ROOT/tools/reference/requirements.txt" tokenizers
+        fi
+    fi
+    "$PY" -c "import torch, transformers, safetensors, tokenizers, numpy" || {
+        echo "compare.sh: $PY lacks torch/transformers/safetensors/tokenizers/numpy" >&2
+        exit 1
+    }
+}
+
+# --- llama.cpp: from the llama-cpp-python sdist, CPU only, native, release. -------------------
+LLAMA_SRC="$WORK/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+LLAMA_BUILD="$WORK/llama-build"
+LLAMA_BENCH="$LLAMA_BUILD/bin/llama-bench"
+
+build_llama_cpp() {
+    if [ -x "$LLAMA_BENCH" ]; then
+        log "llama-bench already built: $LLAMA_BENCH"
+        return
+    fi
+    if ! command -v cmake >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            log "installing cmake with apt-get"
+            apt-get install -y -q cmake >/dev/null
+        else
+            log "installing cmake with pip into the venv"
+            "$PY" -m pip install --quiet cmake
+            PATH="$(dirname "$PY"):$PATH"
+        fi
+    fi
+    if [ ! -f "$LLAMA_SRC/CMakeLists.txt" ]; then
+        log "downloading the llama-cpp-python $LLAMA_CPP_PYTHON_VERSION sdist"
+        # Only llama-cpp-python itself as source; its build backend may come as wheels.
+        "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
+            "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$WORK"
+        tar -xzf "$WORK/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz" -C "$WORK"
+    fi
+    log "configuring llama.cpp (CPU, GGML_NATIVE, Release)"
+    cmake -S "$LLAMA_SRC" -B "$LLAMA_BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DLLAMA_CURL=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    log "building llama-bench (takes a while on 2 cores)"
+    cmake --build "$LLAMA_BUILD" --target llama-bench -j2 >/dev/null
+    log "built $LLAMA_BENCH"
+}
+
+# --- Models: random weights at real shapes, bf16, with a tokenizer; and their GGUF. -----------
+make_models() {
+    for m in $MODELS; do
+        if [ ! -f "$WORK/models/$m/config.json" ]; then
+            log "creating the $m bench model"
+            "$PY" "$ROOT/tools/reference/bench_models.py" --out "$WORK/models" "$m"
+        fi
+        if [ ! -f "$WORK/gguf/$m.gguf" ]; then
+            log "converting $m to GGUF bf16"
+            mkdir -p "$WORK/gguf"
+            # The pre-tokenizer name only labels the bench tokenizer (see convert_gguf.py).
+            case "$m" in qwen*) pre=qwen2 ;; *) pre=llama-bpe ;; esac
+            "$PY" "$ROOT/bench/convert_gguf.py" "$LLAMA_SRC" "$pre" "$WORK/models/$m" \
+                --outtype bf16 --outfile "$WORK/gguf/$m.gguf" >"$WORK/gguf/$m.convert.log" 2>&1 || {
+                tail -20 "$WORK/gguf/$m.convert.log" >&2
+                exit 1
+            }
+        fi
+    done
+}
+
+# --- One round per engine, alternating, then the table. --------------------------------------
+run_all() {
+    log "building archc (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin archc)
+    ARCHC="$ROOT/target/release/archc"
+    RAW="$WORK/raw"
+    rm -rf "$RAW"
+    mkdir -p "$RAW"
+    echo "# bench/compare.sh --threads $THREADS --prompt-len $PROMPT --gen $GEN --rounds $ROUNDS"
+    echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    local field flags
+    field() { grep -m1 "^$1" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'; }
+    flags="$(for f in avx2 fma avx512f avx512_bf16; do grep -m1 -qw "$f" /proc/cpuinfo && printf '%s ' "$f"; done)"
+    echo "# cpu: $(field 'model name') (family $(field 'cpu family'), model $(field 'model')), $(nproc) cores, ${flags% }"
+    echo "# archc: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "# llama.cpp: from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION; torch $("$PY" -c 'import torch; print(torch.__version__)')"
+    echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # One round runs every engine once on every model; the table is the median over rounds.
+    for r in $(seq 1 "$ROUNDS"); do
+        for m in $MODELS; do
+            log "round $r/$ROUNDS $m: archc"
+            "$ARCHC" bench "$WORK/models/$m" --prompt-len "$PROMPT" --gen "$GEN" \
+                --threads "$THREADS" --repeat 1 --json >"$RAW/archc.$m.$r.json"
+            log "round $r/$ROUNDS $m: llama.cpp"
+            "$LLAMA_BENCH" -m "$WORK/gguf/$m.gguf" -p "$PROMPT" -n "$GEN" -t "$THREADS" \
+                -r 1 -o json >"$RAW/llama.$m.$r.json" 2>"$RAW/llama.$m.$r.log"
+            log "round $r/$ROUNDS $m: PyTorch eager"
+            "$PY" "$ROOT/bench/torch_bench.py" "$WORK/models/$m" --prompt-len "$PROMPT" \
+                --gen "$GEN" --threads "$THREADS" --repeat 1 >"$RAW/torch.$m.$r.json" \
+                2>"$RAW/torch.$m.$r.log"
+        done
+        echo "# after round $r, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+        # The table so far, so that an interrupted run still leaves one.
+        if [ "$r" != "$ROUNDS" ]; then
+            echo
+            echo "## after round $r"
+            "$PY" "$ROOT/bench/table.py" "$RAW" --models "$MODELS" --threads "$THREADS" \
+                --prompt-len "$PROMPT" --gen "$GEN"
+            echo
+        fi
+    done
+    echo
+    echo "## result"
+    "$PY" "$ROOT/bench/table.py" "$RAW" --models "$MODELS" --threads "$THREADS" \
+        --prompt-len "$PROMPT" --gen "$GEN"
+    echo
+    echo "## raw results"
+    for f in "$RAW"/*.json; do
+        echo "### $(basename "$f")"
+        cat "$f"
+        echo
+    done
+}
+
+setup_python
+case "$ONLY" in
+    build) build_llama_cpp ;;
+    models) build_llama_cpp; make_models ;;
+    run) run_all ;;
+    "") build_llama_cpp; make_models; run_all ;;
+    *) echo "compare.sh: --only takes build, models or run (found '$ONLY')" >&2; exit 2 ;;
+esac

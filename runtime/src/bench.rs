@@ -1,0 +1,464 @@
+//! Measurements for `archc bench`: probes of the machine's memory read bandwidth and FMA
+//! throughput (the two roofs a model runs under), wall-clock timing of prefill and decode
+//! on a loaded CPU model, and the process's peak resident memory.
+//!
+//! The probes are short and honest rather than clever: the bandwidth probe sums a buffer
+//! many times larger than the last-level cache on every thread, the FMA probe runs
+//! independent chains of vector fused multiply-adds (enough of them to hide the latency)
+//! with the widest instructions the CPU has. Both report the best of a few repetitions,
+//! the usual convention for a roof: what the machine can do, not what it did on average.
+
+use crate::exec::cpu::{CpuModel, KvState, Phase};
+use std::time::{Duration, Instant};
+
+/// Default size of the bandwidth probe's buffer: 16 times a 32 MiB L3.
+pub const DEFAULT_PROBE_BYTES: usize = 512 << 20;
+
+/// What the bandwidth probe measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bandwidth {
+    /// Bytes read per second over all threads, the best repetition.
+    pub bytes_per_s: f64,
+    /// The buffer size in bytes.
+    pub buffer_bytes: usize,
+    pub threads: usize,
+}
+
+/// Measures how fast `threads` threads together read a buffer of `bytes` bytes (each
+/// thread its own contiguous share), best of `repeats` passes. The buffer is written once
+/// first so that every page is resident before the clock starts.
+pub fn read_bandwidth(threads: usize, bytes: usize, repeats: usize) -> Result<Bandwidth, String> {
+    if threads == 0 || repeats == 0 {
+        return Err("the bandwidth probe needs at least one thread and one repetition".into());
+    }
+    // Whole 64-byte lines per thread, at least one each.
+    let words_per_thread = (bytes / 8 / threads).max(8) / 8 * 8;
+    let words = words_per_thread * threads;
+    let mut buf: Vec<u64> = Vec::new();
+    buf.try_reserve_exact(words).map_err(|_| {
+        format!(
+            "the bandwidth probe cannot allocate {} MiB",
+            (words * 8) >> 20
+        )
+    })?;
+    buf.resize(words, 0);
+    std::thread::scope(|s| {
+        for (t, chunk) in buf.chunks_mut(words_per_thread).enumerate() {
+            s.spawn(move || {
+                for (i, w) in chunk.iter_mut().enumerate() {
+                    *w = (i as u64) ^ (t as u64);
+                }
+            });
+        }
+    });
+    let mut best = Duration::MAX;
+    let mut sink = 0u64;
+    for _ in 0..repeats {
+        let start = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = buf
+                .chunks(words_per_thread)
+                .map(|chunk| s.spawn(move || sum_words(chunk)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        best = best.min(start.elapsed());
+        sink = sums.iter().fold(sink, |a, &b| a.wrapping_add(b));
+    }
+    std::hint::black_box(sink);
+    Ok(Bandwidth {
+        bytes_per_s: (words * 8) as f64 / best.as_secs_f64().max(1e-9),
+        buffer_bytes: words * 8,
+        threads,
+    })
+}
+
+/// Sums `words` with eight independent accumulators, so that the loop is bound by the
+/// loads and the compiler can keep it in wide vector registers.
+fn sum_words(words: &[u64]) -> u64 {
+    let mut acc = [0u64; 8];
+    let mut lines = words.chunks_exact(8);
+    for line in &mut lines {
+        for (a, w) in acc.iter_mut().zip(line) {
+            *a = a.wrapping_add(*w);
+        }
+    }
+    let tail = lines
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &w| a.wrapping_add(w));
+    acc.iter().fold(tail, |a, &b| a.wrapping_add(b))
+}
+
+/// What the FMA probe measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FmaPeak {
+    /// f32 FLOPs per second over all threads (a fused multiply-add counts as 2), best
+    /// repetition.
+    pub flops_per_s: f64,
+    /// The instructions used: `avx512`, `avx2` or `scalar`.
+    pub isa: &'static str,
+    pub threads: usize,
+}
+
+/// Measures the f32 fused multiply-add throughput of `threads` threads running at once,
+/// with AVX-512 or AVX2 where the CPU has them (detected at run time) and a plain loop
+/// elsewhere. Each repetition runs about `target` long; the best of `repeats` counts.
+pub fn fma_throughput(threads: usize, repeats: usize, target: Duration) -> Result<FmaPeak, String> {
+    if threads == 0 || repeats == 0 {
+        return Err("the FMA probe needs at least one thread and one repetition".into());
+    }
+    let isa = fma_isa();
+    // Calibrate the iteration count on one thread so that a repetition lasts `target`.
+    let mut iters: u64 = 1 << 14;
+    loop {
+        let start = Instant::now();
+        std::hint::black_box(fma_loop(isa, iters));
+        let took = start.elapsed();
+        if took >= target / 8 || iters >= 1 << 40 {
+            let scale = target.as_secs_f64() / took.as_secs_f64().max(1e-9);
+            iters = ((iters as f64 * scale) as u64).max(1);
+            break;
+        }
+        iters *= 4;
+    }
+    let mut best = Duration::MAX;
+    for _ in 0..repeats {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(move || std::hint::black_box(fma_loop(isa, iters)));
+            }
+        });
+        best = best.min(start.elapsed());
+    }
+    let flops = iters as f64 * flops_per_iteration(isa) as f64 * threads as f64;
+    Ok(FmaPeak {
+        flops_per_s: flops / best.as_secs_f64().max(1e-9),
+        isa,
+        threads,
+    })
+}
+
+/// The widest FMA instructions this CPU runs.
+fn fma_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "avx2";
+        }
+    }
+    "scalar"
+}
+
+/// f32 FLOPs one iteration of `fma_loop` performs.
+fn flops_per_iteration(isa: &str) -> u64 {
+    match isa {
+        // 16 independent zmm accumulators, 16 lanes, multiply and add.
+        "avx512" => 16 * 16 * 2,
+        // 12 independent ymm accumulators, 8 lanes.
+        "avx2" => 12 * 8 * 2,
+        // 8 independent scalar multiply-add chains.
+        _ => 8 * 2,
+    }
+}
+
+/// Runs `iters` iterations of the probe loop for `isa`; the result only defeats dead-code
+/// elimination.
+fn fma_loop(isa: &str, iters: u64) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == "avx512" && std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { fma_avx512(iters) };
+        }
+        if isa == "avx2" && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA3 and AVX (checked by `fma_isa` and just above).
+            return unsafe { fma_avx2(iters) };
+        }
+    }
+    let _ = isa;
+    fma_scalar(iters)
+}
+
+/// Sixteen independent `vfmadd231ps` chains on zmm registers per iteration. Written in
+/// assembly so that the compiler neither merges nor reorders the chains; the operands are
+/// zero, which keeps every value normal and the timing data-independent.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+unsafe fn fma_avx512(iters: u64) -> u64 {
+    let mut n = iters.max(1);
+    // SAFETY: the caller guarantees AVX-512F; the block touches only the registers it
+    // declares and no memory.
+    unsafe {
+        std::arch::asm!(
+            "vpxord zmm16, zmm16, zmm16",
+            "vpxord zmm17, zmm17, zmm17",
+            "vpxord zmm0, zmm0, zmm0",
+            "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
+            "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
+            "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
+            "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
+            "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
+            "2:",
+            "vfmadd231ps zmm0, zmm16, zmm17",
+            "vfmadd231ps zmm1, zmm16, zmm17",
+            "vfmadd231ps zmm2, zmm16, zmm17",
+            "vfmadd231ps zmm3, zmm16, zmm17",
+            "vfmadd231ps zmm4, zmm16, zmm17",
+            "vfmadd231ps zmm5, zmm16, zmm17",
+            "vfmadd231ps zmm6, zmm16, zmm17",
+            "vfmadd231ps zmm7, zmm16, zmm17",
+            "vfmadd231ps zmm8, zmm16, zmm17",
+            "vfmadd231ps zmm9, zmm16, zmm17",
+            "vfmadd231ps zmm10, zmm16, zmm17",
+            "vfmadd231ps zmm11, zmm16, zmm17",
+            "vfmadd231ps zmm12, zmm16, zmm17",
+            "vfmadd231ps zmm13, zmm16, zmm17",
+            "vfmadd231ps zmm14, zmm16, zmm17",
+            "vfmadd231ps zmm15, zmm16, zmm17",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) n,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+            out("zmm16") _, out("zmm17") _,
+            options(nostack, nomem),
+        );
+    }
+    n
+}
+
+/// Twelve independent `vfmadd231ps` chains on ymm registers per iteration (see
+/// `fma_avx512`).
+///
+/// # Safety
+/// The CPU must support AVX and FMA3.
+#[cfg(target_arch = "x86_64")]
+unsafe fn fma_avx2(iters: u64) -> u64 {
+    let mut n = iters.max(1);
+    // SAFETY: the caller guarantees AVX and FMA3; the block touches only the registers it
+    // declares and no memory.
+    unsafe {
+        std::arch::asm!(
+            "vxorps ymm12, ymm12, ymm12",
+            "vxorps ymm13, ymm13, ymm13",
+            "vxorps ymm0, ymm0, ymm0",
+            "vmovaps ymm1, ymm0", "vmovaps ymm2, ymm0", "vmovaps ymm3, ymm0",
+            "vmovaps ymm4, ymm0", "vmovaps ymm5, ymm0", "vmovaps ymm6, ymm0",
+            "vmovaps ymm7, ymm0", "vmovaps ymm8, ymm0", "vmovaps ymm9, ymm0",
+            "vmovaps ymm10, ymm0", "vmovaps ymm11, ymm0",
+            "2:",
+            "vfmadd231ps ymm0, ymm12, ymm13",
+            "vfmadd231ps ymm1, ymm12, ymm13",
+            "vfmadd231ps ymm2, ymm12, ymm13",
+            "vfmadd231ps ymm3, ymm12, ymm13",
+            "vfmadd231ps ymm4, ymm12, ymm13",
+            "vfmadd231ps ymm5, ymm12, ymm13",
+            "vfmadd231ps ymm6, ymm12, ymm13",
+            "vfmadd231ps ymm7, ymm12, ymm13",
+            "vfmadd231ps ymm8, ymm12, ymm13",
+            "vfmadd231ps ymm9, ymm12, ymm13",
+            "vfmadd231ps ymm10, ymm12, ymm13",
+            "vfmadd231ps ymm11, ymm12, ymm13",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) n,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _,
+            options(nostack, nomem),
+        );
+    }
+    n
+}
+
+/// Eight independent multiply-add chains in plain Rust, for CPUs without the vector paths.
+fn fma_scalar(iters: u64) -> u64 {
+    let mut acc = [1.0f32, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7];
+    let a = std::hint::black_box(0.999_999f32);
+    let b = std::hint::black_box(1e-7f32);
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = *x * a + b;
+        }
+    }
+    acc.iter().map(|x| x.to_bits() as u64).sum()
+}
+
+/// The peak resident set size of this process so far (`VmHWM`), or `None` where
+/// `/proc/self/status` does not say (not Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_kib_field(&status, "VmHWM:")
+}
+
+/// The current resident set size (`VmRSS`), or `None` off Linux.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_kib_field(&status, "VmRSS:")
+}
+
+/// Resets the peak resident set size to the current one (Linux `clear_refs` value 5);
+/// false where the kernel does not allow it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The value of a `Name:   1234 kB` line of `/proc/self/status`, in bytes.
+fn parse_kib_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `n` pseudo-random token ids below `vocab` from a fixed seed (xorshift64*), so that
+/// every run feeds the same tokens.
+pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed | 1;
+    let vocab = vocab.clamp(1, u32::MAX as usize) as u64;
+    (0..n)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+            ((r >> 32) % vocab) as u32
+        })
+        .collect()
+}
+
+/// Seconds per repetition of each timed phase.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    /// One prefill of the whole prompt from an empty cache, per repetition.
+    pub prefill_s: Vec<f64>,
+    /// All decode steps from an empty cache, per repetition.
+    pub decode_s: Vec<f64>,
+}
+
+/// Times `model`: a warm-up (a short prefill and a few decode steps, so that every weight
+/// page and every kernel has been touched), then `repeats` times a prefill of `prompt`
+/// tokens from an empty cache and `gen` single-token decode steps from an empty cache
+/// (the way llama.cpp's `llama-bench` measures `pp` and `tg`).
+pub fn time_model(
+    model: &mut CpuModel<'_>,
+    vocab: usize,
+    prompt: usize,
+    gen: usize,
+    repeats: usize,
+) -> Result<Timings, String> {
+    if prompt == 0 || gen == 0 || repeats == 0 {
+        return Err(
+            "the prompt, the generated length and the repetitions must be at least 1".into(),
+        );
+    }
+    let prompt_tokens = random_tokens(prompt, vocab, 0x5eed_0001);
+    let gen_tokens = random_tokens(gen, vocab, 0x5eed_0002);
+    let mut cache: KvState = model.new_cache();
+    model
+        .run(Phase::Prefill, &mut cache, &prompt_tokens[..prompt.min(8)])
+        .map_err(|e| format!("warm-up prefill: {e}"))?;
+    for &t in gen_tokens.iter().take(4) {
+        model
+            .run(Phase::Decode, &mut cache, &[t])
+            .map_err(|e| format!("warm-up decode: {e}"))?;
+    }
+    let mut timings = Timings::default();
+    for r in 0..repeats {
+        cache.clear();
+        let start = Instant::now();
+        let logits = model
+            .run(Phase::Prefill, &mut cache, &prompt_tokens)
+            .map_err(|e| format!("prefill (repetition {r}): {e}"))?;
+        timings.prefill_s.push(start.elapsed().as_secs_f64());
+        std::hint::black_box(logits);
+
+        cache.clear();
+        let start = Instant::now();
+        for (i, &t) in gen_tokens.iter().enumerate() {
+            let logits = model
+                .run(Phase::Decode, &mut cache, &[t])
+                .map_err(|e| format!("decode step {i} (repetition {r}): {e}"))?;
+            std::hint::black_box(logits);
+        }
+        timings.decode_s.push(start.elapsed().as_secs_f64());
+    }
+    Ok(timings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn status_fields_parse_in_bytes() {
+        let status = "Name:\tarchc\nVmHWM:\t  2048 kB\nVmRSS:\t    12 kB\n";
+        assert_eq!(parse_kib_field(status, "VmHWM:"), Some(2048 * 1024));
+        assert_eq!(parse_kib_field(status, "VmRSS:"), Some(12 * 1024));
+        assert_eq!(parse_kib_field(status, "VmPeak:"), None);
+        assert_eq!(parse_kib_field("VmHWM: lots kB", "VmHWM:"), None);
+    }
+
+    #[test]
+    fn random_tokens_are_fixed_and_in_range() {
+        let a = random_tokens(1000, 7, 42);
+        assert_eq!(a, random_tokens(1000, 7, 42));
+        assert!(a.iter().all(|&t| t < 7));
+        // Every id of a small vocabulary shows up: the generator is not stuck.
+        for id in 0..7 {
+            assert!(a.contains(&id), "id {id} never drawn");
+        }
+        assert_ne!(random_tokens(16, 1000, 1), random_tokens(16, 1000, 2));
+    }
+
+    #[test]
+    fn probes_measure_something() {
+        let bw = read_bandwidth(2, 8 << 20, 2).expect("bandwidth probe");
+        assert!(bw.bytes_per_s > 0.0 && bw.bytes_per_s.is_finite());
+        assert_eq!(bw.buffer_bytes, 8 << 20);
+        let fma = fma_throughput(2, 2, Duration::from_millis(5)).expect("fma probe");
+        assert!(fma.flops_per_s > 0.0 && fma.flops_per_s.is_finite());
+        // The vector loops compute nothing observable, so check the scalar one's result.
+        assert!(fma_scalar(10) > 0);
+    }
+
+    #[test]
+    fn probes_refuse_zero_threads() {
+        assert!(read_bandwidth(0, 1 << 20, 1).is_err());
+        assert!(fma_throughput(1, 0, Duration::from_millis(1)).is_err());
+    }
+}
