@@ -396,17 +396,17 @@ fn snapshot(name: &str, text: &str) {
     });
 }
 
-/// A model the kernel path cannot build names the op and points to the graph interpreter.
+/// A spec that declares f8 weights over an f32 checkpoint is refused, naming the tensor.
 #[test]
-fn unsupported_model_error() {
+fn f8_spec_over_f32_weights_is_refused() {
     let case = "llama";
     let f = fixture(case);
     let w = load(case, &f.spec, &f.dir);
     let mut spec = f.spec.clone();
     spec.dtype = DType::F8;
     let err = CpuModel::from_spec_with(&spec, &w, Engine::Llvm, 1, &code_cache())
-        .expect_err("f8 weights have no kernels");
-    snapshot("unsupported_model_error", &err);
+        .expect_err("f32 checkpoint weights cannot be supplied as f8");
+    snapshot("f8_spec_over_f32_weights", &err);
 }
 
 /// `archc logits` with the default backend (llvm) on two threads, the kernel interpreter

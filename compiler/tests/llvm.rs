@@ -1003,7 +1003,7 @@ fn check_against_interpreter(
             Some(KData::F32(v)) => ptr(v),
             Some(KData::Bf16(v)) | Some(KData::F16(v)) => ptr(v),
             Some(KData::I32(v)) => ptr(v),
-            Some(KData::U8(v)) => ptr(v),
+            Some(KData::U8(v)) | Some(KData::F8(v)) => ptr(v),
         })
         .collect();
     for t in 0..threads {

@@ -2,8 +2,8 @@
 //! semantics documented in `kernel/mod.rs`, against which every backend is tested.
 //!
 //! Semantics in detail (backends must agree):
-//! - Loads widen (bf16, f16, f32 → `f32`; i32 → `i64` sign-extended; u8 → `i64`
-//!   zero-extended); stores narrow, bf16 and f16 with round-to-nearest-even, NaN kept NaN
+//! - Loads widen (bf16, f16, f8 e4m3fn, f32 → `f32`, exactly; i32 → `i64` sign-extended;
+//!   u8 → `i64` zero-extended); stores narrow (an f8 buffer takes none: it is read-only), bf16 and f16 with round-to-nearest-even, NaN kept NaN
 //!   (quietened); i64 → i32 and i64 → u8 keep the low bits (two's complement).
 //! - `<<` and `>>` (arithmetic) shift by `0..64` bits; any other amount is an error, as it
 //!   is undefined in the backends. `&` and `|` are bitwise. `f16bits(x)` reads the low 16
@@ -26,7 +26,7 @@ use super::*;
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// A typed view of one buffer's memory, in its storage type (bf16 and f16 as raw bits).
+/// A typed view of one buffer's memory, in its storage type (bf16, f16 and f8 as raw bits).
 /// The `...Ro` variants are read-only: storing into them is an error. `Unbound` stands for
 /// a scratch parameter, which the kernel allocates itself.
 #[derive(Debug)]
@@ -36,11 +36,14 @@ pub enum KBufData<'a> {
     F16(&'a mut [u16]),
     I32(&'a mut [i32]),
     U8(&'a mut [u8]),
+    /// f8 e4m3fn bits. Mutable memory can be given, but the kernel never stores into it.
+    F8(&'a mut [u8]),
     F32Ro(&'a [f32]),
     Bf16Ro(&'a [u16]),
     F16Ro(&'a [u16]),
     I32Ro(&'a [i32]),
     U8Ro(&'a [u8]),
+    F8Ro(&'a [u8]),
     Unbound,
 }
 
@@ -53,6 +56,7 @@ impl KBufData<'_> {
             KBufData::F16(_) | KBufData::F16Ro(_) => Elem::F16,
             KBufData::I32(_) | KBufData::I32Ro(_) => Elem::I32,
             KBufData::U8(_) | KBufData::U8Ro(_) => Elem::U8,
+            KBufData::F8(_) | KBufData::F8Ro(_) => Elem::F8,
             KBufData::Unbound => return None,
         })
     }
@@ -67,6 +71,8 @@ impl KBufData<'_> {
             KBufData::I32Ro(s) => s.len(),
             KBufData::U8(s) => s.len(),
             KBufData::U8Ro(s) => s.len(),
+            KBufData::F8(s) => s.len(),
+            KBufData::F8Ro(s) => s.len(),
             KBufData::Unbound => 0,
         }
     }
@@ -88,6 +94,8 @@ impl KBufData<'_> {
             KBufData::I32Ro(s) => KBufData::I32Ro(s),
             KBufData::U8(s) => KBufData::U8(s),
             KBufData::U8Ro(s) => KBufData::U8Ro(s),
+            KBufData::F8(s) => KBufData::F8(s),
+            KBufData::F8Ro(s) => KBufData::F8Ro(s),
             KBufData::Unbound => KBufData::Unbound,
         }
     }
@@ -104,6 +112,8 @@ impl KBufData<'_> {
             KBufData::I32Ro(s) => Val::I(i64::from(*s.get(i)?)),
             KBufData::U8(s) => Val::I(i64::from(*s.get(i)?)),
             KBufData::U8Ro(s) => Val::I(i64::from(*s.get(i)?)),
+            KBufData::F8(s) => Val::F(f8e4m3_to_f32(*s.get(i)?)),
+            KBufData::F8Ro(s) => Val::F(f8e4m3_to_f32(*s.get(i)?)),
             KBufData::Unbound => return None,
         })
     }
@@ -123,9 +133,13 @@ impl KBufData<'_> {
                 | KBufData::Bf16Ro(_)
                 | KBufData::F16Ro(_)
                 | KBufData::I32Ro(_)
-                | KBufData::U8Ro(_),
+                | KBufData::U8Ro(_)
+                | KBufData::F8Ro(_),
                 _,
             ) => return Err("the memory was given read-only".to_string()),
+            (KBufData::F8(_), _) => {
+                return Err("f8 buffers are read-only (weights); there is no f8 store".to_string())
+            }
             (_, v) => return Err(format!("cannot store {v:?} into this buffer")),
         }
         Ok(())
@@ -140,11 +154,12 @@ pub enum KData {
     F16(Vec<u16>),
     I32(Vec<i32>),
     U8(Vec<u8>),
+    F8(Vec<u8>),
 }
 
 impl KData {
     /// `len` elements poisoned so that reading them before writing shows: NaN for floats,
-    /// `i32::MIN` for i32, `0xff` for bytes.
+    /// `i32::MIN` for i32, `0xff` for bytes (a NaN in f8).
     pub fn poisoned(elem: Elem, len: usize) -> KData {
         match elem {
             Elem::F32 => KData::F32(vec![f32::NAN; len]),
@@ -152,6 +167,7 @@ impl KData {
             Elem::F16 => KData::F16(vec![0x7e00; len]),
             Elem::I32 => KData::I32(vec![i32::MIN; len]),
             Elem::U8 => KData::U8(vec![0xff; len]),
+            Elem::F8 => KData::F8(vec![0xff; len]),
         }
     }
 
@@ -162,6 +178,7 @@ impl KData {
             KData::F16(_) => Elem::F16,
             KData::I32(_) => Elem::I32,
             KData::U8(_) => Elem::U8,
+            KData::F8(_) => Elem::F8,
         }
     }
 
@@ -170,7 +187,7 @@ impl KData {
             KData::F32(v) => v.len(),
             KData::Bf16(v) | KData::F16(v) => v.len(),
             KData::I32(v) => v.len(),
-            KData::U8(v) => v.len(),
+            KData::U8(v) | KData::F8(v) => v.len(),
         }
     }
 
@@ -186,6 +203,7 @@ impl KData {
             KData::F16(v) => KBufData::F16(v),
             KData::I32(v) => KBufData::I32(v),
             KData::U8(v) => KBufData::U8(v),
+            KData::F8(v) => KBufData::F8(v),
         }
     }
 
@@ -197,6 +215,7 @@ impl KData {
             KData::F16(v) => KBufData::F16Ro(v),
             KData::I32(v) => KBufData::I32Ro(v),
             KData::U8(v) => KBufData::U8Ro(v),
+            KData::F8(v) => KBufData::F8Ro(v),
         }
     }
 
@@ -208,6 +227,7 @@ impl KData {
             KData::F16(v) => v.iter().map(|&b| f16_to_f32(b)).collect(),
             KData::I32(v) => v.iter().map(|&x| x as f32).collect(),
             KData::U8(v) => v.iter().map(|&x| f32::from(x)).collect(),
+            KData::F8(v) => v.iter().map(|&b| f8e4m3_to_f32(b)).collect(),
         }
     }
 }
@@ -235,6 +255,29 @@ impl fmt::Display for KernelRunError {
 }
 
 impl std::error::Error for KernelRunError {}
+
+/// f8 e4m3fn bits to `f32` (exact): 1 sign bit, 4 exponent bits with bias 7, 3 mantissa
+/// bits; exponent 0 is zero or subnormal (`m * 2^-9`), `s.1111.111` is NaN (quiet, sign
+/// kept), and there are no infinities (`s.1111.110` is ±448).
+pub fn f8e4m3_to_f32(b: u8) -> f32 {
+    let sign = u32::from(b >> 7) << 31;
+    let exp = u32::from((b >> 3) & 0xf);
+    let man = u32::from(b & 0x7);
+    match (exp, man) {
+        (0, _) => {
+            // Zero or subnormal: man * 2^-9, exact in f32.
+            let mag = man as f32 * f32::from_bits(0x3b00_0000);
+            if sign != 0 {
+                -mag
+            } else {
+                mag
+            }
+        }
+        (15, 7) => f32::from_bits(sign | 0x7fc0_0000),
+        // Rebias 7 → 127 and move the 3 mantissa bits to the top of f32's 23.
+        _ => f32::from_bits(sign | ((exp + 120) << 23) | (man << 20)),
+    }
+}
 
 /// `bf16` bits to `f32` (exact).
 pub fn bf16_to_f32(b: u16) -> f32 {

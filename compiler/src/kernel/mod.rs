@@ -34,6 +34,11 @@ pub enum Elem {
     I32,
     /// Raw bytes (quantised weight blocks); loads zero-extend to `I64`.
     U8,
+    /// 8-bit float e4m3fn (1 sign bit, 4 exponent bits with bias 7, 3 mantissa bits; no
+    /// infinities, `0x7f`/`0xff` are NaN, the largest finite value is 448). Loads widen to
+    /// `F32` exactly. Weights only: an f8 buffer is read-only, a store into one is
+    /// rejected by the verifier (there is no rounding mode or saturation rule to agree on).
+    F8,
 }
 
 impl Elem {
@@ -44,6 +49,7 @@ impl Elem {
             Elem::F16 => "f16",
             Elem::I32 => "i32",
             Elem::U8 => "u8",
+            Elem::F8 => "f8",
         }
     }
 
@@ -51,15 +57,15 @@ impl Elem {
         match self {
             Elem::F32 | Elem::I32 => 4,
             Elem::Bf16 | Elem::F16 => 2,
-            Elem::U8 => 1,
+            Elem::U8 | Elem::F8 => 1,
         }
     }
 }
 
-/// Type of a scalar value in a kernel body. Loads widen: a float buffer (f32, bf16, f16)
-/// loads as `F32`, an `I32` buffer as `I64` (sign-extended), a `U8` buffer as `I64`
+/// Type of a scalar value in a kernel body. Loads widen: a float buffer (f32, bf16, f16,
+/// f8) loads as `F32`, an `I32` buffer as `I64` (sign-extended), a `U8` buffer as `I64`
 /// (zero-extended); stores narrow back to the buffer's type (bf16 and f16 round to nearest
-/// even, integers keep their low bits).
+/// even, integers keep their low bits; f8 buffers take no stores).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ty {
     F32,

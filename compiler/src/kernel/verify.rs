@@ -318,7 +318,7 @@ pub(crate) fn un_name(op: UnOp) -> &'static str {
 /// The scalar type a load from a buffer of this element type produces.
 pub(crate) fn load_ty(e: Elem) -> Ty {
     match e {
-        Elem::F32 | Elem::Bf16 | Elem::F16 => Ty::F32,
+        Elem::F32 | Elem::Bf16 | Elem::F16 | Elem::F8 => Ty::F32,
         Elem::I32 | Elem::U8 => Ty::I64,
     }
 }
@@ -423,6 +423,14 @@ impl Checker<'_> {
                 let text = format!("{}[{}] = {}", kb.name, k.expr(index), k.expr(value));
                 if kb.access == Access::Read {
                     return Err(format!("`{text}`: buffer `{}` is read-only", kb.name));
+                }
+                // f8 holds weights, which kernels only read; a narrowing f8 store would need
+                // a rounding and saturation rule every backend agrees on, so there is none.
+                if kb.elem == Elem::F8 {
+                    return Err(format!(
+                        "`{text}`: buffer `{}` is f8, which is read-only (weights); kernels cannot store f8",
+                        kb.name
+                    ));
                 }
                 let it = self.expr(index)?;
                 if it != Ty::I64 {

@@ -496,7 +496,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             Elem::Bf16 => self.ctx.i16_type().into(),
             Elem::F16 => self.ctx.f16_type().into(),
             Elem::I32 => self.ctx.i32_type().into(),
-            Elem::U8 => self.ctx.i8_type().into(),
+            Elem::U8 | Elem::F8 => self.ctx.i8_type().into(),
         }
     }
 
@@ -795,6 +795,9 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         if access == Access::Read {
             return Err(self.err(format!("`{}` stores to a read-only buffer", text())));
         }
+        if elem == Elem::F8 {
+            return Err(self.err(format!("`{}` stores to an f8 buffer (read-only)", text())));
+        }
         let idx = self.int(index, "store index")?;
         let v = self.expr(value)?;
         let want = match elem {
@@ -894,7 +897,43 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
                 self.ctx.i64_type(),
                 "",
             )?),
+            Elem::F8 => Val::F(self.f8e4m3_to_f32(raw.into_int_value())?),
         })
+    }
+
+    /// f8 e4m3fn bits (an `i8`) → f32, exactly and without branches, so the load stays
+    /// vectorizable: a normal number `s.e.m` (bias 7) has the f32 bits
+    /// `s << 31 | (e + 120) << 23 | m << 20`; exponent 0 is `±m * 2^-9` (zero included);
+    /// `s.1111.111` is a quiet NaN with the sign kept; there are no infinities.
+    fn f8e4m3_to_f32(&self, raw: IntValue<'ctx>) -> Result<FloatValue<'ctx>, CodegenError> {
+        let b = &self.b;
+        let (i32t, f32t) = (self.ctx.i32_type(), self.ctx.f32_type());
+        let c = |v: u64| i32t.const_int(v, false);
+        let x = b.build_int_z_extend(raw, i32t, "f8")?;
+        let sign = b.build_left_shift(b.build_right_shift(x, c(7), false, "")?, c(31), "f8.s")?;
+        let exp = b.build_and(b.build_right_shift(x, c(3), false, "")?, c(0xf), "f8.e")?;
+        let man = b.build_and(x, c(7), "f8.m")?;
+        let normal = b.build_or(
+            b.build_left_shift(b.build_int_add(exp, c(120), "")?, c(23), "")?,
+            b.build_left_shift(man, c(20), "")?,
+            "",
+        )?;
+        // m * 2^-9 is exact in f32; its bits carry no sign, which is or'ed in below.
+        let sub = b.build_float_mul(
+            b.build_unsigned_int_to_float(man, f32t, "")?,
+            f32t.const_float(f64::from(f32::from_bits(0x3b00_0000))),
+            "",
+        )?;
+        let sub = b.build_bit_cast(sub, i32t, "")?.into_int_value();
+        let is_sub = b.build_int_compare(IntPredicate::EQ, exp, c(0), "")?;
+        let mag = b.build_select(is_sub, sub, normal, "")?.into_int_value();
+        let is_nan =
+            b.build_int_compare(IntPredicate::EQ, b.build_and(x, c(0x7f), "")?, c(0x7f), "")?;
+        let mag = b
+            .build_select(is_nan, c(0x7fc0_0000), mag, "")?
+            .into_int_value();
+        let bits = b.build_or(sign, mag, "")?;
+        Ok(b.build_bit_cast(bits, f32t, "f8.f32")?.into_float_value())
     }
 
     /// Sets `reassoc contract` on a float op that accumulates across a vector loop.

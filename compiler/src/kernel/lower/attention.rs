@@ -219,15 +219,10 @@ pub(super) fn invalid(id: NodeId, message: impl Into<String>) -> KernelError {
     }
 }
 
-/// The buffer element type of a graph dtype (f8 has no kernel representation yet).
+/// The buffer element type of a graph dtype (f8 only ever as a read-only weight: the
+/// program refuses nodes that compute f8).
 pub(super) fn elem(id: NodeId, t: DType) -> Result<Elem, KernelError> {
-    Ok(match t {
-        DType::F32 => Elem::F32,
-        DType::F16 => Elem::F16,
-        DType::Bf16 => Elem::Bf16,
-        DType::I32 => Elem::I32,
-        DType::F8 => return Err(invalid(id, "f8 buffers have no kernel element type yet")),
-    })
+    super::elem(t, id.0, "operand")
 }
 
 /// A constant dim, or an error naming what it is.

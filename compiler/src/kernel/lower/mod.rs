@@ -10,7 +10,8 @@
 //!
 //! **Buffers of a program**, in this order:
 //! - one per parameter that some node reads, named `@` + its canonical name, in the
-//!   parameter's stored element type (f32, bf16, f16; f8 is not supported yet);
+//!   parameter's stored element type (f32, bf16, f16, f8; kernels read f8 weights in
+//!   place and widen them to f32 in registers);
 //! - one per node, in node order: an `Op::Input` is an `Input` buffer named by the input
 //!   (`tokens`, `positions`, `cache.0.k`; ids and positions are i32); a reshape is an
 //!   `Alias` of the buffer owning its operand's memory (row-major, so no data moves); a
@@ -39,7 +40,7 @@ mod quant;
 pub use quant::{program_with, BlockFormat, ParamFormat};
 
 use super::{build, Buffer, BufferKind, Elem, Expr, Kernel, Launch, Program};
-use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, ParamId, Value};
+use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -118,18 +119,22 @@ fn kind_name(op: &Op) -> &'static str {
     }
 }
 
-/// The element type a graph dtype is stored as, or why it cannot be.
-fn elem(dtype: DType, node: u32, what: &str) -> Result<Elem, KernelError> {
+/// The element type a graph dtype is stored as. Every dtype has one; f8 (e4m3fn) buffers
+/// are read-only, which [`program`] enforces by refusing nodes that compute an f8 value.
+fn stored(dtype: DType) -> Elem {
     match dtype {
-        DType::F32 => Ok(Elem::F32),
-        DType::Bf16 => Ok(Elem::Bf16),
-        DType::F16 => Ok(Elem::F16),
-        DType::I32 => Ok(Elem::I32),
-        DType::F8 => Err(KernelError::Unsupported {
-            node,
-            op: format!("f8 {what}"),
-        }),
+        DType::F32 => Elem::F32,
+        DType::Bf16 => Elem::Bf16,
+        DType::F16 => Elem::F16,
+        DType::I32 => Elem::I32,
+        DType::F8 => Elem::F8,
     }
+}
+
+/// [`stored`] in the fallible form the kernel generators call for each operand and result
+/// (`node` and `what` locate a refusal, should a dtype ever have no element type again).
+fn elem(dtype: DType, _node: u32, _what: &str) -> Result<Elem, KernelError> {
+    Ok(stored(dtype))
 }
 
 /// 64-bit FNV-1a: a stable hash with no dependency and no per-process seed.
@@ -196,13 +201,7 @@ pub fn program(graph: &Graph) -> Result<Program, KernelError> {
         if !used[i] {
             continue;
         }
-        // An unsupported dtype is reported at the first node that reads the parameter.
-        let reader = graph
-            .nodes
-            .iter()
-            .position(|n| n.inputs.contains(&Value::Param(ParamId(i as u32))))
-            .unwrap_or(0) as u32;
-        let e = elem(p.dtype, reader, &format!("parameter @{}", p.name))?;
+        let e = stored(p.dtype);
         param_buf[i] = buffers.len();
         buffers.push(Buffer {
             name: format!("@{}", p.name),
@@ -258,7 +257,18 @@ pub fn program(graph: &Graph) -> Result<Program, KernelError> {
                 });
             }
         }
-        let e = elem(node.ty.dtype, id, "value")?;
+        // Kernels never store f8 (weights only), so an f8 value may only be a reshape of an
+        // f8 parameter, which is an alias and computes nothing.
+        if node.ty.dtype == DType::F8 && !matches!(node.op, Op::Reshape { .. }) {
+            return Err(KernelError::Unsupported {
+                node: id,
+                op: format!(
+                    "an f8 {} result (f8 buffers are read-only weights)",
+                    kind_name(&node.op)
+                ),
+            });
+        }
+        let e = stored(node.ty.dtype);
         let shape = node.ty.shape.clone();
         let (name, kind) = match &node.op {
             Op::Input { name } => (name.clone(), BufferKind::Input),

@@ -161,6 +161,8 @@ impl Kernels for Interpreted {
                     (_, Elem::I32, false) => KBufData::I32Ro(slice(ptr, bytes / 4)),
                     (_, Elem::U8, true) => KBufData::U8(slice_mut(ptr, bytes)),
                     (_, Elem::U8, false) => KBufData::U8Ro(slice(ptr, bytes)),
+                    (_, Elem::F8, true) => KBufData::F8(slice_mut(ptr, bytes)),
+                    (_, Elem::F8, false) => KBufData::F8Ro(slice(ptr, bytes)),
                 }
             };
             views.push(view);

@@ -164,7 +164,7 @@ fn encode(values: &[f32], elem: Elem) -> Option<AlignedBuf> {
                 c.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
             }
         }
-        Elem::I32 | Elem::U8 => return None,
+        Elem::I32 | Elem::U8 | Elem::F8 => return None,
     }
     Some(buf)
 }

@@ -101,6 +101,11 @@ fn param_bytes<'w>(
                 "parameter `{name}`: quantised blocks are not uploaded to the GPU yet"
             ))
         }
+        Elem::F8 => {
+            return Err(format!(
+                "parameter `{name}`: f8 weights are not uploaded to the GPU yet"
+            ))
+        }
     };
     Ok(Cow::Owned(bytes))
 }
