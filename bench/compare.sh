@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compares archc with llama.cpp (llama-bench) and PyTorch eager on the CPU, on random-weight
-# models at real shapes. A script for people, not part of CI; see bench/README.md.
+# models at real shapes, and archc with llama.cpp on a real quantised model (SmolLM2-135M-
+# Instruct Q4_1, the same GGUF file for both). A script for people, not part of CI; see
+# bench/README.md.
 #
 #   bench/compare.sh [--threads N] [--prompt-len N] [--gen N] [--rounds N] [--models "a b"]
 #                    [--only build|models|run]
@@ -15,7 +17,7 @@ THREADS=2
 PROMPT=512
 GEN=128
 ROUNDS=3
-MODELS="qwen3-0.6b llama-3.2-1b"
+MODELS="qwen3-0.6b llama-3.2-1b smollm2-135m-q4_1"
 ONLY=""
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --models) MODELS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -92,9 +94,31 @@ build_llama_cpp() {
     log "built $LLAMA_BENCH"
 }
 
+# --- The real model: SmolLM2-135M-Instruct Q4_1, archc's default model, in archc's model ----
+# cache ($ARCHC_MODEL_DIR, else $XDG_CACHE_HOME/archc/models, else ~/.cache/archc/models),
+# where `archc run --fetch-only` puts it. archc and llama.cpp both run this file as it is.
+SMOLLM2=smollm2-135m-q4_1
+SMOLLM2_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+is_real() { [ "$1" = "$SMOLLM2" ]; }
+real_gguf() {
+    local dir="${ARCHC_MODEL_DIR:-}"
+    if [ -z "$dir" ]; then
+        if [ -n "${XDG_CACHE_HOME:-}" ]; then dir="$XDG_CACHE_HOME/archc/models"; else dir="$HOME/.cache/archc/models"; fi
+    fi
+    echo "$dir/$SMOLLM2_FILE"
+}
+
 # --- Models: random weights at real shapes, bf16, with a tokenizer; and their GGUF. -----------
 make_models() {
     for m in $MODELS; do
+        if is_real "$m"; then
+            if [ ! -f "$(real_gguf)" ]; then
+                log "fetching $SMOLLM2_FILE into the archc model cache"
+                (cd "$ROOT" && cargo build --release --quiet --bin archc)
+                "$ROOT/target/release/archc" run --fetch-only
+            fi
+            continue
+        fi
         if [ ! -f "$WORK/models/$m/config.json" ]; then
             log "creating the $m bench model"
             "$PY" "$ROOT/tools/reference/bench_models.py" --out "$WORK/models" "$m"
@@ -133,12 +157,24 @@ run_all() {
     # One round runs every engine once on every model; the table is the median over rounds.
     for r in $(seq 1 "$ROUNDS"); do
         for m in $MODELS; do
+            # archc runs the HF directory of a bench model, or the real model's GGUF.
+            local archc_model="$WORK/models/$m" gguf="$WORK/gguf/$m.gguf"
+            if is_real "$m"; then
+                archc_model="$(real_gguf)"
+                gguf="$archc_model"
+                [ -f "$gguf" ] || {
+                    echo "compare.sh: $gguf is missing (run without --only, or archc run --fetch-only)" >&2
+                    exit 1
+                }
+            fi
             log "round $r/$ROUNDS $m: archc"
-            "$ARCHC" bench "$WORK/models/$m" --prompt-len "$PROMPT" --gen "$GEN" \
+            "$ARCHC" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
                 --threads "$THREADS" --repeat 1 --json >"$RAW/archc.$m.$r.json"
             log "round $r/$ROUNDS $m: llama.cpp"
-            "$LLAMA_BENCH" -m "$WORK/gguf/$m.gguf" -p "$PROMPT" -n "$GEN" -t "$THREADS" \
+            "$LLAMA_BENCH" -m "$gguf" -p "$PROMPT" -n "$GEN" -t "$THREADS" \
                 -r 1 -o json >"$RAW/llama.$m.$r.json" 2>"$RAW/llama.$m.$r.log"
+            # PyTorch has no Q4_1 kernels: the real model is archc against llama.cpp only.
+            is_real "$m" && continue
             log "round $r/$ROUNDS $m: PyTorch eager"
             "$PY" "$ROOT/bench/torch_bench.py" "$WORK/models/$m" --prompt-len "$PROMPT" \
                 --gen "$GEN" --threads "$THREADS" --repeat 1 >"$RAW/torch.$m.$r.json" \
