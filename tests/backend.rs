@@ -7,7 +7,9 @@
 //! IR interpreter, which checks every access). One test per fixture and engine, so a
 //! failure names both; the numbers each check measured are printed (`--nocapture`).
 
-use archc_runtime::bind::{bind, BoundWeights};
+mod common;
+
+use archc_runtime::bind::BoundWeights;
 use archc_runtime::exec::cpu::{
     f32_to_bf16, CpuModel, Engine, KvState, LlvmOptions, Origin, Phase,
 };
@@ -15,7 +17,8 @@ use archc_runtime::exec::{logits, Backend, Mode};
 use archc_runtime::npy;
 use archc_runtime::weights::{decode_f32, Checkpoint};
 use archc_spec::{DType, Spec};
-use std::path::{Path, PathBuf};
+use common::{check, fixture, fixture_root, load, read_logits, std_dev};
+use std::path::Path;
 
 /// Largest allowed |a - b| between two fp32 computations of the same logits.
 const TOLERANCE: f32 = 1e-4;
@@ -33,81 +36,6 @@ const THREADS_TOLERANCE: f32 = 1e-6;
 /// themselves are checked to 1e-4 against the graph interpreter on the same bf16 weights.)
 const BF16_MEDIAN_TOKEN_MAX: f64 = 0.15;
 const BF16_MEAN: f64 = 0.1;
-
-fn fixture_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
-}
-
-/// The largest absolute difference and where it is (token, vocab index); NaN counts as
-/// infinitely far.
-fn max_diff(a: &[f32], b: &[f32], vocab: usize) -> (f32, usize, usize) {
-    assert_eq!(a.len(), b.len(), "logits of different sizes");
-    let mut worst = (0.0f32, 0, 0);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let d = (x - y).abs();
-        let d = if d.is_nan() { f32::INFINITY } else { d };
-        if d > worst.0 {
-            worst = (d, i / vocab, i % vocab);
-        }
-    }
-    worst
-}
-
-fn std_dev(x: &[f32]) -> f64 {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    (x.iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n)
-        .sqrt()
-}
-
-fn check(case: &str, what: &str, a: &[f32], b: &[f32], vocab: usize, tol: f32) -> f32 {
-    let (d, t, v) = max_diff(a, b, vocab);
-    eprintln!("{case}: {what}: max abs diff {d:e}");
-    assert!(
-        d <= tol,
-        "{case}: {what}: differs by {d:e} > {tol:e} at token {t}, vocab {v} ({} against {})",
-        a[t * vocab + v],
-        b[t * vocab + v]
-    );
-    d
-}
-
-struct Fixture {
-    dir: PathBuf,
-    spec: Spec,
-    tokens: Vec<u32>,
-    hf: Vec<f32>,
-    vocab: usize,
-}
-
-fn fixture(case: &str) -> Fixture {
-    let dir = fixture_root().join(case);
-    let spec = archc_spec::import::from_path(&dir)
-        .unwrap_or_else(|e| panic!("{case}: import of config.json failed: {e}"));
-    let tokens_text = std::fs::read_to_string(dir.join("tokens.json"))
-        .unwrap_or_else(|e| panic!("{case}: cannot read tokens.json: {e}"));
-    let tokens: Vec<u32> = serde_json::from_str(&tokens_text)
-        .unwrap_or_else(|e| panic!("{case}: tokens.json is not a list of token ids: {e}"));
-    let hf = npy::read(&dir.join("logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
-    let vocab = spec.vocab as usize;
-    assert_eq!(hf.shape, [tokens.len(), vocab], "{case}: logits.npy shape");
-    Fixture {
-        dir,
-        spec,
-        tokens,
-        hf: hf.data,
-        vocab,
-    }
-}
-
-fn load(case: &str, spec: &Spec, dir: &Path) -> BoundWeights {
-    let checkpoint =
-        Checkpoint::open(dir).unwrap_or_else(|e| panic!("{case}: cannot open weights: {e}"));
-    bind(spec, checkpoint).unwrap_or_else(|e| panic!("{case}: {e}"))
-}
 
 fn model<'w>(
     case: &str,
@@ -205,13 +133,12 @@ fn check_case(case: &str, engine: Engine) {
         f.vocab,
         TOLERANCE,
     );
-    let hf_decode =
-        npy::read(&f.dir.join("decode_logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let hf_decode = read_logits(case, &f.dir, "decode_logits.npy", f.tokens.len(), f.vocab);
     check(
         case,
         "decode vs HF decode",
         &decoded,
-        &hf_decode.data,
+        &hf_decode,
         f.vocab,
         TOLERANCE,
     );
@@ -333,16 +260,7 @@ macro_rules! backend_cases {
         /// Every fixture directory has a case above, and every case has its directory.
         #[test]
         fn every_fixture_has_a_case() {
-            let mut listed: Vec<&str> = vec![$(stringify!($case)),*];
-            listed.sort();
-            let mut found: Vec<String> = std::fs::read_dir(fixture_root())
-                .expect("tests/data/fixtures exists")
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            found.sort();
-            assert_eq!(found, listed, "fixture directories against the cases in tests/backend.rs");
+            common::assert_every_fixture_listed(&[$(stringify!($case)),*], "tests/backend.rs");
         }
     };
 }

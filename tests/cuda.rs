@@ -6,20 +6,19 @@
 //! device the GPU tests print that they were skipped and why; `archc logits --backend
 //! cuda` then exits 2 with a message naming what is missing.
 
+mod common;
+
 use archc_compiler::interp::{RandomWeights, WeightSource};
 use archc_compiler::kernel::interp::{run_program, KBufData};
 use archc_compiler::kernel::{lower::program, BufferKind, Elem, Program};
 use archc_compiler::passes::optimize;
 use archc_compiler::{lower, testing, Mode};
-use archc_runtime::bind::{bind, BoundWeights};
 use archc_runtime::exec::cpu::Phase;
 use archc_runtime::exec::cuda::{probe, CudaError, CudaModel, CudaProgram};
 use archc_runtime::exec::{logits, Backend, Mode as ExecMode};
 use archc_runtime::npy;
-use archc_runtime::weights::Checkpoint;
-use archc_spec::Spec;
+use common::{fixture, load, Fixture};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 /// Largest allowed |a - b| between two fp32 computations of the same logits.
 const TOLERANCE: f32 = 1e-4;
@@ -161,72 +160,39 @@ fn tiny_llama_on_the_gpu_matches_the_kernel_interpreter() {
     );
 }
 
-fn fixture_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
-}
-
-/// A fixture's spec, token ids and bound fp32 weights.
-fn fixture(case: &str) -> (Spec, Vec<u32>, BoundWeights) {
-    let dir = fixture_root().join(case);
-    let spec = archc_spec::import::from_path(&dir)
-        .unwrap_or_else(|e| panic!("{case}: import of config.json failed: {e}"));
-    let text = std::fs::read_to_string(dir.join("tokens.json"))
-        .unwrap_or_else(|e| panic!("{case}: cannot read tokens.json: {e}"));
-    let tokens: Vec<u32> = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{case}: tokens.json is not a list of token ids: {e}"));
-    let checkpoint =
-        Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{case}: cannot open weights: {e}"));
-    let weights = bind(&spec, checkpoint).unwrap_or_else(|e| panic!("{case}: {e}"));
-    (spec, tokens, weights)
-}
-
-/// The largest absolute difference and where it is (token, vocab index); NaN counts as
-/// infinitely far.
-fn compare(case: &str, what: &str, got: &[f32], want: &[f32], vocab: usize) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{case}: {what}: logits of different sizes"
-    );
-    let mut worst = (0.0f32, 0usize);
-    for (i, (x, y)) in got.iter().zip(want).enumerate() {
-        let d = (x - y).abs();
-        let d = if d.is_nan() { f32::INFINITY } else { d };
-        if d > worst.0 {
-            worst = (d, i);
-        }
-    }
-    let (d, at) = worst;
-    eprintln!("{case}: {what}: max abs diff {d:e}");
-    assert!(
-        d <= TOLERANCE,
-        "{case}: {what}: differs by {d:e} > {TOLERANCE:e} at token {}, vocab {} ({} against {})",
-        at / vocab,
-        at % vocab,
-        got[at],
-        want[at]
-    );
-}
-
 /// `--backend cuda` against the graph interpreter, and its decode against its prefill.
 fn check_fixture(case: &str) {
     let Some(()) = device() else { return };
-    let (spec, tokens, weights) = fixture(case);
-    let vocab = spec.vocab as usize;
+    let Fixture {
+        dir,
+        spec,
+        tokens,
+        vocab,
+        ..
+    } = fixture(case);
+    let weights = load(case, &spec, &dir);
     let reference = logits(&spec, &weights, &tokens, ExecMode::Prefill, Backend::Interp)
         .unwrap_or_else(|e| panic!("{case}: graph interpreter failed: {e}"));
     let ours = logits(&spec, &weights, &tokens, ExecMode::Prefill, Backend::Cuda)
         .unwrap_or_else(|e| panic!("{case}: --backend cuda prefill failed: {e}"));
-    compare(
+    common::check(
         case,
         "cuda prefill vs graph interpreter",
         &ours,
         &reference,
         vocab,
+        TOLERANCE,
     );
     let decoded = logits(&spec, &weights, &tokens, ExecMode::Decode, Backend::Cuda)
         .unwrap_or_else(|e| panic!("{case}: --backend cuda decode failed: {e}"));
-    compare(case, "cuda decode vs cuda prefill", &decoded, &ours, vocab);
+    common::check(
+        case,
+        "cuda decode vs cuda prefill",
+        &decoded,
+        &ours,
+        vocab,
+        TOLERANCE,
+    );
 
     // A prefill of all but the last token, then one decode step on the same cache: the
     // step must see exactly the cache the prefill left.
@@ -245,12 +211,13 @@ fn check_fixture(case: &str) {
     let step = model
         .run(Phase::Decode, &mut cache, last)
         .unwrap_or_else(|e| panic!("{case}: decode after prefill failed: {e}"));
-    compare(
+    common::check(
         case,
         "decode after prefill vs prefill (last token)",
         &step,
         &ours[head.len() * vocab..],
         vocab,
+        TOLERANCE,
     );
 }
 
@@ -268,16 +235,7 @@ macro_rules! cuda_cases {
         /// Every fixture directory has a case above, and every case has its directory.
         #[test]
         fn every_fixture_has_a_case() {
-            let mut listed: Vec<&str> = vec![$(stringify!($case)),*];
-            listed.sort();
-            let mut found: Vec<String> = std::fs::read_dir(fixture_root())
-                .expect("tests/data/fixtures exists")
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            found.sort();
-            assert_eq!(found, listed, "fixture directories against the cases in tests/cuda.rs");
+            common::assert_every_fixture_listed(&[$(stringify!($case)),*], "tests/cuda.rs");
         }
     };
 }
@@ -335,10 +293,16 @@ fn cuda_error_messages() {
 #[test]
 fn logits_command_with_backend_cuda() {
     let case = "llama";
-    let dir = fixture_root().join(case);
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = tmp.path().join("logits.npy");
-    let (spec, tokens, weights) = fixture(case);
+    let Fixture {
+        dir,
+        spec,
+        tokens,
+        vocab,
+        ..
+    } = fixture(case);
+    let weights = load(case, &spec, &dir);
     let ids: Vec<String> = tokens.iter().map(u32::to_string).collect();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_archc"))
         .arg("logits")
@@ -354,12 +318,13 @@ fn logits_command_with_backend_cuda() {
             let got = npy::read(&out).expect("logits written");
             let want = logits(&spec, &weights, &tokens, ExecMode::Prefill, Backend::Interp)
                 .expect("graph interpreter");
-            compare(
+            common::check(
                 case,
                 "archc logits --backend cuda",
                 &got.data,
                 &want,
-                spec.vocab as usize,
+                vocab,
+                TOLERANCE,
             );
         }
         Err(e) => {

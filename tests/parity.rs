@@ -6,62 +6,24 @@
 //! Fixtures come from `tools/reference/make_fixtures.py`; one test per case, so a failure
 //! names the family.
 
-use archc_runtime::bind::bind;
+mod common;
+
 use archc_runtime::exec::{logits, Backend, Mode};
-use archc_runtime::npy;
-use archc_runtime::weights::Checkpoint;
-use std::path::{Path, PathBuf};
+use common::{check, fixture, load, read_logits, std_dev, Fixture};
 
 /// Largest allowed |ours - HF| on any logit (fp32 against fp32).
 const TOLERANCE: f32 = 1e-4;
 
-fn fixture_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fixtures")
-}
-
-/// The largest absolute difference and where it is (token, vocab index).
-fn max_diff(a: &[f32], b: &[f32], vocab: usize) -> (f32, usize, usize) {
-    let mut worst = (0.0f32, 0, 0);
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let d = (x - y).abs();
-        // A NaN anywhere must fail, so it counts as infinitely far.
-        let d = if d.is_nan() { f32::INFINITY } else { d };
-        if d > worst.0 {
-            worst = (d, i / vocab, i % vocab);
-        }
-    }
-    worst
-}
-
-fn std_dev(x: &[f32]) -> f64 {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    (x.iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n)
-        .sqrt()
-}
-
 fn check_case(case: &str) {
-    let dir = fixture_root().join(case);
-    let spec = archc_spec::import::from_path(&dir)
-        .unwrap_or_else(|e| panic!("{case}: import of config.json failed: {e}"));
-    let checkpoint =
-        Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{case}: cannot open weights: {e}"));
-    let weights = bind(&spec, checkpoint).unwrap_or_else(|e| panic!("{case}: {e}"));
-    let tokens_text = std::fs::read_to_string(dir.join("tokens.json"))
-        .unwrap_or_else(|e| panic!("{case}: cannot read tokens.json: {e}"));
-    let tokens: Vec<u32> = serde_json::from_str(&tokens_text)
-        .unwrap_or_else(|e| panic!("{case}: tokens.json is not a list of token ids: {e}"));
-    let vocab = spec.vocab as usize;
-    let hf = npy::read(&dir.join("logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(
-        hf.shape,
-        [tokens.len(), vocab],
-        "{case}: logits.npy shape against (tokens, vocab)"
-    );
-    let sd = std_dev(&hf.data);
+    let Fixture {
+        dir,
+        spec,
+        tokens,
+        hf,
+        vocab,
+    } = fixture(case);
+    let weights = load(case, &spec, &dir);
+    let sd = std_dev(&hf);
     assert!(
         (0.5..=3.0).contains(&sd),
         "{case}: HF logits have std {sd:.4}, outside [0.5, 3]: the fixture is degenerate"
@@ -74,15 +36,8 @@ fn check_case(case: &str) {
         tokens.len() * vocab,
         "{case}: prefill logits size"
     );
-    let (d, t, v) = max_diff(&ours, &hf.data, vocab);
-    // Shown with --nocapture: how much headroom each family has under the tolerance.
-    eprintln!("{case}: max |ours - HF| = {d:e} (prefill)");
-    assert!(
-        d <= TOLERANCE,
-        "{case}: prefill differs from HF by {d:e} at token {t}, vocab {v} (ours {}, HF {})",
-        ours[t * vocab + v],
-        hf.data[t * vocab + v]
-    );
+    // Printed (--nocapture): how much headroom each family has under the tolerance.
+    check(case, "prefill vs HF", &ours, &hf, vocab, TOLERANCE);
 
     let decoded = logits(&spec, &weights, &tokens, Mode::Decode, Backend::Interp)
         .unwrap_or_else(|e| panic!("{case}: decode failed: {e}"));
@@ -91,18 +46,15 @@ fn check_case(case: &str) {
         tokens.len() * vocab,
         "{case}: decode logits size"
     );
-    let (d, t, v) = max_diff(&decoded, &ours, vocab);
-    assert!(
-        d <= TOLERANCE,
-        "{case}: decode differs from prefill by {d:e} at token {t}, vocab {v}"
-    );
-    let hf_decode =
-        npy::read(&dir.join("decode_logits.npy")).unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(hf_decode.shape, hf.shape, "{case}: decode_logits.npy shape");
-    let (d, t, v) = max_diff(&decoded, &hf_decode.data, vocab);
-    assert!(
-        d <= TOLERANCE,
-        "{case}: decode differs from HF decode by {d:e} at token {t}, vocab {v}"
+    check(case, "decode vs prefill", &decoded, &ours, vocab, TOLERANCE);
+    let hf_decode = read_logits(case, &dir, "decode_logits.npy", tokens.len(), vocab);
+    check(
+        case,
+        "decode vs HF decode",
+        &decoded,
+        &hf_decode,
+        vocab,
+        TOLERANCE,
     );
 }
 
@@ -118,17 +70,7 @@ macro_rules! parity_cases {
         /// Every fixture directory has a test above, and every test has its directory.
         #[test]
         fn every_fixture_has_a_test() {
-            let listed: Vec<&str> = vec![$(stringify!($case)),*];
-            let mut found: Vec<String> = std::fs::read_dir(fixture_root())
-                .expect("tests/data/fixtures exists")
-                .filter_map(|e| e.ok())
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            found.sort();
-            let mut listed_sorted = listed.clone();
-            listed_sorted.sort();
-            assert_eq!(found, listed_sorted, "fixture directories against the cases in tests/parity.rs");
+            common::assert_every_fixture_listed(&[$(stringify!($case)),*], "tests/parity.rs");
         }
     };
 }
