@@ -230,6 +230,61 @@ fn shared(count: u64, hidden: u64) -> Option<SharedExperts> {
     })
 }
 
+/// The config defaults of a DeepSeek-style MoE family (they differ between families).
+#[derive(Clone, Copy)]
+struct DeepseekMoeDefaults {
+    experts: u64,
+    expert_hidden: u64,
+    scale: f64,
+    first_dense: u64,
+}
+
+/// Layers of a DeepSeek-style model (DeepSeek V3, Kimi K2, GLM-4.5): the first
+/// `first_k_dense_replace` layers dense, the rest routed experts with shared experts and
+/// sigmoid, bias-corrected, group-limited routing.
+fn deepseek_moe_layers(
+    c: &Config<'_>,
+    layers: u64,
+    attn: &crate::Attention,
+    eps: f64,
+    d: DeepseekMoeDefaults,
+) -> Result<Vec<Layer>, ImportError> {
+    let experts = c.u64_or("n_routed_experts", d.experts)?;
+    let top_k = c.u64_or("num_experts_per_tok", 8)?;
+    check_top_k(c, "num_experts_per_tok", top_k, experts)?;
+    let expert_hidden = c.u64_or("moe_intermediate_size", d.expert_hidden)?;
+    let act = activation(c, "hidden_act", "silu")?;
+    let router = deepseek_router(
+        c,
+        experts,
+        d.scale,
+        ("n_group", "topk_group"),
+        &["norm_topk_prob"],
+    )?;
+    let mut m = moe(experts, top_k, expert_hidden, act, router);
+    m.shared = shared(c.u64_or("n_shared_experts", 1)?, expert_hidden);
+    let first_dense = c.u64_or("first_k_dense_replace", d.first_dense)?;
+    let dense = mlp(c.req_u64("intermediate_size")?, act, true, false);
+    Ok((0..layers)
+        .map(|i| {
+            let sparse = i >= first_dense;
+            Layer {
+                labels: vec![if sparse { "moe" } else { "dense" }],
+                block: block(
+                    Placement::Pre,
+                    rms(eps),
+                    Mixer::Attention(attn.clone()),
+                    if sparse {
+                        Ffn::Moe(m.clone())
+                    } else {
+                        dense.clone()
+                    },
+                ),
+            }
+        })
+        .collect())
+}
+
 pub(crate) fn deepseek_v3(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
     let g = Globals::read(c, 4096, false)?;
     let eps = c.f64_or("rms_norm_eps", 1e-6)?;
@@ -249,46 +304,14 @@ pub(crate) fn deepseek_v3(c: &Config<'_>, name: &str) -> Result<Spec, ImportErro
         Pairing::Half
     };
     attn.rope = Some(RopeSource::flat(c, 10_000.0, 1.0)?.build(rope_dim, g.context, pairing)?);
-    let experts = c.u64_or("n_routed_experts", 256)?;
-    let top_k = c.u64_or("num_experts_per_tok", 8)?;
-    check_top_k(c, "num_experts_per_tok", top_k, experts)?;
-    let expert_hidden = c.u64_or("moe_intermediate_size", 2048)?;
-    let act = activation(c, "hidden_act", "silu")?;
-    let mut m = moe(
-        experts,
-        top_k,
-        expert_hidden,
-        act,
-        deepseek_router(
-            c,
-            experts,
-            2.5,
-            ("n_group", "topk_group"),
-            &["norm_topk_prob"],
-        )?,
-    );
-    m.shared = shared(c.u64_or("n_shared_experts", 1)?, expert_hidden);
     // HF's DeepSeek V3 makes every layer from `first_k_dense_replace` on sparse.
-    let first_dense = c.u64_or("first_k_dense_replace", 3)?;
-    let dense = mlp(c.req_u64("intermediate_size")?, act, true, false);
-    let layers = (0..g.layers)
-        .map(|i| {
-            let sparse = i >= first_dense;
-            Layer {
-                labels: vec![if sparse { "moe" } else { "dense" }],
-                block: block(
-                    Placement::Pre,
-                    rms(eps),
-                    Mixer::Attention(attn.clone()),
-                    if sparse {
-                        Ffn::Moe(m.clone())
-                    } else {
-                        dense.clone()
-                    },
-                ),
-            }
-        })
-        .collect();
+    let d = DeepseekMoeDefaults {
+        experts: 256,
+        expert_hidden: 2048,
+        scale: 2.5,
+        first_dense: 3,
+    };
+    let layers = deepseek_moe_layers(c, g.layers, &attn, eps, d)?;
     Ok(g.spec(name, Family::DeepseekV3, rms(eps), layers))
 }
 
@@ -374,45 +397,13 @@ pub(crate) fn glm4_moe(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> 
     if c.bool_or("use_qk_norm", false)? {
         attn.qk_norm = QkNorm::PerHead(rms(eps));
     }
-    let experts = c.u64_or("n_routed_experts", 128)?;
-    let top_k = c.u64_or("num_experts_per_tok", 8)?;
-    check_top_k(c, "num_experts_per_tok", top_k, experts)?;
-    let expert_hidden = c.u64_or("moe_intermediate_size", 1408)?;
-    let act = activation(c, "hidden_act", "silu")?;
-    let mut m = moe(
-        experts,
-        top_k,
-        expert_hidden,
-        act,
-        deepseek_router(
-            c,
-            experts,
-            1.0,
-            ("n_group", "topk_group"),
-            &["norm_topk_prob"],
-        )?,
-    );
-    m.shared = shared(c.u64_or("n_shared_experts", 1)?, expert_hidden);
-    let first_dense = c.u64_or("first_k_dense_replace", 1)?;
-    let dense = mlp(c.req_u64("intermediate_size")?, act, true, false);
-    let layers = (0..g.layers)
-        .map(|i| {
-            let sparse = i >= first_dense;
-            Layer {
-                labels: vec![if sparse { "moe" } else { "dense" }],
-                block: block(
-                    Placement::Pre,
-                    rms(eps),
-                    Mixer::Attention(attn.clone()),
-                    if sparse {
-                        Ffn::Moe(m.clone())
-                    } else {
-                        dense.clone()
-                    },
-                ),
-            }
-        })
-        .collect();
+    let d = DeepseekMoeDefaults {
+        experts: 128,
+        expert_hidden: 1408,
+        scale: 1.0,
+        first_dense: 1,
+    };
+    let layers = deepseek_moe_layers(c, g.layers, &attn, eps, d)?;
     Ok(g.spec(name, Family::Glm4Moe, rms(eps), layers))
 }
 
