@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Time PyTorch eager (bf16) on an HF model directory the way `archc bench` times archc.
 
-A prefill of --prompt-len random token ids from an empty cache (logits of every token, as
-archc computes them), then --gen single-token decode steps from an empty cache through HF's
+A prefill of --prompt-len random token ids from an empty cache (logits of the last token
+only, as archc bench and llama-bench compute them: `logits_to_keep=1`), then --gen single-token decode steps from an empty cache through HF's
 own KV cache; --repeat times each after a warm-up, on torch.set_num_threads(--threads).
 Prints one JSON object: prefill_tok_s, decode_tok_s (medians), the per-repetition seconds and
 the peak resident memory.
@@ -42,7 +42,7 @@ def main() -> None:
     steps = torch.randint(0, vocab, (args.gen,), generator=gen)
 
     def prefill(ids: torch.Tensor) -> None:
-        model(input_ids=ids, use_cache=True)
+        model(input_ids=ids, use_cache=True, logits_to_keep=1)
 
     def decode(n: int) -> None:
         cache = transformers.DynamicCache(config=model.config)

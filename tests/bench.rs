@@ -1,15 +1,24 @@
 //! `archc bench` end to end on the tiny Qwen3 fixture: the JSON report has every key with
 //! sane values (no timing is asserted: a benchmark is not a timed test), the table has its
 //! rows, and bad arguments fail with the messages snapshotted in `tests/data/bench/`.
+//! Random weights (`--random-weights`) on a tiny `.arch` spec: deterministic for a seed,
+//! at the Spec's shapes, finite logits, and a report like the checkpoint's.
+//! `--backend cuda` without a device fails as `logits` and `run` do; with one it reports.
 //!
 //! Bless with `INSTA_UPDATE=always cargo test --test bench`, then read the snapshots.
 
+use archc_compiler::interp::{WeightDType, WeightSource};
+use archc_runtime::bench::RandomWeights;
+use archc_runtime::exec::cpu::{CpuModel, Engine, Phase};
+use archc_runtime::exec::cuda::{probe, CudaError};
 use archc_spec::stats::{stats, Options};
-use archc_spec::DType;
+use archc_spec::{DType, Spec};
 use std::path::Path;
 use std::process::{Command, Output};
 
 const FIXTURE: &str = "tests/data/fixtures/qwen3";
+/// A two-layer Qwen3-shaped spec without weights, for `--random-weights`.
+const TINY_SPEC: &str = "tests/data/bench/tiny-qwen3.arch";
 
 /// Small and quick: a short prompt, a few decode steps, one repetition, a small probe.
 const QUICK: &[&str] = &[
@@ -144,7 +153,7 @@ fn table_names_every_measurement() {
         ["archc", "prompt", "prefill", "decode", "compile", "memory"],
         "unexpected table:\n{stdout}"
     );
-    assert!(stdout.contains("of the FMA roof"), "{stdout}");
+    assert!(stdout.contains("of the compute roof"), "{stdout}");
     assert!(stdout.contains("of the bandwidth roof"), "{stdout}");
 }
 
@@ -158,6 +167,13 @@ fn bad_arguments_are_refused() {
             &[FIXTURE, "--prompt-len", "120", "--gen", "9"],
         ),
         ("not_a_model", &["tests/data/bench/missing-model"]),
+        ("arch_without_random_weights", &[TINY_SPEC]),
+        ("seed_without_random_weights", &[FIXTURE, "--seed", "3"]),
+        ("cuda_graph_on_the_cpu", &[FIXTURE, "--cuda-graph"]),
+        (
+            "random_weights_missing_spec",
+            &["tests/data/bench/missing.arch", "--random-weights"],
+        ),
     ];
     let mut text = String::new();
     for (name, args) in cases {
@@ -170,4 +186,160 @@ fn bad_arguments_are_refused() {
         assert!(out.stdout.is_empty(), "{name}: printed a report");
     }
     snapshot("bad_arguments", &text);
+}
+
+fn tiny_spec() -> Spec {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(TINY_SPEC);
+    let src = std::fs::read_to_string(&path).expect("tiny spec");
+    archc_spec::validate::check_source(TINY_SPEC, &src)
+        .unwrap_or_else(|d| panic!("{TINY_SPEC} does not validate: {d:?}"))
+}
+
+#[test]
+fn random_weights_are_deterministic_at_the_spec_shapes() {
+    let spec = tiny_spec();
+    let a = RandomWeights::for_spec(&spec, WeightDType::Bf16, 7, 2).expect("weights");
+    let b = RandomWeights::for_spec(&spec, WeightDType::Bf16, 7, 1).expect("weights");
+    let c = RandomWeights::for_spec(&spec, WeightDType::Bf16, 8, 2).expect("weights");
+    let tensors = archc_spec::tensors::tensors(&spec);
+    assert_eq!(a.names().count(), tensors.len());
+    let mut total = 0u64;
+    for t in &tensors {
+        let (x, y, z) = (
+            a.get(&t.name).expect("tensor"),
+            b.get(&t.name).expect("tensor"),
+            c.get(&t.name).expect("tensor"),
+        );
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        assert_eq!(x.shape, &shape[..], "{}", t.name);
+        assert_eq!(x.dtype, WeightDType::Bf16);
+        assert_eq!(x.bytes.len() as u64, t.numel() * 2, "{}", t.name);
+        // The same seed gives the same bytes on any thread count; another seed does not.
+        assert_eq!(x.bytes, y.bytes, "{}", t.name);
+        assert_ne!(x.bytes, z.bytes, "{}", t.name);
+        total += x.bytes.len() as u64;
+    }
+    assert_eq!(a.bytes(), total);
+    // Norm weights near 1, projections scaled by their fan-in.
+    let norm = values(&a, "final_norm.weight");
+    assert!(norm.iter().all(|&v| (0.79..=1.21).contains(&v)), "{norm:?}");
+    let down = values(&a, "layers.1.ffn.down.weight");
+    let bound = (3.0f32 / 128.0).sqrt() * 1.01;
+    assert!(down.iter().all(|&v| v.abs() <= bound));
+    assert!(down.iter().any(|&v| v.abs() > bound / 2.0));
+}
+
+fn values(w: &RandomWeights, name: &str) -> Vec<f32> {
+    let v = w.get(name).unwrap_or_else(|| panic!("no `{name}`"));
+    v.bytes
+        .chunks_exact(2)
+        .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+        .collect()
+}
+
+/// The tiny model on random weights computes finite logits, prefill and decode alike.
+#[test]
+fn random_weights_give_finite_logits() {
+    let spec = tiny_spec();
+    let w = RandomWeights::for_spec(&spec, WeightDType::Bf16, 0, 2).expect("weights");
+    let mut model = CpuModel::from_spec(&spec, &w, Engine::Llvm, 2).expect("model");
+    let mut cache = model.new_cache();
+    let tokens: Vec<u32> = (0..16).map(|i| (i * 37 + 5) % 512).collect();
+    let prefill = model
+        .run(Phase::Prefill, &mut cache, &tokens)
+        .expect("prefill");
+    assert!(!prefill.is_empty() && prefill.iter().all(|v| v.is_finite()));
+    let step = model.run(Phase::Decode, &mut cache, &[3]).expect("decode");
+    assert!(step.iter().all(|v| v.is_finite()));
+    // Not all alike: the weights are not degenerate.
+    assert!(step.iter().any(|&v| (v - step[0]).abs() > 1e-3));
+}
+
+#[test]
+fn random_weights_report_on_the_cpu() {
+    let mut args = vec![TINY_SPEC, "--random-weights", "--seed", "3"];
+    args.extend_from_slice(QUICK);
+    args.push("--json");
+    let out = archc_bench(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "archc bench failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    let num = |k: &str| {
+        report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("`{k}` is missing in {report}"))
+    };
+    for k in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "decode_roofline_fraction",
+        "prefill_roofline_fraction",
+    ] {
+        assert!(num(k) > 0.0 && num(k).is_finite(), "`{k}` = {}", num(k));
+    }
+    assert_eq!(report["model"], "tiny-qwen3");
+    // The weights are the bf16 tensors of the Spec, nothing read from disk.
+    let spec = tiny_spec();
+    let want: u64 = archc_spec::tensors::tensors(&spec)
+        .iter()
+        .map(|t| t.numel() * 2)
+        .sum();
+    assert_eq!(num("weight_bytes"), want as f64);
+    assert!(num("decode_bytes_per_token") < num("weight_bytes") + 1.0);
+}
+
+/// `archc bench --backend cuda`: without a device the probe's error, exactly as `archc
+/// logits` prints it (exit 2, nothing on stdout); with one, a report with finite numbers.
+#[test]
+fn cuda_backend_reports_or_fails_cleanly() {
+    let out = archc_bench(&[
+        TINY_SPEC,
+        "--random-weights",
+        "--backend",
+        "cuda",
+        "--prompt-len",
+        "16",
+        "--gen",
+        "4",
+        "--repeat",
+        "1",
+        "--probe-mib",
+        "64",
+        "--cuda-graph",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match probe(0).and_then(|d| d.sm().map(|_| d)) {
+        Ok(info) => {
+            assert!(out.status.success(), "on {}: {stderr}", info.name);
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+            for k in [
+                "prefill_tok_s",
+                "decode_tok_s",
+                "bandwidth_tbs",
+                "decode_roofline_fraction",
+                "prefill_peak_fraction",
+                "peak_device_bytes",
+            ] {
+                let v = report[k].as_f64().unwrap_or(f64::NAN);
+                assert!(v > 0.0 && v.is_finite(), "`{k}` = {v} in {report}");
+            }
+            let graph = &report["decode_graph"];
+            assert!(
+                graph["fallback"].is_null(),
+                "the decode graph fell back: {graph}"
+            );
+            assert!(graph["replays"].as_u64().unwrap_or(0) > 0, "{graph}");
+        }
+        Err(e) => {
+            assert_eq!(out.status.code(), Some(2), "{stderr}");
+            assert!(out.stdout.is_empty());
+            assert_eq!(stderr, format!("archc bench: --backend cuda: {e}\n"));
+            if e == CudaError::NoDriver {
+                snapshot("cuda_without_driver", &stderr);
+            }
+        }
+    }
 }

@@ -1,14 +1,19 @@
 //! Numerical parity with HF transformers: every fixture under `tests/data/fixtures/`
 //! (a tiny random HF model with HF's recorded fp32 logits) is imported from its
 //! `config.json`, bound to its `model.safetensors` and run by the reference interpreter,
-//! in prefill and in token-by-token decode.
+//! in prefill, in token-by-token decode and in a prefill of two chunks (the second after
+//! a cache of the first).
 //!
 //! Fixtures come from `tools/reference/make_fixtures.py`; one test per case, so a failure
 //! names the family.
 
 mod common;
 
+use archc_compiler::interp::Interpreter;
+use archc_compiler::{lower, Mode as GraphMode};
+use archc_runtime::bind::BoundWeights;
 use archc_runtime::exec::{logits, Backend, Mode};
+use archc_spec::Spec;
 use common::{check, fixture, load, read_logits, std_dev, Fixture};
 
 /// Largest allowed |ours - HF| on any logit (fp32 against fp32).
@@ -56,6 +61,39 @@ fn check_case(case: &str) {
         vocab,
         TOLERANCE,
     );
+
+    let chunked = chunked_prefill(case, &spec, &weights, &tokens);
+    check(
+        case,
+        "prefill in two chunks vs one",
+        &chunked,
+        &ours,
+        vocab,
+        TOLERANCE,
+    );
+}
+
+/// The prompt prefilled in two chunks, the second after a cache of `past > 0` tokens
+/// (KV rows, or a linear-attention layer's convolution and recurrent state), then the
+/// logits of both chunks side by side.
+fn chunked_prefill(case: &str, spec: &Spec, weights: &BoundWeights, tokens: &[u32]) -> Vec<f32> {
+    let lowered = |mode| {
+        lower(spec, mode).unwrap_or_else(|e| panic!("{case}: lowering ({}): {e}", mode.as_str()))
+    };
+    let (prefill, decode) = (lowered(GraphMode::Prefill), lowered(GraphMode::Decode));
+    let interp = Interpreter::new(&prefill, &decode, weights)
+        .unwrap_or_else(|e| panic!("{case}: interpreter: {e}"));
+    let mut cache = interp.new_cache();
+    let (first, rest) = tokens.split_at(tokens.len() / 2 + 1);
+    let mut out = interp
+        .prefill(&mut cache, first)
+        .unwrap_or_else(|e| panic!("{case}: first chunk: {e}"));
+    out.extend(
+        interp
+            .prefill(&mut cache, rest)
+            .unwrap_or_else(|e| panic!("{case}: second chunk after {} tokens: {e}", first.len())),
+    );
+    out
 }
 
 macro_rules! parity_cases {
@@ -82,6 +120,7 @@ parity_cases!(
     glm4_moe,
     gpt2,
     gpt_oss,
+    kimi_linear,
     llama,
     llama4,
     minimax_m2,
@@ -91,5 +130,6 @@ parity_cases!(
     qwen3,
     qwen3_moe_nonorm,
     qwen3_moe_norm,
+    qwen3_next,
     smollm3,
 );

@@ -97,20 +97,32 @@ fn gpt2_and_bert_style_decode_matches_prefill() {
 }
 
 #[test]
-fn linear_attention_is_reported_as_unsupported() {
+fn linear_attention_decode_matches_prefill() {
+    // Gated DeltaNet (2 key heads serving 4 value heads) and Kimi Delta layers between
+    // softmax-attention layers: their convolution and recurrent states are fixed-size
+    // caches that decode and a second prefill continue from.
     let mut s = llama(ffn());
     s.blocks[0].mixer = Mixer::GatedDeltaNet(GatedDeltaNet {
         k_heads: 2,
         v_heads: 4,
         k_head_dim: 8,
-        v_head_dim: 8,
+        v_head_dim: 6,
         conv: 4,
     });
-    let e = lower(&s, Mode::Prefill).expect_err("linear attention is not lowered yet");
-    assert_eq!(
-        e.to_string(),
-        "layer 0 (block default): gated_deltanet mixers are not supported yet"
-    );
+    let mut kda = s.blocks[0].clone();
+    kda.name = "kda".into();
+    kda.mixer = Mixer::KimiDelta(KimiDelta {
+        heads: 4,
+        head_dim: 8,
+        conv: 3,
+    });
+    let mut full = s.blocks[0].clone();
+    full.name = "full".into();
+    full.mixer = Mixer::Attention(attention());
+    s.blocks = vec![s.blocks[0].clone(), kda, full];
+    s.schedule = vec![0, 2, 1];
+    s.layers = 3;
+    assert_consistent(&s);
 }
 
 #[test]

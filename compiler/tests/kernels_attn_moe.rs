@@ -3,11 +3,15 @@
 //! interpreter computes every node, and each node of those ops is cut out into a one-node
 //! graph, compiled to a kernel program and run in the kernel interpreter on three threads
 //! with the same operands; the result must match the node's interpreter value to 1e-5.
+//! Attention kernels also run compiled through LLVM at sizes that cut the kernel's query
+//! tiles and key blocks unevenly.
 
+use archc_compiler::codegen::llvm::{compile_kernels_with, Options, Target};
 use archc_compiler::interp::{self, Bindings, RandomWeights, Tensor, WeightSource};
 use archc_compiler::ir::{Graph, Node, NodeId, Op, Output, ParamId, Value};
 use archc_compiler::kernel::interp::{run_program, KBufData, KData};
 use archc_compiler::kernel::lower::program;
+use archc_compiler::kernel::{BufferKind, Elem, Program};
 use archc_compiler::testing::*;
 use archc_compiler::{passes, Mode};
 use archc_spec::*;
@@ -15,6 +19,8 @@ use std::collections::BTreeMap;
 
 /// Largest difference allowed between the kernel and the graph interpreter.
 const TOL: f32 = 1e-5;
+/// The same through LLVM, whose `exp` in vector loops is a polynomial, not libm's.
+const LLVM_TOL: f32 = 1e-4;
 /// Threads each kernel is split over (each runs its chunk of the parallel loop).
 const THREADS: i64 = 3;
 
@@ -146,6 +152,7 @@ fn check_graph(
     seq: usize,
     past: usize,
     rng: &mut Rng,
+    llvm: bool,
 ) -> Vec<Checked> {
     let values = interpret(g, weights, seq, past, rng);
     let mut checked = Vec::new();
@@ -190,6 +197,17 @@ fn check_graph(
         if !node.ty.dtype.is_float() {
             assert_eq!(diff, 0.0, "%{id} {:?}: expert indices differ", node.op);
         }
+        if llvm && matches!(node.op, Op::Attention(_) | Op::FlashAttention(_)) {
+            let got = run_llvm(&p, &mem, seq, past);
+            assert_eq!(got.len(), want.len(), "%{id} {:?}: LLVM count", node.op);
+            for (n, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (a - b).abs() <= LLVM_TOL,
+                    "%{id} {:?} through LLVM (seq {seq}, past {past}), element {n}: {a} vs {b}",
+                    node.op
+                );
+            }
+        }
         assert!(
             diff <= TOL,
             "%{id} {:?} (seq {seq}, past {past}): differs by {diff}\n{p}",
@@ -201,6 +219,74 @@ fn check_graph(
         });
     }
     checked
+}
+
+/// Program `p` compiled by LLVM for this machine, every launch in order, each kernel's
+/// parallel loop cut into `THREADS` chunks run one after another; returns `out`.
+fn run_llvm(p: &Program, mem: &[(String, KData)], seq: usize, past: usize) -> Vec<f32> {
+    let compiled = compile_kernels_with(&p.kernels, &Target::host(), &Options::no_cache())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.name));
+    let root = |mut b: usize| {
+        while let BufferKind::Alias { of } = p.buffers[b].kind {
+            b = of;
+        }
+        b
+    };
+    // Storage in u64 words, so every element type is aligned.
+    let mut store: Vec<Vec<u64>> = p
+        .buffers
+        .iter()
+        .map(|b| {
+            let n: usize = b.shape.iter().map(|d| d.eval(seq, past)).product();
+            let bytes = n * b.elem.bytes();
+            let mut words = vec![0u64; bytes.div_ceil(8) + 1];
+            if let Some((_, data)) = mem.iter().find(|(name, _)| *name == b.name) {
+                let src: Vec<u8> = match data {
+                    KData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    KData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    _ => panic!("{}: only f32 and i32 operands here", b.name),
+                };
+                let dst = bytes_mut(&mut words);
+                dst[..src.len()].copy_from_slice(&src);
+            }
+            words
+        })
+        .collect();
+    for launch in &p.launches {
+        let ptrs: Vec<*mut u8> = launch
+            .bufs
+            .iter()
+            .map(|b| match b {
+                Some(b) => store[root(*b)].as_mut_ptr().cast(),
+                None => std::ptr::null_mut(),
+            })
+            .collect();
+        for t in 0..THREADS {
+            // SAFETY: every buffer is allocated at its full size from the program's shapes.
+            unsafe { compiled.call(launch.kernel, &ptrs, [seq as i64, past as i64], t, THREADS) };
+        }
+    }
+    let out = p
+        .buffers
+        .iter()
+        .position(|b| b.name == "out" && matches!(b.kind, BufferKind::Output))
+        .or_else(|| p.buffers.iter().position(|b| b.name == "out"))
+        .expect("the program has an output `out`");
+    let n: usize = p.buffers[out]
+        .shape
+        .iter()
+        .map(|d| d.eval(seq, past))
+        .product();
+    assert_eq!(p.buffers[root(out)].elem, Elem::F32, "`out` is f32");
+    bytes_mut(&mut store[root(out)])[..n * 4]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid u8, and the length covers the same memory.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast(), words.len() * 8) }
 }
 
 /// Lower `spec` for prefill from scratch, prefill after a cache longer than one key block,
@@ -217,8 +303,8 @@ fn check_spec(spec: &Spec, prefill_only: bool) -> Vec<Checked> {
     let mut checked = Vec::new();
     for (g, seq, past) in runs {
         let opt = passes::optimize(&g);
-        checked.extend(check_graph(&g, &weights, seq, past, &mut rng));
-        checked.extend(check_graph(&opt, &weights, seq, past, &mut rng));
+        checked.extend(check_graph(&g, &weights, seq, past, &mut rng, false));
+        checked.extend(check_graph(&opt, &weights, seq, past, &mut rng, false));
     }
     for c in &checked {
         eprintln!("{:<12.3e} {:?}", c.diff, c.op);
@@ -386,6 +472,50 @@ fn gated_and_normed_attention_with_rope_scalings_match() {
     norm_rope(&checked, "yarn", |n| {
         matches!(n.rope.scaling, RopeScaling::Yarn { .. })
     });
+}
+
+#[test]
+fn tiled_attention_edges_match_through_llvm() {
+    // Group sizes 2 (tiles of 4 rows x 2 heads), 1 (8 rows x 1 head) and 4 (2 x 4); a
+    // window of 3 (narrower than a tile's rows and a key block), chunks, sinks with a
+    // softcap, MLA, and an output gate.
+    let gqa = attention();
+    let mut mha = attention();
+    mha.kv_heads = 4;
+    let mut mqa = attention();
+    mqa.kv_heads = 1;
+    let mut window = attention();
+    window.window = Some(3);
+    let mut long_chunk = attention();
+    long_chunk.chunk = Some(20);
+    let specs = [
+        attn_spec(vec![gqa, mha, mqa, window]),
+        attn_spec(vec![
+            chunked_l2_attention(),
+            sinks_softcap_attention(),
+            long_chunk,
+        ]),
+        attn_spec(vec![mla_attention(Some(12), 0.707), qwen3_next_attention()]),
+    ];
+    // (seq, past): rows not a multiple of any tile, a cache and new rows at once, fewer
+    // rows than a tile (one row per tile), and decode.
+    let runs = [(11, 0), (13, 19), (3, 5), (1, 37), (37, 0)];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for spec in &specs {
+        let (pre, dec) = lower_both(spec);
+        let weights = RandomWeights::for_graphs(&[&pre, &dec], 5);
+        for &(seq, past) in &runs {
+            let g = if seq == 1 { &dec } else { &pre };
+            let opt = passes::optimize(g);
+            let checked = check_graph(&opt, &weights, seq, past, &mut rng, true);
+            assert!(
+                checked
+                    .iter()
+                    .any(|c| matches!(c.op, Op::FlashAttention(_) | Op::Attention(_))),
+                "seq {seq}, past {past}: no attention node was checked"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

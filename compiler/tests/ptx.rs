@@ -1,7 +1,13 @@
 //! PTX code generation: snapshots of every example spec's kernels for `sm_90` (manifest
 //! and PTX), determinism, the plan of hand-built kernels (warp or thread mode, which
 //! vector loops a warp shares, launch grids), errors, and `ptxas` on every emitted file
-//! for `sm_90` and `sm_80` with register and spill counts.
+//! for `sm_90` and `sm_80` with register and spill counts, the quantised (GGUF block)
+//! kernels of a real model shape included. Every kernel of every example (bf16) and of
+//! the quantised Qwen3-0.6B variants is planned and stays within the GPU's memory
+//! bounds: no register spills, at most `MAX_STACK_BYTES` of local memory per thread
+//! (ptxas's stack frame), and shared memory (static plus dynamic) within the sm_90 and
+//! sm_80 opt-in limits; scratch too large for shared memory lives in per-warp global
+//! slices (`scratch_homes`).
 //!
 //! Bless with `INSTA_UPDATE=always cargo test -p archc-compiler --test ptx`, then read the
 //! snapshots in `tests/data/ptx/`. The ptxas tests need `ptxas`: `export
@@ -246,10 +252,16 @@ fn plan_text(k: &Kernel) -> String {
         grids.insert(seq, p.launch.grid(seq, 0));
     }
     format!(
-        "{}: {} mode, block {block}, {per_block} per block, {shared_bytes} B shared, parallel {parallel}, \
-         distributed {:?}, grid by seq {grids:?}",
+        "{}: {} mode, block {block}, {per_block} per block, {shared_bytes} B shared, \
+         {} B dynamic shared, scratch {} ({} B a warp, {} slots), max blocks {:?}, \
+         parallel {parallel}, distributed {:?}, grid by seq {grids:?}",
         k.name,
         mode.as_str(),
+        p.launch.dynamic_shared_bytes,
+        p.scratch.home.as_str(),
+        p.scratch.per_warp,
+        p.scratch.slots,
+        p.launch.max_blocks,
         p.distributed
     )
 }
@@ -265,6 +277,109 @@ fn plans_of_hand_built_kernels() {
     assert_eq!(plan(&row_dot(300)).expect("plans").mode, Mode::Warp);
     assert_eq!(plan(&elementwise()).expect("plans").mode, Mode::Thread);
     assert_eq!(plan(&prefix_sum()).expect("plans").mode, Mode::Thread);
+}
+
+/// `out[r] = sum_j s[j] * w[j]` after staging row `r` of `x` in scratch `s` of `n`
+/// floats: the scratch lives in static shared, dynamic shared or global memory by size.
+fn staged_dot(n: i64) -> Kernel {
+    let mut k = Kernel::new("staged_dot");
+    let x = k.buf("x", Elem::F32, Access::Read);
+    let w = k.buf("w", Elem::F32, Access::Read);
+    let out = k.buf("out", Elem::F32, Access::Write);
+    let s = k.buf("s", Elem::F32, Access::Scratch { len: n as u64 });
+    let r = k.var("r", Ty::I64);
+    let j = k.var("j", Ty::I64);
+    let j2 = k.var("j2", Ty::I64);
+    let acc = k.var("acc", Ty::F32);
+    k.body = vec![Stmt::Loop {
+        var: r,
+        start: i(0),
+        end: i(48),
+        step: 1,
+        kind: LoopKind::Parallel,
+        body: vec![
+            Stmt::Loop {
+                var: j,
+                start: i(0),
+                end: i(n),
+                step: 1,
+                kind: LoopKind::Vector(8),
+                body: vec![Stmt::Store {
+                    buf: s,
+                    index: var(j),
+                    value: load(x, add(mul(var(r), i(n)), var(j))),
+                }],
+            },
+            Stmt::Local {
+                var: acc,
+                init: f(0.0),
+            },
+            Stmt::Loop {
+                var: j2,
+                start: i(0),
+                end: i(n),
+                step: 1,
+                kind: LoopKind::Vector(8),
+                body: vec![Stmt::Set {
+                    var: acc,
+                    value: add(var(acc), mul(load(s, var(j2)), load(w, var(j2)))),
+                }],
+            },
+            Stmt::Store {
+                buf: out,
+                index: var(r),
+                value: var(acc),
+            },
+        ],
+    }];
+    k
+}
+
+/// Scratch of 20 KB, 120 KB and 800 KB per warp: static shared memory (4 warps a
+/// block), dynamic shared memory (one warp, sized at the launch), and a global array of
+/// one slice per parallel iteration with the grid capped to match.
+#[test]
+fn scratch_homes() {
+    let mut text = String::new();
+    for (n, home) in [
+        (5_000, ptx::Home::Shared),
+        (30_000, ptx::Home::DynamicShared),
+        (200_000, ptx::Home::Global),
+    ] {
+        let k = staged_dot(n);
+        let p = emit_kernel(0, &k, Sm::Sm90).expect("emits");
+        assert_eq!(p.plan.scratch.home, home, "n = {n}");
+        let decl = p
+            .ptx
+            .lines()
+            .find(|l| l.contains(".shared") || l.contains(".global .align"))
+            .unwrap_or("no scratch declaration")
+            .trim()
+            .to_string();
+        text.push_str(&format!("n {n}: {}\n  {decl}\n", plan_text(&k)));
+        match home {
+            ptx::Home::DynamicShared => {
+                assert!(decl.starts_with(".extern .shared"), "{decl}");
+                assert_eq!(p.plan.launch.dynamic_shared_bytes, 120_000);
+            }
+            ptx::Home::Global => {
+                // 48 iterations, so 48 slices; no initialiser in the text.
+                assert_eq!(p.plan.scratch.slots, 48);
+                assert_eq!(p.plan.launch.max_blocks, Some(48));
+                assert!(decl.ends_with("[38400000];"), "{decl}");
+            }
+            _ => assert!(decl.starts_with(".shared"), "{decl}"),
+        }
+        if let Some(ptxas) = ptxas() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            for sm in [Sm::Sm90, Sm::Sm80] {
+                let p = emit_kernel(0, &k, sm).expect("emits");
+                let u = assemble(&ptxas, dir.path(), &p, sm);
+                within_bounds(&u, &p, sm).unwrap_or_else(|e| panic!("n = {n}: {e}"));
+            }
+        }
+    }
+    snapshot("scratch_homes", &text);
 }
 
 #[test]
@@ -283,7 +398,7 @@ fn hand_built_ptx() {
 #[test]
 fn errors() {
     let mut k = elementwise();
-    k.buf("huge", Elem::F32, Access::Scratch { len: 1 << 20 });
+    k.buf("huge", Elem::F32, Access::Scratch { len: 1 << 40 });
     let e = emit_kernel(0, &k, Sm::Sm90).expect_err("too much scratch");
     let bad_sm = Sm::by_name("75").expect_err("unknown sm");
     snapshot("errors", &format!("{e}\n{bad_sm}"));
@@ -364,20 +479,6 @@ fn assemble(ptxas: &Path, dir: &Path, k: &PtxKernel, sm: Sm) -> Usage {
     u
 }
 
-/// Kernels on the decode and prefill critical path: spills there cost bandwidth.
-fn is_hot(name: &str) -> bool {
-    [
-        "linear",
-        "matmul",
-        "flash_attention",
-        "attention",
-        "moe",
-        "experts",
-    ]
-    .iter()
-    .any(|p| name.starts_with(p))
-}
-
 fn check_ptxas(sm: Sm) {
     let Some(ptxas) = ptxas() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
@@ -389,18 +490,21 @@ fn check_ptxas(sm: Sm) {
             for k in &kernels {
                 let u = assemble(&ptxas, dir.path(), k, sm);
                 report.push_str(&format!(
-                    "{stem} {:?} {}: {} mode, {} registers, {} B stack, {} B spill stores, {} B spill loads, {} B smem\n",
+                    "{stem} {:?} {}: {} mode, scratch {} ({} B), {} B dynamic smem, {} registers, {} B stack, {} B spill stores, {} B spill loads, {} B smem\n",
                     mode,
                     k.symbol,
                     k.plan.mode.as_str(),
+                    k.plan.scratch.home.as_str(),
+                    k.plan.scratch.per_warp,
+                    k.plan.launch.dynamic_shared_bytes,
                     u.registers,
                     u.stack,
                     u.spill_stores,
                     u.spill_loads,
                     u.shared
                 ));
-                if is_hot(&k.name) && (u.spill_stores > 0 || u.spill_loads > 0) {
-                    spills.push(format!("{stem} {mode:?} {}: {u:?}", k.symbol));
+                if let Err(e) = within_bounds(&u, k, sm) {
+                    spills.push(format!("{stem} {mode:?} {}: {e}", k.symbol));
                 }
             }
         }
@@ -408,9 +512,104 @@ fn check_ptxas(sm: Sm) {
     eprintln!("ptxas -arch={}:\n{report}", sm.as_str());
     assert!(
         spills.is_empty(),
-        "hot kernels spill registers:\n{}",
+        "kernels over the GPU memory bounds:\n{}",
         spills.join("\n")
     );
+}
+
+/// Local memory (stack frame) a thread of any kernel may have: small scratch arrays
+/// and the math routines' frames, never a tile of a matrix.
+const MAX_STACK_BYTES: u32 = 8 * 1024;
+
+/// Shared memory a block may opt in to: 227 KiB on sm_90, 163 KiB on sm_80.
+fn shared_limit(sm: Sm) -> u64 {
+    match sm {
+        Sm::Sm90 => 227 * 1024,
+        Sm::Sm80 => 163 * 1024,
+    }
+}
+
+/// The bounds every kernel meets on the GPU: no register spills, at most
+/// `MAX_STACK_BYTES` of local memory per thread, and static plus dynamic shared memory
+/// within the architecture's opt-in limit.
+fn within_bounds(u: &Usage, k: &PtxKernel, sm: Sm) -> Result<(), String> {
+    let shared = u.shared as u64 + k.plan.launch.dynamic_shared_bytes;
+    if u.spill_stores > 0 || u.spill_loads > 0 {
+        Err(format!("spills registers: {u:?}"))
+    } else if u.stack > MAX_STACK_BYTES {
+        Err(format!(
+            "{} B of local memory per thread, over {MAX_STACK_BYTES}: {u:?}",
+            u.stack
+        ))
+    } else if shared > shared_limit(sm) {
+        Err(format!(
+            "{shared} B of shared memory, over {}: {u:?}",
+            shared_limit(sm)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Without ptxas: every kernel of every example spec (prefill and decode, bf16) and of
+/// the quantised Qwen3-0.6B variants is planned, keeps at most 4 KiB of scratch in a
+/// thread's local memory, and asks for no more shared memory than sm_80 allows.
+#[test]
+fn every_kernel_is_planned_within_bounds() {
+    let mut programs = Vec::new();
+    for mode in [GraphMode::Prefill, GraphMode::Decode] {
+        for (stem, p) in example_programs(mode).0 {
+            programs.push((format!("{stem} {mode:?}"), p));
+        }
+    }
+    for (name, p) in quantised_programs() {
+        programs.push((name, p));
+    }
+    let mut bad = Vec::new();
+    let mut homes = BTreeMap::new();
+    for (name, p) in &programs {
+        for k in &p.kernels {
+            match plan(k) {
+                Err(e) => bad.push(format!("{name} {}: {e}", k.name)),
+                Ok(pl) => {
+                    *homes.entry(pl.scratch.home.as_str()).or_insert(0) += 1;
+                    let local = if pl.scratch.home == ptx::Home::Local {
+                        pl.scratch.per_warp
+                    } else {
+                        0
+                    };
+                    let shared = pl.launch.shared_bytes + pl.launch.dynamic_shared_bytes;
+                    if local > ptx::plan::MAX_LOCAL_SCRATCH_BYTES
+                        || shared > shared_limit(Sm::Sm80)
+                        || pl.launch.shared_bytes > ptx::plan::MAX_SHARED_BYTES
+                    {
+                        bad.push(format!(
+                            "{name} {}: {local} B local scratch, {shared} B shared",
+                            k.name
+                        ));
+                    }
+                    if pl.scratch.home == ptx::Home::Global {
+                        let cap = pl.launch.max_blocks.expect("global scratch caps the grid");
+                        assert!(pl.launch.grid(4096, 4096) <= cap, "{name} {}", k.name);
+                        assert!(
+                            pl.scratch.per_warp * pl.scratch.slots
+                                <= ptx::plan::GLOBAL_SCRATCH_BUDGET,
+                            "{name} {}",
+                            k.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "kernels out of bounds:\n{}", bad.join("\n"));
+    // The homes that the examples exercise (none keeps scratch in local memory today).
+    for home in ["none", "shared", "dynamic_shared", "global"] {
+        assert!(
+            homes.contains_key(home),
+            "no kernel with scratch in {home}: {homes:?}"
+        );
+    }
 }
 
 #[test]
@@ -428,4 +627,93 @@ fn sm_names() {
     assert_eq!(Sm::by_name("90").expect("known"), Sm::Sm90);
     assert_eq!(Sm::by_name("sm_80").expect("known"), Sm::Sm80);
     assert_eq!(ptx::TRIPLE, "nvptx64-nvidia-cuda");
+}
+
+/// The Qwen3-0.6B programs (prefill and decode) with every projection and the
+/// embedding stored in each GGUF block format (the kernels decode the blocks in place,
+/// as `--backend cuda` runs a quantised GGUF), named `<format> <mode>`.
+fn quantised_programs() -> Vec<(String, Program)> {
+    use archc_compiler::kernel::lower::{program_with, BlockFormat, ParamFormat};
+    let path = examples_dir().join("qwen3-0.6b.arch");
+    let name = path.display().to_string();
+    let src = std::fs::read_to_string(&path).expect("example is readable");
+    let spec = archc_spec::validate::check_source(&name, &src)
+        .unwrap_or_else(|_| panic!("{name} is a valid spec"));
+    let mut out = Vec::new();
+    for fmt in BlockFormat::ALL {
+        let blocks = |n: &str| {
+            (n.ends_with(".weight") && !n.contains("norm")).then_some(ParamFormat::Block(fmt))
+        };
+        for mode in [GraphMode::Prefill, GraphMode::Decode] {
+            let graph = lower(&spec, mode).expect("lowers");
+            let p = program_with(&optimize(&graph), &blocks)
+                .unwrap_or_else(|e| panic!("{} {mode:?}: {e}", fmt.name()));
+            assert!(
+                p.buffers.iter().any(|b| b.elem == Elem::U8),
+                "{} {mode:?}: no parameter is read as blocks",
+                fmt.name()
+            );
+            out.push((format!("{} {mode:?}", fmt.name()), p));
+        }
+    }
+    out
+}
+
+/// The quantised Qwen3-0.6B programs: every kernel is planned (the prefill tiles that
+/// decode a block tile keep it in per-warp global scratch) and assembles for sm_90 and
+/// sm_80 within the memory bounds (`within_bounds`: no spills, little local memory,
+/// shared memory within the limit).
+#[test]
+fn quantised_kernels_assemble() {
+    let ptxas = ptxas();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Identical kernels (most are shared between formats) are assembled once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut bad = Vec::new();
+    let mut quantised = 0;
+    let mut report = String::new();
+    for (name, p) in quantised_programs() {
+        for sm in [Sm::Sm90, Sm::Sm80] {
+            for (i, kernel) in p.kernels.iter().enumerate() {
+                let k = emit_kernel(i, kernel, sm)
+                    .unwrap_or_else(|e| panic!("{name} {}: {e}", sm.as_str()));
+                if !seen.insert((sm.as_str(), k.ptx.clone())) {
+                    continue;
+                }
+                let reads_blocks = k
+                    .params
+                    .iter()
+                    .any(|q| matches!(q, ptx::Param::Buffer { elem: "u8", .. }));
+                quantised += usize::from(reads_blocks);
+                let Some(ptxas) = &ptxas else { continue };
+                let u = assemble(ptxas, dir.path(), &k, sm);
+                report.push_str(&format!(
+                    "{name} {} {}: {} mode, scratch {} ({} B), {} registers, {} B stack, {} B smem, {} B dynamic smem\n",
+                    sm.as_str(),
+                    k.symbol,
+                    k.plan.mode.as_str(),
+                    k.plan.scratch.home.as_str(),
+                    k.plan.scratch.per_warp,
+                    u.registers,
+                    u.stack,
+                    u.shared,
+                    k.plan.launch.dynamic_shared_bytes
+                ));
+                if let Err(e) = within_bounds(&u, &k, sm) {
+                    bad.push(format!("{name} {} {}: {e}", sm.as_str(), k.symbol));
+                }
+            }
+        }
+    }
+    eprintln!("{report}");
+    // Every format has its kernels on the GPU.
+    assert!(
+        quantised >= 2 * archc_compiler::kernel::lower::BlockFormat::ALL.len(),
+        "only {quantised} block kernels"
+    );
+    assert!(
+        bad.is_empty(),
+        "quantised kernels over the GPU memory bounds:\n{}",
+        bad.join("\n")
+    );
 }

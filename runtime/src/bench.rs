@@ -7,8 +7,16 @@
 //! independent chains of vector fused multiply-adds (enough of them to hide the latency)
 //! with the widest instructions the CPU has. Both report the best of a few repetitions,
 //! the usual convention for a roof: what the machine can do, not what it did on average.
+//!
+//! `RandomWeights` makes a model's parameters in memory at their real shapes (from the
+//! Spec's tensor list), so a model can be timed without a checkpoint; `time_cuda` times a
+//! model on the GPU the way `time_model` does on the CPU.
 
 use crate::exec::cpu::{CpuModel, KvState, Phase};
+use crate::exec::cuda::{CudaError, CudaModel};
+use archc_compiler::interp::{WeightDType, WeightSource, WeightView};
+use archc_spec::Spec;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Default size of the bandwidth probe's buffer: 16 times a 32 MiB L3.
@@ -105,10 +113,36 @@ pub struct FmaPeak {
 /// with AVX-512 or AVX2 where the CPU has them (detected at run time) and a plain loop
 /// elsewhere. Each repetition runs about `target` long; the best of `repeats` counts.
 pub fn fma_throughput(threads: usize, repeats: usize, target: Duration) -> Result<FmaPeak, String> {
+    throughput(fma_isa(), threads, repeats, target)
+}
+
+/// Measures the bf16 dot-product throughput (`vdpbf16ps` on zmm registers: 32 bf16
+/// products summed into 16 f32 lanes, counted as 64 FLOPs) of `threads` threads at once,
+/// the peak of prefill matmuls computed in bf16; `None` on a CPU without AVX512-BF16.
+pub fn bf16_dot_throughput(
+    threads: usize,
+    repeats: usize,
+    target: Duration,
+) -> Result<Option<FmaPeak>, String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512bf16") {
+            return throughput("avx512bf16", threads, repeats, target).map(Some);
+        }
+    }
+    let _ = (threads, repeats, target);
+    Ok(None)
+}
+
+fn throughput(
+    isa: &'static str,
+    threads: usize,
+    repeats: usize,
+    target: Duration,
+) -> Result<FmaPeak, String> {
     if threads == 0 || repeats == 0 {
         return Err("the FMA probe needs at least one thread and one repetition".into());
     }
-    let isa = fma_isa();
     // Calibrate the iteration count on one thread so that a repetition lasts `target`.
     let mut iters: u64 = 1 << 14;
     loop {
@@ -159,6 +193,8 @@ fn flops_per_iteration(isa: &str) -> u64 {
     match isa {
         // 16 independent zmm accumulators, 16 lanes, multiply and add.
         "avx512" => 16 * 16 * 2,
+        // 16 independent zmm accumulators, 16 lanes, two bf16 products and two adds each.
+        "avx512bf16" => 16 * 16 * 4,
         // 12 independent ymm accumulators, 8 lanes.
         "avx2" => 12 * 8 * 2,
         // 8 independent scalar multiply-add chains.
@@ -171,6 +207,10 @@ fn flops_per_iteration(isa: &str) -> u64 {
 fn fma_loop(isa: &str, iters: u64) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
+        if isa == "avx512bf16" && std::is_x86_feature_detected!("avx512bf16") {
+            // SAFETY: the CPU has AVX512-BF16 (checked just above).
+            return unsafe { dot_bf16_avx512(iters) };
+        }
         if isa == "avx512" && std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
             return unsafe { fma_avx512(iters) };
@@ -222,6 +262,58 @@ unsafe fn fma_avx512(iters: u64) -> u64 {
             "vfmadd231ps zmm13, zmm16, zmm17",
             "vfmadd231ps zmm14, zmm16, zmm17",
             "vfmadd231ps zmm15, zmm16, zmm17",
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) n,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+            out("zmm16") _, out("zmm17") _,
+            options(nostack, nomem),
+        );
+    }
+    n
+}
+
+/// Sixteen independent `vdpbf16ps` chains on zmm registers per iteration (see
+/// `fma_avx512`; zero operands again).
+///
+/// # Safety
+/// The CPU must support AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+unsafe fn dot_bf16_avx512(iters: u64) -> u64 {
+    let mut n = iters.max(1);
+    // SAFETY: the caller guarantees AVX512-BF16; the block touches only the registers it
+    // declares and no memory.
+    unsafe {
+        std::arch::asm!(
+            "vpxord zmm16, zmm16, zmm16",
+            "vpxord zmm17, zmm17, zmm17",
+            "vpxord zmm0, zmm0, zmm0",
+            "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
+            "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
+            "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
+            "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
+            "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
+            "2:",
+            "vdpbf16ps zmm0, zmm16, zmm17",
+            "vdpbf16ps zmm1, zmm16, zmm17",
+            "vdpbf16ps zmm2, zmm16, zmm17",
+            "vdpbf16ps zmm3, zmm16, zmm17",
+            "vdpbf16ps zmm4, zmm16, zmm17",
+            "vdpbf16ps zmm5, zmm16, zmm17",
+            "vdpbf16ps zmm6, zmm16, zmm17",
+            "vdpbf16ps zmm7, zmm16, zmm17",
+            "vdpbf16ps zmm8, zmm16, zmm17",
+            "vdpbf16ps zmm9, zmm16, zmm17",
+            "vdpbf16ps zmm10, zmm16, zmm17",
+            "vdpbf16ps zmm11, zmm16, zmm17",
+            "vdpbf16ps zmm12, zmm16, zmm17",
+            "vdpbf16ps zmm13, zmm16, zmm17",
+            "vdpbf16ps zmm14, zmm16, zmm17",
+            "vdpbf16ps zmm15, zmm16, zmm17",
             "dec {n}",
             "jnz 2b",
             "vzeroupper",
@@ -366,7 +458,8 @@ pub struct Timings {
 /// Times `model`: a warm-up (a short prefill and a few decode steps, so that every weight
 /// page and every kernel has been touched), then `repeats` times a prefill of `prompt`
 /// tokens from an empty cache and `gen` single-token decode steps from an empty cache
-/// (the way llama.cpp's `llama-bench` measures `pp` and `tg`).
+/// (the way llama.cpp's `llama-bench` measures `pp` and `tg`). Logits that are not finite
+/// fail the run (checked after the clock stops).
 pub fn time_model(
     model: &mut CpuModel<'_>,
     vocab: usize,
@@ -398,7 +491,7 @@ pub fn time_model(
             .run(Phase::Prefill, &mut cache, &prompt_tokens)
             .map_err(|e| format!("prefill (repetition {r}): {e}"))?;
         timings.prefill_s.push(start.elapsed().as_secs_f64());
-        std::hint::black_box(logits);
+        check_finite(&logits, "prefill")?;
 
         cache.clear();
         let start = Instant::now();
@@ -406,16 +499,296 @@ pub fn time_model(
             let logits = model
                 .run(Phase::Decode, &mut cache, &[t])
                 .map_err(|e| format!("decode step {i} (repetition {r}): {e}"))?;
-            std::hint::black_box(logits);
+            if i + 1 == gen_tokens.len() {
+                check_finite(&logits, "decode")?;
+            }
         }
         timings.decode_s.push(start.elapsed().as_secs_f64());
     }
     Ok(timings)
 }
 
+/// Every parameter tensor of a Spec, drawn at random in memory at its real shape: the
+/// weights of a benchmark that needs no checkpoint. Values are uniform and scaled so that
+/// activations stay finite through any depth: a projection's weights have variance
+/// 1 / fan-in (the input dimension), norm weights lie in [0.8, 1.2], biases in
+/// [-0.1, 0.1], embeddings and attention sinks in [-1, 1]. Element `i` of a tensor is a
+/// hash of the seed, the tensor's name and `i`, so the weights depend on nothing else
+/// (not the thread count, not the other tensors).
+#[derive(Debug, Default)]
+pub struct RandomWeights {
+    tensors: BTreeMap<String, (Vec<usize>, WeightDType, Vec<u8>)>,
+}
+
+impl RandomWeights {
+    /// Draws every tensor of `spec` as `dtype` (f32, f16 or bf16) on `threads` threads.
+    pub fn for_spec(
+        spec: &Spec,
+        dtype: WeightDType,
+        seed: u64,
+        threads: usize,
+    ) -> Result<RandomWeights, String> {
+        let mut out = RandomWeights::default();
+        for t in archc_spec::tensors::tensors(spec) {
+            let shape = t
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<Result<Vec<usize>, _>>()
+                .map_err(|_| format!("tensor `{}` is too large for this machine", t.name))?;
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .ok_or_else(|| format!("tensor `{}` is too large for this machine", t.name))?;
+            let bytes = numel
+                .checked_mul(dtype.bytes())
+                .ok_or_else(|| format!("tensor `{}` is too large for this machine", t.name))?;
+            let mut data: Vec<u8> = Vec::new();
+            data.try_reserve_exact(bytes).map_err(|_| {
+                format!(
+                    "cannot allocate {:.2} GB for random tensor `{}`",
+                    bytes as f64 / 1e9,
+                    t.name
+                )
+            })?;
+            data.resize(bytes, 0);
+            let scale = weight_scale(&t.name, &shape);
+            let key = seed ^ fnv1a(&t.name);
+            fill(&mut data, dtype, key, scale, threads.max(1));
+            out.tensors.insert(t.name, (shape, dtype, data));
+        }
+        Ok(out)
+    }
+
+    /// Bytes of every tensor together.
+    pub fn bytes(&self) -> u64 {
+        self.tensors.values().map(|(_, _, b)| b.len() as u64).sum()
+    }
+
+    /// Tensor names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, name: &str) -> Option<WeightView<'_>> {
+        self.tensors
+            .get(name)
+            .map(|(shape, dtype, bytes)| WeightView {
+                dtype: *dtype,
+                shape,
+                bytes,
+            })
+    }
+}
+
+/// `(offset, scale)`: values are `offset + scale * u` with `u` uniform in [-1, 1).
+fn weight_scale(name: &str, shape: &[usize]) -> (f32, f32) {
+    if name.ends_with("norm.weight") {
+        (1.0, 0.2)
+    } else if name.ends_with(".bias") {
+        (0.0, 0.1)
+    } else if name.ends_with("sinks") || name.starts_with("embed.") {
+        (0.0, 1.0)
+    } else {
+        let fan_in = shape.last().copied().unwrap_or(1).max(1) as f32;
+        (0.0, (3.0 / fan_in).sqrt())
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Uniform in [-1, 1) from the 64-bit hash (splitmix64) of `key` and `i`.
+fn uniform(key: u64, i: u64) -> f32 {
+    let mut z = key.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // 24 random bits give every f32 in the range equal weight.
+    (z >> 40) as f32 * (2.0 / 16_777_216.0) - 1.0
+}
+
+/// Fills `data` (elements of `dtype`, little-endian) on up to `threads` threads.
+fn fill(
+    data: &mut [u8],
+    dtype: WeightDType,
+    key: u64,
+    (offset, scale): (f32, f32),
+    threads: usize,
+) {
+    let width = dtype.bytes();
+    let numel = data.len() / width;
+    // Chunks of whole elements, at least 64 Ki elements each so small tensors stay on one
+    // thread.
+    let per = numel.div_ceil(threads).max(1 << 16);
+    std::thread::scope(|s| {
+        for (c, chunk) in data.chunks_mut(per * width).enumerate() {
+            s.spawn(move || {
+                let first = (c * per) as u64;
+                for (j, out) in chunk.chunks_exact_mut(width).enumerate() {
+                    let v = offset + scale * uniform(key, first + j as u64);
+                    match dtype {
+                        WeightDType::F32 => out.copy_from_slice(&v.to_le_bytes()),
+                        WeightDType::Bf16 => {
+                            out.copy_from_slice(&crate::exec::cpu::f32_to_bf16(v).to_le_bytes())
+                        }
+                        WeightDType::F16 => {
+                            out.copy_from_slice(&crate::exec::cpu::f32_to_f16(v).to_le_bytes())
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Times `model` on its GPU as `time_model` does on the CPU: a warm-up (a short prefill
+/// and a few decode steps, which also builds the decode graph when graphs are on), then
+/// `repeats` times a prefill of `prompt` tokens and `gen` decode steps, each from an empty
+/// cache. Every call ends when its logits are on the host, so wall-clock time is the
+/// device's time plus the small per-call transfers. With `prefill` false only decode is
+/// timed (`prefill_s` stays empty).
+pub fn time_cuda(
+    model: &CudaModel,
+    vocab: usize,
+    prompt: usize,
+    gen: usize,
+    repeats: usize,
+    prefill: bool,
+) -> Result<CudaRun, String> {
+    if prompt == 0 || gen == 0 || repeats == 0 {
+        return Err(
+            "the prompt, the generated length and the repetitions must be at least 1".into(),
+        );
+    }
+    let e = |what: String| move |err: CudaError| format!("{what}: {err}");
+    let prompt_tokens = random_tokens(prompt, vocab, 0x5eed_0001);
+    let gen_tokens = random_tokens(gen, vocab, 0x5eed_0002);
+    let mut cache = model.new_cache();
+    let mut peak = 0usize;
+    let sample = |peak: &mut usize| -> Result<(), String> {
+        let (free, total) = model.memory().map_err(e("device memory".into()))?;
+        *peak = (*peak).max(total.saturating_sub(free));
+        Ok(())
+    };
+    model
+        .run(Phase::Prefill, &mut cache, &prompt_tokens[..prompt.min(8)])
+        .map_err(e("warm-up prefill".into()))?;
+    for &t in gen_tokens.iter().take(4) {
+        model
+            .run(Phase::Decode, &mut cache, &[t])
+            .map_err(e("warm-up decode".into()))?;
+    }
+    let mut timings = Timings::default();
+    for r in 0..repeats {
+        if prefill {
+            cache.clear();
+            model.synchronize().map_err(e("synchronize".into()))?;
+            let start = Instant::now();
+            let logits = model
+                .run(Phase::Prefill, &mut cache, &prompt_tokens)
+                .map_err(e(format!("prefill (repetition {r})")))?;
+            timings.prefill_s.push(start.elapsed().as_secs_f64());
+            check_finite(&logits, "prefill")?;
+            sample(&mut peak)?;
+        }
+
+        cache.clear();
+        let start = Instant::now();
+        let mut last = Vec::new();
+        for (i, &t) in gen_tokens.iter().enumerate() {
+            last = model
+                .run(Phase::Decode, &mut cache, &[t])
+                .map_err(e(format!("decode step {i} (repetition {r})")))?;
+        }
+        timings.decode_s.push(start.elapsed().as_secs_f64());
+        check_finite(&last, "decode")?;
+        sample(&mut peak)?;
+    }
+    let ws = cache.decode_workspace();
+    Ok(CudaRun {
+        timings,
+        peak_device_bytes: peak,
+        held_bytes: cache.device_bytes(),
+        graph_replays: ws.graph_replays(),
+        graph_error: ws.graph_error().map(str::to_string),
+    })
+}
+
+/// What `time_cuda` measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CudaRun {
+    pub timings: Timings,
+    /// The most device memory in use (total minus free, so the CUDA context and anything
+    /// else on the device included) seen after any timed call.
+    pub peak_device_bytes: usize,
+    /// Device bytes the sequence's KV cache and the programs' activations held at the end.
+    pub held_bytes: usize,
+    /// Decode calls that ran as a CUDA graph replay (warm-up included).
+    pub graph_replays: u64,
+    /// Why decode fell back to plain launches, when graphs were on and failed.
+    pub graph_error: Option<String>,
+}
+
+/// An error when the logits hold a NaN or an infinity: numbers from a broken run are
+/// not worth timing.
+pub fn check_finite(logits: &[f32], what: &str) -> Result<(), String> {
+    match logits.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!(
+            "{what}: logit {i} is {} (the run is broken; its timing would mean nothing)",
+            logits[i]
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uniform_values_cover_the_range_and_depend_only_on_key_and_index() {
+        let xs: Vec<f32> = (0..10_000).map(|i| uniform(7, i)).collect();
+        assert!(xs.iter().all(|&x| (-1.0..1.0).contains(&x)));
+        let mean = xs.iter().sum::<f32>() / xs.len() as f32;
+        assert!(mean.abs() < 0.05, "mean {mean}");
+        assert!(xs.iter().any(|&x| x > 0.9) && xs.iter().any(|&x| x < -0.9));
+        assert_eq!(uniform(7, 123), xs[123]);
+        assert_ne!(uniform(8, 123), xs[123]);
+    }
+
+    #[test]
+    fn fill_does_not_depend_on_the_thread_count() {
+        let mut a = vec![0u8; 300_000 * 2];
+        let mut b = a.clone();
+        fill(&mut a, WeightDType::Bf16, 5, (0.0, 1.0), 1);
+        fill(&mut b, WeightDType::Bf16, 5, (0.0, 1.0), 3);
+        assert_eq!(a, b);
+        assert!(a.iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn scales_follow_the_tensor_kind() {
+        assert_eq!(weight_scale("final_norm.weight", &[64]), (1.0, 0.2));
+        assert_eq!(weight_scale("layers.0.attn.q.bias", &[64]), (0.0, 0.1));
+        assert_eq!(weight_scale("embed.tokens", &[10, 64]), (0.0, 1.0));
+        assert_eq!(
+            weight_scale("layers.0.ffn.down.weight", &[64, 300]),
+            (0.0, 0.1)
+        );
+    }
+
+    #[test]
+    fn non_finite_logits_are_refused() {
+        assert!(check_finite(&[1.0, -2.0], "x").is_ok());
+        let e = check_finite(&[1.0, f32::NAN], "decode").expect_err("NaN");
+        assert!(e.starts_with("decode: logit 1 is NaN"), "{e}");
+    }
 
     #[test]
     fn median_of_odd_even_and_empty() {
@@ -452,6 +825,10 @@ mod tests {
         assert_eq!(bw.buffer_bytes, 8 << 20);
         let fma = fma_throughput(2, 2, Duration::from_millis(5)).expect("fma probe");
         assert!(fma.flops_per_s > 0.0 && fma.flops_per_s.is_finite());
+        if let Some(dot) = bf16_dot_throughput(2, 2, Duration::from_millis(5)).expect("dot probe") {
+            assert!(dot.flops_per_s > 0.0 && dot.flops_per_s.is_finite());
+            assert_eq!(dot.isa, "avx512bf16");
+        }
         // The vector loops compute nothing observable, so check the scalar one's result.
         assert!(fma_scalar(10) > 0);
     }

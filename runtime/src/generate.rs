@@ -7,11 +7,14 @@
 //! are prefilled; otherwise the cache is cleared and the whole prompt runs again.
 
 use crate::bind::BoundWeights;
-use crate::exec::cpu::{CpuModel, Engine, KvState, Phase};
-use crate::exec::cuda::{CudaKv, CudaModel};
+use crate::exec::cpu::{
+    CpuModel, Engine, KvState, LlvmOptions, Logits, ModelOptions, Phase, Precision,
+};
+use crate::exec::cuda::{CudaKv, CudaModel, CudaOptions};
 use crate::sample::Sampler;
 use crate::tokenize::Tokenizer;
 use archc_compiler::interp::{Interpreter, KvCache};
+use archc_compiler::lower::lower_with;
 use archc_compiler::{lower, Graph, Mode};
 use archc_spec::Spec;
 use std::collections::BTreeSet;
@@ -44,6 +47,13 @@ pub trait Model {
     /// Runs `tokens` after the cached ones and returns the logits of the last of them
     /// (`[vocab]`); the cache grows by `tokens.len()`.
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String>;
+    /// `forward` into `logits` (replacing its contents); a model that can fill the
+    /// caller's vector without allocating overrides it, so that decoding allocates
+    /// nothing per token.
+    fn forward_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), String> {
+        *logits = self.forward(tokens)?;
+        Ok(())
+    }
     /// Forgets every cached token.
     fn reset(&mut self);
 }
@@ -76,7 +86,30 @@ impl<'w> CpuSession<'w> {
         engine: Engine,
         threads: usize,
     ) -> Result<CpuSession<'w>, String> {
-        let model = CpuModel::from_spec(spec, weights, engine, threads)?;
+        Self::with_precision(spec, weights, engine, threads, Precision::F32)
+    }
+
+    /// `new` whose prefill matmuls treat activations as `precision` says.
+    pub fn with_precision(
+        spec: &Spec,
+        weights: &'w BoundWeights,
+        engine: Engine,
+        threads: usize,
+        precision: Precision,
+    ) -> Result<CpuSession<'w>, String> {
+        // Generation reads the last position's logits only.
+        let options = ModelOptions {
+            logits: Logits::Last,
+            precision,
+        };
+        let model = CpuModel::from_spec_options(
+            spec,
+            weights,
+            engine,
+            threads,
+            &LlvmOptions::from_env(),
+            &options,
+        )?;
         let cache = model.new_cache();
         let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large")?;
         Ok(CpuSession {
@@ -103,6 +136,27 @@ impl Model for CpuSession<'_> {
         last_row(logits, self.vocab)
     }
 
+    fn forward_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), String> {
+        let phase = if tokens.len() == 1 {
+            Phase::Decode
+        } else {
+            Phase::Prefill
+        };
+        self.model
+            .run_into(phase, &mut self.cache, tokens, logits)?;
+        // The prefill program computes the last position only; keep just that row should
+        // it return more (without reallocating).
+        let n = logits.len();
+        if self.vocab == 0 || n < self.vocab || n % self.vocab != 0 {
+            return Err(format!(
+                "the model returned {n} logits, not a whole number of rows of {}",
+                self.vocab
+            ));
+        }
+        logits.drain(..n - self.vocab);
+        Ok(())
+    }
+
     fn reset(&mut self) {
         self.cache.clear();
     }
@@ -118,8 +172,15 @@ pub struct CudaSession {
 
 impl CudaSession {
     /// Builds both programs of `spec`, uploads `weights` and loads them on device `ordinal`.
+    /// The prefill computes the last position's logits only (all that generation reads);
+    /// `ARCHC_CUDA_GRAPH=1` makes each decode step one CUDA graph replay.
     pub fn new(spec: &Spec, weights: &BoundWeights, ordinal: usize) -> Result<CudaSession, String> {
-        let model = CudaModel::from_spec(spec, weights, ordinal).map_err(|e| e.to_string())?;
+        let options = CudaOptions {
+            logits: Logits::Last,
+            ..CudaOptions::default()
+        };
+        let model = CudaModel::from_spec_with(spec, weights, ordinal, options)
+            .map_err(|e| e.to_string())?;
         let cache = model.new_cache();
         let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large")?;
         Ok(CudaSession {
@@ -153,7 +214,9 @@ impl Model for CudaSession {
     }
 }
 
-/// The prefill and decode graphs of a spec, which the reference interpreter borrows.
+/// The prefill and decode graphs of a spec, which the reference interpreter borrows. The
+/// prefill computes the last position's logits only (`Logits::Last`): generation reads
+/// nothing else.
 #[derive(Debug)]
 pub struct Graphs {
     pub prefill: Graph,
@@ -162,8 +225,12 @@ pub struct Graphs {
 
 impl Graphs {
     pub fn lower(spec: &Spec) -> Result<Graphs, String> {
+        let last = archc_compiler::lower::Options {
+            logits: Logits::Last,
+        };
         Ok(Graphs {
-            prefill: lower(spec, Mode::Prefill).map_err(|e| format!("lowering (prefill): {e}"))?,
+            prefill: lower_with(spec, Mode::Prefill, &last)
+                .map_err(|e| format!("lowering (prefill): {e}"))?,
             decode: lower(spec, Mode::Decode).map_err(|e| format!("lowering (decode): {e}"))?,
         })
     }
@@ -359,7 +426,9 @@ impl<M: Model> Generator<M> {
         };
         let feed = &prompt[start..];
         let t0 = Instant::now();
-        let mut logits = self.forward(feed, "prefill")?;
+        // One logits vector for the whole generation, refilled at every step.
+        let mut logits = Vec::new();
+        self.forward(feed, "prefill", &mut logits)?;
         let mut token = sampler.sample(&logits);
         out.prefill = Timing {
             tokens: feed.len(),
@@ -381,7 +450,7 @@ impl<M: Model> Generator<M> {
                 break;
             }
             let t = Instant::now();
-            logits = self.forward(&[token], "decode")?;
+            self.forward(&[token], "decode", &mut logits)?;
             token = sampler.sample(&logits);
             out.decode.tokens += 1;
             out.decode.time += t.elapsed();
@@ -421,14 +490,19 @@ impl<M: Model> Generator<M> {
 
     /// Runs `tokens` and records them as cached; a failure clears the cache, whose
     /// contents are then unknown.
-    fn forward(&mut self, tokens: &[u32], what: &str) -> Result<Vec<f32>, GenerateError> {
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        what: &str,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), GenerateError> {
         let at = self.cached.len();
-        match self.model.forward(tokens) {
-            Ok(logits) if logits.len() == self.model.vocab() => {
+        match self.model.forward_into(tokens, logits) {
+            Ok(()) if logits.len() == self.model.vocab() => {
                 self.cached.extend_from_slice(tokens);
-                Ok(logits)
+                Ok(())
             }
-            Ok(logits) => {
+            Ok(()) => {
                 self.reset();
                 Err(gen_err(format!(
                     "{what} at position {at}: {} logits, expected {}",

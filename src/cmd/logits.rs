@@ -38,6 +38,25 @@ pub enum BackendArg {
     Cuda,
 }
 
+/// `--precision` of `archc run` and `archc bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionArg {
+    /// Activations stay f32 everywhere (what `archc logits` computes).
+    F32,
+    /// With bf16 weights, a prefill rounds activations to bf16 before each matmul and
+    /// uses bf16 dot products, as PyTorch bf16 and llama.cpp do; decode is unchanged.
+    Bf16,
+}
+
+impl PrecisionArg {
+    pub fn precision(self) -> archc_runtime::exec::cpu::Precision {
+        match self {
+            PrecisionArg::F32 => archc_runtime::exec::cpu::Precision::F32,
+            PrecisionArg::Bf16 => archc_runtime::exec::cpu::Precision::Bf16,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// HF model directory (config.json and model.safetensors or a sharded index), or a

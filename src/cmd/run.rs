@@ -89,6 +89,11 @@ pub struct Args {
     /// Worker threads for the kernel backends (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// With bf16 weights and `--backend llvm`: `bf16` rounds prefill activations to bf16
+    /// before each matmul (bf16 dot products, as PyTorch bf16 and llama.cpp do), `f32`
+    /// keeps them exact. Other weights and backends always compute in f32.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub precision: super::logits::PrecisionArg,
     /// Print one JSON object on stdout at the end instead of streaming the text:
     /// `tokens` (generated ids, without the end-of-generation token), `text`,
     /// `prefill_tok_s`, `decode_tok_s`, and `prefill_tokens`, `decode_tokens`, `stop`
@@ -232,7 +237,13 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             } else {
                 Engine::KernelInterp
             };
-            let session = CpuSession::new(&spec, &weights, engine, threads);
+            let session = CpuSession::with_precision(
+                &spec,
+                &weights,
+                engine,
+                threads,
+                args.precision.precision(),
+            );
             bar.finish_and_clear();
             let session = session.map_err(fail)?;
             job.drive(Generator::new(session, context), &mut sampler)

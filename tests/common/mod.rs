@@ -126,3 +126,28 @@ pub fn assert_every_fixture_listed(listed: &[&str], file: &str) {
         "fixture directories against the cases in {file}"
     );
 }
+
+/// Fixtures whose models only the graph interpreter runs so far, with the op that the
+/// kernel stage refuses (`KernelError::Unsupported`): the kernel-backend suites check that
+/// refusal for these instead of running them, and the parity suite runs them all the same.
+pub const INTERPRETER_ONLY: &[(&str, &str)] = &[
+    ("kimi_linear", "depthwise_conv"),
+    ("qwen3_next", "depthwise_conv"),
+];
+
+/// `assert_every_fixture_listed` for a kernel-backend suite: the cases `listed` there plus
+/// the `INTERPRETER_ONLY` fixtures are exactly the fixture directories.
+pub fn assert_every_fixture_listed_or_interpreter_only(listed: &[&str], file: &str) {
+    let mut all = listed.to_vec();
+    all.extend(INTERPRETER_ONLY.iter().map(|(case, _)| *case));
+    assert_every_fixture_listed(&all, file);
+}
+
+/// The op a kernel backend refuses for an `INTERPRETER_ONLY` fixture; panics for others.
+pub fn refused_op(case: &str) -> &'static str {
+    INTERPRETER_ONLY
+        .iter()
+        .find(|(c, _)| *c == case)
+        .map(|(_, op)| *op)
+        .unwrap_or_else(|| panic!("{case} is not an interpreter-only fixture"))
+}

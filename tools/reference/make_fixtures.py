@@ -470,6 +470,84 @@ def case_llama4():
     return cfg, transformers.Llama4ForCausalLM, what, False
 
 
+def case_qwen3_next():
+    cfg = transformers.Qwen3NextConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        linear_conv_kernel_dim=4,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=12,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        decoder_sparse_step=2,
+        mlp_only_layers=[],
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+    )
+    what = (
+        "hybrid Gated DeltaNet / gated softmax attention: layers 0, 1, 3 linear attention (2 key "
+        "heads serving 4 value heads, key dim 16 != value dim 12, short conv 4, decay gate, L2 "
+        "q/k norm, gated RMSNorm with plain weight), layer 2 full attention with sigmoid output "
+        "gate, per-head (1 + w) q/k norms and RoPE on half of each head; MoE on layers 1 and 3 "
+        "(top-2 of 4 plus a sigmoid-gated shared expert), dense MLP on layers 0 and 2"
+    )
+    return cfg, transformers.Qwen3NextForCausalLM, what, True
+
+
+def case_kimi_linear():
+    cfg = transformers.KimiLinearConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        kv_lora_rank=16,
+        q_lora_rank=None,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=16,
+        v_head_dim=16,
+        n_shared_experts=1,
+        routed_scaling_factor=2.446,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        max_position_embeddings=128,
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        mlp_layer_types=["dense", "sparse", "sparse", "sparse"],
+        linear_num_heads=4,
+        linear_head_dim=12,
+        linear_conv_kernel_dim=4,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    what = (
+        "hybrid Kimi Delta Attention / NoPE MLA: layers 0, 1, 3 KDA (4 heads of 12, separate q/k/v "
+        "short convs of 4, per-channel decay from the low-rank forget gate f_a/f_b with A_log per "
+        "head and dt_bias per channel, L2 q/k norm, sigmoid-gated RMSNorm from g_a/g_b), layer 2 "
+        "MLA without RoPE (no query LoRA); dense MLP on layer 0, then sigmoid-scored top-2 of 4 "
+        "experts with correction bias, renormalised and scaled by 2.446, plus a shared expert"
+    )
+    return cfg, transformers.KimiLinearForCausalLM, what, False
+
+
 CASES = {
     "gpt2": case_gpt2,
     "llama": case_llama,
@@ -487,6 +565,8 @@ CASES = {
     "glm4_moe": case_glm4_moe,
     "minimax_m2": case_minimax_m2,
     "llama4": case_llama4,
+    "qwen3_next": case_qwen3_next,
+    "kimi_linear": case_kimi_linear,
 }
 
 
@@ -498,6 +578,17 @@ CASES = {
 # ---------------------------------------------------------------------------------------
 
 MIN_ABLATION_EFFECT = 1e-2
+
+
+def _identity_conv(model: nn.Module) -> None:
+    """Turn every short causal convolution into the identity (only the current token's tap)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv1d):
+                m.weight.zero_()
+                m.weight[..., -1] = 1.0
+
+
 _DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
 
 ABLATIONS = {
@@ -567,7 +658,22 @@ ABLATIONS = {
         "temperature tuning": {"attn_temperature_tuning": False},
         "L2 qk norm": {"use_qk_norm": False},
     },
+    "qwen3_next": {
+        "weights: delta-rule decay (A_log)": "A_log",
+        "weights: dt_bias": "dt_bias",
+        "short convolution (identity kernel)": _identity_conv,
+    },
+    "kimi_linear": {
+        "weights: delta-rule decay (A_log)": "A_log",
+        "weights: per-channel decay (f_b)": "f_b_proj.weight",
+        "short convolution (identity kernel)": _identity_conv,
+        "weights: correction bias": "e_score_correction_bias",
+    },
 }
+
+# The value a "weights:" ablation writes; zero unless listed. Sinks of -1e4 drop out of the
+# softmax; an A_log of -30 makes exp(A_log) vanish, so the delta rule stops decaying.
+_ABLATION_FILL = {"sinks": -1e4, "A_log": -30.0}
 
 
 def ablation_effects(name: str, model: nn.Module, cls, tokens: torch.Tensor, logits: torch.Tensor) -> dict:
@@ -582,11 +688,13 @@ def ablation_effects(name: str, model: nn.Module, cls, tokens: torch.Tensor, log
         cfg._attn_implementation = "eager"
         variant = cls(cfg).float().eval()
         variant.load_state_dict(state, strict=False)
-        if isinstance(change, str):
+        if callable(change):
+            change(variant)
+        elif isinstance(change, str):
             with torch.no_grad():
                 for pname, t in list(variant.named_parameters()) + list(variant.named_buffers()):
                     if pname.endswith(change):
-                        t.fill_(-1e4 if change == "sinks" else 0.0)
+                        t.fill_(_ABLATION_FILL.get(change, 0.0))
         effects[label] = float(f"{(prefill_logits(variant, tokens) - logits).abs().max().item():.4g}")
         if effects[label] < MIN_ABLATION_EFFECT:
             raise RuntimeError(f"{name}: switching off '{label}' changes logits by only {effects[label]}")
@@ -652,6 +760,18 @@ def redraw(model: nn.Module, hidden: int, one_plus_norm: bool, seed: int) -> lis
             elif leaf == "e_score_correction_bias":
                 normal(t, 0.1)
                 rule = "correction bias N(0,0.1)"
+            elif leaf == "A_log":
+                # Decay rates exp(A_log) in [0.02, 2]: from long memory to a few tokens.
+                t.copy_(torch.log(0.02 + torch.rand(t.shape, generator=gen, dtype=torch.float32) * 1.98))
+                rule = "A_log log(U(0.02,2))"
+            elif isinstance(owner, nn.Conv1d):
+                fan_in = t.shape[-1] * t.shape[1]
+                normal(t, 1.0 / math.sqrt(fan_in))
+                rule = f"depthwise conv N(0,1/{fan_in})"
+            elif type(owner).__name__.endswith("RMSNormGated"):
+                # The gated norm applies its weight as is, even in a model whose norms use 1 + w.
+                uniform(t, 1.0, 0.2)
+                rule = "gated norm weight U(0.8,1.2)"
             elif isinstance(owner, nn.Embedding):
                 normal(t, 1.0)
                 rule = "embedding N(0,1)"
@@ -766,6 +886,28 @@ def _expert_layout_note(names: list[str]) -> str:
     return "no experts"
 
 
+def _kimi_hub_mlp_names(case_dir: Path, model: nn.Module) -> None:
+    """Give Kimi Linear's dense MLP layers the hub checkpoints' names.
+
+    transformers 5.23 loads `block_sparse_moe.` as `mlp.` and, saving, reverses that on every
+    `mlp.`, so a dense layer's MLP lands under `block_sparse_moe.` too; the hub checkpoints
+    (and HF's loader) name it `mlp.gate_proj` etc. The fixture keeps the hub's names.
+    """
+    import safetensors.torch
+
+    path = case_dir / "model.safetensors"
+    with safetensors.safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    dense = re.compile(r"(model\.layers\.\d+)\.block_sparse_moe\.((?:gate|up|down)_proj\.weight)$")
+    renamed = {dense.sub(r"\1.mlp.\2", k): v for k, v in tensors.items()}
+    safetensors.torch.save_file(renamed, path, metadata=metadata)
+
+
+# Fix-ups applied to a case's saved files before they are reloaded and checked.
+POST_SAVE = {"kimi_linear": _kimi_hub_mlp_names}
+
+
 def build_case(name: str, out_root: Path, verbose: bool = False) -> dict:
     cfg, cls, what, one_plus_norm = CASES[name]()
     cfg._attn_implementation = "eager"
@@ -793,6 +935,8 @@ def build_case(name: str, out_root: Path, verbose: bool = False) -> dict:
         shutil.rmtree(case_dir)
     case_dir.mkdir(parents=True)
     model.save_pretrained(case_dir, safe_serialization=True)
+    if name in POST_SAVE:
+        POST_SAVE[name](case_dir, model)
 
     # Reload from disk through the Auto classes: the committed files alone must reproduce
     # the logits, which also checks HF's save-time weight renaming round-trips.

@@ -63,6 +63,39 @@ pub(crate) fn eval(op: &Op, a: &[Arg<'_>], shape: &[usize]) -> Result<Tensor, In
             }
             Tensor::new(shape.to_vec(), data)
         }
+        Op::LastRow => {
+            let x = a[0].tensor();
+            let inner: usize = x.shape.iter().skip(1).product();
+            let start = x
+                .data
+                .len()
+                .checked_sub(inner)
+                .ok_or_else(|| error("last_row of an empty tensor"))?;
+            Tensor::new(shape.to_vec(), x.data[start..].to_vec())
+        }
+        Op::TailRows { n } => {
+            let x = a[0].tensor();
+            let inner: usize = x.shape.iter().skip(1).product();
+            let start = x
+                .data
+                .len()
+                .checked_sub(*n as usize * inner)
+                .ok_or_else(|| error(format!("tail_rows of {n} rows of {:?}", x.shape)))?;
+            Tensor::new(shape.to_vec(), x.data[start..].to_vec())
+        }
+        Op::DropTailRows { n } => {
+            let x = a[0].tensor();
+            let inner: usize = x.shape.iter().skip(1).product();
+            let end = x
+                .data
+                .len()
+                .checked_sub(*n as usize * inner)
+                .ok_or_else(|| error(format!("drop_tail_rows of {n} rows of {:?}", x.shape)))?;
+            Tensor::new(shape.to_vec(), x.data[..end].to_vec())
+        }
+        Op::DepthwiseConv => super::linear::depthwise_conv(&a[0].tensor(), &a[1].tensor(), shape)?,
+        Op::DecayGate => super::linear::decay_gate(a, shape),
+        Op::DeltaRule => super::linear::delta_rule(a, shape)?,
         Op::Concat { axis } => {
             let (x, y) = (a[0].tensor(), a[1].tensor());
             let (outer, lx, inner) = split(&x.shape, *axis);

@@ -15,6 +15,7 @@
 
 mod fused;
 mod kernels;
+mod linear;
 mod mla;
 pub mod random;
 mod weights;
@@ -70,8 +71,10 @@ pub(crate) fn error(message: impl Into<String>) -> InterpError {
 }
 
 /// The KV cache between calls: for every `cache.*` input of the graphs, the keys or
-/// values of the `past` tokens seen so far (`[past, kv_heads, dim]`), or MLA's latent rows
-/// (`[past, kv_rank + rope_dim]`); shapes come from the graph's inputs.
+/// values of the `past` tokens seen so far (`[past, kv_heads, dim]`), MLA's latent rows
+/// (`[past, kv_rank + rope_dim]`), or a linear-attention layer's fixed-size convolution
+/// and recurrent state (zeros before the first token); shapes come from the graph's
+/// inputs, and every call replaces each tensor by the graph's output of the same name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvCache {
     pub past: usize,
@@ -277,7 +280,7 @@ impl<'a> Interpreter<'a> {
     }
 
     /// Run `tokens` after the cached ones; returns their logits `[tokens.len() * vocab]`
-    /// (row-major, one row per token) and appends them to the cache.
+    /// (row-major, one row per token) and adds them to the cache.
     pub fn prefill(&self, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, InterpError> {
         if tokens.is_empty() {
             return Err(error("prefill needs at least one token"));

@@ -115,6 +115,83 @@ pub fn infer(op: &Op, ins: &[Type]) -> Result<Type, String> {
             shape[*axis] = Dim::c(end - start);
             Ok(Type::new(shape, x.dtype))
         }
+        Op::LastRow => {
+            arity(ins, 1)?;
+            let x = &ins[0];
+            let n = *x
+                .shape
+                .first()
+                .ok_or_else(|| format!("last_row of a scalar {x}"))?;
+            if n == Dim::c(0) {
+                return Err(format!("last_row of {x}, which has no rows"));
+            }
+            let mut shape = x.shape.clone();
+            shape[0] = Dim::c(1);
+            Ok(Type::new(shape, x.dtype))
+        }
+        Op::TailRows { n } => {
+            arity(ins, 1)?;
+            let x = &ins[0];
+            rows_at_least(x, *n, "tail_rows")?;
+            let mut shape = x.shape.clone();
+            shape[0] = Dim::c(*n);
+            Ok(Type::new(shape, x.dtype))
+        }
+        Op::DropTailRows { n } => {
+            arity(ins, 1)?;
+            let x = &ins[0];
+            let m = rows_at_least(x, *n, "drop_tail_rows")?;
+            let mut shape = x.shape.clone();
+            shape[0] = Dim {
+                konst: m.konst - n,
+                ..m
+            };
+            Ok(Type::new(shape, x.dtype))
+        }
+        Op::DepthwiseConv => {
+            arity(ins, 2)?;
+            let (x, w) = (&ins[0], &ins[1]);
+            float(x, "x")?;
+            float(w, "w")?;
+            let bad =
+                || format!("depthwise_conv wants x [m, C] and w [C, 1, K], found {x} and {w}");
+            let ([_, c], [wc, one, k]) = (x.shape.as_slice(), w.shape.as_slice()) else {
+                return Err(bad());
+            };
+            let Some(k) = k.as_const() else {
+                return Err(bad());
+            };
+            if c != wc || *one != Dim::c(1) || k == 0 {
+                return Err(bad());
+            }
+            let m = rows_at_least(x, k - 1, "depthwise_conv")?;
+            Ok(Type::new(
+                vec![
+                    Dim {
+                        konst: m.konst - (k - 1),
+                        ..m
+                    },
+                    *c,
+                ],
+                DType::F32,
+            ))
+        }
+        Op::DecayGate => {
+            arity(ins, 3)?;
+            for (t, what) in ins.iter().zip(["a", "a_log", "dt_bias"]) {
+                float(t, what)?;
+            }
+            let all =
+                broadcast(&ins[0].shape, &ins[1].shape).and_then(|s| broadcast(&s, &ins[2].shape));
+            if all.as_deref() != Some(ins[0].shape.as_slice()) {
+                return Err(format!(
+                    "decay_gate operands do not broadcast to a: a {}, a_log {}, dt_bias {}",
+                    ins[0], ins[1], ins[2]
+                ));
+            }
+            Ok(Type::new(ins[0].shape.clone(), DType::F32))
+        }
+        Op::DeltaRule => delta_rule(ins),
         Op::Expand { shape } => {
             arity(ins, 1)?;
             if broadcast(&ins[0].shape, shape).as_deref() != Some(shape.as_slice()) {
@@ -332,6 +409,56 @@ fn mla_attention(a: &AttnOp, m: MlaAttn, ins: &[Type]) -> Result<Type, String> {
     Ok(Type::new(vec![*s, *h, Dim::c(m.v)], DType::F32))
 }
 
+/// The rows of `x` along axis 0, which must be at least `n` for every binding.
+fn rows_at_least(x: &Type, n: u64, what: &str) -> Result<Dim, String> {
+    let m = *x
+        .shape
+        .first()
+        .ok_or_else(|| format!("{what} of a scalar {x}"))?;
+    if m.konst < n {
+        return Err(format!(
+            "{what} needs at least {n} rows along axis 0 of {x} for every seq and past"
+        ));
+    }
+    Ok(m)
+}
+
+/// `Op::DeltaRule`: `q [s, Hk, dk]`, `k [s, Hk, dk]`, `v [s, H, dv]`, `g [s, H]` or
+/// `[s, H, dk]`, `beta [s, H]`, `state [dk, H, dv]` → `[s + dk, H, dv]`.
+fn delta_rule(ins: &[Type]) -> Result<Type, String> {
+    arity(ins, 6)?;
+    for (t, what) in ins.iter().zip(["q", "k", "v", "g", "beta", "state"]) {
+        float(t, what)?;
+    }
+    let (q, k, v, g, beta, state) = (&ins[0], &ins[1], &ins[2], &ins[3], &ins[4], &ins[5]);
+    let bad = || {
+        format!(
+            "delta_rule wants q [s, Hk, dk], k [s, Hk, dk], v [s, H, dv], g [s, H] or [s, H, dk], \
+             beta [s, H] and state [dk, H, dv] with H a multiple of Hk, found q {q}, k {k}, v {v}, \
+             g {g}, beta {beta}, state {state}"
+        )
+    };
+    let ([s, hk, dk], [s_v, h, dv]) = (q.shape.as_slice(), v.shape.as_slice()) else {
+        return Err(bad());
+    };
+    let (Some(heads), Some(kh), Some(kd)) = (h.as_const(), hk.as_const(), dk.as_const()) else {
+        return Err(bad());
+    };
+    let g_ok = g.shape == [*s, *h] || g.shape == [*s, *h, *dk];
+    let ok = k.shape == q.shape
+        && s_v == s
+        && g_ok
+        && beta.shape == [*s, *h]
+        && state.shape == [*dk, *h, *dv]
+        && kh > 0
+        && kd > 0
+        && heads % kh == 0;
+    if !ok {
+        return Err(bad());
+    }
+    Ok(Type::new(vec![s.plus(*dk), *h, *dv], DType::F32))
+}
+
 fn norm(n: &NormOp, ins: &[Type]) -> Result<Type, String> {
     arity(ins, 1 + n.weight as usize + n.bias as usize)?;
     let x = &ins[0];
@@ -425,4 +552,75 @@ fn same_size(a: &[Dim], b: &[Dim]) -> bool {
         (prod, syms)
     }
     split(a) == split(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32(shape: &[Dim]) -> Type {
+        Type::new(shape.to_vec(), DType::F32)
+    }
+
+    const SEQ: Dim = Dim::SEQ;
+
+    #[test]
+    fn row_ops_need_rows_for_every_binding() {
+        let x = f32(&[SEQ.plus(Dim::c(3)), Dim::c(5)]);
+        let t = infer(&Op::TailRows { n: 3 }, std::slice::from_ref(&x)).expect("fits");
+        assert_eq!(t.to_string(), "[3, 5] f32");
+        let t = infer(&Op::DropTailRows { n: 3 }, std::slice::from_ref(&x)).expect("fits");
+        assert_eq!(t.to_string(), "[seq, 5] f32");
+        // `seq + 3` rows may be fewer than 4.
+        let e = infer(&Op::TailRows { n: 4 }, &[x]).expect_err("too few");
+        assert!(e.contains("at least 4 rows"), "{e}");
+    }
+
+    #[test]
+    fn depthwise_conv_shortens_by_the_kernel() {
+        let x = f32(&[SEQ.plus(Dim::c(3)), Dim::c(8)]);
+        let w = f32(&[Dim::c(8), Dim::c(1), Dim::c(4)]);
+        let t = infer(&Op::DepthwiseConv, &[x.clone(), w]).expect("fits");
+        assert_eq!(t.to_string(), "[seq, 8] f32");
+        let wrong = f32(&[Dim::c(7), Dim::c(1), Dim::c(4)]);
+        assert!(infer(&Op::DepthwiseConv, &[x, wrong]).is_err());
+    }
+
+    #[test]
+    fn decay_gate_broadcasts_to_a() {
+        let a = f32(&[SEQ, Dim::c(4), Dim::c(6)]);
+        let per_head = f32(&[Dim::c(4), Dim::c(1)]);
+        let per_channel = f32(&[Dim::c(4), Dim::c(6)]);
+        let t = infer(&Op::DecayGate, &[a.clone(), per_head.clone(), per_channel]).expect("fits");
+        assert_eq!(t, a);
+        // An operand that would widen the result is refused.
+        let wider = f32(&[Dim::c(2), SEQ, Dim::c(4), Dim::c(6)]);
+        assert!(infer(&Op::DecayGate, &[a, per_head, wider]).is_err());
+    }
+
+    #[test]
+    fn delta_rule_stacks_outputs_and_state() {
+        let c = Dim::c;
+        let q = f32(&[SEQ, c(2), c(8)]);
+        let v = f32(&[SEQ, c(4), c(6)]);
+        let g = f32(&[SEQ, c(4)]);
+        let state = f32(&[c(8), c(4), c(6)]);
+        let ins = [q.clone(), q.clone(), v, g.clone(), g.clone(), state.clone()];
+        let t = infer(&Op::DeltaRule, &ins).expect("fits");
+        assert_eq!(t.to_string(), "[seq+8, 4, 6] f32");
+        // Per-channel decay fits too; 3 value heads cannot share 2 key heads.
+        let mut per_channel = ins.clone();
+        per_channel[3] = f32(&[SEQ, c(4), c(8)]);
+        assert!(infer(&Op::DeltaRule, &per_channel).is_ok());
+        let odd = [
+            q.clone(),
+            q,
+            f32(&[SEQ, c(3), c(6)]),
+            f32(&[SEQ, c(3)]),
+            f32(&[SEQ, c(3)]),
+            f32(&[c(8), c(3), c(6)]),
+        ];
+        let e = infer(&Op::DeltaRule, &odd).expect_err("refused");
+        assert!(e.contains("multiple of Hk"), "{e}");
+    }
 }

@@ -345,6 +345,41 @@ pub enum Op {
         start: u64,
         end: u64,
     },
+    /// The last row along axis 0: `x [n, ...]` → `[1, ...]`, `n` symbolic or not. A pass
+    /// that needs only the next token's logits keeps this row before the head.
+    LastRow,
+    /// The last `n` rows along axis 0: `x [m, ...]` → `[n, ...]`. `m` may be symbolic, but
+    /// its constant part must be at least `n`, so every binding has the rows. A causal
+    /// convolution keeps its next state this way; the gated delta rule returns its state
+    /// as the tail of its result.
+    TailRows {
+        n: u64,
+    },
+    /// All but the last `n` rows along axis 0: `x [m, ...]` → `[m - n, ...]`, the constant
+    /// part of `m` at least `n`.
+    DropTailRows {
+        n: u64,
+    },
+    /// Depthwise convolution along axis 0 without padding: `x [m, C]`, `w [C, 1, K]` →
+    /// `[m - K + 1, C]`, `y[t, c] = Σ_j w[c, 0, j] * x[t + j, c]` (the constant part of `m`
+    /// at least `K - 1`). A causal short convolution (Qwen3-Next, Kimi Linear) runs it over
+    /// its `K - 1` previous input rows followed by the new ones.
+    DepthwiseConv,
+    /// The log decay of the linear-attention mixers: operands `a`, `a_log`, `dt_bias`,
+    /// broadcast together (numpy rules) to the shape of `a`:
+    /// `g = -exp(a_log) * softplus(a + dt_bias)` (softplus as torch's, linear above 20).
+    DecayGate,
+    /// The gated delta rule, token by token (Gated DeltaNet, Kimi Delta Attention).
+    /// Operands: `q [s, Hk, dk]`, `k [s, Hk, dk]` (both already normalised and `q`
+    /// scaled), `v [s, H, dv]`, the log decay `g` (`[s, H]`: one per head, or `[s, H, dk]`:
+    /// one per key channel), `beta [s, H]` and the state `[dk, H, dv]` before the first
+    /// token. Value head `h` reads query/key head `h / (H / Hk)`. Per token and head, with
+    /// `S` the head's `[dk, dv]` state:
+    /// `S = exp(g) * S` (row `i` by `exp(g_i)` when per channel);
+    /// `u = beta * (v - Sᵀ k)`; `S = S + k uᵀ`; `o = Sᵀ q`.
+    /// Result `[s + dk, H, dv]`: the outputs `o` (rows `[0, s)`), then the final state
+    /// (the last `dk` rows, the layout of the state operand).
+    DeltaRule,
     /// Broadcast to `shape` (numpy rules: dims of 1 stretch, leading dims may be added).
     Expand {
         shape: Vec<Dim>,

@@ -86,6 +86,7 @@ pub(crate) fn op_text(op: &Op) -> String {
             s
         }
         Op::Reshape { .. } => "reshape".into(),
+        Op::LastRow => "last_row".into(),
         Op::Expand { .. } => "expand".into(),
         Op::Slice { axis, start, end } => format!("slice{{axis={axis}, {start}..{end}}}"),
         Op::Concat { axis } => format!("concat{{axis={axis}}}"),
@@ -139,6 +140,11 @@ pub(crate) fn op_text(op: &Op) -> String {
             s.push('}');
             s
         }
+        Op::TailRows { n } => format!("tail_rows{{n={n}}}"),
+        Op::DropTailRows { n } => format!("drop_tail_rows{{n={n}}}"),
+        Op::DepthwiseConv => "depthwise_conv".into(),
+        Op::DecayGate => "decay_gate".into(),
+        Op::DeltaRule => "delta_rule".into(),
         Op::Attention(a) => attn_text(a),
         Op::AttnTemperature {
             floor_scale,

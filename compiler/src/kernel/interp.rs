@@ -732,8 +732,9 @@ impl Machine<'_, '_> {
 /// Runs a whole program for `seq` new tokens after `past` cached ones, each launch on
 /// threads `0..threads` in turn. `inputs` holds every `Param` and `Input` buffer by name
 /// (exactly those, each of its declared element type and element count); `Temp` and
-/// `Output` buffers are allocated poisoned, an `Alias` is the memory of its target, and the
-/// `Output` buffers are returned by name.
+/// `Output` buffers are allocated poisoned, an `Alias` is the memory of its target, an
+/// `Append` starts as a copy of its input's rows (poisoned after them), and the `Output`
+/// and `Append` buffers are returned by name.
 pub fn run_program(
     p: &Program,
     mut inputs: BTreeMap<String, KBufData>,
@@ -792,6 +793,22 @@ pub fn run_program(
             }
             BufferKind::Output | BufferKind::Temp => Mem::Owned(KData::poisoned(b.elem, counts[i])),
             BufferKind::Alias { .. } => Mem::None,
+            // The grown input: its old rows are the input's (copied here, where the
+            // executors share the memory), the kernels write the rest.
+            BufferKind::Append { to } => {
+                let mut grown = KData::poisoned(b.elem, counts[i]);
+                let old = match mems.get(to) {
+                    Some(Mem::Given(d)) => d,
+                    _ => return Err(err(format!("`{}` appends to a buffer not given", b.name))),
+                };
+                let mut view = grown.view();
+                for e in 0..old.len() {
+                    let v = old.get(e).ok_or_else(|| err("unreadable input".into()))?;
+                    view.set(e, v)
+                        .map_err(|m| err(format!("`{}`: {m}", b.name)))?;
+                }
+                Mem::Owned(grown)
+            }
         });
     }
     if let Some(name) = inputs.keys().next() {
@@ -864,7 +881,7 @@ pub fn run_program(
 
     let mut out = BTreeMap::new();
     for (b, m) in p.buffers.iter().zip(mems) {
-        if let (BufferKind::Output, Mem::Owned(d)) = (&b.kind, m) {
+        if let (BufferKind::Output | BufferKind::Append { .. }, Mem::Owned(d)) = (&b.kind, m) {
             out.insert(b.name.clone(), d);
         }
     }

@@ -177,7 +177,10 @@ pub enum LoopKind {
     /// Iterations are independent and spread over threads (at most one per kernel).
     Parallel,
     /// Iterations may run in SIMD lanes of this width; accumulations into locals inside
-    /// are reductions whose order may change (reassociation allowed).
+    /// are reductions whose order may change (reassociation allowed). Inside, a product
+    /// that feeds an addition may also be contracted into one fused multiply-add (one
+    /// rounding instead of two); a target decides that per compiled kernel, so one kernel
+    /// gives the same bits on every run.
     Vector(u32),
     /// Unroll by this factor.
     Unroll(u32),
@@ -273,6 +276,21 @@ pub enum BufferKind {
     Temp,
     /// The same memory as another buffer, read with another shape (reshape).
     Alias { of: usize },
+    /// A named result that grows the `Input` buffer `to` along the first axis, in place
+    /// (the KV cache appended without a copy). Contract, for every executor:
+    /// - it has the input's name and element type, and the input's shape with a first
+    ///   dimension of `rows(to) + n` (`[past+seq, ...]` for `[past, ...]`);
+    /// - rows `[0, rows(to))` *are* the input's rows: the caller binds both buffers to
+    ///   the same address, with room for this buffer's size, and after the call the input's
+    ///   memory holds the grown contents (no swap, no copy);
+    /// - kernels write only the new rows `[rows(to), rows(to) + n)` of it and never the
+    ///   input; a kernel may take both as parameters and then reads the old rows through
+    ///   either.
+    ///
+    /// Only lowering with `KernelOptions::append_in_place` produces it; otherwise the
+    /// grown cache is an ordinary `Output` that the appending kernel fills with a copy of
+    /// the old rows and the new ones.
+    Append { to: usize },
 }
 
 /// A kernel call: `bufs[i]` is the program buffer bound to the kernel's i-th parameter

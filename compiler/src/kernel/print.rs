@@ -15,6 +15,10 @@ impl fmt::Display for Program {
                 BufferKind::Output => "output".to_string(),
                 BufferKind::Temp => "temp".to_string(),
                 BufferKind::Alias { of } => format!("alias of {}", self.buffers[*of].name),
+                BufferKind::Append { to } => format!(
+                    "append to {}",
+                    self.buffers.get(*to).map_or("?", |t| t.name.as_str())
+                ),
             };
             writeln!(
                 f,

@@ -94,6 +94,41 @@ pub fn verify_program(p: &Program) -> Result<(), KernelVerifyError> {
                 }
             }
             BufferKind::Temp => {}
+            BufferKind::Append { to } => {
+                if !output_names.insert(b.name.as_str()) {
+                    return Err(at("a second output has this name".to_string()));
+                }
+                let t = p
+                    .buffers
+                    .get(*to)
+                    .filter(|t| t.kind == BufferKind::Input)
+                    .ok_or_else(|| at(format!("appends to buffer {to}, which is not an input")))?;
+                if t.name != b.name || t.elem != b.elem {
+                    return Err(at(format!(
+                        "appends to `{}` of {}, but is `{}` of {} (the same name and type are required)",
+                        t.name,
+                        t.elem.as_str(),
+                        b.name,
+                        b.elem.as_str()
+                    )));
+                }
+                let rows_grow = |seq, past| {
+                    let rows = |x: &Buffer| x.shape.first().map(|d| d.eval(seq, past));
+                    matches!((rows(b), rows(t)), (Some(n), Some(m)) if n >= m)
+                };
+                if t.shape.len() != b.shape.len()
+                    || t.shape.get(1..) != b.shape.get(1..)
+                    || ![(1, 0), (3, 5), (17, 29)]
+                        .iter()
+                        .all(|&(s, pa)| rows_grow(s, pa))
+                {
+                    return Err(at(format!(
+                        "an append must have its input's shape with more rows, found [{}] for [{}]",
+                        show_shape(&b.shape),
+                        show_shape(&t.shape)
+                    )));
+                }
+            }
             BufferKind::Alias { of } => {
                 let target = alias_root(p, i).map_err(at)?;
                 let t = &p.buffers[target];
@@ -155,7 +190,17 @@ pub fn verify_program(p: &Program) -> Result<(), KernelVerifyError> {
                         param.name
                     )))
                 }
-                (Some(bi), _) => {
+                (Some(bi), access) => {
+                    let appended = p
+                        .buffers
+                        .iter()
+                        .any(|x| x.kind == (BufferKind::Append { to: *bi }));
+                    if appended && matches!(access, Access::Write | Access::ReadWrite) {
+                        return Err(at(format!(
+                            "parameter {pi} `{}` writes buffer {bi}, an input that an append grows in place",
+                            param.name
+                        )));
+                    }
                     let Some(b) = p.buffers.get(*bi) else {
                         return Err(at(format!(
                             "parameter {pi} `{}` is bound to buffer {bi} but there are {} buffers",
@@ -663,4 +708,12 @@ fn mark_locals(body: &[Stmt], locals: &mut [bool]) {
             Stmt::Let { .. } | Stmt::Set { .. } | Stmt::Store { .. } => {}
         }
     }
+}
+
+fn show_shape(shape: &[crate::ir::Dim]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

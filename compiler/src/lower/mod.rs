@@ -4,10 +4,13 @@
 //! Each layer `i` reads its KV cache from the inputs `cache.{i}.k` / `cache.{i}.v`
 //! (`[past, kv_heads, dim]`, f32), or for MLA from `cache.{i}.kv` (`[past, kv_rank +
 //! rope_dim]`: the normed latent and the shared RoPE key), and returns the appended cache
-//! under the same output names. Parameters are named by the canonical tensor names of `archc_spec::tensors`.
+//! under the same output names. A linear-attention layer instead reads and returns its
+//! fixed-size state, `cache.{i}.conv` and `cache.{i}.state` (see `linear`), replaced
+//! rather than grown. Parameters are named by the canonical tensor names of `archc_spec::tensors`.
 
 mod attention;
 mod ffn;
+mod linear;
 
 use crate::ir::{
     infer, BinaryOp, DType, Dim, Graph, Mode, Node, NodeId, NormKind, NormOp, Op, Output, Param,
@@ -37,8 +40,33 @@ fn err(message: impl Into<String>) -> LowerError {
     }
 }
 
-/// Lower `spec` to a graph of one forward pass in the given mode.
+/// Which token positions a forward pass computes logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// Every position: `logits [seq, vocab]` (what `archc logits` and the tests compare).
+    #[default]
+    All,
+    /// The last position only: `logits [1, vocab]`. The residual stream's last row is
+    /// taken (`last_row`) before the final norm, so the norm and the LM head run for one
+    /// token; generation and benchmarks need nothing else. A decode graph is the same
+    /// either way (its `seq` is 1).
+    Last,
+}
+
+/// What a lowering produces besides the mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    pub logits: Logits,
+}
+
+/// Lower `spec` to a graph of one forward pass in the given mode, with logits for every
+/// position.
 pub fn lower(spec: &Spec, mode: Mode) -> Result<Graph, LowerError> {
+    lower_with(spec, mode, &Options::default())
+}
+
+/// `lower` with explicit options.
+pub fn lower_with(spec: &Spec, mode: Mode, options: &Options) -> Result<Graph, LowerError> {
     let seq = match mode {
         Mode::Prefill => Dim::SEQ,
         Mode::Decode => Dim::c(1),
@@ -103,8 +131,8 @@ pub fn lower(spec: &Spec, mode: Mode) -> Result<Graph, LowerError> {
         let mixer = |b: &mut Builder, x: Value| -> Result<Value, LowerError> {
             match &block.mixer {
                 Mixer::Attention(a) => attention::lower(b, spec, layer, a, x, positions),
-                Mixer::GatedDeltaNet(_) => Err(err("gated_deltanet mixers are not supported yet")),
-                Mixer::KimiDelta(_) => Err(err("kimi_delta mixers are not supported yet")),
+                Mixer::GatedDeltaNet(g) => linear::gated_deltanet(b, spec, layer, g, norm.eps, x),
+                Mixer::KimiDelta(k) => linear::kimi_delta(b, spec, layer, k, norm.eps, x),
             }
         };
         let ffn = |b: &mut Builder, x: Value| ffn::lower(b, spec, &block.ffn, x);
@@ -145,6 +173,9 @@ pub fn lower(spec: &Spec, mode: Mode) -> Result<Graph, LowerError> {
 
     b.prefix.clear();
     b.label("head");
+    if options.logits == Logits::Last && mode == Mode::Prefill {
+        x = b.op(Op::LastRow, &[x])?;
+    }
     if let Some(n) = &spec.final_norm {
         x = b.norm(x, "final_norm", n, h)?;
     }

@@ -14,8 +14,9 @@ use std::process::Command;
 
 /// The source of the code generator: editing it changes every key, so a development
 /// build never loads code produced by an older code generator.
-const CODEGEN_SOURCE: [&str; 4] = [
+const CODEGEN_SOURCE: [&str; 5] = [
     include_str!("mod.rs"),
+    include_str!("math.rs"),
     include_str!("translate.rs"),
     include_str!("jit.rs"),
     include_str!("target.rs"),

@@ -12,6 +12,7 @@
 
 mod cache;
 mod jit;
+mod math;
 mod target;
 pub(super) mod translate;
 

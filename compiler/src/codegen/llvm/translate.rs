@@ -19,6 +19,7 @@
 //! over the grid, math uses the PTX approximations of `codegen::ptx::device`, and in warp
 //! mode a warp cooperates on each parallel iteration (see `codegen::ptx::plan`).
 
+use super::math::Math;
 use super::CodegenError;
 use crate::codegen::ptx::device as gpu_math;
 use crate::codegen::ptx::plan::{KernelPlan, Mode as GpuMode};
@@ -30,7 +31,7 @@ use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum};
+use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum, VectorType};
 use inkwell::values::{
     AsValueRef, BasicMetadataValueEnum, BasicValue, BasicValueEnum, FastMathFlags, FloatValue,
     FunctionValue, InstructionValue, IntValue, PointerValue,
@@ -98,6 +99,25 @@ impl<'ctx> Val<'ctx> {
 pub(super) struct CpuAttrs {
     pub cpu: String,
     pub features: String,
+}
+
+impl CpuAttrs {
+    /// Whether the CPU has the AVX-512 bf16 dot product (`vdpbf16ps`): named in the
+    /// features (the host's list), or implied by a CPU that always has it.
+    fn has_avx512bf16(&self) -> bool {
+        let by_feature = self.features.split(',').any(|f| f == "+avx512bf16");
+        let disabled = self.features.split(',').any(|f| f == "-avx512bf16");
+        let by_cpu = matches!(
+            self.cpu.as_str(),
+            "cooperlake"
+                | "sapphirerapids"
+                | "emeraldrapids"
+                | "graniterapids"
+                | "znver4"
+                | "znver5"
+        );
+        by_feature || (by_cpu && !disabled)
+    }
 }
 
 /// Adds kernel `index` to `module`: the entry function `symbol(index, k)` and its body.
@@ -200,7 +220,7 @@ pub(super) fn translate<'ctx>(
     b.build_call(body_fn, &args, "")?;
     b.build_return(None)?;
 
-    BodyBuilder::emit(ctx, module, k, body_fn, &params, None)?;
+    BodyBuilder::emit(ctx, module, k, body_fn, &params, None, cpu.has_avx512bf16())?;
     Ok(entry_fn)
 }
 
@@ -242,7 +262,7 @@ pub(crate) fn translate_gpu<'ctx>(
             v.set_name(label);
         }
     }
-    BodyBuilder::emit(ctx, module, k, f, &params, Some(plan))?;
+    BodyBuilder::emit(ctx, module, k, f, &params, Some(plan), false)?;
     Ok(f)
 }
 
@@ -274,6 +294,8 @@ struct BodyBuilder<'ctx, 'a> {
     gpu: Option<Gpu<'ctx, 'a>>,
     /// Pre-order number of the next `Loop` statement, the key of `KernelPlan::distributed`.
     next_loop: usize,
+    /// Whether bf16 dot-product loops may use `vdpbf16ps` (see `dot_loop`).
+    bf16_dot: bool,
 }
 
 /// What the body builder needs to know while emitting a GPU kernel.
@@ -305,6 +327,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         f: FunctionValue<'ctx>,
         params: &[usize],
         plan: Option<&'a KernelPlan>,
+        bf16_dot: bool,
     ) -> Result<(), CodegenError> {
         let b = ctx.create_builder();
         let entry = ctx.append_basic_block(f, "entry");
@@ -352,6 +375,7 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             fast: false,
             gpu,
             next_loop: 0,
+            bf16_dot,
         };
         bb.run(params)
     }
@@ -637,6 +661,19 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         let mut lo = self.int(start, "loop start")?;
         let mut hi = self.int(end, "loop end")?;
         let mut stepv = i64t.const_int(step, false);
+        if let (LoopKind::Vector(_), 1, None) = (kind, step, &self.gpu) {
+            if self.bf16_dot {
+                if let Some(plan) = dot_plan(var, body, self.k, Elem::Bf16) {
+                    // The bf16 pairs run as `vdpbf16ps`; this loop finishes the rest.
+                    lo = self.dot_loop(&plan, lo, hi)?;
+                }
+            }
+            if let Some(plan) = dot_plan(var, body, self.k, Elem::F32).filter(Dot::many_rows) {
+                // Many f32 dot products against one shared row: 16 lanes at a time, one
+                // butterfly at the end; this loop finishes the rest.
+                lo = self.dot_loop(&plan, lo, hi)?;
+            }
+        }
         // A vector loop the plan spreads over the lanes of a warp, with its reductions.
         let reductions = self
             .gpu
@@ -713,7 +750,18 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         let next = self.b.build_int_nsw_add(iv, stepv, "iv.next")?;
         self.b.build_store(slot, next)?;
         let back = self.b.build_unconditional_branch(header)?;
-        self.loop_metadata(back, kind);
+        // A vector loop of a few constant vectors' worth of iterations: LLVM would
+        // unroll it fully before vectorizing, leaving scalar code its straight-line
+        // vectorizer often does not recover (masked selects, `maxnum`). Vectorize it as a
+        // loop instead; the vector loop of a known trip count is then flattened anyway.
+        let few = match (kind, start, end) {
+            (LoopKind::Vector(w), Expr::I64(a), Expr::I64(b)) if w > 1 => {
+                let trips = (b.saturating_sub(*a) as u64).div_ceil(step);
+                trips >= w as u64 && trips <= 4 * w as u64
+            }
+            _ => false,
+        };
+        self.loop_metadata(back, kind, few);
         self.b.position_at_end(exit);
         if let Some(reds) = &reductions {
             if let Some(g) = self.gpu.as_mut() {
@@ -730,6 +778,184 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             gpu_math::sync_warp(self.module, &self.b)?;
         }
         Ok(())
+    }
+
+    /// The main part of a dot-product loop (see [`dot_plan`]), whose accumulators each
+    /// become a `<16 x float>` whose lanes are added into the scalar accumulator at the
+    /// end. bf16: 32 iterations at a time, each product pair of bf16 vectors accumulated
+    /// by `vdpbf16ps`; products of two bf16 are exact in f32, so only the summation order
+    /// differs from the scalar loop, which a `Vector` loop allows (the instruction also
+    /// treats subnormal inputs and results as zero). f32: 16 iterations at a time, one
+    /// fused multiply-add per product (contraction, which a `Vector` loop allows too).
+    /// Returns where the ordinary loop takes over (`lo` plus a multiple of the step).
+    fn dot_loop(
+        &mut self,
+        plan: &Dot,
+        lo: IntValue<'ctx>,
+        hi: IntValue<'ctx>,
+    ) -> Result<IntValue<'ctx>, CodegenError> {
+        let bf16 = plan.elem == Elem::Bf16;
+        let lanes: u64 = if bf16 { 32 } else { 16 };
+        let ctx = self.ctx;
+        let i64t = ctx.i64_type();
+        let i16t = ctx.i16_type();
+        let f32t = ctx.f32_type();
+        let v16f = f32t.vec_type(16);
+        let v32i = i16t.vec_type(32);
+        let v32bf = ctx.bf16_type().vec_type(32);
+        let dp = if bf16 {
+            Intrinsic::find("llvm.x86.avx512bf16.dpbf16ps.512")
+                .and_then(|i| i.get_declaration(self.module, &[]))
+                .ok_or_else(|| self.err("LLVM has no intrinsic `dpbf16ps.512`".into()))?
+        } else {
+            Intrinsic::find("llvm.fmuladd")
+                .and_then(|i| i.get_declaration(self.module, &[v16f.into()]))
+                .ok_or_else(|| self.err("LLVM has no intrinsic `fmuladd`".into()))?
+        };
+        // Loop-invariant row pointers: the buffer plus the index at iteration 0.
+        let mut rows = Vec::with_capacity(plan.loads.len());
+        for (_, buf, base) in &plan.loads {
+            let (ptr, _, _) = self.buf(*buf)?;
+            let p = match (base, bf16) {
+                (Some(e), true) => {
+                    let at = self.int(e, "load index")?;
+                    unsafe { self.b.build_in_bounds_gep(i16t, ptr, &[at], "row")? }
+                }
+                (Some(e), false) => {
+                    let at = self.int(e, "load index")?;
+                    unsafe { self.b.build_in_bounds_gep(f32t, ptr, &[at], "row")? }
+                }
+                (None, _) => ptr,
+            };
+            rows.push(p);
+        }
+        let b = &self.b;
+        let span = b.build_int_sub(hi, lo, "")?;
+        let neg = b.build_int_compare(IntPredicate::SLT, span, i64t.const_zero(), "")?;
+        let span = b
+            .build_select(neg, i64t.const_zero(), span, "")?
+            .into_int_value();
+        let main = b.build_and(span, i64t.const_int(!(lanes - 1), true), "")?;
+        let main_end = b.build_int_add(lo, main, "dot.end")?;
+        let pre = b
+            .get_insert_block()
+            .ok_or_else(|| self.err("no insert block".into()))?;
+        let header = ctx.append_basic_block(self.f, "dot.header");
+        let body = ctx.append_basic_block(self.f, "dot.body");
+        let done = ctx.append_basic_block(self.f, "dot.done");
+        b.build_unconditional_branch(header)?;
+
+        b.position_at_end(header);
+        let iv = b.build_phi(i64t, "dot.iv")?;
+        let accs: Vec<_> = plan
+            .sets
+            .iter()
+            .map(|_| b.build_phi(v16f, "dot.acc"))
+            .collect::<Result<_, _>>()?;
+        let more = b.build_int_compare(
+            IntPredicate::SLT,
+            iv.as_basic_value().into_int_value(),
+            main_end,
+            "",
+        )?;
+        b.build_conditional_branch(more, body, done)?;
+
+        b.position_at_end(body);
+        let k = iv.as_basic_value().into_int_value();
+        let mut vals = Vec::with_capacity(rows.len());
+        for r in &rows {
+            // Element `base + iv` of the buffer is element `iv` of its row pointer.
+            if bf16 {
+                let p = unsafe { b.build_in_bounds_gep(i16t, *r, &[k], "")? };
+                let v = b.build_load(v32i, p, "")?;
+                if let Some(inst) = v.as_instruction_value() {
+                    let _ = inst.set_alignment(2);
+                }
+                vals.push(b.build_bit_cast(v, v32bf, "")?);
+            } else {
+                let p = unsafe { b.build_in_bounds_gep(f32t, *r, &[k], "")? };
+                let v = b.build_load(v16f, p, "")?;
+                if let Some(inst) = v.as_instruction_value() {
+                    let _ = inst.set_alignment(4);
+                }
+                vals.push(v);
+            }
+        }
+        let mut next = Vec::with_capacity(accs.len());
+        for ((_, x, y), acc) in plan.sets.iter().zip(&accs) {
+            let (acc, x, y) = (
+                acc.as_basic_value().into(),
+                vals[*x].into(),
+                vals[*y].into(),
+            );
+            let args = if bf16 { [acc, x, y] } else { [x, y, acc] };
+            let r = b
+                .build_call(dp, &args, "")?
+                .try_as_basic_value()
+                .basic()
+                .ok_or_else(|| self.err("a dot-product step returned void".into()))?;
+            next.push(r);
+        }
+        let k_next = b.build_int_add(k, i64t.const_int(lanes, false), "")?;
+        let latch = b
+            .get_insert_block()
+            .ok_or_else(|| self.err("no insert block".into()))?;
+        b.build_unconditional_branch(header)?;
+        iv.add_incoming(&[(&lo, pre), (&k_next, latch)]);
+        let zero = v16f.const_zero();
+        for (acc, n) in accs.iter().zip(&next) {
+            acc.add_incoming(&[(&zero, pre), (n, latch)]);
+        }
+
+        b.position_at_end(done);
+        // The lanes of up to 16 accumulators are summed together: a butterfly of
+        // shuffles and adds leaves accumulator `i`'s total in lane `i` (30 shuffles and
+        // 15 adds for 16 accumulators, instead of a separate reduction each).
+        let vecs: Vec<_> = accs
+            .iter()
+            .map(|a| a.as_basic_value().into_vector_value())
+            .collect();
+        let i32t = ctx.i32_type();
+        for (g, chunk) in vecs.chunks(16).enumerate() {
+            let mut level = chunk.to_vec();
+            level.resize(16, v16f.const_zero());
+            // Each vector holds 16 / w accumulators with w partial sums each.
+            let mut w = 16u32;
+            while level.len() > 1 {
+                let half = w / 2;
+                let pick = |upper: bool| {
+                    let idx: Vec<_> = (0..32 / w)
+                        .flat_map(|grp| {
+                            let first = grp * w + if upper { half } else { 0 };
+                            (first..first + half).map(|l| i32t.const_int(l as u64, false))
+                        })
+                        .collect();
+                    VectorType::const_vector(&idx)
+                };
+                let (lo_mask, hi_mask) = (pick(false), pick(true));
+                let mut next = Vec::with_capacity(level.len() / 2);
+                for pair in level.chunks(2) {
+                    let lo = self.b.build_shuffle_vector(pair[0], pair[1], lo_mask, "")?;
+                    let hi = self.b.build_shuffle_vector(pair[0], pair[1], hi_mask, "")?;
+                    next.push(self.b.build_float_add(lo, hi, "")?);
+                }
+                level = next;
+                w = half;
+            }
+            let total = level[0];
+            for (l, (acc_var, _, _)) in plan.sets[g * 16..].iter().take(chunk.len()).enumerate() {
+                let (slot, _) = self.var_slot(*acc_var)?;
+                let cur = self.b.build_load(ctx.f32_type(), slot, "")?;
+                let lane =
+                    self.b
+                        .build_extract_element(total, i32t.const_int(l as u64, false), "")?;
+                let sum =
+                    self.b
+                        .build_float_add(cur.into_float_value(), lane.into_float_value(), "")?;
+                self.b.build_store(slot, sum)?;
+            }
+        }
+        Ok(main_end)
     }
 
     /// The bounds of this thread's chunk: iterations `[t*c, min((t+1)*c, n))` with
@@ -768,11 +994,18 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         Ok((lo2, hi2))
     }
 
-    fn loop_metadata(&self, latch_br: InstructionValue<'ctx>, kind: LoopKind) {
+    /// The loop's hints for LLVM; `few`: a vector loop of a few vectors of iterations,
+    /// not to be unrolled before it is vectorized.
+    fn loop_metadata(&self, latch_br: InstructionValue<'ctx>, kind: LoopKind, few: bool) {
         let props: Vec<(&str, MdArg)> = match kind {
             LoopKind::Serial | LoopKind::Parallel => return,
             // GPUs have no SIMD lanes within a thread to vectorize into.
             LoopKind::Vector(_) if self.gpu.is_some() => return,
+            LoopKind::Vector(w) if few => vec![
+                ("llvm.loop.vectorize.width", MdArg::I32(w.max(1))),
+                ("llvm.loop.vectorize.enable", MdArg::Bool(true)),
+                ("llvm.loop.unroll.disable", MdArg::None),
+            ],
             LoopKind::Vector(w) => vec![
                 ("llvm.loop.vectorize.width", MdArg::I32(w.max(1))),
                 ("llvm.loop.vectorize.enable", MdArg::Bool(true)),
@@ -936,14 +1169,31 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
         Ok(b.build_bit_cast(bits, f32t, "f8.f32")?.into_float_value())
     }
 
-    /// Sets `reassoc contract` on a float op that accumulates across a vector loop.
+    /// The inline math functions, emitting at the builder's position.
+    fn math(&self) -> Math<'ctx, '_> {
+        Math {
+            ctx: self.ctx,
+            module: self.module,
+            b: &self.b,
+        }
+    }
+
+    /// Sets fast-math flags on a float op as the kernel IR's `Vector` contract allows:
+    /// `reassoc contract` on one that accumulates into a local across a vector loop, and
+    /// `contract` on any other inside a vector loop, so a multiply feeding an add (a
+    /// store's update, a sum of products) may become one FMA. Whether a pair is fused is
+    /// decided once per compiled kernel, so every run and every thread count computes the
+    /// same bits.
     fn fmf(&self, v: impl BasicValue<'ctx>) {
-        if self.fast {
-            if let Some(inst) = v.as_instruction_value() {
-                let _ = inst.set_fast_math_flags(
-                    FastMathFlags::AllowReassoc | FastMathFlags::AllowContract,
-                );
-            }
+        let flags = if self.fast {
+            FastMathFlags::AllowReassoc | FastMathFlags::AllowContract
+        } else if self.vector_depth.is_some() {
+            FastMathFlags::AllowContract
+        } else {
+            return;
+        };
+        if let Some(inst) = v.as_instruction_value() {
+            let _ = inst.set_fast_math_flags(flags);
         }
     }
 
@@ -963,45 +1213,6 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             .ok_or_else(|| self.err(format!("`{name}` returned void")))?;
         self.fmf(v);
         Ok(v)
-    }
-
-    /// A libm function `float name(float...)` that does not touch memory (we never
-    /// read errno), so the optimizer may hoist and vectorize it.
-    fn libm(
-        &self,
-        name: &str,
-        args: &[FloatValue<'ctx>],
-    ) -> Result<FloatValue<'ctx>, CodegenError> {
-        let f32t = self.ctx.f32_type();
-        let f = match self.module.get_function(name) {
-            Some(f) => f,
-            None => {
-                let params: Vec<_> = args.iter().map(|_| f32t.into()).collect();
-                let f = self
-                    .module
-                    .add_function(name, f32t.fn_type(&params, false), None);
-                for a in ["nounwind", "willreturn", "nosync"] {
-                    f.add_attribute(
-                        AttributeLoc::Function,
-                        self.ctx
-                            .create_enum_attribute(Attribute::get_named_enum_kind_id(a), 0),
-                    );
-                }
-                // memory(none): the encoded MemoryEffects value 0.
-                f.add_attribute(
-                    AttributeLoc::Function,
-                    self.ctx
-                        .create_enum_attribute(Attribute::get_named_enum_kind_id("memory"), 0),
-                );
-                f
-            }
-        };
-        let args: Vec<BasicMetadataValueEnum> = args.iter().map(|a| (*a).into()).collect();
-        let call = self.b.build_call(f, &args, "")?;
-        call.try_as_basic_value()
-            .basic()
-            .map(|v| v.into_float_value())
-            .ok_or_else(|| self.err(format!("`{name}` returned void")))
     }
 
     fn expr(&mut self, e: &Expr) -> Result<Val<'ctx>, CodegenError> {
@@ -1084,13 +1295,14 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             {
                 Val::F(gpu_math::unary(self.ctx, self.module, &self.b, op, x)?)
             }
-            (UnOp::Exp, Val::F(x)) => fl(self.intrinsic("llvm.exp", f32t, &[x.into()])?),
+            // Inline polynomials, not libm calls, so vector loops stay vector code.
+            (UnOp::Exp, Val::F(x)) => Val::F(self.math().exp(x)?),
+            (UnOp::Tanh, Val::F(x)) => Val::F(self.math().tanh(x)?),
             (UnOp::Log, Val::F(x)) => fl(self.intrinsic("llvm.log", f32t, &[x.into()])?),
             (UnOp::Sqrt, Val::F(x)) => fl(self.intrinsic("llvm.sqrt", f32t, &[x.into()])?),
             (UnOp::Sin, Val::F(x)) => fl(self.intrinsic("llvm.sin", f32t, &[x.into()])?),
             (UnOp::Cos, Val::F(x)) => fl(self.intrinsic("llvm.cos", f32t, &[x.into()])?),
             (UnOp::Floor, Val::F(x)) => fl(self.intrinsic("llvm.floor", f32t, &[x.into()])?),
-            (UnOp::Tanh, Val::F(x)) => Val::F(self.libm("tanhf", &[x])?),
             (UnOp::ToF32, Val::I(x)) => Val::F(self.b.build_signed_int_to_float(
                 x,
                 self.ctx.f32_type(),
@@ -1271,10 +1483,114 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
     }
 }
 
+/// A `Vector` loop body that is only dot products: `let v = buf[base + iv]` loads of
+/// buffers of one element type and `acc = acc + a * b` updates of accumulators declared
+/// outside, `a` and `b` among those loads.
+struct Dot {
+    /// The element type of every loaded buffer (bf16 or f32).
+    elem: Elem,
+    /// `(variable, buffer, base)`: the load's index is `base + iv` (`iv` when `None`),
+    /// `base` free of the loop's own variables.
+    loads: Vec<(VarId, BufId, Option<Expr>)>,
+    /// `(accumulator, index of a in loads, index of b in loads)`.
+    sets: Vec<(VarId, usize, usize)>,
+}
+
+impl Dot {
+    /// Whether the plan is at least 4 dot products that share one of their operands (a
+    /// block of rows against one vector): one butterfly for all of their lane sums is
+    /// then much cheaper than a horizontal reduction each, and each accumulator is an
+    /// independent chain of fused multiply-adds.
+    fn many_rows(&self) -> bool {
+        let shared = |pick: fn(&(VarId, usize, usize)) -> usize| {
+            let first = self.sets.first().map(pick);
+            self.sets.iter().all(|s| Some(pick(s)) == first)
+        };
+        self.sets.len() >= 4 && (shared(|s| s.1) || shared(|s| s.2))
+    }
+}
+
+/// The [`Dot`] over `elem` buffers of a loop over `iv` with `body`, if the body has that
+/// form.
+fn dot_plan(iv: VarId, body: &[Stmt], k: &Kernel, elem: Elem) -> Option<Dot> {
+    let mut plan = Dot {
+        elem,
+        loads: Vec::new(),
+        sets: Vec::new(),
+    };
+    let of_elem = |b: BufId| k.bufs.get(b.0 as usize).map(|kb| kb.elem) == Some(elem);
+    let inner: Vec<VarId> = body
+        .iter()
+        .filter_map(|s| match s {
+            Stmt::Let { var, .. } => Some(*var),
+            _ => None,
+        })
+        .chain([iv])
+        .collect();
+    let free = |e: &Expr| !mentions(e, &inner);
+    let load_of = |plan: &Dot, e: &Expr| match e {
+        Expr::Var(v) => plan.loads.iter().position(|(lv, _, _)| lv == v),
+        _ => None,
+    };
+    for s in body {
+        match s {
+            Stmt::Let {
+                var,
+                value: Expr::Load { buf, index },
+            } if of_elem(*buf) => {
+                let base = match &**index {
+                    Expr::Var(v) if *v == iv => None,
+                    Expr::Bin(BinOp::Add, a, c) => match (&**a, &**c) {
+                        (e, Expr::Var(v)) | (Expr::Var(v), e) if *v == iv && free(e) => {
+                            Some(e.clone())
+                        }
+                        _ => return None,
+                    },
+                    _ => return None,
+                };
+                plan.loads.push((*var, *buf, base));
+            }
+            Stmt::Set {
+                var,
+                value: Expr::Bin(BinOp::Add, a, prod),
+            } => {
+                if **a != Expr::Var(*var) || inner.contains(var) {
+                    return None;
+                }
+                let Expr::Bin(BinOp::Mul, x, y) = &**prod else {
+                    return None;
+                };
+                plan.sets
+                    .push((*var, load_of(&plan, x)?, load_of(&plan, y)?));
+            }
+            _ => return None,
+        }
+    }
+    // An accumulator updated twice would need its partial sums chained; not needed.
+    let mut accs: Vec<VarId> = plan.sets.iter().map(|s| s.0).collect();
+    accs.sort();
+    accs.dedup();
+    (!plan.sets.is_empty() && accs.len() == plan.sets.len()).then_some(plan)
+}
+
+/// Whether `e` reads any of `vars`.
+fn mentions(e: &Expr, vars: &[VarId]) -> bool {
+    match e {
+        Expr::Var(v) => vars.contains(v),
+        Expr::F32(_) | Expr::I64(_) | Expr::Bool(_) | Expr::Dim(_) => false,
+        Expr::Load { index, .. } => mentions(index, vars),
+        Expr::Un(_, a) => mentions(a, vars),
+        Expr::Bin(_, a, b) => mentions(a, vars) || mentions(b, vars),
+        Expr::Select(c, a, b) => mentions(c, vars) || mentions(a, vars) || mentions(b, vars),
+    }
+}
+
 /// An operand of a loop property node.
 enum MdArg {
     I32(u32),
     Bool(bool),
+    /// A property that is only its name (`!{!"llvm.loop.unroll.disable"}`).
+    None,
 }
 
 /// Attaches `!llvm.loop !N` with `!N = distinct !{!N, props...}` to the latch branch.
@@ -1299,6 +1615,11 @@ fn attach_loop_id(ctx: &Context, latch_br: InstructionValue<'_>, props: &[(&str,
             let val = match arg {
                 MdArg::I32(v) => LLVMConstInt(LLVMInt32TypeInContext(raw), *v as u64, 0),
                 MdArg::Bool(v) => LLVMConstInt(LLVMInt1TypeInContext(raw), *v as u64, 0),
+                MdArg::None => {
+                    let mut only = [key];
+                    nodes.push(LLVMMDNodeInContext2(raw, only.as_mut_ptr(), 1));
+                    continue;
+                }
             };
             let val = inkwell::llvm_sys::core::LLVMValueAsMetadata(val);
             let mut pair = [key, val];

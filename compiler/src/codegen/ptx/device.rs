@@ -14,7 +14,7 @@
 //! - `pow(a, b)`: `ex2.approx(b·lg2.approx|a|)` with the sign and zero cases of `powf`:
 //!   relative error about `|b·log2 a|·2^-22`.
 
-use super::plan::{KernelPlan, RedOp};
+use super::plan::{Home, KernelPlan, RedOp};
 use crate::codegen::llvm::CodegenError;
 use crate::kernel::{Ty, UnOp};
 use inkwell::builder::Builder;
@@ -118,8 +118,13 @@ pub(crate) fn grid_position<'ctx>(
     })
 }
 
-/// The base of this warp's `len` elements of a shared-memory scratch array that holds one
-/// slice per warp of the block.
+/// The symbol of a kernel's dynamic shared memory (`.extern .shared`, sized at launch).
+pub const DYNAMIC_SHARED: &str = "archc_dynamic_shared";
+
+/// The base of this warp's `len` elements of scratch array `name` (named
+/// `<kernel>.scratch<buffer index>` by the translation), where the plan puts it: a
+/// static shared array with one slice per warp of the block, or this warp's slice of
+/// the kernel's dynamic shared memory or of its module-level global array.
 pub(crate) fn shared_scratch<'ctx>(
     ctx: &'ctx Context,
     module: &Module<'ctx>,
@@ -129,37 +134,109 @@ pub(crate) fn shared_scratch<'ctx>(
     elem: BasicTypeEnum<'ctx>,
     len: u64,
 ) -> Result<PointerValue<'ctx>, CodegenError> {
-    let per_warp = len.max(1);
-    let total = per_warp.saturating_mul(plan.warps_per_block as u64);
-    let total = u32::try_from(total).map_err(|_| CodegenError::Kernel {
-        kernel: name.into(),
-        message: format!("scratch of {total} elements does not fit in shared memory"),
-    })?;
-    let arr = elem.array_type(total);
-    let g = module.add_global(arr, Some(AddressSpace::from(3u16)), name);
-    g.set_linkage(Linkage::Internal);
-    // Shared memory cannot be initialised; `undef` is how NVPTX spells "no initialiser".
-    g.set_initializer(&arr.get_undef());
-    g.set_alignment(16);
     let i64t = ctx.i64_type();
+    let shift = i64t.const_int(WARP.trailing_zeros() as u64, false);
     let tid = sreg(ctx, module, b, "tid.x")?;
-    let warp = b.build_right_shift(
-        tid,
-        i64t.const_int(WARP.trailing_zeros() as u64, false),
-        false,
-        "warp",
-    )?;
-    let offset = b.build_int_mul(warp, i64t.const_int(per_warp, false), "")?;
-    // SAFETY (for LLVM): `warp < warps_per_block`, so the slice is inside the array.
-    let p = unsafe {
-        b.build_in_bounds_gep(
-            elem,
-            g.as_pointer_value(),
-            &[offset],
-            &format!("{name}.warp"),
-        )?
+    let warp = b.build_right_shift(tid, shift, false, "warp")?;
+    let too_big = |what: String| CodegenError::Kernel {
+        kernel: name.into(),
+        message: what,
     };
-    Ok(p)
+    match plan.scratch.home {
+        Home::Shared | Home::None | Home::Local => {
+            let per_warp = len.max(1);
+            let total = per_warp.saturating_mul(plan.warps_per_block as u64);
+            let total = u32::try_from(total).map_err(|_| {
+                too_big(format!(
+                    "scratch of {total} elements does not fit in shared memory"
+                ))
+            })?;
+            let arr = elem.array_type(total);
+            let g = module.add_global(arr, Some(AddressSpace::from(3u16)), name);
+            g.set_linkage(Linkage::Internal);
+            // Shared memory cannot be initialised; `undef` is how NVPTX spells "no
+            // initialiser".
+            g.set_initializer(&arr.get_undef());
+            g.set_alignment(16);
+            let offset = b.build_int_mul(warp, i64t.const_int(per_warp, false), "")?;
+            // SAFETY (for LLVM): `warp < warps_per_block`, so the slice is inside the array.
+            let p = unsafe {
+                b.build_in_bounds_gep(
+                    elem,
+                    g.as_pointer_value(),
+                    &[offset],
+                    &format!("{name}.warp"),
+                )?
+            };
+            Ok(p)
+        }
+        Home::DynamicShared | Home::Global => {
+            // The buffer's offset in a warp's slice, by the index the name ends with.
+            let offset = name
+                .rsplit_once(".scratch")
+                .and_then(|(_, i)| i.parse::<usize>().ok())
+                .and_then(|i| plan.scratch.offsets.get(&i).copied())
+                .ok_or_else(|| too_big(format!("no scratch offset planned for `{name}`")))?;
+            let i8t = ctx.i8_type();
+            let (base, slot) = if plan.scratch.home == Home::DynamicShared {
+                let g = match module.get_global(DYNAMIC_SHARED) {
+                    Some(g) => g,
+                    None => {
+                        let g = module.add_global(
+                            i8t.array_type(0),
+                            Some(AddressSpace::from(3u16)),
+                            DYNAMIC_SHARED,
+                        );
+                        g.set_linkage(Linkage::External);
+                        g.set_alignment(16);
+                        g
+                    }
+                };
+                (g.as_pointer_value(), warp)
+            } else {
+                let sym = format!(
+                    "{}.global",
+                    name.rsplit_once(".scratch").map_or(name, |p| p.0)
+                );
+                let g = match module.get_global(&sym) {
+                    Some(g) => g,
+                    None => {
+                        let bytes = plan.scratch.per_warp.saturating_mul(plan.scratch.slots);
+                        let bytes = u32::try_from(bytes).map_err(|_| {
+                            too_big(format!("{bytes} bytes of global scratch are too many"))
+                        })?;
+                        let arr = i8t.array_type(bytes);
+                        let g = module.add_global(arr, Some(AddressSpace::from(1u16)), &sym);
+                        g.set_linkage(Linkage::Internal);
+                        // No initialiser in the PTX: the array is only written before read.
+                        g.set_initializer(&arr.get_undef());
+                        g.set_alignment(16);
+                        g
+                    }
+                };
+                // This warp's slot: its index in the grid, wrapped so that a grid larger
+                // than `max_blocks` stays in bounds (such warps would share slices).
+                let ntid = sreg(ctx, module, b, "ntid.x")?;
+                let ctaid = sreg(ctx, module, b, "ctaid.x")?;
+                let gtid = b.build_int_add(b.build_int_mul(ctaid, ntid, "")?, tid, "")?;
+                let gwarp = b.build_right_shift(gtid, shift, false, "gwarp")?;
+                let slots = i64t.const_int(plan.scratch.slots.max(1), false);
+                (
+                    g.as_pointer_value(),
+                    b.build_int_unsigned_rem(gwarp, slots, "slot")?,
+                )
+            };
+            let at = b.build_int_add(
+                b.build_int_mul(slot, i64t.const_int(plan.scratch.per_warp, false), "")?,
+                i64t.const_int(offset, false),
+                "",
+            )?;
+            // SAFETY (for LLVM): the slot is below the slices the array (or the launch's
+            // dynamic shared memory) holds, and the buffer lies inside its slice.
+            let p = unsafe { b.build_in_bounds_gep(i8t, base, &[at], &format!("{name}.warp"))? };
+            Ok(p)
+        }
+    }
 }
 
 /// `bar.warp.sync 0xffffffff`: the lanes of the warp meet, and memory written by any of

@@ -15,7 +15,7 @@
 pub mod device;
 pub mod plan;
 
-pub use plan::{KernelPlan, LaunchShape, Mode, Trips};
+pub use plan::{Home, KernelPlan, LaunchShape, Mode, Scratch, Trips};
 
 use super::llvm::{new_context, translate, CodegenError};
 use crate::kernel::{Access, Kernel};
@@ -280,9 +280,9 @@ fn json_str(s: &str) -> String {
 }
 
 /// The manifest of compiled kernels as JSON: for each kernel its name, entry symbol,
-/// file, launch shape (mode, threads per block, parallel iterations per block, shared
-/// memory, and the parallel trip count as kernel IR expressions in `seq` and `past`)
-/// and parameters. Deterministic: the same kernels give the same bytes.
+/// file, launch shape (mode, threads per block, parallel iterations per block, static
+/// and dynamic shared memory, where scratch lives, the grid cap, and the parallel trip
+/// count as kernel IR expressions in `seq` and `past`) and parameters. Deterministic: the same kernels give the same bytes.
 pub fn manifest(program: &str, kernels: &[PtxKernel]) -> String {
     let mut s = String::new();
     let sm = kernels.first().map_or("", |k| k.sm.as_str());
@@ -312,6 +312,20 @@ pub fn manifest(program: &str, kernels: &[PtxKernel]) -> String {
         let _ = writeln!(s, "      \"block\": {},", l.block);
         let _ = writeln!(s, "      \"per_block\": {},", l.per_block);
         let _ = writeln!(s, "      \"shared_bytes\": {},", l.shared_bytes);
+        let _ = writeln!(
+            s,
+            "      \"dynamic_shared_bytes\": {},",
+            l.dynamic_shared_bytes
+        );
+        let _ = writeln!(
+            s,
+            "      \"scratch\": {{\"home\": \"{}\", \"per_warp\": {}, \"slots\": {}}},",
+            k.plan.scratch.home.as_str(),
+            k.plan.scratch.per_warp,
+            k.plan.scratch.slots
+        );
+        let max_blocks = l.max_blocks.map_or("null".to_string(), |b| b.to_string());
+        let _ = writeln!(s, "      \"max_blocks\": {max_blocks},");
         let _ = writeln!(s, "      \"parallel\": {},", l.parallel);
         let _ = writeln!(s, "      \"trips\": {trips},");
         let _ = writeln!(s, "      \"params\": [");

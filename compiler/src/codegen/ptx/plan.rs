@@ -3,15 +3,32 @@
 //!
 //! - **Thread mode**: one thread per iteration of the parallel loop (a grid-stride loop,
 //!   so any grid is correct); everything else runs serially in that thread, and scratch is
-//!   local memory. Chosen when no vector loop can be shared by a warp.
+//!   local memory. Chosen when no vector loop can be shared by a warp and the scratch
+//!   is small.
 //! - **Warp mode**: one warp per iteration of the parallel loop. The lanes run the
 //!   serial code alike ("redundantly": same values in every lane) and split each
 //!   *distributable* vector loop among themselves, lane `l` taking iterations `l, l+32,
 //!   ...`: consecutive lanes touch consecutive elements, so loads coalesce. Reductions
 //!   into locals are combined with butterfly shuffles. Scratch is a per-warp slice of
-//!   shared memory, so what one lane writes the others can read after a warp barrier.
+//!   shared (or global) memory, so what one lane writes the others can read after a warp
+//!   barrier.
 //!   A store in redundant code is done by lane 0 alone (between barriers when the kernel
 //!   also reads that buffer).
+//!
+//! **Where scratch lives.** Thread mode keeps scratch in local memory only when it is
+//! small (`MAX_LOCAL_SCRATCH_BYTES`); a kernel with more scratch runs in warp mode even
+//! without a distributable loop (the lanes then run everything alike), so that its
+//! scratch is a per-warp slice of memory every lane sees:
+//! - **static shared** memory when the block's slices fit in 48 KiB;
+//! - **dynamic shared** memory (`.extern .shared`, sized at the launch; the runtime opts
+//!   the kernel in to more than 48 KiB) when one warp's slice fits in
+//!   `MAX_DYNAMIC_SHARED_BYTES`, the opt-in limit of the smallest supported GPU;
+//! - else **global** memory: a module-level `.global` array of `slots` per-warp slices,
+//!   one warp per block, the grid capped at `slots` blocks (`LaunchShape::max_blocks`).
+//!   Grid-stride loops make any grid correct, so the cap only bounds the memory; `slots`
+//!   is the parallel loop's trip count when it is a constant, at most what
+//!   `GLOBAL_SCRATCH_BUDGET` allows. The array belongs to the loaded module, so launches
+//!   of one module must not overlap (the runtime runs them in order on one stream).
 //!
 //! A vector loop is distributable when every assignment inside it to a local declared
 //! outside it is a reduction `acc = acc ⊕ e` (⊕ one of `+ - * min max`, `e` free of `acc`)
@@ -31,8 +48,55 @@ pub const MAX_SHARED_BYTES: u64 = 48 * 1024;
 pub const WARPS_PER_BLOCK: u32 = 4;
 /// Threads per block in thread mode.
 pub const THREADS_PER_BLOCK: u32 = 128;
-/// Local memory a thread may have (PTX's limit is 512 KiB).
-pub const MAX_LOCAL_BYTES: u64 = 512 * 1024;
+/// Scratch a thread-mode kernel keeps in local memory; more goes to warp mode.
+pub const MAX_LOCAL_SCRATCH_BYTES: u64 = 4 * 1024;
+/// Dynamic shared memory one block may opt in to on every supported GPU: 163 KiB on
+/// sm_80 (227 KiB on sm_90; the runtime checks the device's own limit).
+pub const MAX_DYNAMIC_SHARED_BYTES: u64 = 163 * 1024;
+/// Global memory the per-warp scratch slices of one kernel may take in all.
+pub const GLOBAL_SCRATCH_BUDGET: u64 = 256 * 1024 * 1024;
+/// Per-warp slices of global scratch at most (and so blocks in the capped grid).
+pub const MAX_GLOBAL_SLOTS: u64 = 1024;
+
+/// Where a kernel's scratch arrays live (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home {
+    /// No scratch.
+    None,
+    /// Thread mode: local memory of each thread.
+    Local,
+    /// Warp mode: one static `.shared` array per scratch buffer.
+    Shared,
+    /// Warp mode: slices of the kernel's one `.extern .shared` array.
+    DynamicShared,
+    /// Warp mode: slices of a module-level `.global` array of `slots` warps.
+    Global,
+}
+
+impl Home {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Home::None => "none",
+            Home::Local => "local",
+            Home::Shared => "shared",
+            Home::DynamicShared => "dynamic_shared",
+            Home::Global => "global",
+        }
+    }
+}
+
+/// The layout of a kernel's scratch: where it lives and, for the dynamic shared and
+/// global homes (one array for all buffers), each buffer's byte offset in a warp's slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scratch {
+    pub home: Home,
+    /// Bytes of one warp's (or thread's) scratch, every array 16-byte aligned.
+    pub per_warp: u64,
+    /// Scratch buffer index (in `Kernel::bufs`) → byte offset in the slice.
+    pub offsets: BTreeMap<usize, u64>,
+    /// Global home: the slices in the array (warps that may run at once).
+    pub slots: u64,
+}
 
 /// How the kernel's work maps to threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,11 +175,16 @@ pub struct LaunchShape {
     pub block: u32,
     /// Parallel iterations one block runs at once: threads (thread mode) or warps.
     pub per_block: u32,
+    /// Static shared memory, declared in the PTX.
     pub shared_bytes: u64,
+    /// Dynamic shared memory to pass at the launch (0 when none).
+    pub dynamic_shared_bytes: u64,
     /// `None` with `parallel`: unknown before the launch.
     pub trips: Option<Trips>,
     /// Whether the kernel has a parallel loop at all.
     pub parallel: bool,
+    /// The most blocks the grid may have (global scratch has a slice per block).
+    pub max_blocks: Option<u32>,
 }
 
 /// Blocks launched when the parallel trip count is not known on the host.
@@ -127,11 +196,15 @@ impl LaunchShape {
         if !self.parallel {
             return 1;
         }
-        match self.trips.as_ref().and_then(|t| t.count(seq, past)) {
+        let grid = match self.trips.as_ref().and_then(|t| t.count(seq, past)) {
             Some(n) => n
                 .div_ceil(self.per_block.max(1) as u64)
                 .clamp(1, i32::MAX as u64) as u32,
             None => DEFAULT_BLOCKS,
+        };
+        match self.max_blocks {
+            Some(cap) => grid.min(cap.max(1)),
+            None => grid,
         }
     }
 }
@@ -143,67 +216,145 @@ pub struct KernelPlan {
     pub warps_per_block: u32,
     /// Loop number (pre-order) → the reductions of each distributed vector loop.
     pub distributed: BTreeMap<usize, Vec<(VarId, RedOp)>>,
+    pub scratch: Scratch,
     pub launch: LaunchShape,
 }
 
-/// Plans `k`. Fails only when its scratch cannot fit in local memory.
+/// Plans `k`. Fails only when a scratch array is too large to index.
 pub fn plan(k: &Kernel) -> Result<KernelPlan, String> {
     let mut distributed = BTreeMap::new();
     let mut counter = 0usize;
     find_distributable(k, &k.body, &mut counter, &mut distributed);
 
-    let scratch: u64 = k
-        .bufs
-        .iter()
-        .map(|b| match b.access {
-            // Each array 16-byte aligned.
-            Access::Scratch { len } => (len.max(1) * b.elem.bytes() as u64).div_ceil(16) * 16,
-            _ => 0,
-        })
-        .sum();
+    // Each array 16-byte aligned, at its offset in one warp's (or thread's) slice.
+    let mut offsets = BTreeMap::new();
+    let mut scratch = 0u64;
+    for (i, b) in k.bufs.iter().enumerate() {
+        if let Access::Scratch { len } = b.access {
+            let bytes = len
+                .max(1)
+                .checked_mul(b.elem.bytes() as u64)
+                .filter(|&n| n <= u32::MAX as u64)
+                .ok_or_else(|| format!("scratch `{}` of {len} elements is too large", b.name))?;
+            offsets.insert(i, scratch);
+            scratch += bytes.div_ceil(16) * 16;
+        }
+    }
     let parallel = find_parallel(&k.body);
     let has_parallel = parallel.is_some() || contains_parallel(&k.body);
-    let warp_ok = !distributed.is_empty() && scratch <= MAX_SHARED_BYTES;
-    let (mode, warps_per_block) = if warp_ok {
-        let fit = MAX_SHARED_BYTES.checked_div(scratch).unwrap_or(u64::MAX);
-        let wpb = if has_parallel {
-            fit.clamp(1, WARPS_PER_BLOCK as u64) as u32
+    let warp = !distributed.is_empty() || scratch > MAX_LOCAL_SCRATCH_BYTES;
+    let per_block_of = |budget: u64| -> u32 {
+        if has_parallel {
+            budget
+                .checked_div(scratch)
+                .unwrap_or(u64::MAX)
+                .clamp(1, WARPS_PER_BLOCK as u64) as u32
         } else {
             1
-        };
-        (Mode::Warp, wpb)
-    } else {
-        if scratch > MAX_LOCAL_BYTES {
-            return Err(format!(
-                "{scratch} bytes of scratch exceed the {MAX_LOCAL_BYTES} bytes of local memory \
-                 a GPU thread may have"
-            ));
         }
+    };
+    let (mode, warps_per_block, home) = if !warp {
+        let home = if scratch == 0 {
+            Home::None
+        } else {
+            Home::Local
+        };
+        (Mode::Thread, 1, home)
+    } else if scratch == 0 {
+        (Mode::Warp, per_block_of(MAX_SHARED_BYTES), Home::None)
+    } else if scratch <= MAX_SHARED_BYTES {
+        (Mode::Warp, per_block_of(MAX_SHARED_BYTES), Home::Shared)
+    } else if scratch <= MAX_DYNAMIC_SHARED_BYTES {
+        (
+            Mode::Warp,
+            per_block_of(MAX_DYNAMIC_SHARED_BYTES),
+            Home::DynamicShared,
+        )
+    } else {
+        (Mode::Warp, 1, Home::Global)
+    };
+    if mode == Mode::Thread {
         distributed.clear();
-        (Mode::Thread, 1)
+    }
+    // Global scratch: a slice per warp that can run; as many as the (constant) parallel
+    // trip count, within the budget.
+    let slots = match home {
+        Home::Global => {
+            let budget = (GLOBAL_SCRATCH_BUDGET / scratch).clamp(1, MAX_GLOBAL_SLOTS);
+            let trips = if has_parallel {
+                constant_parallel_trips(&k.body).unwrap_or(budget)
+            } else {
+                1
+            };
+            trips.clamp(1, budget)
+        }
+        _ => 0,
     };
-    let (block, per_block, shared_bytes) = match mode {
-        Mode::Warp => (
-            WARP * warps_per_block,
-            warps_per_block,
-            scratch * warps_per_block as u64,
-        ),
+    let (block, per_block) = match mode {
+        Mode::Warp => (WARP * warps_per_block, warps_per_block),
         // Without a parallel loop every thread would run the whole kernel: one suffices.
-        Mode::Thread if has_parallel => (THREADS_PER_BLOCK, THREADS_PER_BLOCK, 0),
-        Mode::Thread => (1, 1, 0),
+        Mode::Thread if has_parallel => (THREADS_PER_BLOCK, THREADS_PER_BLOCK),
+        Mode::Thread => (1, 1),
     };
+    let block_scratch = scratch * warps_per_block as u64;
+    let (shared_bytes, dynamic_shared_bytes) = match home {
+        Home::Shared => (block_scratch, 0),
+        Home::DynamicShared => (0, block_scratch),
+        _ => (0, 0),
+    };
+    let max_blocks = (home == Home::Global).then_some(slots as u32);
     Ok(KernelPlan {
         mode,
         warps_per_block,
         distributed,
+        scratch: Scratch {
+            home,
+            per_warp: scratch,
+            offsets,
+            slots,
+        },
         launch: LaunchShape {
             mode,
             block,
             per_block,
             shared_bytes,
+            dynamic_shared_bytes,
             trips: parallel,
             parallel: has_parallel,
+            max_blocks,
         },
+    })
+}
+
+/// The trip count of the first parallel loop (at any depth) when its bounds are
+/// constants.
+fn constant_parallel_trips(body: &[Stmt]) -> Option<u64> {
+    body.iter().find_map(|s| match s {
+        Stmt::Loop {
+            start,
+            end,
+            step,
+            kind,
+            body,
+            ..
+        } => {
+            if *kind == LoopKind::Parallel {
+                let t = Trips {
+                    start: start.clone(),
+                    end: end.clone(),
+                    step: *step,
+                };
+                // Constant: the same count at any `seq` and `past`.
+                let (a, b) = (t.count(1, 0)?, t.count(4096, 4096)?);
+                (a == b).then_some(a)
+            } else {
+                constant_parallel_trips(body)
+            }
+        }
+        Stmt::If { then, els, .. } => {
+            constant_parallel_trips(then).or_else(|| constant_parallel_trips(els))
+        }
+        _ => None,
     })
 }
 

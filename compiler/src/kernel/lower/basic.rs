@@ -4,13 +4,15 @@
 //!
 //! Shapes: matmul-like kernels make the output-feature axis the parallel loop (in blocks
 //! of `COLS` columns, so each thread streams its own weight rows), loop over token rows
-//! inside it and reduce over `k` in a `vector(16)` loop into an f32 local. Elementwise and
-//! layout kernels are parallel over rows with a vector loop over the last axis; norms
-//! reduce per row. Arithmetic follows `interp::{kernels, fused}` operation by operation;
+//! inside it and reduce over `k` in a `vector(16)` loop into an f32 local; with
+//! `KernelOptions::bf16_activations`, prefill matmuls instead loop over blocks of token
+//! rows outside the parallel loop, rounding each block into bf16 scratch once (see
+//! `linear_gemm_blocked`). Elementwise and layout kernels are parallel over rows with a
+//! vector loop over the last axis; norms reduce per row. Arithmetic follows `interp::{kernels, fused}` operation by operation;
 //! where the interpreter uses f64 (norm statistics, GELU's erf, softcap) the kernels use
 //! f32, which the differential tests bound.
 
-use super::{ix, KernelError};
+use super::{ix, KernelError, KernelOptions};
 use crate::ir::{
     BinaryOp, Dim, ElementwiseOp, Epilogue, Graph, Instr, LinearOp, NodeId, NormKind, NormOp, Op,
     RopeOp, UnaryOp, Value,
@@ -24,7 +26,12 @@ const COLS: i64 = 64;
 /// The vector width hint of inner loops.
 const VEC: u32 = 16;
 
-pub(super) fn kernel(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
+pub(super) fn kernel(
+    graph: &Graph,
+    id: NodeId,
+    name: &str,
+    opts: &KernelOptions,
+) -> Result<Kernel, KernelError> {
     let node = graph.node(id);
     let roles: Vec<String> = match &node.op {
         Op::Gather => names(&["table", "ids"]),
@@ -64,6 +71,7 @@ pub(super) fn kernel(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, Ke
         });
     }
     let mut g = Gen::new(graph, id, name, &roles)?;
+    g.opts = *opts;
     match &node.op {
         Op::Gather => g.gather(),
         Op::MatMul => g.linear(&LinearOp {
@@ -224,6 +232,7 @@ struct Gen {
     ins: Vec<Operand>,
     out: BufId,
     out_shape: Vec<Dim>,
+    opts: KernelOptions,
 }
 
 impl Gen {
@@ -256,6 +265,7 @@ impl Gen {
             ins,
             out,
             out_shape: node.ty.shape.clone(),
+            opts: KernelOptions::default(),
         })
     }
 
@@ -705,7 +715,14 @@ impl Gen {
                 .into_iter()
                 .find(|&n| fits(n) && (gated.is_none() || n <= 2))
                 .unwrap_or(1);
-            self.linear_gemm(&lin, m, tn)
+            // The row-blocked schedule keeps its scratch outside the parallel loop (a
+            // block of rows per thread), which suits CPU cores, not GPU threads; only
+            // the bf16 option, which CPUs ask for, uses it.
+            if self.opts.bf16_activations && lin.k_const() > 0 {
+                self.linear_gemm_blocked(&lin, m, tn, Elem::Bf16)
+            } else {
+                self.linear_gemm(&lin, m, tn)
+            }
         }
     }
 
@@ -737,6 +754,132 @@ impl Gen {
             }],
         ));
         out
+    }
+
+    /// Prefill with bf16 activations (`xs_elem`; the schedule works for f32 too): the
+    /// token rows go in blocks of `RB`; every thread first writes the block's rows
+    /// (normalised by the prologue, if any) into its scratch of element type `xs_elem`,
+    /// once per row rather than once per column block, then the parallel loop over column
+    /// blocks runs `TM × tn` tiles over the block. A block of `RB` rows and one of `COLS` weight rows stay in cache while
+    /// the tiles pass over them. With bf16 scratch and bf16 weights the tiles' `k` loops
+    /// read two bf16 operands, the form code generators turn into bf16 dot products.
+    fn linear_gemm_blocked(
+        &mut self,
+        lin: &Lin,
+        m: Expr,
+        tn: i64,
+        xs_elem: Elem,
+    ) -> Result<(), KernelError> {
+        const TM: i64 = 4;
+        const RB: i64 = 64;
+        let kc = lin.k_const();
+        let xs = self.k.buf(
+            "xs",
+            xs_elem,
+            Access::Scratch {
+                len: RB as u64 * kc,
+            },
+        );
+        let rb = self.var("rb", Ty::I64);
+        let mut outer = Vec::new();
+        let (st, r1) = self.bind(
+            "r1",
+            Ty::I64,
+            ix::min(ix::add(build::var(rb), i(RB)), m.clone()),
+        );
+        outer.push(st);
+        // Round the block's rows.
+        let t = self.var("t", Ty::I64);
+        let xbase = ix::mul(build::var(t), lin.k.clone());
+        let at = ix::mul(ix::sub(build::var(t), build::var(rb)), lin.k.clone());
+        let round = match lin.op.norm {
+            Some(_) => self.norm_row(lin, xbase, xs, at),
+            None => vec![self.copy_row(lin, xbase, xs, at)],
+        };
+        outer.push(Stmt::Loop {
+            var: t,
+            start: build::var(rb),
+            end: r1.clone(),
+            step: 1,
+            kind: LoopKind::Serial,
+            body: round,
+        });
+        // Tiles over the block, parallel over column blocks.
+        let cb = self.var("cb", Ty::I64);
+        let mut block = Vec::new();
+        let (st, c0) = self.bind("c0", Ty::I64, ix::mul(build::var(cb), i(COLS)));
+        block.push(st);
+        let (st, c1) = self.bind(
+            "c1",
+            Ty::I64,
+            ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
+        );
+        block.push(st);
+        let (st, rmain) = self.bind(
+            "rmain",
+            Ty::I64,
+            ix::add(
+                build::var(rb),
+                ix::mul(ix::div(ix::sub(r1.clone(), build::var(rb)), i(TM)), i(TM)),
+            ),
+        );
+        block.push(st);
+        for (rows, lo, hi) in [(TM, build::var(rb), rmain.clone()), (1, rmain, r1)] {
+            let t0 = self.var("t0", Ty::I64);
+            let row_at: Vec<(Expr, Expr)> = (0..rows)
+                .map(|rr| {
+                    let t = ix::add(build::var(t0), i(rr));
+                    let at = ix::mul(ix::sub(t.clone(), build::var(rb)), lin.k.clone());
+                    (at, t)
+                })
+                .collect();
+            let c = self.var("c", Ty::I64);
+            let tile = self.tile(lin, xs, &row_at, build::var(c), tn);
+            let cols = Stmt::Loop {
+                var: c,
+                start: c0.clone(),
+                end: c1.clone(),
+                step: tn as u64,
+                kind: LoopKind::Serial,
+                body: tile,
+            };
+            block.push(Stmt::Loop {
+                var: t0,
+                start: lo,
+                end: hi,
+                step: rows as u64,
+                kind: LoopKind::Serial,
+                body: vec![cols],
+            });
+        }
+        let nblocks = (lin.ncols + COLS - 1) / COLS;
+        outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
+        self.k.body.push(Stmt::Loop {
+            var: rb,
+            start: i(0),
+            end: m,
+            step: RB as u64,
+            kind: LoopKind::Serial,
+            body: outer,
+        });
+        Ok(())
+    }
+
+    /// `x[base..base + k]` into `xs[at..at + k]` (narrowed to `xs`'s element type).
+    fn copy_row(&mut self, lin: &Lin, base: Expr, xs: BufId, at: Expr) -> Stmt {
+        let xb = self.ins[0].buf;
+        let kk = self.var("kk", Ty::I64);
+        lp(
+            kk,
+            i(0),
+            lin.k.clone(),
+            LoopKind::Vector(VEC),
+            vec![Stmt::Store {
+                buf: xs,
+                index: ix::add(at, build::var(kk)),
+                value: load(xb, ix::add(base, build::var(kk))),
+            }],
+        )
     }
 
     /// Decode: every thread normalises the one row into scratch, then the parallel loop

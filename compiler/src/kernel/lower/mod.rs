@@ -36,8 +36,9 @@ mod attention;
 mod basic;
 mod moe;
 mod quant;
+mod rows;
 
-pub use quant::{program_with, BlockFormat, ParamFormat};
+pub use quant::{program_with, program_with_options, BlockFormat, ParamFormat};
 
 use super::{build, Buffer, BufferKind, Elem, Expr, Kernel, Launch, Program};
 use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, Value};
@@ -72,8 +73,15 @@ pub(crate) fn node_kernel(
     graph: &Graph,
     id: NodeId,
     name: &str,
+    opts: &KernelOptions,
 ) -> Result<Option<Kernel>, KernelError> {
     let node: &Node = &graph.nodes[id.0 as usize];
+    if opts.append_in_place && rows::in_place_append(graph, id).is_some() {
+        return match &node.op {
+            Op::NormRope(_) => attention::norm_rope_in_place(graph, id, name).map(Some),
+            _ => rows::append_rows(graph, id, name).map(Some),
+        };
+    }
     match &node.op {
         Op::Input { .. } | Op::Reshape { .. } => Ok(None),
         Op::Attention(_) | Op::FlashAttention(_) | Op::NormRope(_) => {
@@ -82,7 +90,18 @@ pub(crate) fn node_kernel(
         Op::ExpertMatMul | Op::RouterSelect(_) | Op::RouterWeights(_) | Op::Moe(_) => {
             moe::kernel(graph, id, name).map(Some)
         }
-        _ => basic::kernel(graph, id, name).map(Some),
+        Op::LastRow => rows::last_row(graph, id, name).map(Some),
+        // The linear-attention ops (Gated DeltaNet, Kimi Delta) run in the graph
+        // interpreter only so far.
+        Op::TailRows { .. }
+        | Op::DropTailRows { .. }
+        | Op::DepthwiseConv
+        | Op::DecayGate
+        | Op::DeltaRule => Err(KernelError::Unsupported {
+            node: id.0,
+            op: crate::ir::op_text(&node.op),
+        }),
+        _ => basic::kernel(graph, id, name, opts).map(Some),
     }
 }
 
@@ -102,6 +121,12 @@ fn kind_name(op: &Op) -> &'static str {
             NormKind::Layer => "layernorm",
         },
         Op::Slice { .. } => "slice",
+        Op::LastRow => "last_row",
+        Op::TailRows { .. } => "tail_rows",
+        Op::DropTailRows { .. } => "drop_tail_rows",
+        Op::DepthwiseConv => "depthwise_conv",
+        Op::DecayGate => "decay_gate",
+        Op::DeltaRule => "delta_rule",
         Op::Expand { .. } => "expand",
         Op::Concat { .. } => "concat",
         Op::Sum { .. } => "sum",
@@ -182,8 +207,29 @@ impl Kernels {
     }
 }
 
+/// Choices of kernel lowering that the graph does not fix. The default computes what the
+/// graph interpreter computes, up to f32 summation order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct KernelOptions {
+    /// Prefill matmuls (many token rows) round their activation rows to bf16 (after the
+    /// norm prologue, where there is one) and multiply them with the weights in bf16
+    /// pairs accumulated in f32, as PyTorch bf16 and llama.cpp do: code generators can
+    /// then use bf16 dot-product instructions. Changes numerics, so off by default.
+    pub bf16_activations: bool,
+    /// KV-cache appends grow the cache input in place: the grown cache is a
+    /// `BufferKind::Append` of the input (see its contract) and the appending kernels
+    /// write only the new rows, instead of copying the old rows into a new output. Off by
+    /// default until every executor honours `Append`.
+    pub append_in_place: bool,
+}
+
 /// The whole graph as a kernel program (see the module docs for the buffer layout).
 pub fn program(graph: &Graph) -> Result<Program, KernelError> {
+    program_opts(graph, &KernelOptions::default())
+}
+
+/// [`program`] with lowering options.
+pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, KernelError> {
     let mut buffers: Vec<Buffer> = Vec::new();
     // Parameters that some node reads, in parameter order.
     let mut used = vec![false; graph.params.len()];
@@ -284,6 +330,17 @@ pub fn program(graph: &Graph) -> Result<Program, KernelError> {
                 (format!("%{i}"), BufferKind::Alias { of })
             }
             _ => match owner.get(&id) {
+                Some(out) if opts.append_in_place => {
+                    match rows::in_place_append(graph, NodeId(id)) {
+                        Some(c) => (
+                            out.to_string(),
+                            BufferKind::Append {
+                                to: node_buf[c.0 as usize],
+                            },
+                        ),
+                        None => (out.to_string(), BufferKind::Output),
+                    }
+                }
                 Some(out) => (out.to_string(), BufferKind::Output),
                 None => (format!("%{i}"), BufferKind::Temp),
             },
@@ -296,7 +353,7 @@ pub fn program(graph: &Graph) -> Result<Program, KernelError> {
             kind,
         });
         let kind_str = kind_name(&node.op);
-        if let Some(k) = node_kernel(graph, NodeId(id), kind_str)? {
+        if let Some(k) = node_kernel(graph, NodeId(id), kind_str, opts)? {
             let mut bufs: Vec<Option<usize>> = node
                 .inputs
                 .iter()

@@ -23,7 +23,7 @@
 //! products with the tile, so each weight is decoded once per call.
 
 use super::basic::{clamped_swiglu_expr, unary_expr};
-use super::{ix, KernelError, Kernels};
+use super::{ix, KernelError, KernelOptions, Kernels};
 use crate::ir::{Dim, Epilogue, Graph, LinearOp, NodeId, NormKind, NormOp, Op, Value};
 use crate::kernel::build::{self, f, i, load, un};
 use crate::kernel::{
@@ -139,7 +139,16 @@ pub fn program_with(
     graph: &Graph,
     format: &dyn Fn(&str) -> Option<ParamFormat>,
 ) -> Result<Program, KernelError> {
-    let mut program = super::program(graph)?;
+    program_with_options(graph, format, &KernelOptions::default())
+}
+
+/// [`program_with`] with lowering options (see [`KernelOptions`]).
+pub fn program_with_options(
+    graph: &Graph,
+    format: &dyn Fn(&str) -> Option<ParamFormat>,
+    opts: &KernelOptions,
+) -> Result<Program, KernelError> {
+    let mut program = super::program_opts(graph, opts)?;
     let formats = effective_formats(graph, format);
     let elem_of = |pi: usize| -> Option<Elem> {
         let p = &graph.params[pi];

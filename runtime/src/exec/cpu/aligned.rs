@@ -1,5 +1,5 @@
 //! Zero-initialised heap memory aligned to 64 bytes (a cache line, and the widest vector
-//! register a kernel may load from), growable without keeping old contents.
+//! register a kernel may load from), growable with or without keeping old contents.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -51,6 +51,26 @@ impl AlignedBuf {
         }
         match AlignedBuf::with_capacity(bytes.saturating_add(headroom)) {
             Some(b) => {
+                *self = b;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for `bytes` bytes keeping the first `keep` bytes: growing allocates
+    /// `bytes` plus `headroom` and copies them over. Returns `false` when the allocation
+    /// fails or `keep` exceeds the contents (the old buffer is kept).
+    pub fn grow(&mut self, bytes: usize, headroom: usize, keep: usize) -> bool {
+        if keep > self.cap {
+            return false;
+        }
+        if bytes <= self.cap {
+            return true;
+        }
+        match AlignedBuf::with_capacity(bytes.saturating_add(headroom)) {
+            Some(mut b) => {
+                b.as_mut_slice()[..keep].copy_from_slice(&self.as_slice()[..keep]);
                 *self = b;
                 true
             }
@@ -114,5 +134,19 @@ mod tests {
         assert_eq!(align_up(1), Some(64));
         assert_eq!(align_up(128), Some(128));
         assert_eq!(align_up(usize::MAX), None);
+    }
+
+    #[test]
+    fn growing_keeps_the_prefix() {
+        let mut b = AlignedBuf::with_capacity(8).expect("small allocation");
+        b.as_mut_slice().copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(b.grow(100, 10, 5));
+        assert_eq!(b.as_slice().len(), 110);
+        assert_eq!(&b.as_slice()[..5], &[1, 2, 3, 4, 5]);
+        assert_eq!(b.as_ptr() as usize % ALIGN, 0);
+        let at = b.as_ptr();
+        assert!(b.grow(110, 0, 110), "fits: no new allocation");
+        assert_eq!(b.as_ptr(), at);
+        assert!(!b.grow(200, 0, 111), "cannot keep more than the contents");
     }
 }

@@ -124,8 +124,12 @@ impl Kernels for Interpreted {
             ));
         }
         // A written buffer must not overlap any other parameter: two Rust views of the
-        // same bytes, one of them mutable, are not allowed.
+        // same bytes, one of them mutable, are not allowed. The one exception is a cache
+        // grown in place (`BufferKind::Append`): the input is the written buffer's prefix,
+        // which the kernel does not read (it writes only the rows after it), so the input
+        // gets an empty view and a read of it fails cleanly.
         let range = |i: usize| (call.bufs[i] as usize, call.bufs[i] as usize + call.lens[i]);
+        let mut unbound = vec![false; k.bufs.len()];
         for (i, p) in k.bufs.iter().enumerate() {
             if !matches!(p.access, Access::Write | Access::ReadWrite) || call.lens[i] == 0 {
                 continue;
@@ -133,7 +137,10 @@ impl Kernels for Interpreted {
             let (a0, a1) = range(i);
             for j in (0..k.bufs.len()).filter(|&j| j != i && call.lens[j] > 0) {
                 let (b0, b1) = range(j);
-                if a0 < b1 && b0 < a1 {
+                let prefix = b0 == a0 && b1 <= a1 && k.bufs[j].access == Access::Read;
+                if prefix {
+                    unbound[j] = true;
+                } else if a0 < b1 && b0 < a1 {
                     return Err(format!(
                         "parameters `{}` and `{}` share memory, which the kernel interpreter cannot run",
                         p.name, k.bufs[j].name
@@ -143,7 +150,8 @@ impl Kernels for Interpreted {
         }
         let mut views = Vec::with_capacity(k.bufs.len());
         for (i, p) in k.bufs.iter().enumerate() {
-            let (ptr, bytes) = (call.bufs[i], call.lens[i]);
+            // A prefix left unbound (see above) is an empty view: any read is out of range.
+            let (ptr, bytes) = (call.bufs[i], if unbound[i] { 0 } else { call.lens[i] });
             let write = matches!(p.access, Access::Write | Access::ReadWrite);
             // SAFETY: per the trait contract `ptr` holds `bytes` bytes aligned for the
             // element type; written buffers overlap no other view (checked above), and the

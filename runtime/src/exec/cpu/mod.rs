@@ -3,13 +3,16 @@
 //! between calls, and runs the launch sequence on a thread pool.
 //!
 //! A call runs the prefill program (any `seq`) or the decode program (`seq = 1`) after the
-//! `past` tokens already in the cache. Cache inputs `cache.{i}.k/v` are `[past, ...]`; the
-//! program writes the grown `[past+seq, ...]` into a second buffer, which becomes the next
-//! call's input by swapping the two (no copy here; the kernel that appends copies the old
-//! rows). **Later:** an in-place cache, where the output aliases an input with spare
-//! capacity and the kernel writes only the `seq` new rows, needs the program builder to
-//! mark the output as appending into its input; the swap keeps this executor correct
-//! meanwhile, and both buffers grow with doubling headroom so decode rarely allocates.
+//! `past` tokens already in the cache. Cache inputs `cache.{i}.k/v` are `[past, ...]`. The
+//! programs this executor builds (`program_for*`) grow the cache in place
+//! (`BufferKind::Append`): the grown cache is the input's own buffer, which keeps spare
+//! capacity (an eighth, grown keeping the old rows), and the appending kernels write only
+//! the `seq` new rows, so a decode step neither copies the past nor allocates. A program
+//! whose grown cache is a plain output (built without `append_in_place`) still runs: it
+//! writes into a second buffer that is swapped in after the call.
+//!
+//! Per token, decode allocates nothing: the arena, the cache and (with `run_into`) the
+//! caller's logits vector keep their capacity between calls.
 
 mod aligned;
 mod kernels;
@@ -17,6 +20,7 @@ mod plan;
 mod pool;
 
 pub use archc_compiler::codegen::llvm::{Options as LlvmOptions, Origin};
+pub use archc_compiler::lower::Logits;
 pub use kernels::{Call, Interpreted, Kernels, Native};
 pub use pool::Pool;
 
@@ -354,13 +358,28 @@ impl<'w> CpuModel<'w> {
     }
 
     /// Runs `tokens` after the cached ones through the chosen program and returns their
-    /// logits, `[tokens.len() * vocab]`; the cache grows by `tokens.len()`.
+    /// logits, `[tokens.len() * vocab]` (`[vocab]` for a prefill of a model built with
+    /// `Logits::Last`); the cache grows by `tokens.len()`.
     pub fn run(
         &mut self,
         phase: Phase,
         cache: &mut KvState,
         tokens: &[u32],
     ) -> Result<Vec<f32>, String> {
+        let mut logits = Vec::new();
+        self.run_into(phase, cache, tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// `run` writing the logits into `logits` (cleared first), which keeps its capacity:
+    /// a caller that passes the same vector every step allocates nothing per token.
+    pub fn run_into(
+        &mut self,
+        phase: Phase,
+        cache: &mut KvState,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), String> {
         if tokens.is_empty() {
             return Err("a call needs at least one token".into());
         }
@@ -387,9 +406,17 @@ impl<'w> CpuModel<'w> {
             Phase::Prefill => &mut self.prefill,
             Phase::Decode => &mut self.decode,
         };
-        let logits = execute(loaded, &self.params, &self.pool, cache, tokens, past)?;
+        execute(
+            loaded,
+            &self.params,
+            &self.pool,
+            cache,
+            tokens,
+            past,
+            logits,
+        )?;
         cache.past = end;
-        Ok(logits)
+        Ok(())
     }
 }
 
@@ -399,7 +426,7 @@ fn load<'w>(
     weights: &'w dyn WeightSource,
     params: &mut Params<'w>,
 ) -> Result<Loaded, String> {
-    let plan = Plan::new(&program, |i| {
+    let mut plan = Plan::new(&program, |i| {
         let b = &program.buffers[i];
         let name = b.name.strip_prefix('@').unwrap_or(&b.name);
         let mut shape = Vec::with_capacity(b.shape.len());
@@ -412,6 +439,7 @@ fn load<'w>(
         }
         params.bind(weights, name, b.elem, &shape)
     })?;
+    plan.zero_at_first_use();
     let n = program.buffers.len();
     let n_kernels = program.kernels.len();
     Ok(Loaded {
@@ -475,7 +503,8 @@ fn execute(
     cache: &mut KvState,
     tokens: &[u32],
     past: usize,
-) -> Result<Vec<f32>, String> {
+    logits: &mut Vec<f32>,
+) -> Result<(), String> {
     let seq = tokens.len();
     l.plan.layout(&l.program, seq, past, &mut l.layout)?;
     let need = l.layout.arena_bytes;
@@ -486,7 +515,7 @@ fn execute(
     // Cache buffers: the current contents must be exactly what the program reads. Entries
     // are created on the first call only, so decode does not allocate names per token.
     for role in &l.plan.roles {
-        if let Role::CacheIn(name) | Role::CacheOut(name) = role {
+        if let Role::CacheIn(name) | Role::CacheOut(name) | Role::CacheGrow(name) = role {
             if !cache.entries.contains_key(name) {
                 cache.entries.insert(name.clone(), KvEntry::default());
             }
@@ -510,6 +539,17 @@ fn execute(
                     return Err(format!("cannot allocate {want} bytes for cache `{name}`"));
                 }
             }
+            Role::CacheGrow(name) => {
+                // In place: the kernels write the new rows after the old ones, in the
+                // same buffer. Growing keeps the old rows and leaves an eighth spare, so
+                // a prefill leaves room for the decode steps after it and decode
+                // reallocates (and copies) only every ~past/8 tokens.
+                let e = cache.entries.get_mut(name).ok_or("cache entry vanished")?;
+                let want = l.layout.bytes[i];
+                if !e.current.grow(want, want / 8, e.bytes) {
+                    return Err(format!("cannot allocate {want} bytes for cache `{name}`"));
+                }
+            }
             _ => {}
         }
     }
@@ -524,7 +564,7 @@ fn execute(
             Role::Arena | Role::Tokens | Role::Positions | Role::Logits => unsafe {
                 base.add(l.layout.offset[i])
             },
-            Role::CacheIn(n) => cache
+            Role::CacheIn(n) | Role::CacheGrow(n) => cache
                 .entries
                 .get(n)
                 .map_or(std::ptr::null_mut(), |e| e.current.as_ptr()),
@@ -572,6 +612,9 @@ fn execute(
             _ => {}
         }
     }
+    // Buffers read before written are zeroed just before their first launch (the plan
+    // switched them with `zero_at_first_use` at load), so their bytes can serve other
+    // temps until then; `zero_first` is empty but kept correct for a plan that did not.
     for &b in &l.plan.zero_first {
         let at = l.layout.offset[b];
         arena[at..at + l.layout.bytes[b]].fill(0);
@@ -602,6 +645,10 @@ fn execute(
         let bufs = &l.args[at..at + n];
         let lens = &l.lens[at..at + n];
         at += n;
+        for &b in l.plan.zero_before(li) {
+            let at = l.layout.offset[b];
+            l.arena.as_mut_slice()[at..at + l.layout.bytes[b]].fill(0);
+        }
         let kernels = &*l.kernels;
         let k = launch.kernel;
         let fail = |e: String| format!("launch {li} (kernel `{}`): {e}", l.program.kernels[k].name);
@@ -665,17 +712,18 @@ fn execute(
     }
 
     // Results: logits out, grown caches in.
-    let mut logits = Vec::new();
+    logits.clear();
     for (i, role) in l.plan.roles.iter().enumerate() {
         match role {
             Role::Logits => {
                 let at = l.layout.offset[i];
                 let n = l.layout.bytes[i] / 4;
                 let bytes = &l.arena.as_slice()[at..at + 4 * n];
-                logits = vec![0.0f32; n];
+                // Grows only when the caller's vector is too small (the first call).
+                logits.resize(n, 0.0);
                 // SAFETY: `logits` holds exactly `4 * n` bytes, any bit pattern is an f32,
-                // and the arena slot and the new vector do not overlap. The arena holds
-                // native-endian f32 written by the kernels.
+                // and the arena slot and the caller's vector do not overlap. The arena
+                // holds native-endian f32 written by the kernels.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         bytes.as_ptr(),
@@ -690,10 +738,15 @@ fn execute(
                     e.bytes = l.layout.bytes[i];
                 }
             }
+            Role::CacheGrow(n) => {
+                if let Some(e) = cache.entries.get_mut(n) {
+                    e.bytes = l.layout.bytes[i];
+                }
+            }
             _ => {}
         }
     }
-    Ok(logits)
+    Ok(())
 }
 
 /// What runs the kernels of a program.
@@ -733,12 +786,78 @@ pub fn program_for(
     mode: archc_compiler::Mode,
     weights: &dyn WeightSource,
 ) -> Result<Program, String> {
+    program_for_logits(spec, mode, weights, Logits::All)
+}
+
+/// How the matmuls of a prefill treat their activations when the weights are bf16.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Activations stay f32: the kernels compute what the reference interpreter computes,
+    /// up to f32 summation order. What `archc logits` and the parity tests use.
+    #[default]
+    F32,
+    /// A prefill rounds each activation row to bf16 before a matmul with bf16 weights and
+    /// accumulates bf16 products in f32, as PyTorch bf16 and llama.cpp do, so that bf16
+    /// dot-product instructions apply (about twice the f32 rate on CPUs that have them).
+    /// Has no effect unless the spec stores its weights in bf16; decode is unchanged.
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What a CPU program computes beyond the graph: which positions get logits and how
+/// bf16 matmuls treat activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelOptions {
+    pub logits: Logits,
+    pub precision: Precision,
+}
+
+/// `program_for` computing the logits of the positions `logits` says: with
+/// `Logits::Last` the prefill program's `logits` output is `[1, vocab]`.
+pub fn program_for_logits(
+    spec: &archc_spec::Spec,
+    mode: archc_compiler::Mode,
+    weights: &dyn WeightSource,
+    logits: Logits,
+) -> Result<Program, String> {
+    let options = ModelOptions {
+        logits,
+        ..ModelOptions::default()
+    };
+    program_for_options(spec, mode, weights, &options)
+}
+
+/// `program_for` with explicit `ModelOptions`.
+pub fn program_for_options(
+    spec: &archc_spec::Spec,
+    mode: archc_compiler::Mode,
+    weights: &dyn WeightSource,
+    model: &ModelOptions,
+) -> Result<Program, String> {
     use archc_compiler::kernel::lower::ParamFormat;
-    let graph = archc_compiler::lower(spec, mode)
+    let options = archc_compiler::lower::Options {
+        logits: model.logits,
+    };
+    let graph = archc_compiler::lower::lower_with(spec, mode, &options)
         .map_err(|e| format!("lowering ({}): {e}", mode.as_str()))?;
     let fused = archc_compiler::passes::optimize(&graph);
     let format = |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format));
-    archc_compiler::kernel::lower::program_with(&fused, &format)
+    // This executor honours `BufferKind::Append`: the KV cache grows in place.
+    let opts = archc_compiler::kernel::lower::KernelOptions {
+        append_in_place: true,
+        bf16_activations: model.precision == Precision::Bf16
+            && spec.dtype == archc_spec::DType::Bf16
+            && mode == archc_compiler::Mode::Prefill,
+    };
+    archc_compiler::kernel::lower::program_with_options(&fused, &format, &opts)
         .map_err(|e| format!("kernel program ({}): {e}", mode.as_str()))
 }
 
@@ -782,6 +901,37 @@ impl<'w> CpuModel<'w> {
         threads: usize,
         llvm: &LlvmOptions,
     ) -> Result<CpuModel<'w>, String> {
+        Self::from_spec_logits(spec, weights, engine, threads, llvm, Logits::All)
+    }
+
+    /// `from_spec_with` whose prefill computes the logits of the positions `logits` says:
+    /// `Logits::Last` makes `run(Phase::Prefill, ..)` return one row (`[vocab]`), the last
+    /// token's, which is all that generation and benchmarks read; the final norm and the
+    /// LM head then run for one token only.
+    pub fn from_spec_logits(
+        spec: &archc_spec::Spec,
+        weights: &'w dyn WeightSource,
+        engine: Engine,
+        threads: usize,
+        llvm: &LlvmOptions,
+        logits: Logits,
+    ) -> Result<CpuModel<'w>, String> {
+        let options = ModelOptions {
+            logits,
+            ..ModelOptions::default()
+        };
+        Self::from_spec_options(spec, weights, engine, threads, llvm, &options)
+    }
+
+    /// `from_spec_with` with explicit `ModelOptions` (which logits, which precision).
+    pub fn from_spec_options(
+        spec: &archc_spec::Spec,
+        weights: &'w dyn WeightSource,
+        engine: Engine,
+        threads: usize,
+        llvm: &LlvmOptions,
+        options: &ModelOptions,
+    ) -> Result<CpuModel<'w>, String> {
         let hint = |e: String| {
             format!(
                 "--backend {}: {e} (try the reference interpreter: --backend interp)",
@@ -790,7 +940,7 @@ impl<'w> CpuModel<'w> {
         };
         let mut built = Vec::new();
         for mode in [archc_compiler::Mode::Prefill, archc_compiler::Mode::Decode] {
-            let p = program_for(spec, mode, weights).map_err(hint)?;
+            let p = program_for_options(spec, mode, weights, options).map_err(hint)?;
             let k = kernels(&p, engine, llvm).map_err(hint)?;
             built.push((p, k));
         }

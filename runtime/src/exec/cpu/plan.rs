@@ -27,8 +27,11 @@ pub enum Role {
     Positions,
     /// The KV cache entry of this name as the program reads it (`[past, ...]`).
     CacheIn(String),
-    /// The grown KV cache entry of this name (`[past+seq, ...]`).
+    /// The grown KV cache entry of this name (`[past+seq, ...]`), in a second buffer.
     CacheOut(String),
+    /// The grown KV cache entry of this name in place (`BufferKind::Append`): the same
+    /// memory as its `CacheIn`, with room for the new rows, which the kernels write.
+    CacheGrow(String),
     /// The logits, `[seq, vocab]`.
     Logits,
     /// An arena slot: intermediate activations and outputs nobody reads back.
@@ -114,6 +117,20 @@ impl Plan {
                 },
                 BufferKind::Temp => Role::Arena,
                 BufferKind::Alias { .. } => Role::Alias(root(program, i)?),
+                BufferKind::Append { to } => {
+                    let input = program.buffers.get(*to).map(|t| (&t.kind, t.name.as_str()));
+                    match input {
+                        Some((BufferKind::Input, n)) if n == b.name && n.starts_with("cache.") => {
+                            Role::CacheGrow(b.name.clone())
+                        }
+                        _ => {
+                            return Err(format!(
+                                "buffer `{}` appends to buffer {to}, which is not the cache input of that name",
+                                b.name
+                            ))
+                        }
+                    }
+                }
             };
             let want = match role {
                 Role::Tokens | Role::Positions => Some(Elem::I32),
@@ -134,8 +151,11 @@ impl Plan {
         }
         for r in &roles {
             if let Role::CacheIn(n) = r {
-                if !roles.contains(&Role::CacheOut(n.clone())) {
-                    return Err(format!("cache input `{n}` has no matching output"));
+                let (out, grow) = (Role::CacheOut(n.clone()), Role::CacheGrow(n.clone()));
+                if roles.contains(&out) == roles.contains(&grow) {
+                    return Err(format!(
+                        "cache input `{n}` needs exactly one grown output (copied or in place)"
+                    ));
                 }
             }
         }
@@ -258,9 +278,6 @@ impl Plan {
     /// (`zero_first`) to being zeroed just before the launch that first uses them
     /// (`zero_before`), which lets their bytes serve other temps before that launch. A
     /// caller that calls this must zero `zero_before(launch)` before every launch.
-    // The executor still zeroes `zero_first` at the start of a call (correct, since
-    // those lifetimes then start at launch 0); it switches by calling this.
-    #[allow(dead_code)]
     pub fn zero_at_first_use(&mut self) {
         for b in std::mem::take(&mut self.zero_first) {
             match self.live[b] {
@@ -278,7 +295,6 @@ impl Plan {
     }
 
     /// The buffers to zero right before `launch` (see `zero_at_first_use`).
-    #[allow(dead_code)]
     pub fn zero_before(&self, launch: usize) -> &[usize] {
         self.zero_at.get(launch).map_or(&[], Vec::as_slice)
     }

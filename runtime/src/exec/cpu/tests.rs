@@ -1,6 +1,6 @@
 //! The executor on a hand-built three-kernel program whose kernels are plain Rust: the
-//! memory plan (parameters, inputs, aliases, arena), the KV-cache swap, decode against
-//! prefill, thread counts, and errors.
+//! memory plan (parameters, inputs, aliases, arena), the KV-cache swap and the cache grown
+//! in place, decode against prefill, thread counts, and errors.
 
 use super::*;
 use archc_compiler::interp::RandomWeights;
@@ -375,4 +375,73 @@ fn narrowing_rounds_to_nearest_even() {
     assert_eq!(f32_to_f16(1e6), 0x7c00);
     assert_eq!(f32_to_f16(-1.0), 0xbc00);
     assert_eq!(f32_to_f16(1.0 + 1.0 / 2048.0), 0x3c00, "a tie goes to even");
+}
+
+/// The toy program with its cache grown in place (`BufferKind::Append`).
+fn program_in_place() -> Program {
+    let mut p = program();
+    p.buffers[4].kind = BufferKind::Append { to: 3 };
+    p
+}
+
+/// `Fake`, except that the append kernel requires the grown cache to be the input's own
+/// memory and writes only the new rows (the contract of `BufferKind::Append`).
+struct FakeInPlace;
+
+impl Kernels for FakeInPlace {
+    unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), String> {
+        if kernel != 1 {
+            // SAFETY: forwarded under the same contract.
+            return unsafe { Fake.run(kernel, c) };
+        }
+        let past = c.dims[1] as usize;
+        if c.bufs[0] != c.bufs[2] || c.lens[0] != past * H * 4 {
+            return Err("the grown cache is not the input's memory".into());
+        }
+        // SAFETY: per the `Kernels` contract; only the new rows are written.
+        unsafe {
+            let x = f32s(c.bufs[1], c.lens[1]);
+            let out = f32s(c.bufs[2], c.lens[2]);
+            out[past * H..].copy_from_slice(x);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn the_cache_grows_in_place_and_decode_reuses_memory() {
+    let w = weights();
+    let tokens = [1u32, 3, 2, 4, 0, 4, 4, 1, 2, 3, 0, 1];
+    for threads in [1, 2] {
+        let mut m = CpuModel::new(
+            (program_in_place(), Box::new(FakeInPlace)),
+            (program_in_place(), Box::new(FakeInPlace)),
+            &w,
+            V,
+            threads,
+        )
+        .expect("the in-place toy program loads");
+        let mut cache = m.new_cache();
+        let mut logits = Vec::new();
+        m.run_into(Phase::Prefill, &mut cache, &tokens[..8], &mut logits)
+            .expect("prefill");
+        let mut got = logits.clone();
+        let at = logits.as_ptr();
+        // An eighth of spare room after 8 rows holds the 9th: no reallocation.
+        let kv = cache.entries["cache.0.k"].current.as_ptr();
+        m.run_into(Phase::Decode, &mut cache, &tokens[8..9], &mut logits)
+            .expect("decode");
+        assert_eq!(cache.entries["cache.0.k"].current.as_ptr(), kv);
+        assert_eq!(logits.as_ptr(), at, "the logits vector is reused");
+        got.extend_from_slice(&logits);
+        // Later steps grow the cache, keeping the old rows.
+        for &t in &tokens[9..] {
+            m.run_into(Phase::Decode, &mut cache, &[t], &mut logits)
+                .expect("decode");
+            got.extend_from_slice(&logits);
+        }
+        assert_eq!(cache.past(), tokens.len());
+        assert!(close(&got, &expected(&w, &tokens)), "threads {threads}");
+        assert!(cache.entries["cache.0.k"].spare.as_slice().is_empty());
+    }
 }

@@ -8,21 +8,34 @@
 //! `CudaError` that says which; nothing panics (cudarc panics when the driver library is
 //! missing, so `probe` checks for it first and every other entry point calls `probe`).
 //!
-//! Not done yet: keeping the KV cache and the temps on the device between calls (the
-//! temps are allocated per call and the cache is copied back to the host after each
-//! call and up again before the next), and CUDA graph capture of decode.
+//! Device memory stays between calls: a `Workspace` holds one allocation per root buffer
+//! of a program (temps, tokens, positions, logits), grown but never shrunk, so a decode
+//! step allocates nothing; the KV cache lives on the device in `CudaKv` (see `model`).
+//! Buffers that a kernel reads before any kernel writes them are zeroed before each call,
+//! as the CPU executor does. A program's launches may run as one CUDA graph (`graph`),
+//! with plain launches as the fallback.
+//!
+//! Kernel scratch lives where the PTX plan put it (`ptx::plan`): static shared memory
+//! in the PTX; dynamic shared memory past 48 KiB, which each such kernel is opted in to
+//! when loaded (refused, naming the kernel, where the device's per-block limit is lower)
+//! and which every launch and graph node passes; or a module-level global array of
+//! per-warp slices, which is why the launches of one module never overlap (one stream)
+//! and the grid is capped by `LaunchShape::grid`.
 
+mod graph;
 mod model;
 
-pub use model::{CudaKv, CudaModel};
+pub use model::{CudaKv, CudaModel, CudaOptions};
 
 use archc_compiler::codegen::ptx::{self, PtxKernel, Sm};
-use archc_compiler::kernel::{BufferKind, Elem, Program};
+use archc_compiler::kernel::{Access, BufferKind, DimVar, Elem, Expr, Kernel, Program, Stmt};
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+use graph::{LaunchArgs, LaunchGraph};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Why the GPU cannot be used or a run failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,20 +128,9 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo, CudaError> {
 struct Loaded {
     ptx: PtxKernel,
     func: CudaFunction,
-}
-
-/// A kernel program compiled and loaded on a device, with its parameters uploaded.
-pub struct CudaProgram {
-    info: DeviceInfo,
-    stream: Arc<CudaStream>,
-    program: Program,
-    kernels: Vec<Loaded>,
-    /// The root buffer of each program buffer (itself unless an alias).
-    roots: Vec<usize>,
-    /// Uploaded parameters, possibly shared with other programs of the same model.
-    params: Arc<DeviceParams>,
-    /// Slot in `params` of each `Param` buffer, by program buffer index.
-    param_slot: BTreeMap<usize, usize>,
+    /// Whether the kernel reads `past` (the graph node of a kernel that does not needs no
+    /// update when it changes).
+    uses_past: bool,
 }
 
 /// Parameters uploaded to a device, each once per element type.
@@ -147,6 +149,11 @@ impl fmt::Debug for DeviceParams {
 }
 
 impl DeviceParams {
+    /// Bytes uploaded in all.
+    pub fn bytes(&self) -> usize {
+        self.slices.iter().map(CudaSlice::len).sum()
+    }
+
     /// Whether parameter buffer `name` (as the program spells it) is uploaded as `elem`.
     pub fn contains(&self, name: &str, elem: Elem) -> bool {
         self.index.contains_key(&(name.to_string(), elem.as_str()))
@@ -177,12 +184,188 @@ impl DeviceParams {
     }
 }
 
+/// Device memory of one buffer, kept between calls and grown (never shrunk) to what a
+/// call needs.
+#[derive(Default)]
+pub(crate) struct DevBuf {
+    mem: Option<CudaSlice<u8>>,
+}
+
+impl fmt::Debug for DevBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DevBuf({} bytes)", self.capacity())
+    }
+}
+
+impl DevBuf {
+    /// Bytes allocated (0 before the first call).
+    pub(crate) fn capacity(&self) -> usize {
+        self.mem.as_ref().map_or(0, CudaSlice::len)
+    }
+
+    /// Makes room for `bytes` (at least one, so that the pointer is real) and returns the
+    /// device pointer. Growing drops the contents; with `double` the new size is at least
+    /// twice the old, so a buffer that grows by a row per token reallocates rarely.
+    pub(crate) fn reserve(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+        double: bool,
+        what: &str,
+    ) -> Result<u64, CudaError> {
+        let need = bytes.max(1);
+        let cap = self.capacity();
+        if need > cap {
+            let size = if double && cap > 0 {
+                need.max(cap.saturating_mul(2))
+            } else {
+                need
+            };
+            // Free the old block first so that both never exist at once.
+            self.mem = None;
+            let mem = stream
+                .alloc_zeros::<u8>(size)
+                .map_err(|e| failed(&format!("allocating {size} bytes for {what}"), e))?;
+            self.mem = Some(mem);
+        }
+        self.ptr(stream).ok_or_else(|| CudaError::Failed {
+            message: format!("{what} has no device memory"),
+        })
+    }
+
+    /// Makes room for `bytes` keeping the first `keep` bytes (an in-place cache that
+    /// grows): a new block at least twice the old, the kept bytes copied on the device.
+    pub(crate) fn grow_keeping(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+        keep: usize,
+        what: &str,
+    ) -> Result<u64, CudaError> {
+        let cap = self.capacity();
+        if bytes.max(1) > cap {
+            let size = bytes.max(1).max(cap.saturating_mul(2));
+            let mut mem = stream
+                .alloc_zeros::<u8>(size)
+                .map_err(|e| failed(&format!("allocating {size} bytes for {what}"), e))?;
+            let keep = keep.min(cap);
+            if let Some(old) = self.mem.as_ref().filter(|_| keep > 0) {
+                stream
+                    .memcpy_dtod(&old.slice(0..keep), &mut mem.slice_mut(0..keep))
+                    .map_err(|e| failed(&format!("moving {what}"), e))?;
+            }
+            self.mem = Some(mem);
+        }
+        self.ptr(stream).ok_or_else(|| CudaError::Failed {
+            message: format!("{what} has no device memory"),
+        })
+    }
+
+    /// The device pointer, once allocated.
+    pub(crate) fn ptr(&self, stream: &CudaStream) -> Option<u64> {
+        self.mem.as_ref().map(|m| m.device_ptr(stream).0)
+    }
+
+    /// The first `bytes` bytes, copied to the host.
+    pub(crate) fn read(
+        &self,
+        stream: &Arc<CudaStream>,
+        bytes: usize,
+        what: &str,
+    ) -> Result<Vec<u8>, CudaError> {
+        let mem = self
+            .mem
+            .as_ref()
+            .filter(|m| m.len() >= bytes)
+            .ok_or_else(|| CudaError::Failed {
+                message: format!(
+                    "{what}: {bytes} bytes requested, {} on the device",
+                    self.capacity()
+                ),
+            })?;
+        stream
+            .clone_dtoh(&mem.slice(0..bytes))
+            .map_err(|e| failed(&format!("reading {what}"), e))
+    }
+
+    /// Copies `data` to the start of the buffer, growing it first if needed.
+    pub(crate) fn write(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        data: &[u8],
+        what: &str,
+    ) -> Result<u64, CudaError> {
+        let ptr = self.reserve(stream, data.len(), false, what)?;
+        if let Some(mem) = self.mem.as_mut().filter(|_| !data.is_empty()) {
+            stream
+                .memcpy_htod(data, &mut mem.slice_mut(0..data.len()))
+                .map_err(|e| failed(&format!("uploading {what}"), e))?;
+        }
+        Ok(ptr)
+    }
+}
+
+/// A program's device memory between calls: one `DevBuf` per buffer (used for the
+/// roots that are not parameters, inputs handled by the caller or the KV cache), and the
+/// program's CUDA graph once one is built.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    pub(crate) bufs: Vec<DevBuf>,
+    graph: Option<LaunchGraph>,
+    /// Why the graph path was given up, once it failed (then plain launches are used).
+    graph_error: Option<String>,
+    /// Calls that ran as a graph replay.
+    graph_replays: u64,
+}
+
+impl Workspace {
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bufs.iter().map(DevBuf::capacity).sum()
+    }
+
+    /// Why this workspace launches kernels one by one although graphs were asked for.
+    pub fn graph_error(&self) -> Option<&str> {
+        self.graph_error.as_deref()
+    }
+
+    /// How many calls ran as a graph replay.
+    pub fn graph_replays(&self) -> u64 {
+        self.graph_replays
+    }
+
+    pub(crate) fn buf(&mut self, i: usize) -> &mut DevBuf {
+        if self.bufs.len() <= i {
+            self.bufs.resize_with(i + 1, DevBuf::default);
+        }
+        &mut self.bufs[i]
+    }
+}
+
+/// A kernel program compiled and loaded on a device, with its parameters uploaded.
+pub struct CudaProgram {
+    info: DeviceInfo,
+    stream: Arc<CudaStream>,
+    program: Program,
+    kernels: Vec<Loaded>,
+    /// The root buffer of each program buffer (itself unless an alias).
+    roots: Vec<usize>,
+    /// Uploaded parameters, possibly shared with other programs of the same model.
+    params: Arc<DeviceParams>,
+    /// Device pointer of each `Param` buffer, by program buffer index.
+    param_ptr: BTreeMap<usize, u64>,
+    /// Root buffers some launch reads before any launch writes them: zeroed before
+    /// every call so that the read is deterministic.
+    zero_first: Vec<usize>,
+}
+
 impl fmt::Debug for CudaProgram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CudaProgram")
             .field("device", &self.info)
             .field("program", &self.program.name)
             .field("kernels", &self.kernels.len())
+            .field("params", &self.params)
             .finish()
     }
 }
@@ -200,14 +383,81 @@ fn root_of(p: &Program, mut i: usize) -> Result<usize, CudaError> {
     })
 }
 
-fn elem_bytes(p: &Program, i: usize, seq: usize, past: usize) -> Result<usize, CudaError> {
-    let b = &p.buffers[i];
+/// Bytes of buffer `i` of `p` at these sizes.
+pub(crate) fn elem_bytes(
+    p: &Program,
+    i: usize,
+    seq: usize,
+    past: usize,
+) -> Result<usize, CudaError> {
+    let b = p.buffers.get(i).ok_or_else(|| CudaError::Failed {
+        message: format!("program `{}` has no buffer {i}", p.name),
+    })?;
     b.shape
         .iter()
         .try_fold(b.elem.bytes(), |n, d| n.checked_mul(d.eval(seq, past)))
         .ok_or_else(|| CudaError::Failed {
             message: format!("the size of buffer `{}` overflows", b.name),
         })
+}
+
+fn expr_uses_past(e: &Expr) -> bool {
+    match e {
+        Expr::Dim(d) => *d == DimVar::Past,
+        Expr::Load { index, .. } => expr_uses_past(index),
+        Expr::Un(_, a) => expr_uses_past(a),
+        Expr::Bin(_, a, b) => expr_uses_past(a) || expr_uses_past(b),
+        Expr::Select(c, a, b) => expr_uses_past(c) || expr_uses_past(a) || expr_uses_past(b),
+        Expr::F32(_) | Expr::I64(_) | Expr::Bool(_) | Expr::Var(_) => false,
+    }
+}
+
+fn body_uses_past(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Let { value, .. } | Stmt::Set { value, .. } => expr_uses_past(value),
+        Stmt::Local { init, .. } => expr_uses_past(init),
+        Stmt::Store { index, value, .. } => expr_uses_past(index) || expr_uses_past(value),
+        Stmt::Loop {
+            start, end, body, ..
+        } => expr_uses_past(start) || expr_uses_past(end) || body_uses_past(body),
+        Stmt::If { cond, then, els } => {
+            expr_uses_past(cond) || body_uses_past(then) || body_uses_past(els)
+        }
+    })
+}
+
+/// Whether kernel `k` reads `past` anywhere.
+pub(crate) fn kernel_uses_past(k: &Kernel) -> bool {
+    body_uses_past(&k.body)
+}
+
+/// The root buffers (temps and outputs) that some launch reads before any launch has
+/// written them, in the order of their first read.
+fn read_before_written(p: &Program, roots: &[usize]) -> Vec<usize> {
+    let mut written = vec![false; p.buffers.len()];
+    let mut out = Vec::new();
+    for l in &p.launches {
+        let Some(k) = p.kernels.get(l.kernel) else {
+            continue;
+        };
+        for (slot, kb) in l.bufs.iter().zip(&k.bufs) {
+            let Some(&r) = slot.and_then(|b| roots.get(b)) else {
+                continue;
+            };
+            let reads = matches!(kb.access, Access::Read | Access::ReadWrite);
+            let writes = matches!(kb.access, Access::Write | Access::ReadWrite);
+            // The KV cache is never cleared: what it holds is the model's state.
+            let zeroable = matches!(p.buffers[r].kind, BufferKind::Temp | BufferKind::Output)
+                && !p.buffers[r].name.starts_with("cache.");
+            if reads && zeroable && !written[r] && !out.contains(&r) {
+                out.push(r);
+            }
+            if writes {
+                written[r] = true;
+            }
+        }
+    }
+    out
 }
 
 impl CudaProgram {
@@ -260,19 +510,56 @@ impl CudaProgram {
         let compiled =
             ptx::emit_kernels(&program.kernels, sm).map_err(|e| failed("PTX generation", e))?;
         let mut kernels = Vec::with_capacity(compiled.len());
-        for k in compiled {
+        // The shared memory a block may opt in to (227 KiB on sm_90, 163 KiB on sm_80),
+        // asked for only when some kernel needs more than the default 48 KiB.
+        let mut optin: Option<u64> = None;
+        for (k, ir) in compiled.into_iter().zip(&program.kernels) {
+            let launch = &k.plan.launch;
+            let dynamic = launch.dynamic_shared_bytes;
+            if dynamic > 0 {
+                let limit = match optin {
+                    Some(l) => l,
+                    None => {
+                        let attr = cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN;
+                        let l = ctx
+                            .attribute(attr)
+                            .map_err(|e| failed("the device's shared memory limit", e))?;
+                        let l = u64::try_from(l).unwrap_or(0);
+                        optin = Some(l);
+                        l
+                    }
+                };
+                check_shared(&k, &info.name, limit)?;
+            }
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone()))
                 .map_err(|e| failed(&format!("loading {}", k.file_name()), e))?;
             let func = module
                 .load_function(&k.symbol)
                 .map_err(|e| failed(&format!("kernel {}", k.symbol), e))?;
-            kernels.push(Loaded { ptx: k, func });
+            if dynamic > 0 {
+                let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                // `check_shared` bounded it by the device's limit, an i32.
+                func.set_attribute(attr, dynamic as i32).map_err(|e| {
+                    failed(
+                        &format!(
+                            "opting kernel {} in to {dynamic} B of shared memory",
+                            k.symbol
+                        ),
+                        e,
+                    )
+                })?;
+            }
+            kernels.push(Loaded {
+                ptx: k,
+                func,
+                uses_past: kernel_uses_past(ir),
+            });
         }
         let roots = (0..program.buffers.len())
             .map(|i| root_of(&program, i))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut param_slot = BTreeMap::new();
+        let mut param_ptr = BTreeMap::new();
         for (i, b) in program.buffers.iter().enumerate() {
             if b.kind != BufferKind::Param {
                 continue;
@@ -289,8 +576,16 @@ impl CudaProgram {
                         b.elem.as_str()
                     ),
                 })?;
-            param_slot.insert(i, slot);
+            let ptr = params
+                .slices
+                .get(slot)
+                .map(|s| s.device_ptr(&stream).0)
+                .ok_or_else(|| CudaError::Failed {
+                    message: format!("parameter slot {slot} is missing"),
+                })?;
+            param_ptr.insert(i, ptr);
         }
+        let zero_first = read_before_written(&program, &roots);
         Ok(CudaProgram {
             info,
             stream,
@@ -298,7 +593,8 @@ impl CudaProgram {
             kernels,
             roots,
             params,
-            param_slot,
+            param_ptr,
+            zero_first,
         })
     }
 
@@ -316,8 +612,156 @@ impl CudaProgram {
         self.kernels.iter().map(|k| &k.ptx)
     }
 
+    /// The root buffer of buffer `i`.
+    pub(crate) fn root(&self, i: usize) -> usize {
+        self.roots.get(i).copied().unwrap_or(i)
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The arguments of every launch at these sizes; `ptrs` holds the device pointer of
+    /// every root buffer (by buffer index).
+    fn launch_args(
+        &self,
+        ptrs: &[u64],
+        seq: usize,
+        past: usize,
+    ) -> Result<Vec<LaunchArgs>, CudaError> {
+        let (seq_i, past_i) = (seq as i64, past as i64);
+        let mut out = Vec::with_capacity(self.program.launches.len());
+        for (n, launch) in self.program.launches.iter().enumerate() {
+            let k = self
+                .kernels
+                .get(launch.kernel)
+                .ok_or_else(|| CudaError::Failed {
+                    message: format!("launch {n} names kernel {}", launch.kernel),
+                })?;
+            let mut bufs = Vec::with_capacity(k.ptx.params.len());
+            for param in &k.ptx.params {
+                if let ptx::Param::Buffer { buf, name, .. } = param {
+                    let bound = launch.bufs.get(*buf).copied().flatten().ok_or_else(|| {
+                        CudaError::Failed {
+                            message: format!("launch {n}: parameter `{name}` is unbound"),
+                        }
+                    })?;
+                    let ptr = ptrs
+                        .get(self.root(bound))
+                        .copied()
+                        .filter(|&p| p != 0)
+                        .ok_or_else(|| CudaError::Failed {
+                            message: format!(
+                                "launch {n}: buffer `{}` has no device memory",
+                                self.program.buffers.get(bound).map_or("?", |b| &b.name)
+                            ),
+                        })?;
+                    bufs.push(ptr);
+                }
+            }
+            let shape = &k.ptx.plan.launch;
+            out.push(LaunchArgs {
+                func: k.func.cu_function(),
+                grid: shape.grid(seq_i, past_i),
+                block: shape.block,
+                // Checked against the device's limit (so below 2^32) when loaded.
+                shared: shape.dynamic_shared_bytes as u32,
+                ptrs: bufs,
+                seq: seq_i,
+                past: past_i,
+                uses_past: k.uses_past,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs every launch for `seq` new tokens after `past` cached ones, with the buffers
+    /// at `ptrs` (a device pointer for every root buffer, by index; parameters are filled
+    /// in here), as one graph when `use_graph` and the graph path works, else launch by
+    /// launch. Asynchronous: the work is queued on the stream.
+    pub(crate) fn execute(
+        &self,
+        ws: &mut Workspace,
+        ptrs: &mut [u64],
+        seq: usize,
+        past: usize,
+        use_graph: bool,
+    ) -> Result<(), CudaError> {
+        for (&i, &p) in &self.param_ptr {
+            if let Some(slot) = ptrs.get_mut(i) {
+                *slot = p;
+            }
+        }
+        for &r in &self.zero_first {
+            let bytes = elem_bytes(&self.program, r, seq, past)?;
+            let ptr = ptrs.get(r).copied().unwrap_or(0);
+            if bytes == 0 || ptr == 0 {
+                continue;
+            }
+            // SAFETY: `ptr` is a live allocation of at least `bytes` bytes (the caller
+            // reserved every root buffer for these sizes) made on this stream's context.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream())
+            }
+            .map_err(|e| failed(&format!("zeroing `{}`", self.program.buffers[r].name), e))?;
+        }
+        let launches = self.launch_args(ptrs, seq, past)?;
+        if use_graph && ws.graph_error.is_none() {
+            match self.replay(ws, &launches) {
+                Ok(()) => {
+                    ws.graph_replays += 1;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Nothing of this call was queued: launch it the plain way, from now on.
+                    ws.graph = None;
+                    ws.graph_error = Some(e);
+                }
+            }
+        }
+        for (n, l) in launches.iter().enumerate() {
+            let k = &self.kernels[self.program.launches[n].kernel];
+            let cfg = LaunchConfig {
+                grid_dim: (l.grid, 1, 1),
+                block_dim: (l.block, 1, 1),
+                // Scratch beyond 48 KiB is dynamic shared memory, sized at the launch.
+                shared_mem_bytes: l.shared,
+            };
+            let mut args = self.stream.launch_builder(&k.func);
+            for ptr in &l.ptrs {
+                args.arg(ptr);
+            }
+            args.arg(&l.seq);
+            args.arg(&l.past);
+            // SAFETY: the arguments match the kernel's parameters (one device pointer per
+            // buffer, then two i64), and each buffer holds the elements the kernel
+            // touches at these sizes, as the program's buffer table says.
+            unsafe { args.launch(cfg) }
+                .map_err(|e| failed(&format!("launch {n} ({})", k.ptx.symbol), e))?;
+        }
+        Ok(())
+    }
+
+    /// Replays the workspace's graph for `launches`, building it first when there is none
+    /// for this shape.
+    fn replay(&self, ws: &mut Workspace, launches: &[LaunchArgs]) -> Result<(), String> {
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| format!("binding the context: {e}"))?;
+        if !ws.graph.as_ref().is_some_and(|g| g.fits(launches)) {
+            ws.graph = None;
+            ws.graph = Some(LaunchGraph::build(launches)?);
+        }
+        match ws.graph.as_mut() {
+            Some(g) => g.replay(launches, self.stream.cu_stream()),
+            None => Err("no graph".into()),
+        }
+    }
+
     /// Runs every launch for `seq` new tokens after `past` cached ones. `inputs` holds the
-    /// bytes of every `Input` buffer by name; the `Output` buffers come back by name.
+    /// bytes of every `Input` buffer by name; the `Output` and `Append` buffers (the grown
+    /// caches) come back by name. The memory is allocated for this call alone.
     pub fn run(
         &self,
         inputs: &BTreeMap<String, &[u8]>,
@@ -325,14 +769,47 @@ impl CudaProgram {
         past: usize,
     ) -> Result<BTreeMap<String, Vec<u8>>, CudaError> {
         let p = &self.program;
-        // One allocation per root buffer that is not a parameter.
-        let mut mem: BTreeMap<usize, CudaSlice<u8>> = BTreeMap::new();
+        let mut ws = Workspace::default();
+        let mut ptrs = vec![0u64; p.buffers.len()];
+        // An in-place append and its input share one buffer: the input's bytes at the
+        // start, room for the grown size (`BufferKind::Append`).
+        let mut appended = vec![false; p.buffers.len()];
         for (i, b) in p.buffers.iter().enumerate() {
-            if self.roots[i] != i || b.kind == BufferKind::Param {
+            let BufferKind::Append { to } = b.kind else {
+                continue;
+            };
+            let input = p.buffers.get(to).ok_or_else(|| CudaError::Failed {
+                message: format!("`{}` appends to buffer {to}, which does not exist", b.name),
+            })?;
+            let data = inputs.get(&input.name).ok_or_else(|| CudaError::Failed {
+                message: format!("no data for input `{}`", input.name),
+            })?;
+            let keep = elem_bytes(p, to, seq, past)?;
+            if data.len() != keep {
+                return Err(CudaError::Failed {
+                    message: format!(
+                        "input `{}` has {} bytes, expected {keep}",
+                        input.name,
+                        data.len()
+                    ),
+                });
+            }
+            let bytes = elem_bytes(p, i, seq, past)?;
+            let what = format!("buffer `{}`", b.name);
+            let buf = ws.buf(i);
+            buf.reserve(&self.stream, bytes, false, &what)?;
+            ptrs[i] = buf.write(&self.stream, data, &what)?;
+            ptrs[to] = ptrs[i];
+            appended[i] = true;
+            appended[to] = true;
+        }
+        for (i, b) in p.buffers.iter().enumerate() {
+            if self.roots[i] != i || b.kind == BufferKind::Param || appended[i] {
                 continue;
             }
             let bytes = elem_bytes(p, i, seq, past)?;
-            let dev = if b.kind == BufferKind::Input {
+            let what = format!("buffer `{}`", b.name);
+            ptrs[i] = if b.kind == BufferKind::Input {
                 let data = inputs.get(&b.name).ok_or_else(|| CudaError::Failed {
                     message: format!("no data for input `{}`", b.name),
                 })?;
@@ -345,87 +822,305 @@ impl CudaProgram {
                         ),
                     });
                 }
-                if bytes == 0 {
-                    self.stream.alloc_zeros::<u8>(1)
-                } else {
-                    self.stream.clone_htod(*data)
-                }
+                ws.buf(i).write(&self.stream, data, &what)?
             } else {
-                self.stream.alloc_zeros::<u8>(bytes.max(1))
+                ws.buf(i).reserve(&self.stream, bytes, false, &what)?
             };
-            mem.insert(
-                i,
-                dev.map_err(|e| failed(&format!("buffer `{}`", b.name), e))?,
-            );
         }
-        let ptr_of = |i: usize| -> Result<u64, CudaError> {
-            let r = self.roots[i];
-            let param = self
-                .param_slot
-                .get(&r)
-                .and_then(|&s| self.params.slices.get(s));
-            let slice = param
-                .or_else(|| mem.get(&r))
-                .ok_or_else(|| CudaError::Failed {
-                    message: format!("buffer {i} has no device memory"),
-                })?;
-            let (ptr, _sync) = slice.device_ptr(&self.stream);
-            Ok(ptr)
-        };
-        let (seq_i, past_i) = (seq as i64, past as i64);
-        for (n, launch) in p.launches.iter().enumerate() {
-            let k = self
-                .kernels
-                .get(launch.kernel)
-                .ok_or_else(|| CudaError::Failed {
-                    message: format!("launch {n} names kernel {}", launch.kernel),
-                })?;
-            let mut ptrs = Vec::new();
-            for param in &k.ptx.params {
-                if let ptx::Param::Buffer { buf, name, .. } = param {
-                    let bound = launch.bufs.get(*buf).copied().flatten().ok_or_else(|| {
-                        CudaError::Failed {
-                            message: format!("launch {n}: parameter `{name}` is unbound"),
-                        }
-                    })?;
-                    ptrs.push(ptr_of(bound)?);
-                }
-            }
-            let shape = &k.ptx.plan.launch;
-            let cfg = LaunchConfig {
-                grid_dim: (shape.grid(seq_i, past_i), 1, 1),
-                block_dim: (shape.block, 1, 1),
-                // Scratch is static shared memory, declared in the PTX.
-                shared_mem_bytes: 0,
-            };
-            let mut args = self.stream.launch_builder(&k.func);
-            for ptr in &ptrs {
-                args.arg(ptr);
-            }
-            args.arg(&seq_i);
-            args.arg(&past_i);
-            // SAFETY: the arguments match the kernel's parameters (one device pointer per
-            // buffer, then two i64), and each buffer holds the elements the kernel
-            // touches at these sizes, as the program's buffer table says.
-            unsafe { args.launch(cfg) }
-                .map_err(|e| failed(&format!("launch {n} ({})", k.ptx.symbol), e))?;
-        }
+        self.execute(&mut ws, &mut ptrs, seq, past, false)?;
         let mut out = BTreeMap::new();
         for (i, b) in p.buffers.iter().enumerate() {
-            if b.kind != BufferKind::Output {
+            if !matches!(b.kind, BufferKind::Output | BufferKind::Append { .. }) {
                 continue;
             }
             let r = self.roots[i];
-            let slice = mem.get(&r).ok_or_else(|| CudaError::Failed {
-                message: format!("output `{}` has no device memory", b.name),
-            })?;
-            let mut bytes = self
-                .stream
-                .clone_dtoh(slice)
-                .map_err(|e| failed(&format!("reading `{}`", b.name), e))?;
-            bytes.truncate(elem_bytes(p, i, seq, past)?);
-            out.insert(b.name.clone(), bytes);
+            let bytes = elem_bytes(p, i, seq, past)?;
+            let what = format!("output `{}`", b.name);
+            out.insert(b.name.clone(), ws.buf(r).read(&self.stream, bytes, &what)?);
         }
         Ok(out)
+    }
+}
+
+/// Device-to-device copy bandwidth of device `ordinal`: bytes read plus bytes written per
+/// second copying a `bytes`-byte buffer, the best of `repeats` copies (after one
+/// untimed copy). This is what HBM sustains for a pure stream, the roof of a decode step.
+pub fn copy_bandwidth(ordinal: usize, bytes: usize, repeats: usize) -> Result<f64, CudaError> {
+    if bytes == 0 || repeats == 0 {
+        return Err(CudaError::Failed {
+            message: "the bandwidth probe needs a buffer and a repetition".into(),
+        });
+    }
+    let info = probe(ordinal)?;
+    info.sm()?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| failed("context", e))?;
+    let stream = ctx.default_stream();
+    let src = stream
+        .alloc_zeros::<u8>(bytes)
+        .map_err(|e| failed(&format!("allocating {bytes} bytes for the probe"), e))?;
+    let mut dst = stream
+        .alloc_zeros::<u8>(bytes)
+        .map_err(|e| failed(&format!("allocating {bytes} bytes for the probe"), e))?;
+    let mut best = f64::MAX;
+    for r in 0..=repeats {
+        stream.synchronize().map_err(|e| failed("synchronize", e))?;
+        let start = Instant::now();
+        stream
+            .memcpy_dtod(&src, &mut dst)
+            .map_err(|e| failed("device copy", e))?;
+        stream.synchronize().map_err(|e| failed("synchronize", e))?;
+        if r > 0 {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(2.0 * bytes as f64 / best.max(1e-9))
+}
+
+/// Free and total memory of the device the stream's context belongs to, in bytes.
+pub(crate) fn mem_info(stream: &Arc<CudaStream>) -> Result<(usize, usize), CudaError> {
+    stream
+        .context()
+        .mem_get_info()
+        .map_err(|e| failed("memory info", e))
+}
+
+/// Refuses kernel `k` when its shared memory (static plus dynamic) exceeds `limit`,
+/// the opt-in maximum per block of device `device`.
+fn check_shared(k: &ptx::PtxKernel, device: &str, limit: u64) -> Result<(), CudaError> {
+    let launch = &k.plan.launch;
+    let need = launch.shared_bytes + launch.dynamic_shared_bytes;
+    if need > limit {
+        return Err(CudaError::Unsupported {
+            message: format!(
+                "kernel `{}` ({}) needs {need} bytes of shared memory per block ({} of them \
+                 dynamic); `{device}` allows at most {limit}",
+                k.name, k.symbol, launch.dynamic_shared_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archc_compiler::ir::Dim;
+    use archc_compiler::kernel::build::{i, past};
+    use archc_compiler::kernel::{Buffer, Launch};
+
+    fn buffer(name: &str, kind: BufferKind) -> Buffer {
+        Buffer {
+            name: name.into(),
+            elem: Elem::F32,
+            shape: vec![Dim::c(4)],
+            kind,
+        }
+    }
+
+    /// `k(a: access_a, b: access_b)`: stores `past` (or 0) into `b`.
+    fn kernel(name: &str, a: Access, b: Access, with_past: bool) -> Kernel {
+        let mut k = Kernel::new(name);
+        k.buf("a", Elem::F32, a);
+        let out = k.buf("b", Elem::F32, b);
+        let value = if with_past { past() } else { i(0) };
+        k.body.push(Stmt::Store {
+            buf: out,
+            index: i(0),
+            value,
+        });
+        k
+    }
+
+    #[test]
+    fn reads_before_writes_are_found_and_the_cache_is_never_zeroed() {
+        // Launch 0 reads `acc` (never written yet, through an alias) and writes `t`;
+        // launch 1 reads `t` (written: no zeroing) and reads and writes the cache output;
+        // launch 2 reads the cache input and reads and writes `logits`.
+        let program = Program {
+            name: "p".into(),
+            buffers: vec![
+                buffer("acc", BufferKind::Temp),
+                buffer("t", BufferKind::Temp),
+                buffer("cache.0.k", BufferKind::Input),
+                buffer("cache.0.k", BufferKind::Output),
+                buffer("acc2", BufferKind::Alias { of: 0 }),
+                buffer("logits", BufferKind::Output),
+            ],
+            kernels: vec![
+                kernel("k0", Access::Read, Access::Write, false),
+                kernel("k1", Access::Read, Access::ReadWrite, true),
+            ],
+            launches: vec![
+                Launch {
+                    kernel: 0,
+                    bufs: vec![Some(4), Some(1)],
+                },
+                Launch {
+                    kernel: 1,
+                    bufs: vec![Some(1), Some(3)],
+                },
+                Launch {
+                    kernel: 1,
+                    bufs: vec![Some(2), Some(5)],
+                },
+            ],
+        };
+        let roots: Vec<usize> = (0..program.buffers.len())
+            .map(|b| root_of(&program, b).expect("root"))
+            .collect();
+        assert_eq!(roots, [0, 1, 2, 3, 0, 5]);
+        // `acc` through its alias; the cache output is read first (launch 1 reads and
+        // writes it) but holds the model's state, so it is never zeroed; `logits` too
+        // is read before written (launch 2).
+        assert_eq!(read_before_written(&program, &roots), [0, 5]);
+        assert!(!kernel_uses_past(&program.kernels[0]));
+        assert!(kernel_uses_past(&program.kernels[1]));
+    }
+
+    #[test]
+    fn buffer_sizes_follow_seq_and_past() {
+        let mut b = buffer("cache.0.k", BufferKind::Input);
+        b.shape = vec![Dim::PAST, Dim::c(8)];
+        b.elem = Elem::Bf16;
+        let p = Program {
+            name: "p".into(),
+            buffers: vec![b],
+            kernels: vec![],
+            launches: vec![],
+        };
+        assert_eq!(elem_bytes(&p, 0, 1, 10).expect("size"), 10 * 8 * 2);
+        assert!(elem_bytes(&p, 1, 1, 10).is_err());
+    }
+
+    #[test]
+    fn no_device_is_an_error_not_a_panic() {
+        let e = copy_bandwidth(usize::MAX, 1 << 20, 1).expect_err("no such device");
+        assert!(
+            matches!(e, CudaError::NoDriver | CudaError::NoDevice { .. }),
+            "{e}"
+        );
+    }
+
+    /// `out[r] = sum_j x[r*n + j]` for `r < 4`, after staging row `r` in `n` floats of
+    /// scratch: static shared memory, dynamic shared memory or global memory by `n`.
+    fn staged(n: i64) -> Kernel {
+        use archc_compiler::kernel::build::{add, f, load, mul, var};
+        use archc_compiler::kernel::{LoopKind, Ty};
+        let mut k = Kernel::new("staged");
+        let x = k.buf("x", Elem::F32, Access::Read);
+        let out = k.buf("out", Elem::F32, Access::Write);
+        let s = k.buf("s", Elem::F32, Access::Scratch { len: n as u64 });
+        let (r, j, j2, acc) = (
+            k.var("r", Ty::I64),
+            k.var("j", Ty::I64),
+            k.var("j2", Ty::I64),
+            k.var("acc", Ty::F32),
+        );
+        let lp = |v, body| Stmt::Loop {
+            var: v,
+            start: i(0),
+            end: i(n),
+            step: 1,
+            kind: LoopKind::Vector(8),
+            body,
+        };
+        k.body = vec![Stmt::Loop {
+            var: r,
+            start: i(0),
+            end: i(4),
+            step: 1,
+            kind: LoopKind::Parallel,
+            body: vec![
+                lp(
+                    j,
+                    vec![Stmt::Store {
+                        buf: s,
+                        index: var(j),
+                        value: load(x, add(mul(var(r), i(n)), var(j))),
+                    }],
+                ),
+                Stmt::Local {
+                    var: acc,
+                    init: f(0.0),
+                },
+                lp(
+                    j2,
+                    vec![Stmt::Set {
+                        var: acc,
+                        value: add(var(acc), load(s, var(j2))),
+                    }],
+                ),
+                Stmt::Store {
+                    buf: out,
+                    index: var(r),
+                    value: var(acc),
+                },
+            ],
+        }];
+        k
+    }
+
+    /// A kernel whose scratch is in dynamic shared memory loads where the device allows
+    /// it and is refused, by name, where it does not.
+    #[test]
+    fn shared_memory_limit() {
+        // 30000 floats: 120 KB, dynamic shared memory.
+        let k = staged(30_000);
+        let p = ptx::emit_kernel(3, &k, Sm::Sm90).expect("emits");
+        assert_eq!(p.plan.launch.dynamic_shared_bytes, 120_000);
+        assert!(check_shared(&p, "H200", 227 * 1024).is_ok());
+        let e = check_shared(&p, "small GPU", 100 * 1024).expect_err("over the limit");
+        let text = e.to_string();
+        assert!(
+            text.contains("kernel `staged`") && text.contains("102400"),
+            "{text}"
+        );
+    }
+
+    /// On a device: the staged sum is right with its scratch in each home (static
+    /// shared, dynamic shared past 48 KiB, per-warp global slices). Skipped without one.
+    #[test]
+    fn scratch_in_every_home_runs() {
+        if let Err(e) = probe(0) {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        for (n, home) in [
+            (5_000i64, ptx::Home::Shared),
+            (30_000, ptx::Home::DynamicShared),
+            (200_000, ptx::Home::Global),
+        ] {
+            let k = staged(n);
+            let planned = ptx::plan::plan(&k).expect("plans");
+            assert_eq!(planned.scratch.home, home, "n = {n}");
+            let mut x = buffer("x", BufferKind::Input);
+            x.shape = vec![Dim::c(4 * n as u64)];
+            let program = Program {
+                name: format!("staged_{n}"),
+                buffers: vec![x, buffer("out", BufferKind::Output)],
+                kernels: vec![k],
+                launches: vec![Launch {
+                    kernel: 0,
+                    bufs: vec![Some(0), Some(1), None],
+                }],
+            };
+            // Small integers: every sum is exact in f32.
+            let xs: Vec<f32> = (0..4 * n).map(|j| (j % 7) as f32).collect();
+            let bytes: Vec<u8> = xs.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let gpu = CudaProgram::new(program, 0, &BTreeMap::new())
+                .unwrap_or_else(|e| panic!("n = {n}: {e}"));
+            let inputs = BTreeMap::from([("x".to_string(), bytes.as_slice())]);
+            let out = gpu
+                .run(&inputs, 1, 0)
+                .unwrap_or_else(|e| panic!("n = {n}: {e}"));
+            let got: Vec<f32> = out["out"]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let want: Vec<f32> = (0..4)
+                .map(|r| xs[(r * n) as usize..((r + 1) * n) as usize].iter().sum())
+                .collect();
+            assert_eq!(got, want, "n = {n}");
+        }
     }
 }

@@ -1,14 +1,22 @@
 //! A model on the GPU: its prefill and decode kernel programs loaded on one device over
-//! one shared upload of the weights, and the KV cache of a sequence between calls.
+//! one shared upload of the weights, and the state of a sequence between calls.
 //!
-//! The cache lives on the host for now: each call uploads the `[past, ...]` entries the
-//! program reads and downloads the grown `[past+seq, ...]` ones it writes. That costs two
-//! copies of the whole cache per token in decode, which is fine for correctness and small
-//! models; keeping it on the device needs `CudaProgram::run` to take and return device
-//! buffers, a change local to this module and its parent.
+//! The KV cache stays on the device. Each cache entry has two device buffers: the one
+//! the program reads (`[past, ...]`) and a spare it writes the grown cache into
+//! (`[past+seq, ...]`); after a successful call they swap, so nothing of the cache crosses
+//! the bus, and the spare grows by doubling, so a decode step does not allocate. A call
+//! that fails leaves the cache as it was (the spare is only swapped in at the end).
+//! A program lowered with in-place appends (`BufferKind::Append`) instead binds the cache
+//! input and its grown form to one buffer, grown by doubling with the old rows kept, and
+//! its kernels write only the new rows; then there is no spare and no swap.
+//! Each program's temps live in a `Workspace` of the sequence, kept between calls; per
+//! token only the token id and its position go up and the logits come back.
 
-use super::{failed, probe, CudaError, CudaProgram, DeviceInfo, DeviceParams};
-use crate::exec::cpu::{f32_to_bf16, f32_to_f16, program, Phase};
+use super::{
+    elem_bytes, failed, mem_info, probe, CudaError, CudaProgram, DevBuf, DeviceInfo, DeviceParams,
+    Workspace,
+};
+use crate::exec::cpu::{f32_to_bf16, f32_to_f16, program_for_logits, Logits, Phase};
 use crate::weights::{decode_f32, Dtype};
 use archc_compiler::interp::{WeightDType, WeightSource};
 use archc_compiler::kernel::{BufferKind, Elem, Program};
@@ -18,12 +26,23 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The KV cache of one sequence between calls of a `CudaModel` (host copies).
+/// One KV cache entry on the device: what the programs read, and where they write the
+/// grown copy.
+#[derive(Debug, Default)]
+struct KvEntry {
+    current: DevBuf,
+    spare: DevBuf,
+}
+
+/// The state of one sequence of a `CudaModel` on the device: the KV cache, and the
+/// memory (and CUDA graph) of each program between calls.
 #[derive(Debug, Default)]
 pub struct CudaKv {
     past: usize,
-    /// Contents of each cache entry by its program name (`cache.0.k`), `[past, ...]`.
-    entries: BTreeMap<String, Vec<u8>>,
+    /// Each cache entry by its program name (`cache.0.k`).
+    entries: BTreeMap<String, KvEntry>,
+    prefill: Workspace,
+    decode: Workspace,
 }
 
 impl CudaKv {
@@ -32,10 +51,45 @@ impl CudaKv {
         self.past
     }
 
-    /// Forgets every cached token.
+    /// Forgets every cached token, keeping the device memory for the next sequence.
     pub fn clear(&mut self) {
         self.past = 0;
-        self.entries.clear();
+    }
+
+    /// Device bytes held by the cache and the programs' temps.
+    pub fn device_bytes(&self) -> usize {
+        let kv: usize = self
+            .entries
+            .values()
+            .map(|e| e.current.capacity() + e.spare.capacity())
+            .sum();
+        kv + self.prefill.bytes() + self.decode.bytes()
+    }
+
+    /// The decode program's workspace: whether it runs as a graph, and why not.
+    pub fn decode_workspace(&self) -> &Workspace {
+        &self.decode
+    }
+}
+
+/// How a `CudaModel` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Which logits the prefill program computes (`Last`: one row, what generation and
+    /// benchmarks need).
+    pub logits: Logits,
+    /// Run each decode step as one CUDA graph replay (falling back to plain launches if
+    /// the driver refuses the graph).
+    pub graphs: bool,
+}
+
+impl Default for CudaOptions {
+    /// Every logit; graphs when the environment sets `ARCHC_CUDA_GRAPH=1`.
+    fn default() -> CudaOptions {
+        CudaOptions {
+            logits: Logits::All,
+            graphs: std::env::var("ARCHC_CUDA_GRAPH").is_ok_and(|v| v == "1"),
+        }
     }
 }
 
@@ -45,6 +99,8 @@ pub struct CudaModel {
     prefill: CudaProgram,
     decode: CudaProgram,
     vocab: usize,
+    options: CudaOptions,
+    param_bytes: usize,
 }
 
 /// The bytes of parameter `name` with `shape` as `elem` stores them: borrowed when the
@@ -55,6 +111,23 @@ fn param_bytes<'w>(
     elem: Elem,
     shape: &[usize],
 ) -> Result<Cow<'w, [u8]>, String> {
+    if elem == Elem::U8 {
+        // Quantised blocks (GGUF), which the kernels decode in place: uploaded as stored.
+        let blocks = weights.blocks(name).ok_or_else(|| {
+            format!(
+                "parameter `{name}`: the program reads quantised blocks, the checkpoint has none"
+            )
+        })?;
+        let want: usize = shape.iter().product();
+        if blocks.bytes.len() != want {
+            return Err(format!(
+                "parameter `{name}`: {} bytes of {} blocks stored, the program reads {want}",
+                blocks.bytes.len(),
+                blocks.format.name()
+            ));
+        }
+        return Ok(Cow::Borrowed(blocks.bytes));
+    }
     let view = weights
         .get(name)
         .ok_or_else(|| format!("parameter `{name}` is not bound to a checkpoint tensor"))?;
@@ -96,11 +169,8 @@ fn param_bytes<'w>(
                 "parameter `{name}`: the program reads it as i32, which no checkpoint stores"
             ))
         }
-        Elem::U8 => {
-            return Err(format!(
-                "parameter `{name}`: quantised blocks are not uploaded to the GPU yet"
-            ))
-        }
+        // Quantised blocks returned above.
+        Elem::U8 => return Err(format!("parameter `{name}`: quantised blocks expected")),
         Elem::F8 => {
             return Err(format!(
                 "parameter `{name}`: f8 weights are not uploaded to the GPU yet"
@@ -146,20 +216,33 @@ fn le_i32(xs: impl Iterator<Item = i32>) -> Vec<u8> {
 
 impl CudaModel {
     /// Builds both kernel programs of `spec` (as the CPU backends do), uploads the weights
-    /// once and loads the programs on device `ordinal`. The device is probed first, so a
-    /// machine without a driver or device says so before any compilation.
+    /// once and loads the programs on device `ordinal`, with the default options. The
+    /// device is probed first, so a machine without a driver or device says so before any
+    /// compilation.
     pub fn from_spec(
         spec: &archc_spec::Spec,
         weights: &dyn WeightSource,
         ordinal: usize,
+    ) -> Result<CudaModel, CudaError> {
+        CudaModel::from_spec_with(spec, weights, ordinal, CudaOptions::default())
+    }
+
+    /// `from_spec` with explicit options.
+    pub fn from_spec_with(
+        spec: &archc_spec::Spec,
+        weights: &dyn WeightSource,
+        ordinal: usize,
+        options: CudaOptions,
     ) -> Result<CudaModel, CudaError> {
         let info: DeviceInfo = probe(ordinal)?;
         info.sm()?;
         let hint = |e: String| CudaError::Failed {
             message: format!("{e} (try the reference interpreter: --backend interp)"),
         };
-        let prefill = program(spec, Mode::Prefill).map_err(hint)?;
-        let decode = program(spec, Mode::Decode).map_err(hint)?;
+        let prefill =
+            program_for_logits(spec, Mode::Prefill, weights, options.logits).map_err(hint)?;
+        let decode =
+            program_for_logits(spec, Mode::Decode, weights, options.logits).map_err(hint)?;
         let vocab = usize::try_from(spec.vocab).map_err(|_| CudaError::Failed {
             message: "vocabulary too large".into(),
         })?;
@@ -168,6 +251,7 @@ impl CudaModel {
         let mut params = DeviceParams::default();
         upload_params(&prefill, weights, &stream, &mut params)?;
         upload_params(&decode, weights, &stream, &mut params)?;
+        let param_bytes = params.bytes();
         let params = Arc::new(params);
         let prefill =
             CudaProgram::with_params(prefill, info.clone(), &ctx, stream.clone(), params.clone())?;
@@ -176,11 +260,41 @@ impl CudaModel {
             prefill,
             decode,
             vocab,
+            options,
+            param_bytes,
         })
     }
 
     pub fn device(&self) -> &DeviceInfo {
         self.prefill.device()
+    }
+
+    pub fn options(&self) -> CudaOptions {
+        self.options
+    }
+
+    /// Switches graphs on or off for the next calls. The logits choice was made when the
+    /// programs were built and stays.
+    pub fn set_options(&mut self, options: CudaOptions) {
+        self.options.graphs = options.graphs;
+    }
+
+    /// Bytes of parameters on the device.
+    pub fn param_bytes(&self) -> usize {
+        self.param_bytes
+    }
+
+    /// The device's (free, total) memory in bytes now.
+    pub fn memory(&self) -> Result<(usize, usize), CudaError> {
+        mem_info(self.prefill.stream())
+    }
+
+    /// Waits until every queued operation of the model has finished.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.prefill
+            .stream()
+            .synchronize()
+            .map_err(|e| failed("synchronize", e))
     }
 
     /// An empty KV cache for this model.
@@ -189,8 +303,8 @@ impl CudaModel {
     }
 
     /// Runs `tokens` after the cached ones through the chosen program and returns their
-    /// logits, `[tokens.len() * vocab]`; the cache grows by `tokens.len()`. On an error
-    /// the cache is left as it was.
+    /// logits, `[tokens.len() * vocab]` (one row for a prefill with `Logits::Last`); the
+    /// cache grows by `tokens.len()`. On an error the cache is left as it was.
     pub fn run(
         &self,
         phase: Phase,
@@ -220,46 +334,107 @@ impl CudaModel {
             .checked_add(seq)
             .and_then(|e| i32::try_from(e).ok())
             .ok_or_else(|| bad("position overflows 32 bits".into()))?;
-        let gpu = match phase {
-            Phase::Prefill => &self.prefill,
-            Phase::Decode => &self.decode,
+        let (gpu, ws) = match phase {
+            Phase::Prefill => (&self.prefill, &mut cache.prefill),
+            Phase::Decode => (&self.decode, &mut cache.decode),
         };
+        let p: &Program = gpu.program();
+        let stream = gpu.stream();
 
         // Token ids fit i32: each is below the vocabulary, which the check above bounds.
         let tokens_b = le_i32(tokens.iter().map(|&t| t as i32));
         let positions_b = le_i32(past as i32..end);
-        let empty: &[u8] = &[];
-        let mut inputs: BTreeMap<String, &[u8]> = BTreeMap::new();
-        for b in &gpu.program().buffers {
-            if b.kind != BufferKind::Input {
+        let mut ptrs = vec![0u64; p.buffers.len()];
+        let mut logits_at = None;
+        // In-place appends first: the cache input and its grown form share one buffer,
+        // grown (keeping the old rows) to hold the grown form.
+        let mut in_place = vec![false; p.buffers.len()];
+        for (i, b) in p.buffers.iter().enumerate() {
+            let BufferKind::Append { to } = b.kind else {
+                continue;
+            };
+            let input = p.buffers.get(to).ok_or_else(|| {
+                bad(format!(
+                    "`{}` appends to buffer {to}, which does not exist",
+                    b.name
+                ))
+            })?;
+            let keep = elem_bytes(p, to, seq, past)?;
+            let bytes = elem_bytes(p, i, seq, past)?;
+            let e = cache.entries.entry(input.name.clone()).or_default();
+            let held = if past == 0 { 0 } else { e.current.capacity() };
+            if held < keep {
+                return Err(bad(format!(
+                    "cache `{}` holds {held} bytes on the device, the program reads {keep} \
+                     after {past} tokens",
+                    input.name
+                )));
+            }
+            let ptr =
+                e.current
+                    .grow_keeping(stream, bytes, keep, &format!("cache `{}`", b.name))?;
+            ptrs[i] = ptr;
+            ptrs[to] = ptr;
+            in_place[i] = true;
+            in_place[to] = true;
+        }
+        for (i, b) in p.buffers.iter().enumerate() {
+            if gpu.root(i) != i || b.kind == BufferKind::Param || in_place[i] {
                 continue;
             }
-            let data = match b.name.as_str() {
-                "tokens" => &tokens_b[..],
-                "positions" => &positions_b[..],
-                n if n.starts_with("cache.") => match cache.entries.get(n) {
-                    Some(v) => &v[..],
-                    None if past == 0 => empty,
-                    None => return Err(bad(format!("cache `{n}` is missing after {past} tokens"))),
-                },
-                n => return Err(bad(format!("unknown program input `{n}`"))),
+            let bytes = elem_bytes(p, i, seq, past)?;
+            let what = format!("`{}`", b.name);
+            ptrs[i] = match (&b.kind, b.name.as_str()) {
+                (BufferKind::Input, "tokens") => ws.buf(i).write(stream, &tokens_b, &what)?,
+                (BufferKind::Input, "positions") => ws.buf(i).write(stream, &positions_b, &what)?,
+                (BufferKind::Input, n) if n.starts_with("cache.") => {
+                    let e = cache.entries.entry(n.to_string()).or_default();
+                    let held = if past == 0 {
+                        bytes
+                    } else {
+                        e.current.capacity()
+                    };
+                    if held < bytes {
+                        return Err(bad(format!(
+                            "cache {what} holds {held} bytes on the device, the program reads \
+                             {bytes} after {past} tokens"
+                        )));
+                    }
+                    e.current.reserve(stream, bytes, false, &what)?
+                }
+                (BufferKind::Input, n) => return Err(bad(format!("unknown program input `{n}`"))),
+                (BufferKind::Output, n) if n.starts_with("cache.") => {
+                    let e = cache.entries.entry(n.to_string()).or_default();
+                    e.spare.reserve(stream, bytes, true, &what)?
+                }
+                (kind, name) => {
+                    if *kind == BufferKind::Output && name == "logits" {
+                        logits_at = Some((i, bytes));
+                    }
+                    ws.buf(i).reserve(stream, bytes, true, &what)?
+                }
             };
-            inputs.insert(b.name.clone(), data);
         }
-        let mut out = gpu.run(&inputs, seq, past)?;
-        let logits = out
-            .remove("logits")
-            .ok_or_else(|| bad("the program has no `logits` output".into()))?;
-        if logits.len() != seq * self.vocab * 4 {
+        let (logits_i, logits_bytes) =
+            logits_at.ok_or_else(|| bad("the program has no `logits` output".into()))?;
+        let use_graph = self.options.graphs && phase == Phase::Decode;
+        gpu.execute(ws, &mut ptrs, seq, past, use_graph)?;
+        let logits = ws.buf(logits_i).read(stream, logits_bytes, "the logits")?;
+        let rows = logits.len() / (self.vocab * 4).max(1);
+        if logits.len() != rows * self.vocab * 4 || (rows != seq && rows != 1) || rows == 0 {
             return Err(bad(format!(
-                "logits have {} bytes, expected {} for {seq} tokens",
+                "logits have {} bytes, expected rows of {} for {seq} tokens",
                 logits.len(),
-                seq * self.vocab * 4
+                self.vocab * 4
             )));
         }
-        for (name, bytes) in out {
-            if name.starts_with("cache.") {
-                cache.entries.insert(name, bytes);
+        // The call succeeded: the grown caches become the current ones (an in-place
+        // append already grew its buffer).
+        for b in &p.buffers {
+            if b.kind == BufferKind::Output && b.name.starts_with("cache.") {
+                if let Some(e) = cache.entries.get_mut(&b.name) {
+                    std::mem::swap(&mut e.current, &mut e.spare);
+                }
             }
         }
         cache.past = end as usize;

@@ -1,0 +1,468 @@
+//! Prefill matmul kernels with bf16 activations (`KernelOptions::bf16_activations`): the
+//! LLVM code (with `vdpbf16ps` where the host has it) against the kernel interpreter on
+//! the same kernels, a hand-built bf16 dot loop against an f64 reference (with a `k`
+//! that leaves a remainder), and which targets get the dot-product instruction.
+//!
+//! Set `ARCHC_GEMM_BENCH=1` to also print the GFLOP/s of a Qwen3-0.6B-shaped prefill
+//! linear (nothing asserts a time).
+
+use archc_compiler::codegen::llvm::{compile_kernels_with, emit_llvm_ir, Options, Target};
+use archc_compiler::kernel::build::*;
+use archc_compiler::kernel::interp::{bf16_to_f32, f32_to_bf16, run_kernel, KBufData};
+use archc_compiler::kernel::lower::{program_opts, KernelOptions};
+use archc_compiler::kernel::{Access, Elem, Kernel, LoopKind, Stmt, Ty};
+use archc_compiler::{passes, testing, Mode};
+
+/// Deterministic pseudo-random values in `[-1, 1)`.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn host_has_bf16() -> bool {
+    Target::host()
+        .features
+        .split(',')
+        .any(|f| f == "+avx512bf16")
+}
+
+/// `out[m, o] = sum_k x[m, k] * w[o, k]`, both bf16: the row loop parallel, the dot
+/// product a Vector(16) loop of the form the bf16 dot-product path recognises.
+fn dot_kernel(kdim: i64, odim: i64) -> Kernel {
+    let mut k = Kernel::new("dot_bf16");
+    let x = k.buf("x", Elem::Bf16, Access::Read);
+    let w = k.buf("w", Elem::Bf16, Access::Read);
+    let out = k.buf("out", Elem::F32, Access::Write);
+    let m = k.var("m", Ty::I64);
+    let o = k.var("o", Ty::I64);
+    let kk = k.var("kk", Ty::I64);
+    let xv = k.var("xv", Ty::F32);
+    let wv = k.var("wv", Ty::F32);
+    let acc = k.var("acc", Ty::F32);
+    k.body = vec![Stmt::Loop {
+        var: m,
+        start: i(0),
+        end: seq(),
+        step: 1,
+        kind: LoopKind::Parallel,
+        body: vec![Stmt::Loop {
+            var: o,
+            start: i(0),
+            end: i(odim),
+            step: 1,
+            kind: LoopKind::Serial,
+            body: vec![
+                Stmt::Local {
+                    var: acc,
+                    init: f(0.5),
+                },
+                Stmt::Loop {
+                    var: kk,
+                    start: i(0),
+                    end: i(kdim),
+                    step: 1,
+                    kind: LoopKind::Vector(16),
+                    body: vec![
+                        Stmt::Let {
+                            var: xv,
+                            value: load(x, add(mul(var(m), i(kdim)), var(kk))),
+                        },
+                        Stmt::Let {
+                            var: wv,
+                            value: load(w, add(mul(var(o), i(kdim)), var(kk))),
+                        },
+                        Stmt::Set {
+                            var: acc,
+                            value: add(var(acc), mul(var(xv), var(wv))),
+                        },
+                    ],
+                },
+                Stmt::Store {
+                    buf: out,
+                    index: add(mul(var(m), i(odim)), var(o)),
+                    value: var(acc),
+                },
+            ],
+        }],
+    }];
+    k
+}
+
+#[test]
+fn bf16_dot_loop_matches_f64_reference_with_remainder() {
+    let (m, kdim, odim) = (3usize, 1000usize, 5usize);
+    let prog = compile_kernels_with(
+        &[dot_kernel(kdim as i64, odim as i64)],
+        &Target::host(),
+        &Options::no_cache(),
+    )
+    .expect("compile");
+    let mut x: Vec<u16> = values(m * kdim, 1).into_iter().map(f32_to_bf16).collect();
+    let mut w: Vec<u16> = values(odim * kdim, 2)
+        .into_iter()
+        .map(f32_to_bf16)
+        .collect();
+    let mut out = vec![0f32; m * odim];
+    let bufs = [
+        x.as_mut_ptr().cast(),
+        w.as_mut_ptr().cast(),
+        out.as_mut_ptr().cast::<u8>(),
+    ];
+    unsafe { prog.call(0, &bufs, [m as i64, 0], 0, 1) };
+    for r in 0..m {
+        for o in 0..odim {
+            let want: f64 = 0.5
+                + (0..kdim)
+                    .map(|j| {
+                        bf16_to_f32(x[r * kdim + j]) as f64 * bf16_to_f32(w[o * kdim + j]) as f64
+                    })
+                    .sum::<f64>();
+            let got = out[r * odim + o] as f64;
+            assert!(
+                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "out[{r}, {o}] = {got}, want {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dpbf16ps_only_where_the_target_has_it() {
+    let k = dot_kernel(1000, 5);
+    let fixed = emit_llvm_ir(std::slice::from_ref(&k), &Target::x86_64(), true).expect("emit");
+    assert!(
+        !fixed.contains("dpbf16ps"),
+        "x86-64-v4 has no avx512bf16 but got dpbf16ps"
+    );
+    let mut zen4 = Target::x86_64();
+    zen4.cpu = "znver4".into();
+    let ir = emit_llvm_ir(std::slice::from_ref(&k), &zen4, true).expect("emit");
+    assert!(ir.contains("llvm.x86.avx512bf16.dpbf16ps.512"), "{ir}");
+    let arm = emit_llvm_ir(std::slice::from_ref(&k), &Target::aarch64(), true).expect("emit");
+    assert!(!arm.contains("dpbf16ps"));
+    let host = emit_llvm_ir(&[k], &Target::host(), true).expect("emit");
+    assert_eq!(host.contains("dpbf16ps"), host_has_bf16());
+}
+
+/// Every linear kernel of a prefill program of 70 tokens (two row blocks, leftover rows)
+/// lowered with bf16 activations (weights read as bf16): LLVM against the kernel
+/// interpreter on the same inputs, within 1e-5 of the output's scale (only the summation
+/// order may differ).
+#[test]
+fn bf16_activation_linears_match_the_kernel_interpreter() {
+    linears_match_the_kernel_interpreter(true);
+}
+
+/// The same with f32 activations (the default schedule).
+#[test]
+fn f32_activation_linears_match_the_kernel_interpreter() {
+    linears_match_the_kernel_interpreter(false);
+}
+
+fn linears_match_the_kernel_interpreter(bf16: bool) {
+    let spec = testing::llama(testing::swiglu(48));
+    let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+    let fused = passes::optimize(&graph);
+    let opts = KernelOptions {
+        bf16_activations: bf16,
+        ..KernelOptions::default()
+    };
+    let program = program_opts(&fused, &opts).expect("program");
+    let mut linears: Vec<Kernel> = program
+        .kernels
+        .iter()
+        .filter(|k| k.name.starts_with("linear"))
+        .cloned()
+        .collect();
+    assert!(!linears.is_empty(), "no linear kernels");
+    // Weights (and every other read-only operand after the activations) as bf16, as the
+    // runtime binds a bf16 checkpoint.
+    for k in &mut linears {
+        for b in k.bufs.iter_mut().skip(1) {
+            if b.access == Access::Read && b.elem == Elem::F32 {
+                b.elem = Elem::Bf16;
+            }
+        }
+        let bf16_scratch = k
+            .bufs
+            .iter()
+            .any(|b| b.elem == Elem::Bf16 && matches!(b.access, Access::Scratch { .. }));
+        assert_eq!(bf16_scratch, bf16, "{}: bf16 activation scratch", k.name);
+    }
+    let prog =
+        compile_kernels_with(&linears, &Target::host(), &Options::no_cache()).expect("compile");
+    let seq = 70usize;
+    for (ki, k) in linears.iter().enumerate() {
+        // Sizes from the launch that binds this kernel: every buffer's element count.
+        let li = program
+            .launches
+            .iter()
+            .position(|l| program.kernels[l.kernel].name == k.name)
+            .expect("launched");
+        let launch = &program.launches[li];
+        let mut data: Vec<Vec<f32>> = Vec::new();
+        for (j, b) in launch.bufs.iter().enumerate() {
+            let n = match b {
+                Some(b) => program.buffers[*b]
+                    .shape
+                    .iter()
+                    .map(|d| d.eval(seq, 0))
+                    .product(),
+                None => 0,
+            };
+            data.push(values(n, 10 + j as u64));
+        }
+        let out_j = k
+            .bufs
+            .iter()
+            .position(|b| b.access == Access::Write)
+            .expect("output");
+        // Interpreter.
+        let mut bf: Vec<Vec<u16>> = data
+            .iter()
+            .map(|v| v.iter().map(|&x| f32_to_bf16(x)).collect())
+            .collect();
+        let mut f32s = data.clone();
+        let mut views: Vec<KBufData> = Vec::new();
+        for (b, (fv, bv)) in k.bufs.iter().zip(f32s.iter_mut().zip(bf.iter_mut())) {
+            views.push(match (b.access, b.elem) {
+                (Access::Scratch { .. }, _) => KBufData::Unbound,
+                (_, Elem::Bf16) => KBufData::Bf16(bv),
+                _ => KBufData::F32(fv),
+            });
+        }
+        run_kernel(k, &mut views, seq as i64, 0, 0, 1).expect("interpret");
+        drop(views);
+        let want = f32s[out_j].clone();
+        // LLVM, two threads' chunks in turn.
+        let mut f32n = data.clone();
+        let mut bfn: Vec<Vec<u16>> = data
+            .iter()
+            .map(|v| v.iter().map(|&x| f32_to_bf16(x)).collect())
+            .collect();
+        let ptrs: Vec<*mut u8> = k
+            .bufs
+            .iter()
+            .zip(f32n.iter_mut().zip(bfn.iter_mut()))
+            .map(|(b, (fv, bv))| match b.elem {
+                Elem::Bf16 => bv.as_mut_ptr().cast(),
+                _ => fv.as_mut_ptr().cast(),
+            })
+            .collect();
+        for t in 0..2 {
+            unsafe { prog.call(ki, &ptrs, [seq as i64, 0], t, 2) };
+        }
+        let got = &f32n[out_j];
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * scale,
+                "{}: out[{e}] = {g}, interpreter {w} (scale {scale})",
+                k.name
+            );
+        }
+    }
+}
+
+/// Kernel pointers shared by the benchmark's threads (each runs its own chunk).
+struct Ptrs(Vec<*mut u8>);
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+/// With `ARCHC_GEMM_BENCH=1` (`=bf16`: the bf16 kernels only): GFLOP/s of every linear kernel of one Qwen3-0.6B layer at a
+/// 512-token prefill on two threads, with f32 and with bf16 activations. Without it, the
+/// test only checks that the real shapes lower and compile both ways.
+#[test]
+fn qwen3_prefill_linears() {
+    let bench = std::env::var_os("ARCHC_GEMM_BENCH").is_some();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/qwen3-0.6b.arch");
+    let src = std::fs::read_to_string(path).expect("read example");
+    let mut spec = archc_spec::validate::check_source(path, &src).expect("valid example");
+    spec.dtype = archc_spec::DType::Bf16;
+    spec.layers = 1;
+    spec.schedule.resize(1, 0);
+    let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+    let fused = passes::optimize(&graph);
+    let seq = 512usize;
+    let only_bf16 = std::env::var("ARCHC_GEMM_BENCH").is_ok_and(|v| v == "bf16");
+    for bf16 in [false, true] {
+        if only_bf16 && !bf16 {
+            continue;
+        }
+        let opts = KernelOptions {
+            bf16_activations: bf16,
+            ..KernelOptions::default()
+        };
+        let program = program_opts(&fused, &opts).expect("program");
+        let launches: Vec<_> = program
+            .launches
+            .iter()
+            .filter(|l| program.kernels[l.kernel].name.starts_with("linear"))
+            .collect();
+        let kernels: Vec<Kernel> = launches
+            .iter()
+            .map(|l| program.kernels[l.kernel].clone())
+            .collect();
+        let prog =
+            compile_kernels_with(&kernels, &Target::host(), &Options::no_cache()).expect("compile");
+        if !bench {
+            continue;
+        }
+        if std::env::var_os("ARCHC_GEMM_PRINT").is_some() {
+            for k in &kernels {
+                eprintln!("{k}");
+            }
+        }
+        for (ki, l) in launches.iter().enumerate() {
+            let mut mem: Vec<Vec<u32>> = Vec::new();
+            let mut flops = 0f64;
+            for (j, b) in l.bufs.iter().enumerate() {
+                let Some(b) = b else {
+                    mem.push(Vec::new());
+                    continue;
+                };
+                let buf = &program.buffers[*b];
+                let n: usize = buf.shape.iter().map(|d| d.eval(seq, 0)).product();
+                if buf.kind == archc_compiler::kernel::BufferKind::Param && buf.shape.len() == 2 {
+                    flops += 2.0 * seq as f64 * n as f64;
+                }
+                let v = values(n, 100 + j as u64);
+                let words: Vec<u32> = match buf.elem {
+                    Elem::Bf16 => v
+                        .chunks(2)
+                        .map(|c| {
+                            f32_to_bf16(c[0]) as u32
+                                | (c.get(1).map_or(0, |&x| f32_to_bf16(x)) as u32) << 16
+                        })
+                        .collect(),
+                    _ => v.iter().map(|x| (x * 0.1).to_bits()).collect(),
+                };
+                mem.push(words);
+            }
+            let ptrs = Ptrs(mem.iter_mut().map(|m| m.as_mut_ptr().cast()).collect());
+            let run = || {
+                std::thread::scope(|s| {
+                    for t in 0..2 {
+                        let (ptrs, prog) = (&ptrs, &prog);
+                        s.spawn(move || unsafe { prog.call(ki, &ptrs.0, [seq as i64, 0], t, 2) });
+                    }
+                })
+            };
+            run();
+            // The fastest of several runs: the machine may be shared.
+            let mut secs = f64::INFINITY;
+            for _ in 0..8 {
+                let t0 = std::time::Instant::now();
+                run();
+                secs = secs.min(t0.elapsed().as_secs_f64());
+            }
+            eprintln!(
+                "bf16_activations={bf16} {:<28} {:8.2} ms {:7.1} GFLOP/s",
+                kernels[ki].name,
+                secs * 1e3,
+                flops / secs / 1e9
+            );
+        }
+    }
+}
+
+/// The prefill logits of `spec` (bf16 weights) for 70 tokens, through the kernel
+/// interpreter, lowered with `opts`.
+fn interp_logits(spec: &archc_spec::Spec, opts: &KernelOptions) -> Vec<f32> {
+    use archc_compiler::kernel::interp::run_program;
+    use archc_compiler::kernel::BufferKind;
+    use std::collections::BTreeMap;
+    let seq = 70usize;
+    let graph = archc_compiler::lower(spec, Mode::Prefill).expect("lower");
+    let program = program_opts(&passes::optimize(&graph), opts).expect("program");
+    enum Mem {
+        F(Vec<f32>),
+        B(Vec<u16>),
+        I(Vec<i32>),
+    }
+    let mut mems: BTreeMap<String, Mem> = BTreeMap::new();
+    for (j, b) in program.buffers.iter().enumerate() {
+        if !matches!(b.kind, BufferKind::Param | BufferKind::Input) {
+            continue;
+        }
+        let n: usize = b.shape.iter().map(|d| d.eval(seq, 0)).product();
+        let v = values(n, 1000 + j as u64);
+        let mem = match (b.elem, b.name.as_str()) {
+            (Elem::I32, "tokens") => Mem::I((0..n as i32).map(|t| (t * 7) % 50).collect()),
+            (Elem::I32, _) => Mem::I((0..n as i32).collect()),
+            (Elem::Bf16, _) => Mem::B(v.into_iter().map(f32_to_bf16).collect()),
+            _ => Mem::F(v),
+        };
+        mems.insert(b.name.clone(), mem);
+    }
+    let inputs: BTreeMap<String, KBufData> = mems
+        .iter_mut()
+        .map(|(name, m)| {
+            let d = match m {
+                Mem::F(v) => KBufData::F32Ro(v),
+                Mem::B(v) => KBufData::Bf16Ro(v),
+                Mem::I(v) => KBufData::I32Ro(v),
+            };
+            (name.clone(), d)
+        })
+        .collect();
+    let out = run_program(&program, inputs, seq as i64, 0, 1).expect("run");
+    out.get("logits").expect("logits").to_f32()
+}
+
+/// Whole tiny models with bf16 weights: logits with bf16 activations against f32
+/// activations, in units of the f32 logits' standard deviation. Rounding activations to
+/// bf16 (8 significant bits) moves logits by 4e-3 to 8e-3 std on average (5e-2 to 8e-2 at
+/// most) on these models with uniform random weights; the bounds are three times that. A
+/// wrong tile or row offset would move most logits by about one std.
+#[test]
+fn bf16_activation_logits_stay_close_to_f32_activations() {
+    let models = [
+        ("llama", testing::llama(testing::swiglu(48))),
+        (
+            "gpt2",
+            testing::gpt2(testing::mlp(
+                48,
+                archc_spec::Activation::GeluTanh,
+                false,
+                true,
+            )),
+        ),
+    ];
+    for (name, mut spec) in models {
+        spec.dtype = archc_spec::DType::Bf16;
+        let f32s = interp_logits(&spec, &KernelOptions::default());
+        let bf16 = interp_logits(
+            &spec,
+            &KernelOptions {
+                bf16_activations: true,
+                ..KernelOptions::default()
+            },
+        );
+        assert_eq!(f32s.len(), bf16.len());
+        let n = f32s.len() as f64;
+        let mean = f32s.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (f32s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let diffs: Vec<f64> = f32s
+            .iter()
+            .zip(&bf16)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs() / std)
+            .collect();
+        let max = diffs.iter().fold(0f64, |m, d| m.max(*d));
+        let avg = diffs.iter().sum::<f64>() / n;
+        eprintln!(
+            "{name}: bf16 activations move logits by {avg:.2e} std on average, {max:.2e} at most"
+        );
+        assert!(
+            avg <= 0.03 && max <= 0.25,
+            "{name}: mean {avg:e} std, max {max:e} std"
+        );
+    }
+}
