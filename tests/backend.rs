@@ -210,10 +210,25 @@ fn check_case(case: &str, engine: Engine) {
 
     // bf16 activations (`Precision::Bf16`): LLVM against the kernel interpreter running the
     // same program, then against f32 activations on the same bf16 weights.
-    let act16 = prefill(
+    let mut act16_model = bf16_model(case, &spec16, &w16, engine);
+    let act16 = prefill(case, &mut act16_model, &f.tokens);
+    // Decode rounds its one row the same way, so it follows the prefill as closely as
+    // the two engines follow each other; except MLA, whose decode multiplies the latent
+    // cache by absorbed weights, so it rounds other tensors than the prefill does
+    // (measured: median token max 0.015-0.031 std, mean 0.004-0.042, one router flip).
+    // The two MLA fixtures are the deepseek_v3 cases.
+    let act16_decoded = decode(case, &mut act16_model, &f.tokens);
+    let absorbed = case.starts_with("deepseek_v3_");
+    close_in_std(
         case,
-        &mut bf16_model(case, &spec16, &w16, engine),
-        &f.tokens,
+        "bf16 activations, decode vs prefill",
+        (&act16_decoded, &act16),
+        (f.tokens.len(), f.vocab),
+        if absorbed {
+            (BF16_MEDIAN_TOKEN_MAX, BF16_MEAN)
+        } else {
+            BF16_ENGINES
+        },
     );
     if engine == Engine::Llvm {
         let interp16 = prefill(

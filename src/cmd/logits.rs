@@ -43,8 +43,8 @@ pub enum BackendArg {
 pub enum PrecisionArg {
     /// Activations stay f32 everywhere (what `archc logits` computes).
     F32,
-    /// With bf16 weights, a prefill rounds activations to bf16 before each matmul and
-    /// uses bf16 dot products, as PyTorch bf16 and llama.cpp do; decode is unchanged.
+    /// With bf16 weights, activations are rounded to bf16 before each matmul (prefill
+    /// and decode) and multiplied in bf16 dot products, as PyTorch bf16 and llama.cpp do.
     Bf16,
 }
 

@@ -883,17 +883,25 @@ impl Gen {
     }
 
     /// Decode: every thread normalises the one row into scratch, then the parallel loop
-    /// runs over groups of `tn` output columns.
+    /// runs over groups of `tn` output columns. With `bf16_activations` the row is
+    /// rounded to bf16 scratch (after the norm, if any), so the tiles multiply bf16 pairs
+    /// like the prefill's: half the instructions per weight byte, which lets a core keep
+    /// more weight loads in flight.
     fn linear_matvec(&mut self, lin: &Lin, tn: i64) -> Result<(), KernelError> {
-        let (src, base) = match lin.op.norm {
-            Some(_) => {
-                let kc = lin.k_const();
-                let xs = self.k.buf("xs", Elem::F32, Access::Scratch { len: kc });
-                let st = self.norm_row(lin, i(0), xs, i(0));
+        let kc = lin.k_const();
+        let bf16 = self.opts.bf16_activations && kc > 0;
+        let (src, base) = match (lin.op.norm, bf16) {
+            (None, false) => (self.ins[0].buf, i(0)),
+            (norm, _) => {
+                let elem = if bf16 { Elem::Bf16 } else { Elem::F32 };
+                let xs = self.k.buf("xs", elem, Access::Scratch { len: kc });
+                let st = match norm {
+                    Some(_) => self.norm_row(lin, i(0), xs, i(0)),
+                    None => vec![self.copy_row(lin, i(0), xs, i(0))],
+                };
                 self.k.body.extend(st);
                 (xs, i(0))
             }
-            None => (self.ins[0].buf, i(0)),
         };
         let g = self.var("g", Ty::I64);
         let (st, c) = self.bind("c", Ty::I64, ix::mul(build::var(g), i(tn)));

@@ -211,10 +211,12 @@ impl Kernels {
 /// graph interpreter computes, up to f32 summation order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct KernelOptions {
-    /// Prefill matmuls (many token rows) round their activation rows to bf16 (after the
-    /// norm prologue, where there is one) and multiply them with the weights in bf16
-    /// pairs accumulated in f32, as PyTorch bf16 and llama.cpp do: code generators can
-    /// then use bf16 dot-product instructions. Changes numerics, so off by default.
+    /// Matmuls round their activation rows to bf16 (after the norm prologue, where there
+    /// is one) and multiply them with the weights in bf16 pairs accumulated in f32, as
+    /// PyTorch bf16 and llama.cpp do: code generators can then use bf16 dot-product
+    /// instructions. Prefill matmuls also switch to row blocks with the rounded rows in
+    /// per-thread scratch (a CPU schedule); decode rounds its one row. Changes numerics,
+    /// so off by default.
     pub bf16_activations: bool,
     /// KV-cache appends grow the cache input in place: the grown cache is a
     /// `BufferKind::Append` of the input (see its contract) and the appending kernels

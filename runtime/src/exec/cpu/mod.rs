@@ -796,10 +796,11 @@ pub enum Precision {
     /// up to f32 summation order. What `archc logits` and the parity tests use.
     #[default]
     F32,
-    /// A prefill rounds each activation row to bf16 before a matmul with bf16 weights and
-    /// accumulates bf16 products in f32, as PyTorch bf16 and llama.cpp do, so that bf16
-    /// dot-product instructions apply (about twice the f32 rate on CPUs that have them).
-    /// Has no effect unless the spec stores its weights in bf16; decode is unchanged.
+    /// Prefill and decode round each activation row to bf16 before a matmul with bf16
+    /// weights and accumulate bf16 products in f32, as PyTorch bf16 and llama.cpp do, so
+    /// that bf16 dot-product instructions apply (about twice the f32 rate on CPUs that
+    /// have them; in decode, half the instructions per weight byte). Has no effect unless
+    /// the spec stores its weights in bf16.
     Bf16,
 }
 
@@ -854,8 +855,7 @@ pub fn program_for_options(
     let opts = archc_compiler::kernel::lower::KernelOptions {
         append_in_place: true,
         bf16_activations: model.precision == Precision::Bf16
-            && spec.dtype == archc_spec::DType::Bf16
-            && mode == archc_compiler::Mode::Prefill,
+            && spec.dtype == archc_spec::DType::Bf16,
     };
     archc_compiler::kernel::lower::program_with_options(&fused, &format, &opts)
         .map_err(|e| format!("kernel program ({}): {e}", mode.as_str()))
