@@ -157,17 +157,25 @@ fn dpbf16ps_only_where_the_target_has_it() {
 /// order may differ).
 #[test]
 fn bf16_activation_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(true);
+    linears_match_the_kernel_interpreter(true, 48);
 }
 
 /// The same with f32 activations (the default schedule).
 #[test]
 fn f32_activation_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(false);
+    linears_match_the_kernel_interpreter(false, 48);
 }
 
-fn linears_match_the_kernel_interpreter(bf16: bool) {
-    let spec = testing::llama(testing::swiglu(48));
+/// A feed-forward width above 4096: the down projection's reduction runs in chunks of
+/// 2048 (two whole chunks and a 64-element one), partial sums through the output and the
+/// residual epilogue on the last chunk only.
+#[test]
+fn chunked_reduction_linears_match_the_kernel_interpreter() {
+    linears_match_the_kernel_interpreter(true, 4160);
+}
+
+fn linears_match_the_kernel_interpreter(bf16: bool, ffn: u64) {
+    let spec = testing::llama(testing::swiglu(ffn));
     let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
     let fused = passes::optimize(&graph);
     let opts = KernelOptions {
@@ -182,6 +190,10 @@ fn linears_match_the_kernel_interpreter(bf16: bool) {
         .cloned()
         .collect();
     assert!(!linears.is_empty(), "no linear kernels");
+    let chunked = linears
+        .iter()
+        .any(|k| k.to_string().contains(" in 0..3 {") && k.to_string().contains("for ch_"));
+    assert_eq!(chunked, bf16 && ffn > 4096, "chunked reductions");
     // Weights (and every other read-only operand after the activations) as bf16, as the
     // runtime binds a bf16 checkpoint.
     for k in &mut linears {
@@ -222,7 +234,7 @@ fn linears_match_the_kernel_interpreter(bf16: bool) {
         let out_j = k
             .bufs
             .iter()
-            .position(|b| b.access == Access::Write)
+            .position(|b| matches!(b.access, Access::Write | Access::ReadWrite))
             .expect("output");
         // Interpreter.
         let mut bf: Vec<Vec<u16>> = data

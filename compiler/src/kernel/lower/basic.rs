@@ -23,6 +23,20 @@ use archc_spec::Pairing;
 
 /// Output columns per parallel iteration of a matmul.
 const COLS: i64 = 64;
+/// Reductions longer than this (in elements) are split into chunks of `KC` in the
+/// row-blocked prefill matmul: a 4-row × 4-column bf16 tile then reads 4 × 4 KiB of
+/// activations and 4 × 4 KiB of weights per chunk, which stay in a 48 KiB L1.
+const KC_MAX: u64 = 4096;
+const KC: i64 = 2048;
+
+/// A slice `[start, end)` of a matmul's reduction computed by one pass of its tiles;
+/// `first` and `last` (`Bool`) say whether it is the first or the last slice.
+struct KChunk {
+    start: Expr,
+    end: Expr,
+    first: Expr,
+    last: Expr,
+}
 /// The vector width hint of inner loops.
 const VEC: u32 = 16;
 
@@ -824,6 +838,24 @@ impl Gen {
             ),
         );
         block.push(st);
+        // A long reduction (one weight part, no gate) goes in chunks of `KC`, so that a
+        // tile's operand rows stay in L1 while the column loop passes over them.
+        let nchunks = if lin.gated.is_none() && lin.wbufs.len() == 1 && kc > KC_MAX {
+            (kc as i64 + KC - 1) / KC
+        } else {
+            1
+        };
+        let chv = (nchunks > 1).then(|| self.var("ch", Ty::I64));
+        let chunk = chv.map(|chv| KChunk {
+            start: ix::mul(build::var(chv), i(KC)),
+            end: ix::min(
+                ix::add(ix::mul(build::var(chv), i(KC)), i(KC)),
+                lin.k.clone(),
+            ),
+            first: bin(BinOp::Eq, build::var(chv), i(0)),
+            last: bin(BinOp::Eq, build::var(chv), i(nchunks - 1)),
+        });
+        let mut rows_loops = Vec::new();
         for (rows, lo, hi) in [(TM, build::var(rb), rmain.clone()), (1, rmain, r1)] {
             let t0 = self.var("t0", Ty::I64);
             let row_at: Vec<(Expr, Expr)> = (0..rows)
@@ -834,7 +866,7 @@ impl Gen {
                 })
                 .collect();
             let c = self.var("c", Ty::I64);
-            let tile = self.tile(lin, xs, &row_at, build::var(c), tn);
+            let tile = self.tile(lin, xs, &row_at, build::var(c), tn, chunk.as_ref());
             let cols = Stmt::Loop {
                 var: c,
                 start: c0.clone(),
@@ -843,7 +875,7 @@ impl Gen {
                 kind: LoopKind::Serial,
                 body: tile,
             };
-            block.push(Stmt::Loop {
+            rows_loops.push(Stmt::Loop {
                 var: t0,
                 start: lo,
                 end: hi,
@@ -851,6 +883,20 @@ impl Gen {
                 kind: LoopKind::Serial,
                 body: vec![cols],
             });
+        }
+        if let Some(chv) = chv {
+            // Later chunks add to what earlier ones stored.
+            self.k.bufs[self.out.0 as usize].access = Access::ReadWrite;
+            block.push(Stmt::Loop {
+                var: chv,
+                start: i(0),
+                end: i(nchunks),
+                step: 1,
+                kind: LoopKind::Serial,
+                body: rows_loops,
+            });
+        } else {
+            block.extend(rows_loops);
         }
         let nblocks = (lin.ncols + COLS - 1) / COLS;
         outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
@@ -906,7 +952,7 @@ impl Gen {
         let g = self.var("g", Ty::I64);
         let (st, c) = self.bind("c", Ty::I64, ix::mul(build::var(g), i(tn)));
         let mut body = vec![st];
-        body.extend(self.tile(lin, src, &[(base, i(0))], c, tn));
+        body.extend(self.tile(lin, src, &[(base, i(0))], c, tn, None));
         self.k
             .body
             .push(lp(g, i(0), i(lin.ncols / tn), LoopKind::Parallel, body));
@@ -951,7 +997,7 @@ impl Gen {
             }
             let src = xs.unwrap_or(self.ins[0].buf);
             let c = self.var("c", Ty::I64);
-            let tile = self.tile(lin, src, &row_at, build::var(c), tn);
+            let tile = self.tile(lin, src, &row_at, build::var(c), tn, None);
             group.push(Stmt::Loop {
                 var: c,
                 start: c0.clone(),
@@ -985,6 +1031,7 @@ impl Gen {
         rows: &[(Expr, Expr)],
         c: Expr,
         tn: i64,
+        chunk: Option<&KChunk>,
     ) -> Vec<Stmt> {
         if let Some(gate) = lin.gated {
             let up = 1 - gate;
@@ -992,11 +1039,11 @@ impl Gen {
                 (lin.wbufs[gate], lin.bbufs[gate]),
                 (lin.wbufs[up], lin.bbufs[up]),
             ];
-            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts);
+            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts, chunk);
         }
         if lin.wbufs.len() == 1 {
             let parts = [(lin.wbufs[0], lin.bbufs[0])];
-            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts);
+            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts, chunk);
         }
         // Several parts side by side: a tile lies inside exactly one of them.
         let mut offsets = Vec::new();
@@ -1010,7 +1057,7 @@ impl Gen {
             let (st, o) = self.bind("o", Ty::I64, ix::sub(c.clone(), i(offsets[p])));
             let mut arm = vec![st];
             let parts = [(lin.wbufs[p], lin.bbufs[p])];
-            arm.extend(self.tile_parts(lin, src, rows, &c, &o, tn, &parts));
+            arm.extend(self.tile_parts(lin, src, rows, &c, &o, tn, &parts, chunk));
             chain = if p == lin.wbufs.len() - 1 {
                 arm
             } else {
@@ -1026,7 +1073,10 @@ impl Gen {
 
     /// The register tile itself: one accumulator per (row, column, part), one `k` loop,
     /// then the epilogue of every output. `c` is the first output column, `o` the first
-    /// weight row of the parts (which differ when parts sit side by side).
+    /// weight row of the parts (which differ when parts sit side by side). With a `chunk`
+    /// the `k` loop covers only that slice of the reduction: the partial sums go through
+    /// the output (added to what earlier chunks stored there) and only the last chunk
+    /// applies the epilogue.
     #[allow(clippy::too_many_arguments)]
     fn tile_parts(
         &mut self,
@@ -1037,6 +1087,7 @@ impl Gen {
         o: &Expr,
         tn: i64,
         parts: &[(BufId, Option<BufId>)],
+        chunk: Option<&KChunk>,
     ) -> Vec<Stmt> {
         let mut out = Vec::new();
         let kk = self.var("kk", Ty::I64);
@@ -1076,10 +1127,34 @@ impl Gen {
                 }
             }
         }
-        out.push(lp(kk, i(0), lin.k.clone(), LoopKind::Vector(VEC), inner));
+        let (k0, k1) = match chunk {
+            Some(ch) => (ch.start.clone(), ch.end.clone()),
+            None => (i(0), lin.k.clone()),
+        };
+        out.push(lp(kk, k0, k1, LoopKind::Vector(VEC), inner));
+        // The epilogue goes to `epi`; with a chunk, the partial stores go to `partial`.
+        let mut epi = Vec::new();
+        let mut partial = Vec::new();
         for (rr, (_, t)) in rows.iter().enumerate() {
             for j in 0..tn {
                 let col = ix::add(c.clone(), i(j));
+                if let Some(ch) = chunk {
+                    let at = ix::add(ix::mul(t.clone(), i(lin.ncols)), col.clone());
+                    for &acc in &accs[rr][j as usize] {
+                        out.push(Stmt::Set {
+                            var: acc,
+                            value: build::add(
+                                build::var(acc),
+                                select(ch.first.clone(), f(0.0), load(self.out, at.clone())),
+                            ),
+                        });
+                        partial.push(Stmt::Store {
+                            buf: self.out,
+                            index: at.clone(),
+                            value: build::var(acc),
+                        });
+                    }
+                }
                 let wrow = ix::add(o.clone(), i(j));
                 let with_bias = |acc: VarId, b: Option<BufId>| match b {
                     Some(b) => build::add(build::var(acc), load(b, wrow.clone())),
@@ -1088,9 +1163,9 @@ impl Gen {
                 let a = &accs[rr][j as usize];
                 let y = if lin.gated.is_some() {
                     let (st, gv) = self.bind("g", Ty::F32, with_bias(a[0], parts[0].1));
-                    out.push(st);
+                    epi.push(st);
                     let (st, uv) = self.bind("u", Ty::F32, with_bias(a[1], parts[1].1));
-                    out.push(st);
+                    epi.push(st);
                     let (st, value) = match lin.op.epilogue {
                         Epilogue::Glu { act, .. } => {
                             let (st, a) = self.unary(act, gv);
@@ -1101,16 +1176,16 @@ impl Gen {
                         }
                         _ => (Vec::new(), f(0.0)),
                     };
-                    out.extend(st);
+                    epi.extend(st);
                     value
                 } else {
                     let y = with_bias(a[0], parts[0].1);
                     match lin.op.epilogue {
                         Epilogue::Act(u) => {
                             let (st, yv) = self.bind("y", Ty::F32, y);
-                            out.push(st);
+                            epi.push(st);
                             let (st, a) = self.unary(u, yv);
-                            out.extend(st);
+                            epi.extend(st);
                             a
                         }
                         _ => y,
@@ -1121,12 +1196,20 @@ impl Gen {
                     Some(rb) => build::add(y, load(rb, at.clone())),
                     None => y,
                 };
-                out.push(Stmt::Store {
+                epi.push(Stmt::Store {
                     buf: self.out,
                     index: at,
                     value: y,
                 });
             }
+        }
+        match chunk {
+            Some(ch) => out.push(Stmt::If {
+                cond: ch.last.clone(),
+                then: epi,
+                els: partial,
+            }),
+            None => out.extend(epi),
         }
         out
     }
