@@ -320,113 +320,79 @@ fn fma_loop(isa: &str, iters: u64) -> u64 {
     fma_scalar(iters)
 }
 
-/// Sixteen independent `vfmadd231ps` chains on zmm registers per iteration. Written in
-/// assembly so that the compiler neither merges nor reorders the chains; the operands are
-/// zero, which keeps every value normal and the timing data-independent.
+/// Sixteen independent chains of the zmm instruction `$insn` (`acc, a, b` operands) per
+/// iteration of a counted loop, in assembly so that the compiler neither merges nor
+/// reorders the chains; the operands are zero, which keeps every value normal and the
+/// timing data-independent. Evaluates to the (spent) counter.
+#[cfg(target_arch = "x86_64")]
+macro_rules! zmm_chains {
+    ($insn:literal, $iters:expr) => {{
+        let mut n: u64 = $iters;
+        std::arch::asm!(
+            "vpxord zmm16, zmm16, zmm16",
+            "vpxord zmm17, zmm17, zmm17",
+            "vpxord zmm0, zmm0, zmm0",
+            "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
+            "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
+            "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
+            "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
+            "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
+            "2:",
+            concat!($insn, " zmm0, zmm16, zmm17"),
+            concat!($insn, " zmm1, zmm16, zmm17"),
+            concat!($insn, " zmm2, zmm16, zmm17"),
+            concat!($insn, " zmm3, zmm16, zmm17"),
+            concat!($insn, " zmm4, zmm16, zmm17"),
+            concat!($insn, " zmm5, zmm16, zmm17"),
+            concat!($insn, " zmm6, zmm16, zmm17"),
+            concat!($insn, " zmm7, zmm16, zmm17"),
+            concat!($insn, " zmm8, zmm16, zmm17"),
+            concat!($insn, " zmm9, zmm16, zmm17"),
+            concat!($insn, " zmm10, zmm16, zmm17"),
+            concat!($insn, " zmm11, zmm16, zmm17"),
+            concat!($insn, " zmm12, zmm16, zmm17"),
+            concat!($insn, " zmm13, zmm16, zmm17"),
+            concat!($insn, " zmm14, zmm16, zmm17"),
+            concat!($insn, " zmm15, zmm16, zmm17"),
+            "dec {n}",
+            "jnz 2b",
+            "vzeroupper",
+            n = inout(reg) n,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+            out("zmm16") _, out("zmm17") _,
+            options(nostack, nomem),
+        );
+        n
+    }};
+}
+
+/// Sixteen independent `vfmadd231ps` chains on zmm registers per iteration.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 unsafe fn fma_avx512(iters: u64) -> u64 {
-    let mut n = iters.max(1);
     // SAFETY: the caller guarantees AVX-512F; the block touches only the registers it
     // declares and no memory.
-    unsafe {
-        std::arch::asm!(
-            "vpxord zmm16, zmm16, zmm16",
-            "vpxord zmm17, zmm17, zmm17",
-            "vpxord zmm0, zmm0, zmm0",
-            "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
-            "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
-            "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
-            "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
-            "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
-            "2:",
-            "vfmadd231ps zmm0, zmm16, zmm17",
-            "vfmadd231ps zmm1, zmm16, zmm17",
-            "vfmadd231ps zmm2, zmm16, zmm17",
-            "vfmadd231ps zmm3, zmm16, zmm17",
-            "vfmadd231ps zmm4, zmm16, zmm17",
-            "vfmadd231ps zmm5, zmm16, zmm17",
-            "vfmadd231ps zmm6, zmm16, zmm17",
-            "vfmadd231ps zmm7, zmm16, zmm17",
-            "vfmadd231ps zmm8, zmm16, zmm17",
-            "vfmadd231ps zmm9, zmm16, zmm17",
-            "vfmadd231ps zmm10, zmm16, zmm17",
-            "vfmadd231ps zmm11, zmm16, zmm17",
-            "vfmadd231ps zmm12, zmm16, zmm17",
-            "vfmadd231ps zmm13, zmm16, zmm17",
-            "vfmadd231ps zmm14, zmm16, zmm17",
-            "vfmadd231ps zmm15, zmm16, zmm17",
-            "dec {n}",
-            "jnz 2b",
-            "vzeroupper",
-            n = inout(reg) n,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
-            out("zmm16") _, out("zmm17") _,
-            options(nostack, nomem),
-        );
-    }
-    n
+    unsafe { zmm_chains!("vfmadd231ps", iters.max(1)) }
 }
 
-/// Sixteen independent `vdpbf16ps` chains on zmm registers per iteration (see
-/// `fma_avx512`; zero operands again).
+/// Sixteen independent `vdpbf16ps` chains on zmm registers per iteration.
 ///
 /// # Safety
 /// The CPU must support AVX512-BF16.
 #[cfg(target_arch = "x86_64")]
 unsafe fn dot_bf16_avx512(iters: u64) -> u64 {
-    let mut n = iters.max(1);
     // SAFETY: the caller guarantees AVX512-BF16; the block touches only the registers it
     // declares and no memory.
-    unsafe {
-        std::arch::asm!(
-            "vpxord zmm16, zmm16, zmm16",
-            "vpxord zmm17, zmm17, zmm17",
-            "vpxord zmm0, zmm0, zmm0",
-            "vmovaps zmm1, zmm0", "vmovaps zmm2, zmm0", "vmovaps zmm3, zmm0",
-            "vmovaps zmm4, zmm0", "vmovaps zmm5, zmm0", "vmovaps zmm6, zmm0",
-            "vmovaps zmm7, zmm0", "vmovaps zmm8, zmm0", "vmovaps zmm9, zmm0",
-            "vmovaps zmm10, zmm0", "vmovaps zmm11, zmm0", "vmovaps zmm12, zmm0",
-            "vmovaps zmm13, zmm0", "vmovaps zmm14, zmm0", "vmovaps zmm15, zmm0",
-            "2:",
-            "vdpbf16ps zmm0, zmm16, zmm17",
-            "vdpbf16ps zmm1, zmm16, zmm17",
-            "vdpbf16ps zmm2, zmm16, zmm17",
-            "vdpbf16ps zmm3, zmm16, zmm17",
-            "vdpbf16ps zmm4, zmm16, zmm17",
-            "vdpbf16ps zmm5, zmm16, zmm17",
-            "vdpbf16ps zmm6, zmm16, zmm17",
-            "vdpbf16ps zmm7, zmm16, zmm17",
-            "vdpbf16ps zmm8, zmm16, zmm17",
-            "vdpbf16ps zmm9, zmm16, zmm17",
-            "vdpbf16ps zmm10, zmm16, zmm17",
-            "vdpbf16ps zmm11, zmm16, zmm17",
-            "vdpbf16ps zmm12, zmm16, zmm17",
-            "vdpbf16ps zmm13, zmm16, zmm17",
-            "vdpbf16ps zmm14, zmm16, zmm17",
-            "vdpbf16ps zmm15, zmm16, zmm17",
-            "dec {n}",
-            "jnz 2b",
-            "vzeroupper",
-            n = inout(reg) n,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-            out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-            out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-            out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
-            out("zmm16") _, out("zmm17") _,
-            options(nostack, nomem),
-        );
-    }
-    n
+    unsafe { zmm_chains!("vdpbf16ps", iters.max(1)) }
 }
 
 /// Twelve independent `vfmadd231ps` chains on ymm registers per iteration (see
-/// `fma_avx512`).
+/// `zmm_chains!`).
 ///
 /// # Safety
 /// The CPU must support AVX and FMA3.

@@ -11,14 +11,12 @@
 //! same threads) and divides: see `DEFINITIONS`. Exit status: 0 on success, 1 when the
 //! `--spec` file has errors, 2 for bad arguments, I/O, import, weight, compile or run errors.
 
-use super::import::is_gguf;
+use super::model::{gguf_spec, is_gguf, load_weights};
 use archc_compiler::interp::{WeightDType, WeightSource};
 use archc_compiler::kernel::{BufferKind, Elem};
 use archc_runtime::bench::{self as probe, RandomWeights, Timings};
-use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
+use archc_runtime::bind::BoundWeights;
 use archc_runtime::exec::cpu::{self, CpuModel, Engine, LlvmOptions, Origin};
-use archc_runtime::weights::gguf::GgufFile;
-use archc_runtime::weights::Checkpoint;
 use archc_spec::diagnostics::render;
 use archc_spec::stats::{stats, Options as StatsOptions};
 use archc_spec::{DType, Spec};
@@ -471,7 +469,7 @@ fn prepare(args: &Args, threads: usize) -> Result<(Spec, Weights, u64), Failure>
     let spec = match &args.spec {
         Some(path) => load_arch(path)?,
         None if is_arch => load_arch(model)?,
-        None if is_gguf(model) => gguf_spec(model)?,
+        None if is_gguf(model) => gguf_spec(model).map_err(fail)?,
         None => archc_spec::import::from_path(model).map_err(|e| fail(e.to_string()))?,
     };
     args.prompt_len
@@ -490,7 +488,7 @@ fn prepare(args: &Args, threads: usize) -> Result<(Spec, Weights, u64), Failure>
         let bytes = w.bytes();
         return Ok((spec, Weights::Random(w), bytes));
     }
-    let weights = load_weights(&spec, model)?;
+    let weights = load_weights(&spec, model).map_err(fail)?;
     let bytes = weight_file_bytes(&weights, model)?;
     Ok((spec, Weights::Bound(weights), bytes))
 }
@@ -707,25 +705,6 @@ fn display_name(model: &Path) -> String {
         || model.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
-}
-
-/// Binds the weights of an HF model directory or a `.gguf` file.
-fn load_weights(spec: &Spec, model: &Path) -> Result<BoundWeights, Failure> {
-    let shown = model.display();
-    if is_gguf(model) {
-        let file = GgufFile::open(model).map_err(|e| fail(e.to_string()))?;
-        return bind_gguf(spec, file).map_err(|e| fail(format!("{shown}: {e}")));
-    }
-    let checkpoint = Checkpoint::open(model).map_err(|e| fail(e.to_string()))?;
-    bind(spec, checkpoint).map_err(|e| fail(format!("{shown}: {e}")))
-}
-
-/// The Spec of a `.gguf` file, imported from its metadata and tensor names.
-fn gguf_spec(model: &Path) -> Result<Spec, Failure> {
-    let file = GgufFile::open(model).map_err(|e| fail(e.to_string()))?;
-    let shown = model.display().to_string();
-    archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
-        .map_err(|e| fail(e.to_string()))
 }
 
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).

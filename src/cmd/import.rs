@@ -4,6 +4,7 @@
 //! Exit status: 0 on success, 2 when the config cannot be read or imported or OUT cannot
 //! be written.
 
+use super::model::{gguf_spec, is_gguf};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,19 +45,10 @@ pub fn run(args: Args) -> ExitCode {
 /// Imports SRC: a `.gguf` file through the GGUF reader, anything else as an HF config.
 fn import(src: &Path) -> Result<archc_spec::Spec, String> {
     if is_gguf(src) {
-        let file = archc_runtime::weights::gguf::GgufFile::open(src).map_err(|e| e.to_string())?;
-        let shown = src.display().to_string();
-        archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
-            .map_err(|e| e.to_string())
+        gguf_spec(src)
     } else {
         archc_spec::import::from_path(src).map_err(|e| e.to_string())
     }
-}
-
-/// Whether a path names a GGUF file (by its extension).
-pub fn is_gguf(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// The text `archc import` emits: the canonical `.arch` form of the spec.

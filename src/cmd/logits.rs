@@ -6,12 +6,9 @@
 //! bad arguments, I/O, import, weight or execution errors. The output file is written
 //! atomically, so a failed run never leaves a partial file.
 
-use super::import::is_gguf;
-use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
+use super::model::{gguf_spec, is_gguf, load_weights};
 use archc_runtime::exec::{self, Backend};
 use archc_runtime::npy;
-use archc_runtime::weights::gguf::GgufFile;
-use archc_runtime::weights::Checkpoint;
 use archc_spec::diagnostics::{render, render_colored};
 use archc_spec::Spec;
 use std::io::IsTerminal;
@@ -117,11 +114,11 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     }
     let spec = match &args.spec {
         Some(path) => load_arch(path)?,
-        None if is_gguf(&args.model) => gguf_spec(&args.model)?,
+        None if is_gguf(&args.model) => gguf_spec(&args.model).map_err(fail)?,
         None => archc_spec::import::from_path(&args.model).map_err(|e| fail(e.to_string()))?,
     };
     let tokens = parse_tokens(&args.tokens, spec.vocab).map_err(fail)?;
-    let weights = load_weights(&spec, &args.model)?;
+    let weights = load_weights(&spec, &args.model).map_err(fail)?;
     let mode = match args.mode {
         ModeArg::Prefill => exec::Mode::Prefill,
         ModeArg::Decode => exec::Mode::Decode,
@@ -140,26 +137,6 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     npy::write(&args.out, &[tokens.len(), spec.vocab as usize], &logits)
         .map_err(|e| fail(e.to_string()))?;
     Ok(())
-}
-
-/// Binds the weights of an HF model directory, or of a `.gguf` file (dequantised to f32
-/// for the interpreter).
-fn load_weights(spec: &Spec, model: &Path) -> Result<BoundWeights, Failure> {
-    let shown = model.display();
-    if is_gguf(model) {
-        let file = GgufFile::open(model).map_err(|e| fail(e.to_string()))?;
-        return bind_gguf(spec, file).map_err(|e| fail(format!("{shown}: {e}")));
-    }
-    let checkpoint = Checkpoint::open(model).map_err(|e| fail(e.to_string()))?;
-    bind(spec, checkpoint).map_err(|e| fail(format!("{shown}: {e}")))
-}
-
-/// The Spec of a `.gguf` file, imported from its metadata and tensor names.
-fn gguf_spec(model: &Path) -> Result<Spec, Failure> {
-    let file = GgufFile::open(model).map_err(|e| fail(e.to_string()))?;
-    let shown = model.display().to_string();
-    archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
-        .map_err(|e| fail(e.to_string()))
 }
 
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).

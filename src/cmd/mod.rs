@@ -8,5 +8,6 @@ pub mod fmt;
 pub mod import;
 pub mod logits;
 pub mod lower;
+pub mod model;
 pub mod run;
 pub mod stats;

@@ -7,8 +7,8 @@
 //! stdout holds one JSON object and the text is not streamed. Exit status: 0 on success, 2
 //! for bad arguments, a missing or broken model, or a failed run.
 
-use super::import::is_gguf;
 use super::logits::BackendArg;
+use super::model::{gguf_spec_of, is_gguf};
 use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
 use archc_runtime::chat::{ChatTemplate, Conversation, Message};
 use archc_runtime::exec::cpu::{self, Engine};
@@ -291,9 +291,7 @@ fn load(path: &Path) -> Result<Loaded, Failure> {
     if is_gguf(path) {
         let file = GgufFile::open(path).map_err(|e| fail(e.to_string()))?;
         let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| fail(format!("tokenizer: {e}")))?;
-        let spec =
-            archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
-                .map_err(|e| fail(e.to_string()))?;
+        let spec = gguf_spec_of(&file, path).map_err(fail)?;
         let weights = bind_gguf(&spec, file).map_err(|e| fail(format!("{shown}: {e}")))?;
         return Ok(Loaded {
             spec,
