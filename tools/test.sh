@@ -24,6 +24,9 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# A one-shot build gains nothing from incremental caches, which double the target folder.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+
 echo "== ptxas"
 ARCHC_PTXAS="$(tools/ptxas.sh)"
 export ARCHC_PTXAS
