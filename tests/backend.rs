@@ -38,10 +38,11 @@ const THREADS_TOLERANCE: f32 = 1e-6;
 const BF16_MEDIAN_TOKEN_MAX: f64 = 0.15;
 const BF16_MEAN: f64 = 0.1;
 /// bf16 activations, LLVM against the kernel interpreter (median token max, mean), in
-/// logit std: the engines differ only where an activation rounds to a neighbouring bf16
-/// value; measured over all fixtures: median token max below 5e-5, mean at most 4e-4
-/// (glm4_moe), largest single difference 0.008 (llama4).
-const BF16_ENGINES: (f64, f64) = (0.005, 0.002);
+/// logit std: the engines differ only in summation order, which matters where a sum lands
+/// near a bf16 rounding boundary and the next activation rounds to a neighbouring value;
+/// measured over all fixtures: median token max at most 0.0078 (deepseek_v3_noqlora; 0.0043
+/// smollm3, below 5e-5 elsewhere), mean at most 0.0020, largest single difference 0.016.
+const BF16_ENGINES: (f64, f64) = (0.02, 0.005);
 
 fn model<'w>(
     case: &str,

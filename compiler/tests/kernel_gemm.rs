@@ -151,31 +151,98 @@ fn dpbf16ps_only_where_the_target_has_it() {
     assert_eq!(host.contains("dpbf16ps"), host_has_bf16());
 }
 
-/// Every linear kernel of a prefill program of 70 tokens (two row blocks, leftover rows)
-/// lowered with bf16 activations (weights read as bf16): LLVM against the kernel
+/// How a test lowers the linears: f32 activations; bf16 activations over weights that are
+/// f32 when lowered (the row-blocked dot-product schedule, as for f8 weights); bf16
+/// activations over bf16 weights (tokens in SIMD lanes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Schedule {
+    F32,
+    Blocked,
+    Lanes,
+}
+
+/// Every linear kernel of prefill programs of 70 and 90 tokens (a whole row block, then
+/// leftover rows that fill one group of 16 tokens partly, or two) lowered with bf16
+/// activations and bf16 weights, the tokens-in-lanes schedule: LLVM against the kernel
 /// interpreter on the same inputs, within 1e-5 of the output's scale (only the summation
-/// order may differ).
+/// order may differ), on the host (with `vdpbf16ps` where it has AVX512-BF16).
 #[test]
 fn bf16_activation_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(true, 48);
+    linears_match_the_kernel_interpreter(Schedule::Lanes, 48, &Target::host());
+}
+
+/// The same code for a CPU without AVX512-BF16 (x86-64-v4): the bf16 pairs widen to f32
+/// and go through fused multiply-adds. Runs where the host has AVX-512.
+#[test]
+fn bf16_lanes_without_the_bf16_dot_instruction() {
+    if !Target::host().features.split(',').any(|f| f == "+avx512f") {
+        eprintln!("skipped: the host has no AVX-512 to run x86-64-v4 code");
+        return;
+    }
+    linears_match_the_kernel_interpreter(Schedule::Lanes, 48, &Target::x86_64());
+}
+
+/// Weights that are not bf16 when lowered keep the row-blocked schedule.
+#[test]
+fn bf16_activation_blocked_linears_match_the_kernel_interpreter() {
+    linears_match_the_kernel_interpreter(Schedule::Blocked, 48, &Target::host());
 }
 
 /// The same with f32 activations (the default schedule).
 #[test]
 fn f32_activation_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(false, 48);
+    linears_match_the_kernel_interpreter(Schedule::F32, 48, &Target::host());
 }
 
-/// A feed-forward width above 4096: the down projection's reduction runs in chunks of
-/// 2048 (two whole chunks and a 64-element one), partial sums through the output and the
-/// residual epilogue on the last chunk only.
+/// A feed-forward width above 4096 in the row-blocked schedule: the down projection's
+/// reduction runs in chunks of 2048 (two whole chunks and a 64-element one), partial sums
+/// through the output and the residual epilogue on the last chunk only.
 #[test]
 fn chunked_reduction_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(true, 4160);
+    linears_match_the_kernel_interpreter(Schedule::Blocked, 4160, &Target::host());
 }
 
-fn linears_match_the_kernel_interpreter(bf16: bool, ffn: u64) {
-    let spec = testing::llama(testing::swiglu(ffn));
+/// The tokens-in-lanes tiles become `vdpbf16ps` with a broadcast weight pair on a CPU
+/// with AVX512-BF16, and no horizontal sums are left in their reduction.
+#[test]
+fn lanes_tiles_use_the_bf16_dot_instruction() {
+    let mut spec = testing::llama(testing::swiglu(48));
+    spec.dtype = archc_spec::DType::Bf16;
+    let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+    let fused = passes::optimize(&graph);
+    let opts = KernelOptions {
+        bf16_activations: true,
+        ..KernelOptions::default()
+    };
+    let program = program_opts(&fused, &opts).expect("program");
+    let mut zen4 = Target::x86_64();
+    zen4.cpu = "znver4".into();
+    for k in program
+        .kernels
+        .iter()
+        .filter(|k| k.name.starts_with("linear"))
+    {
+        let text = k.to_string();
+        assert!(text.contains("vector(16) for l_"), "{text}");
+        let ir = emit_llvm_ir(std::slice::from_ref(k), &zen4, true).expect("emit");
+        assert!(
+            ir.contains("lanes.body"),
+            "{}: no lanes loop in\n{ir}",
+            k.name
+        );
+        assert!(ir.contains("llvm.x86.avx512bf16.dpbf16ps.512"), "{ir}");
+        let fallback =
+            emit_llvm_ir(std::slice::from_ref(k), &Target::x86_64(), true).expect("emit");
+        assert!(fallback.contains("lanes.body") && !fallback.contains("dpbf16ps"));
+    }
+}
+
+fn linears_match_the_kernel_interpreter(schedule: Schedule, ffn: u64, target: &Target) {
+    let bf16 = schedule != Schedule::F32;
+    let mut spec = testing::llama(testing::swiglu(ffn));
+    if schedule == Schedule::Lanes {
+        spec.dtype = archc_spec::DType::Bf16;
+    }
     let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
     let fused = passes::optimize(&graph);
     let opts = KernelOptions {
@@ -193,7 +260,15 @@ fn linears_match_the_kernel_interpreter(bf16: bool, ffn: u64) {
     let chunked = linears
         .iter()
         .any(|k| k.to_string().contains(" in 0..3 {") && k.to_string().contains("for ch_"));
-    assert_eq!(chunked, bf16 && ffn > 4096, "chunked reductions");
+    assert_eq!(
+        chunked,
+        schedule == Schedule::Blocked && ffn > 4096,
+        "chunked reductions"
+    );
+    for k in &linears {
+        let lanes = k.to_string().contains("vector(16) for l_");
+        assert_eq!(lanes, schedule == Schedule::Lanes, "tokens in lanes: {k}");
+    }
     // Weights (and every other read-only operand after the activations) as bf16, as the
     // runtime binds a bf16 checkpoint.
     for k in &mut linears {
@@ -208,77 +283,77 @@ fn linears_match_the_kernel_interpreter(bf16: bool, ffn: u64) {
             .any(|b| b.elem == Elem::Bf16 && matches!(b.access, Access::Scratch { .. }));
         assert_eq!(bf16_scratch, bf16, "{}: bf16 activation scratch", k.name);
     }
-    let prog =
-        compile_kernels_with(&linears, &Target::host(), &Options::no_cache()).expect("compile");
-    let seq = 70usize;
-    for (ki, k) in linears.iter().enumerate() {
-        // Sizes from the launch that binds this kernel: every buffer's element count.
-        let li = program
-            .launches
-            .iter()
-            .position(|l| program.kernels[l.kernel].name == k.name)
-            .expect("launched");
-        let launch = &program.launches[li];
-        let mut data: Vec<Vec<f32>> = Vec::new();
-        for (j, b) in launch.bufs.iter().enumerate() {
-            let n = match b {
-                Some(b) => program.buffers[*b]
-                    .shape
-                    .iter()
-                    .map(|d| d.eval(seq, 0))
-                    .product(),
-                None => 0,
-            };
-            data.push(values(n, 10 + j as u64));
-        }
-        let out_j = k
-            .bufs
-            .iter()
-            .position(|b| matches!(b.access, Access::Write | Access::ReadWrite))
-            .expect("output");
-        // Interpreter.
-        let mut bf: Vec<Vec<u16>> = data
-            .iter()
-            .map(|v| v.iter().map(|&x| f32_to_bf16(x)).collect())
-            .collect();
-        let mut f32s = data.clone();
-        let mut views: Vec<KBufData> = Vec::new();
-        for (b, (fv, bv)) in k.bufs.iter().zip(f32s.iter_mut().zip(bf.iter_mut())) {
-            views.push(match (b.access, b.elem) {
-                (Access::Scratch { .. }, _) => KBufData::Unbound,
-                (_, Elem::Bf16) => KBufData::Bf16(bv),
-                _ => KBufData::F32(fv),
-            });
-        }
-        run_kernel(k, &mut views, seq as i64, 0, 0, 1).expect("interpret");
-        drop(views);
-        let want = f32s[out_j].clone();
-        // LLVM, two threads' chunks in turn.
-        let mut f32n = data.clone();
-        let mut bfn: Vec<Vec<u16>> = data
-            .iter()
-            .map(|v| v.iter().map(|&x| f32_to_bf16(x)).collect())
-            .collect();
-        let ptrs: Vec<*mut u8> = k
-            .bufs
-            .iter()
-            .zip(f32n.iter_mut().zip(bfn.iter_mut()))
-            .map(|(b, (fv, bv))| match b.elem {
-                Elem::Bf16 => bv.as_mut_ptr().cast(),
-                _ => fv.as_mut_ptr().cast(),
-            })
-            .collect();
-        for t in 0..2 {
-            unsafe { prog.call(ki, &ptrs, [seq as i64, 0], t, 2) };
-        }
-        let got = &f32n[out_j];
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        for (e, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-5 * scale,
-                "{}: out[{e}] = {g}, interpreter {w} (scale {scale})",
-                k.name
-            );
+    let prog = compile_kernels_with(&linears, target, &Options::no_cache()).expect("compile");
+    for seq in [70usize, 90] {
+        for (ki, k) in linears.iter().enumerate() {
+            // Sizes from the launch that binds this kernel: every buffer's element count.
+            let li = program
+                .launches
+                .iter()
+                .position(|l| program.kernels[l.kernel].name == k.name)
+                .expect("launched");
+            let launch = &program.launches[li];
+            let mut data: Vec<Vec<f32>> = Vec::new();
+            for (j, b) in launch.bufs.iter().enumerate() {
+                let n = match b {
+                    Some(b) => program.buffers[*b]
+                        .shape
+                        .iter()
+                        .map(|d| d.eval(seq, 0))
+                        .product(),
+                    None => 0,
+                };
+                data.push(values(n, 10 + j as u64));
+            }
+            let out_j = k
+                .bufs
+                .iter()
+                .position(|b| matches!(b.access, Access::Write | Access::ReadWrite))
+                .expect("output");
+            // Interpreter.
+            let mut bf: Vec<Vec<u16>> = data
+                .iter()
+                .map(|v| v.iter().map(|&x| f32_to_bf16(x)).collect())
+                .collect();
+            let mut f32s = data.clone();
+            let mut views: Vec<KBufData> = Vec::new();
+            for (b, (fv, bv)) in k.bufs.iter().zip(f32s.iter_mut().zip(bf.iter_mut())) {
+                views.push(match (b.access, b.elem) {
+                    (Access::Scratch { .. }, _) => KBufData::Unbound,
+                    (_, Elem::Bf16) => KBufData::Bf16(bv),
+                    _ => KBufData::F32(fv),
+                });
+            }
+            run_kernel(k, &mut views, seq as i64, 0, 0, 1).expect("interpret");
+            drop(views);
+            let want = f32s[out_j].clone();
+            // LLVM, two threads' chunks in turn.
+            let mut f32n = data.clone();
+            let mut bfn: Vec<Vec<u16>> = data
+                .iter()
+                .map(|v| v.iter().map(|&x| f32_to_bf16(x)).collect())
+                .collect();
+            let ptrs: Vec<*mut u8> = k
+                .bufs
+                .iter()
+                .zip(f32n.iter_mut().zip(bfn.iter_mut()))
+                .map(|(b, (fv, bv))| match b.elem {
+                    Elem::Bf16 => bv.as_mut_ptr().cast(),
+                    _ => fv.as_mut_ptr().cast(),
+                })
+                .collect();
+            for t in 0..2 {
+                unsafe { prog.call(ki, &ptrs, [seq as i64, 0], t, 2) };
+            }
+            let got = &f32n[out_j];
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * scale,
+                    "{}: out[{e}] = {g}, interpreter {w} (scale {scale}, {seq} tokens)",
+                    k.name
+                );
+            }
         }
     }
 }
@@ -294,7 +369,9 @@ unsafe impl Sync for Ptrs {}
 #[test]
 fn qwen3_prefill_linears() {
     let bench = std::env::var_os("ARCHC_GEMM_BENCH").is_some();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/qwen3-0.6b.arch");
+    let default = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/qwen3-0.6b.arch");
+    let path = std::env::var("ARCHC_GEMM_ARCH").unwrap_or_else(|_| default.to_string());
+    let path = path.as_str();
     let src = std::fs::read_to_string(path).expect("read example");
     let mut spec = archc_spec::validate::check_source(path, &src).expect("valid example");
     spec.dtype = archc_spec::DType::Bf16;

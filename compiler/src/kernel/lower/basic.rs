@@ -37,6 +37,19 @@ struct KChunk {
     first: Expr,
     last: Expr,
 }
+/// Where a tile of the tokens-in-lanes matmul sits: the scratch of packed activations
+/// and of the tile's sums, its first group of 16 tokens and how many groups, its columns,
+/// and the token block `[rb, r1)`.
+struct LaneTile {
+    xs: BufId,
+    ct: BufId,
+    g0: Expr,
+    nx: i64,
+    nc: i64,
+    rb: Expr,
+    r1: Expr,
+}
+
 /// The vector width hint of inner loops.
 const VEC: u32 = 16;
 
@@ -732,7 +745,20 @@ impl Gen {
             // The row-blocked schedule keeps its scratch outside the parallel loop (a
             // block of rows per thread), which suits CPU cores, not GPU threads; only
             // the bf16 option, which CPUs ask for, uses it.
-            if self.opts.bf16_activations && lin.k_const() > 0 {
+            let bf16_weights = lin
+                .wbufs
+                .iter()
+                .all(|w| self.k.bufs[w.0 as usize].elem == Elem::Bf16);
+            // Tokens in lanes: accumulators per (2 groups × columns × parts), 16 in all.
+            let nc = if gated.is_some() { 4 } else { 8 };
+            if self.opts.bf16_activations
+                && bf16_weights
+                && lin.k_const() > 0
+                && lin.k_const() % 2 == 0
+                && (fits(nc) || lin.wbufs.len() == 1 || gated.is_some())
+            {
+                self.linear_gemm_lanes(&lin, m, nc)
+            } else if self.opts.bf16_activations && lin.k_const() > 0 {
                 self.linear_gemm_blocked(&lin, m, tn, Elem::Bf16)
             } else {
                 self.linear_gemm(&lin, m, tn)
@@ -742,6 +768,18 @@ impl Gen {
 
     /// `src[base..base + k]` normalised by the linear's norm prologue into `xs[at..at + k]`.
     fn norm_row(&mut self, lin: &Lin, base: Expr, xs: BufId, at: Expr) -> Vec<Stmt> {
+        self.norm_row_to(lin, base, xs, &|kk| ix::add(at.clone(), kk))
+    }
+
+    /// `src[base..base + k]` normalised by the linear's norm prologue, element `kk` into
+    /// `xs[dst(kk)]`.
+    fn norm_row_to(
+        &mut self,
+        lin: &Lin,
+        base: Expr,
+        xs: BufId,
+        dst: &dyn Fn(Expr) -> Expr,
+    ) -> Vec<Stmt> {
         let n = match lin.op.norm {
             Some(n) => n,
             None => return Vec::new(),
@@ -763,7 +801,7 @@ impl Gen {
             LoopKind::Vector(VEC),
             vec![Stmt::Store {
                 buf: xs,
-                index: ix::add(at, build::var(kk)),
+                index: dst(build::var(kk)),
                 value: y,
             }],
         ));
@@ -911,8 +949,311 @@ impl Gen {
         Ok(())
     }
 
+    /// Prefill with bf16 activations and bf16 weights, tokens in SIMD lanes (an
+    /// outer-product schedule). Token rows go in blocks of `RB`; every thread first
+    /// writes the block's rows, normalised by the prologue if any and rounded to bf16,
+    /// into its scratch in groups of 16 tokens laid out as `[k / 2][16][2]` (the two
+    /// elements of a reduction pair side by side, token by token; rows past the end are
+    /// zeros). The parallel loop over column blocks then runs tiles of `NX` groups × `nc`
+    /// columns: a vector loop over the 16 tokens of a group whose every iteration runs
+    /// the whole reduction with one accumulator per (group, column, part), each step a
+    /// product of a token's pair with the column's weight pair (the form code generators
+    /// turn into a broadcast weight pair and a bf16 dot product per accumulator, which
+    /// then stays in a register for the whole reduction). The tile's sums go through a
+    /// small scratch to the epilogue, token by token.
+    fn linear_gemm_lanes(&mut self, lin: &Lin, m: Expr, nc: i64) -> Result<(), KernelError> {
+        const RB: i64 = 64;
+        const LANES: i64 = 16;
+        const NX: i64 = 2;
+        let k = lin.k_const() as i64;
+        let nparts = if lin.gated.is_some() { 2 } else { 1 };
+        let xs = self.k.buf(
+            "xs",
+            Elem::Bf16,
+            Access::Scratch {
+                len: (RB * k) as u64,
+            },
+        );
+        let ct = self.k.buf(
+            "ct",
+            Elem::F32,
+            Access::Scratch {
+                len: (NX * nc * nparts * LANES) as u64,
+            },
+        );
+        let rb = self.var("rb", Ty::I64);
+        let mut outer = Vec::new();
+        let (st, r1) = self.bind(
+            "r1",
+            Ty::I64,
+            ix::min(ix::add(build::var(rb), i(RB)), m.clone()),
+        );
+        outer.push(st);
+        let (st, ng) = self.bind(
+            "ng",
+            Ty::I64,
+            ix::div(
+                ix::add(ix::sub(r1.clone(), build::var(rb)), i(LANES - 1)),
+                i(LANES),
+            ),
+        );
+        outer.push(st);
+        // The block's rows in groups of 16, the last group padded with zeros.
+        let t = self.var("t", Ty::I64);
+        let dt = ix::sub(build::var(t), build::var(rb));
+        let (st, gbase) = self.bind(
+            "gb",
+            Ty::I64,
+            ix::add(
+                ix::mul(ix::div(dt.clone(), i(LANES)), i(LANES * k)),
+                ix::mul(ix::rem(dt, i(LANES)), i(2)),
+            ),
+        );
+        // Element `kk` of the row: pair `kk / 2`, slot `kk % 2`.
+        let dst = move |kk: Expr| {
+            ix::add(
+                gbase.clone(),
+                ix::add(
+                    ix::mul(ix::div(kk.clone(), i(2)), i(2 * LANES)),
+                    ix::rem(kk, i(2)),
+                ),
+            )
+        };
+        let xbase = ix::mul(build::var(t), lin.k.clone());
+        let row = match lin.op.norm {
+            Some(_) => self.norm_row_to(lin, xbase, xs, &dst),
+            None => vec![self.copy_row_to(lin, xbase, xs, &dst)],
+        };
+        let kz = self.var("kk", Ty::I64);
+        let zeros = lp(
+            kz,
+            i(0),
+            lin.k.clone(),
+            LoopKind::Vector(VEC),
+            vec![Stmt::Store {
+                buf: xs,
+                index: dst(build::var(kz)),
+                value: f(0.0),
+            }],
+        );
+        outer.push(Stmt::Loop {
+            var: t,
+            start: build::var(rb),
+            end: ix::add(build::var(rb), ix::mul(ng.clone(), i(LANES))),
+            step: 1,
+            kind: LoopKind::Serial,
+            body: vec![
+                st,
+                Stmt::If {
+                    cond: bin(BinOp::Lt, build::var(t), r1.clone()),
+                    then: row,
+                    els: vec![zeros],
+                },
+            ],
+        });
+        // Tiles over the block, parallel over column blocks.
+        let cb = self.var("cb", Ty::I64);
+        let mut block = Vec::new();
+        let (st, c0) = self.bind("c0", Ty::I64, ix::mul(build::var(cb), i(COLS)));
+        block.push(st);
+        let (st, c1) = self.bind(
+            "c1",
+            Ty::I64,
+            ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
+        );
+        block.push(st);
+        let (st, gmain) = self.bind("gmain", Ty::I64, ix::mul(ix::div(ng.clone(), i(NX)), i(NX)));
+        block.push(st);
+        // Columns in tiles of `nc`, then (where the width is no multiple of `nc`) one
+        // at a time; a tile never straddles parts side by side, whose widths `nc` divides.
+        let (st, cmain) = self.bind(
+            "cmain",
+            Ty::I64,
+            ix::add(
+                c0.clone(),
+                ix::mul(ix::div(ix::sub(c1.clone(), c0.clone()), i(nc)), i(nc)),
+            ),
+        );
+        let tail = lin.ncols % nc != 0;
+        if tail {
+            block.push(st);
+        }
+        for (nx, lo, hi) in [(NX, i(0), gmain.clone()), (1, gmain, ng)] {
+            let g0 = self.var("g0", Ty::I64);
+            let mut cols = Vec::new();
+            let ranges = if tail {
+                vec![
+                    (nc, c0.clone(), cmain.clone()),
+                    (1, cmain.clone(), c1.clone()),
+                ]
+            } else {
+                vec![(nc, c0.clone(), c1.clone())]
+            };
+            for (ncols, start, end) in ranges {
+                let c = self.var("c", Ty::I64);
+                let geo = LaneTile {
+                    xs,
+                    ct,
+                    g0: build::var(g0),
+                    nx,
+                    nc: ncols,
+                    rb: build::var(rb),
+                    r1: r1.clone(),
+                };
+                let tile = self.by_part(lin, &build::var(c), |g, o, parts| {
+                    g.lane_tile(lin, &geo, &build::var(c), o, parts)
+                });
+                cols.push(Stmt::Loop {
+                    var: c,
+                    start,
+                    end,
+                    step: ncols as u64,
+                    kind: LoopKind::Serial,
+                    body: tile,
+                });
+            }
+            block.push(Stmt::Loop {
+                var: g0,
+                start: lo,
+                end: hi,
+                step: nx as u64,
+                kind: LoopKind::Serial,
+                body: cols,
+            });
+        }
+        let nblocks = (lin.ncols + COLS - 1) / COLS;
+        outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
+        self.k.body.push(Stmt::Loop {
+            var: rb,
+            start: i(0),
+            end: m,
+            step: RB as u64,
+            kind: LoopKind::Serial,
+            body: outer,
+        });
+        Ok(())
+    }
+
+    /// One tile of [`Self::linear_gemm_lanes`]: `geo.nx` groups of 16 tokens from group
+    /// `geo.g0` × `geo.nc` columns from `c` (weight rows from `o` of each part).
+    fn lane_tile(
+        &mut self,
+        lin: &Lin,
+        geo: &LaneTile,
+        c: &Expr,
+        o: &Expr,
+        parts: &[(BufId, Option<BufId>)],
+    ) -> Vec<Stmt> {
+        const LANES: i64 = 16;
+        let k = lin.k_const() as i64;
+        let np = parts.len() as i64;
+        let l = self.var("l", Ty::I64);
+        let kp = self.var("kp", Ty::I64);
+        let mut lane = Vec::new();
+        let mut inner = Vec::new();
+        // The activations of each group: pair `kp` of token `l`.
+        let mut xv = Vec::new();
+        for x in 0..geo.nx {
+            let at = ix::add(
+                ix::add(
+                    ix::mul(ix::add(geo.g0.clone(), i(x)), i(LANES * k)),
+                    ix::mul(build::var(kp), i(2 * LANES)),
+                ),
+                ix::mul(build::var(l), i(2)),
+            );
+            let (st, a) = self.bind("xa", Ty::F32, load(geo.xs, at.clone()));
+            inner.push(st);
+            let (st, b) = self.bind("xb", Ty::F32, load(geo.xs, ix::add(at, i(1))));
+            inner.push(st);
+            xv.push((a, b));
+        }
+        // accs[x][j][p]
+        let mut accs = vec![vec![Vec::new(); geo.nc as usize]; geo.nx as usize];
+        for j in 0..geo.nc {
+            for (p, (w, _)) in parts.iter().enumerate() {
+                let at = ix::add(
+                    ix::mul(ix::add(o.clone(), i(j)), lin.k.clone()),
+                    ix::mul(build::var(kp), i(2)),
+                );
+                let (st, wa) = self.bind("wa", Ty::F32, load(*w, at.clone()));
+                inner.push(st);
+                let (st, wb) = self.bind("wb", Ty::F32, load(*w, ix::add(at, i(1))));
+                inner.push(st);
+                for (x, (xa, xb)) in xv.iter().enumerate() {
+                    let acc = self.var("acc", Ty::F32);
+                    lane.push(Stmt::Local {
+                        var: acc,
+                        init: f(0.0),
+                    });
+                    inner.push(Stmt::Set {
+                        var: acc,
+                        value: build::add(
+                            build::var(acc),
+                            build::add(
+                                build::mul(xa.clone(), wa.clone()),
+                                build::mul(xb.clone(), wb.clone()),
+                            ),
+                        ),
+                    });
+                    accs[x][j as usize]
+                        .push((acc, ((x as i64 * geo.nc + j) * np + p as i64) * LANES));
+                }
+            }
+        }
+        lane.push(lp(kp, i(0), i(k / 2), LoopKind::Serial, inner));
+        for acc in accs.iter().flatten().flatten() {
+            lane.push(Stmt::Store {
+                buf: geo.ct,
+                index: ix::add(i(acc.1), build::var(l)),
+                value: build::var(acc.0),
+            });
+        }
+        let mut out = vec![lp(l, i(0), i(LANES), LoopKind::Vector(LANES as u32), lane)];
+        // The epilogue, token by token (tokens past the block's end were padding).
+        for (x, cols) in accs.iter().enumerate() {
+            let tl = self.var("tl", Ty::I64);
+            let t0 = ix::add(
+                geo.rb.clone(),
+                ix::mul(ix::add(geo.g0.clone(), i(x as i64)), i(LANES)),
+            );
+            let (st, n) = self.bind(
+                "n",
+                Ty::I64,
+                ix::min(i(LANES), ix::sub(geo.r1.clone(), t0.clone())),
+            );
+            out.push(st);
+            let t = ix::add(t0, build::var(tl));
+            let mut each = Vec::new();
+            for (j, slots) in cols.iter().enumerate() {
+                let mut vals = Vec::new();
+                for &(_, at) in slots {
+                    let v = self.var("s", Ty::F32);
+                    each.push(Stmt::Local {
+                        var: v,
+                        init: load(geo.ct, ix::add(i(at), build::var(tl))),
+                    });
+                    vals.push(v);
+                }
+                each.extend(self.store_out(lin, &t, c, o, j as i64, &vals, parts));
+            }
+            out.push(lp(tl, i(0), n, LoopKind::Serial, each));
+        }
+        out
+    }
+
     /// `x[base..base + k]` into `xs[at..at + k]` (narrowed to `xs`'s element type).
     fn copy_row(&mut self, lin: &Lin, base: Expr, xs: BufId, at: Expr) -> Stmt {
+        self.copy_row_to(lin, base, xs, &|kk| ix::add(at.clone(), kk))
+    }
+
+    /// `x[base..base + k]`, element `kk` into `xs[dst(kk)]`.
+    fn copy_row_to(
+        &mut self,
+        lin: &Lin,
+        base: Expr,
+        xs: BufId,
+        dst: &dyn Fn(Expr) -> Expr,
+    ) -> Stmt {
         let xb = self.ins[0].buf;
         let kk = self.var("kk", Ty::I64);
         lp(
@@ -922,7 +1263,7 @@ impl Gen {
             LoopKind::Vector(VEC),
             vec![Stmt::Store {
                 buf: xs,
-                index: ix::add(at, build::var(kk)),
+                index: dst(build::var(kk)),
                 value: load(xb, ix::add(base, build::var(kk))),
             }],
         )
@@ -1033,19 +1374,33 @@ impl Gen {
         tn: i64,
         chunk: Option<&KChunk>,
     ) -> Vec<Stmt> {
+        self.by_part(lin, &c, |g, o, parts| {
+            g.tile_parts(lin, src, rows, &c, o, tn, parts, chunk)
+        })
+    }
+
+    /// A tile's code from `body(self, o, parts)`: `parts` are the `(weight, bias)` pairs
+    /// the tile reduces together (gate and up for a gated epilogue, else one part) and
+    /// `o` their first weight row. With several parts side by side, a tile starting at
+    /// output column `c` lies inside exactly one of them: a chain of `if`s picks it.
+    fn by_part(
+        &mut self,
+        lin: &Lin,
+        c: &Expr,
+        mut body: impl FnMut(&mut Self, &Expr, &[(BufId, Option<BufId>)]) -> Vec<Stmt>,
+    ) -> Vec<Stmt> {
         if let Some(gate) = lin.gated {
             let up = 1 - gate;
             let parts = [
                 (lin.wbufs[gate], lin.bbufs[gate]),
                 (lin.wbufs[up], lin.bbufs[up]),
             ];
-            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts, chunk);
+            return body(self, c, &parts);
         }
         if lin.wbufs.len() == 1 {
             let parts = [(lin.wbufs[0], lin.bbufs[0])];
-            return self.tile_parts(lin, src, rows, &c, &c, tn, &parts, chunk);
+            return body(self, c, &parts);
         }
-        // Several parts side by side: a tile lies inside exactly one of them.
         let mut offsets = Vec::new();
         let mut off = 0;
         for w in &lin.widths {
@@ -1057,7 +1412,7 @@ impl Gen {
             let (st, o) = self.bind("o", Ty::I64, ix::sub(c.clone(), i(offsets[p])));
             let mut arm = vec![st];
             let parts = [(lin.wbufs[p], lin.bbufs[p])];
-            arm.extend(self.tile_parts(lin, src, rows, &c, &o, tn, &parts, chunk));
+            arm.extend(body(self, &o, &parts));
             chain = if p == lin.wbufs.len() - 1 {
                 arm
             } else {
@@ -1155,52 +1510,8 @@ impl Gen {
                         });
                     }
                 }
-                let wrow = ix::add(o.clone(), i(j));
-                let with_bias = |acc: VarId, b: Option<BufId>| match b {
-                    Some(b) => build::add(build::var(acc), load(b, wrow.clone())),
-                    None => build::var(acc),
-                };
-                let a = &accs[rr][j as usize];
-                let y = if lin.gated.is_some() {
-                    let (st, gv) = self.bind("g", Ty::F32, with_bias(a[0], parts[0].1));
-                    epi.push(st);
-                    let (st, uv) = self.bind("u", Ty::F32, with_bias(a[1], parts[1].1));
-                    epi.push(st);
-                    let (st, value) = match lin.op.epilogue {
-                        Epilogue::Glu { act, .. } => {
-                            let (st, a) = self.unary(act, gv);
-                            (st, build::mul(a, uv))
-                        }
-                        Epilogue::ClampedGlu { alpha, limit, .. } => {
-                            self.clamped_swiglu(alpha, limit, gv, uv)
-                        }
-                        _ => (Vec::new(), f(0.0)),
-                    };
-                    epi.extend(st);
-                    value
-                } else {
-                    let y = with_bias(a[0], parts[0].1);
-                    match lin.op.epilogue {
-                        Epilogue::Act(u) => {
-                            let (st, yv) = self.bind("y", Ty::F32, y);
-                            epi.push(st);
-                            let (st, a) = self.unary(u, yv);
-                            epi.extend(st);
-                            a
-                        }
-                        _ => y,
-                    }
-                };
-                let at = ix::add(ix::mul(t.clone(), i(lin.ncols)), col);
-                let y = match lin.res {
-                    Some(rb) => build::add(y, load(rb, at.clone())),
-                    None => y,
-                };
-                epi.push(Stmt::Store {
-                    buf: self.out,
-                    index: at,
-                    value: y,
-                });
+                let st = self.store_out(lin, t, c, o, j, &accs[rr][j as usize], parts);
+                epi.extend(st);
             }
         }
         match chunk {
@@ -1212,6 +1523,70 @@ impl Gen {
             None => out.extend(epi),
         }
         out
+    }
+
+    /// The epilogue of output `(t, c + j)` from its accumulators `accs` (one per part;
+    /// weight row `o + j` of each): bias, activation or gate, residual, then the store.
+    #[allow(clippy::too_many_arguments)]
+    fn store_out(
+        &mut self,
+        lin: &Lin,
+        t: &Expr,
+        c: &Expr,
+        o: &Expr,
+        j: i64,
+        accs: &[VarId],
+        parts: &[(BufId, Option<BufId>)],
+    ) -> Vec<Stmt> {
+        let col = ix::add(c.clone(), i(j));
+        let mut epi = Vec::new();
+        let wrow = ix::add(o.clone(), i(j));
+        let with_bias = |acc: VarId, b: Option<BufId>| match b {
+            Some(b) => build::add(build::var(acc), load(b, wrow.clone())),
+            None => build::var(acc),
+        };
+        let a = accs;
+        let y = if lin.gated.is_some() {
+            let (st, gv) = self.bind("g", Ty::F32, with_bias(a[0], parts[0].1));
+            epi.push(st);
+            let (st, uv) = self.bind("u", Ty::F32, with_bias(a[1], parts[1].1));
+            epi.push(st);
+            let (st, value) = match lin.op.epilogue {
+                Epilogue::Glu { act, .. } => {
+                    let (st, a) = self.unary(act, gv);
+                    (st, build::mul(a, uv))
+                }
+                Epilogue::ClampedGlu { alpha, limit, .. } => {
+                    self.clamped_swiglu(alpha, limit, gv, uv)
+                }
+                _ => (Vec::new(), f(0.0)),
+            };
+            epi.extend(st);
+            value
+        } else {
+            let y = with_bias(a[0], parts[0].1);
+            match lin.op.epilogue {
+                Epilogue::Act(u) => {
+                    let (st, yv) = self.bind("y", Ty::F32, y);
+                    epi.push(st);
+                    let (st, a) = self.unary(u, yv);
+                    epi.extend(st);
+                    a
+                }
+                _ => y,
+            }
+        };
+        let at = ix::add(ix::mul(t.clone(), i(lin.ncols)), col);
+        let y = match lin.res {
+            Some(rb) => build::add(y, load(rb, at.clone())),
+            None => y,
+        };
+        epi.push(Stmt::Store {
+            buf: self.out,
+            index: at,
+            value: y,
+        });
+        epi
     }
 
     /// `(prod(shape[..axis]), shape[axis], prod(shape[axis+1..]))` as expressions.
