@@ -1,10 +1,12 @@
 //! Prefill matmul kernels with bf16 activations (`KernelOptions::bf16_activations`): the
-//! LLVM code (with `vdpbf16ps` where the host has it) against the kernel interpreter on
-//! the same kernels, a hand-built bf16 dot loop against an f64 reference (with a `k`
-//! that leaves a remainder), and which targets get the dot-product instruction.
+//! LLVM code (with `vdpbf16ps` where the host has it, and without it) against the kernel
+//! interpreter on the same kernels in both schedules (tokens in lanes over bf16 weights,
+//! row-blocked otherwise), a hand-built bf16 dot loop against an f64 reference (with a
+//! `k` that leaves a remainder), and which targets get the dot-product instruction.
 //!
-//! Set `ARCHC_GEMM_BENCH=1` to also print the GFLOP/s of a Qwen3-0.6B-shaped prefill
-//! linear (nothing asserts a time).
+//! Set `ARCHC_GEMM_BENCH=1` to also print the GFLOP/s of each prefill linear of one
+//! Qwen3-0.6B layer (`ARCHC_GEMM_ARCH=path.arch` for another model's shapes; nothing
+//! asserts a time).
 
 use archc_compiler::codegen::llvm::{compile_kernels_with, emit_llvm_ir, Options, Target};
 use archc_compiler::kernel::build::*;

@@ -1236,7 +1236,14 @@ impl Gen {
                 }
                 each.extend(self.store_out(lin, &t, c, o, j as i64, &vals, parts));
             }
-            out.push(lp(tl, i(0), n, LoopKind::Serial, each));
+            // With an activation the epilogue's math (`exp`) runs over the tokens as
+            // vectors; a plain store or residual add stays scalar (the stores go down a
+            // column, and gathering the residual costs more than it saves).
+            let kind = match (lin.gated, lin.op.epilogue) {
+                (Some(_), _) | (None, Epilogue::Act(_)) => LoopKind::Vector(LANES as u32),
+                _ => LoopKind::Serial,
+            };
+            out.push(lp(tl, i(0), n, kind, each));
         }
         out
     }
