@@ -1162,9 +1162,14 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
     /// not to be unrolled before it is vectorized.
     fn loop_metadata(&self, latch_br: InstructionValue<'ctx>, kind: LoopKind, few: bool) {
         let props: Vec<(&str, MdArg)> = match kind {
-            LoopKind::Serial | LoopKind::Parallel => return,
             // GPUs have no SIMD lanes within a thread to vectorize into.
-            LoopKind::Vector(_) if self.gpu.is_some() => return,
+            LoopKind::Serial | LoopKind::Vector(_) if self.gpu.is_some() => return,
+            // A serial loop runs as written: LLVM's own vectorizer would otherwise take
+            // loops the lowering left scalar on purpose, such as a matmul epilogue that
+            // walks down a column (it made gathers of the residual, slower than scalar
+            // loads on x86: o-projection 580 → 750 GFLOP/s without them).
+            LoopKind::Serial => vec![("llvm.loop.vectorize.enable", MdArg::Bool(false))],
+            LoopKind::Parallel => return,
             LoopKind::Vector(w) if few => vec![
                 ("llvm.loop.vectorize.width", MdArg::I32(w.max(1))),
                 ("llvm.loop.vectorize.enable", MdArg::Bool(true)),
