@@ -1038,22 +1038,25 @@ impl<'ctx, 'a> BodyBuilder<'ctx, 'a> {
             let at = self.int(&ld.base, "load index")?;
             let p = unsafe { self.b.build_in_bounds_gep(i16t, ptr, &[at], "")? };
             let v = if ld.lanes {
-                self.b.build_load(v32i, p, "")?
+                let v = self.b.build_load(v32i, p, "")?;
+                if let Some(inst) = v.as_instruction_value() {
+                    let _ = inst.set_alignment(2);
+                }
+                v
             } else {
                 let w = self.b.build_load(i32t, p, "")?;
                 if let Some(inst) = w.as_instruction_value() {
                     let _ = inst.set_alignment(2);
                 }
-                let one = v16i.const_zero();
+                let zero = v16i.const_zero();
                 let v =
                     self.b
-                        .build_insert_element(one, w.into_int_value(), i32t.const_zero(), "")?;
-                let splat = self.b.build_shuffle_vector(v, one, v16i.const_zero(), "")?;
+                        .build_insert_element(zero, w.into_int_value(), i32t.const_zero(), "")?;
+                let splat = self
+                    .b
+                    .build_shuffle_vector(v, zero, v16i.const_zero(), "")?;
                 self.b.build_bit_cast(splat, v32i, "")?
             };
-            if let Some(inst) = v.as_instruction_value() {
-                let _ = inst.set_alignment(2);
-            }
             vals.push(v.into_vector_value());
         }
         let mut next = Vec::with_capacity(accs.len());
@@ -1872,7 +1875,10 @@ fn lane_plan<'k>(
                 value: Expr::Load { buf, index },
             } if elem(*buf) == Some(Elem::Bf16) => {
                 let (base, coef) = lane_affine(index, l)?;
-                if (coef != 0 && coef != 2) || mentions(&base, &inner_vars) {
+                if (coef != 0 && coef != 2)
+                    || mentions(&base, &inner_vars)
+                    || mentions(&base, &accs)
+                {
                     return None;
                 }
                 lets.push((*var, *buf, base, coef));
