@@ -164,7 +164,8 @@ enum Schedule {
 }
 
 /// Every linear kernel of prefill programs of 70 and 90 tokens (a whole row block, then
-/// leftover rows that fill one group of 16 tokens partly, or two) lowered with bf16
+/// leftover rows that fill one group of 16 tokens partly, or two), and of 9 tokens (fewer
+/// than a group: the row-blocked tiles the same kernel falls back to), lowered with bf16
 /// activations and bf16 weights, the tokens-in-lanes schedule: LLVM against the kernel
 /// interpreter on the same inputs, within 1e-5 of the output's scale (only the summation
 /// order may differ), on the host (with `vdpbf16ps` where it has AVX512-BF16).
@@ -286,7 +287,7 @@ fn linears_match_the_kernel_interpreter(schedule: Schedule, ffn: u64, target: &T
         assert_eq!(bf16_scratch, bf16, "{}: bf16 activation scratch", k.name);
     }
     let prog = compile_kernels_with(&linears, target, &Options::no_cache()).expect("compile");
-    for seq in [70usize, 90] {
+    for seq in [9usize, 70, 90] {
         for (ki, k) in linears.iter().enumerate() {
             // Sizes from the launch that binds this kernel: every buffer's element count.
             let li = program

@@ -37,6 +37,12 @@ struct KChunk {
     first: Expr,
     last: Expr,
 }
+/// Token rows per block of the row-blocked prefill matmuls (both schedules).
+const BLOCK_ROWS: i64 = 64;
+/// Below this many token rows the tokens-in-lanes matmul takes the dot-product tiles: a
+/// group of 16 lanes would be mostly padding.
+const LANES_MIN_ROWS: i64 = 16;
+
 /// Where a tile of the tokens-in-lanes matmul sits: the scratch of packed activations
 /// and of the tile's sums, its first group of 16 tokens and how many groups, its columns,
 /// and the token block `[rb, r1)`.
@@ -757,7 +763,7 @@ impl Gen {
                 && lin.k_const() % 2 == 0
                 && (fits(nc) || lin.wbufs.len() == 1 || gated.is_some())
             {
-                self.linear_gemm_lanes(&lin, m, nc)
+                self.linear_gemm_lanes(&lin, m, nc, tn)
             } else if self.opts.bf16_activations && lin.k_const() > 0 {
                 self.linear_gemm_blocked(&lin, m, tn, Elem::Bf16)
             } else {
@@ -822,14 +828,12 @@ impl Gen {
         tn: i64,
         xs_elem: Elem,
     ) -> Result<(), KernelError> {
-        const TM: i64 = 4;
-        const RB: i64 = 64;
         let kc = lin.k_const();
         let xs = self.k.buf(
             "xs",
             xs_elem,
             Access::Scratch {
-                len: RB as u64 * kc,
+                len: BLOCK_ROWS as u64 * kc,
             },
         );
         let rb = self.var("rb", Ty::I64);
@@ -837,25 +841,10 @@ impl Gen {
         let (st, r1) = self.bind(
             "r1",
             Ty::I64,
-            ix::min(ix::add(build::var(rb), i(RB)), m.clone()),
+            ix::min(ix::add(build::var(rb), i(BLOCK_ROWS)), m.clone()),
         );
         outer.push(st);
-        // Round the block's rows.
-        let t = self.var("t", Ty::I64);
-        let xbase = ix::mul(build::var(t), lin.k.clone());
-        let at = ix::mul(ix::sub(build::var(t), build::var(rb)), lin.k.clone());
-        let round = match lin.op.norm {
-            Some(_) => self.norm_row(lin, xbase, xs, at),
-            None => vec![self.copy_row(lin, xbase, xs, at)],
-        };
-        outer.push(Stmt::Loop {
-            var: t,
-            start: build::var(rb),
-            end: r1.clone(),
-            step: 1,
-            kind: LoopKind::Serial,
-            body: round,
-        });
+        outer.push(self.blocked_rows(lin, xs, &build::var(rb), &r1));
         // Tiles over the block, parallel over column blocks.
         let cb = self.var("cb", Ty::I64);
         let mut block = Vec::new();
@@ -867,12 +856,59 @@ impl Gen {
             ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
         );
         block.push(st);
+        block.extend(self.blocked_tiles(lin, xs, (&build::var(rb), &r1), (&c0, &c1), tn));
+        let nblocks = (lin.ncols + COLS - 1) / COLS;
+        outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
+        self.k.body.push(Stmt::Loop {
+            var: rb,
+            start: i(0),
+            end: m,
+            step: BLOCK_ROWS as u64,
+            kind: LoopKind::Serial,
+            body: outer,
+        });
+        Ok(())
+    }
+
+    /// The rows `[rb, r1)` of [`Self::linear_gemm_blocked`], normalised by the prologue
+    /// if any, into `xs` row by row.
+    fn blocked_rows(&mut self, lin: &Lin, xs: BufId, rb: &Expr, r1: &Expr) -> Stmt {
+        let t = self.var("t", Ty::I64);
+        let xbase = ix::mul(build::var(t), lin.k.clone());
+        let at = ix::mul(ix::sub(build::var(t), rb.clone()), lin.k.clone());
+        let round = match lin.op.norm {
+            Some(_) => self.norm_row(lin, xbase, xs, at),
+            None => vec![self.copy_row(lin, xbase, xs, at)],
+        };
+        Stmt::Loop {
+            var: t,
+            start: rb.clone(),
+            end: r1.clone(),
+            step: 1,
+            kind: LoopKind::Serial,
+            body: round,
+        }
+    }
+
+    /// The `TM × tn` tiles of [`Self::linear_gemm_blocked`] over rows `[rb, r1)` (in `xs`
+    /// from row `rb`) and columns `[c0, c1)`.
+    fn blocked_tiles(
+        &mut self,
+        lin: &Lin,
+        xs: BufId,
+        (rb, r1): (&Expr, &Expr),
+        (c0, c1): (&Expr, &Expr),
+        tn: i64,
+    ) -> Vec<Stmt> {
+        const TM: i64 = 4;
+        let kc = lin.k_const();
+        let mut block = Vec::new();
         let (st, rmain) = self.bind(
             "rmain",
             Ty::I64,
             ix::add(
-                build::var(rb),
-                ix::mul(ix::div(ix::sub(r1.clone(), build::var(rb)), i(TM)), i(TM)),
+                rb.clone(),
+                ix::mul(ix::div(ix::sub(r1.clone(), rb.clone()), i(TM)), i(TM)),
             ),
         );
         block.push(st);
@@ -894,12 +930,12 @@ impl Gen {
             last: bin(BinOp::Eq, build::var(chv), i(nchunks - 1)),
         });
         let mut rows_loops = Vec::new();
-        for (rows, lo, hi) in [(TM, build::var(rb), rmain.clone()), (1, rmain, r1)] {
+        for (rows, lo, hi) in [(TM, rb.clone(), rmain.clone()), (1, rmain, r1.clone())] {
             let t0 = self.var("t0", Ty::I64);
             let row_at: Vec<(Expr, Expr)> = (0..rows)
                 .map(|rr| {
                     let t = ix::add(build::var(t0), i(rr));
-                    let at = ix::mul(ix::sub(t.clone(), build::var(rb)), lin.k.clone());
+                    let at = ix::mul(ix::sub(t.clone(), rb.clone()), lin.k.clone());
                     (at, t)
                 })
                 .collect();
@@ -936,17 +972,7 @@ impl Gen {
         } else {
             block.extend(rows_loops);
         }
-        let nblocks = (lin.ncols + COLS - 1) / COLS;
-        outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
-        self.k.body.push(Stmt::Loop {
-            var: rb,
-            start: i(0),
-            end: m,
-            step: RB as u64,
-            kind: LoopKind::Serial,
-            body: outer,
-        });
-        Ok(())
+        block
     }
 
     /// Prefill with bf16 activations and bf16 weights, tokens in SIMD lanes (an
@@ -960,9 +986,18 @@ impl Gen {
     /// product of a token's pair with the column's weight pair (the form code generators
     /// turn into a broadcast weight pair and a bf16 dot product per accumulator, which
     /// then stays in a register for the whole reduction). The tile's sums go through a
-    /// small scratch to the epilogue, token by token.
-    fn linear_gemm_lanes(&mut self, lin: &Lin, m: Expr, nc: i64) -> Result<(), KernelError> {
-        const RB: i64 = 64;
+    /// small scratch to the epilogue, token by token. Fewer than `LANES_MIN_ROWS` tokens
+    /// would leave most lanes padding: the kernel then takes the dot-product tiles of
+    /// [`Self::linear_gemm_blocked`] instead, chosen when it runs (one kernel for any
+    /// prompt length; the blocks, scratch and parallel loop are shared).
+    fn linear_gemm_lanes(
+        &mut self,
+        lin: &Lin,
+        m: Expr,
+        nc: i64,
+        tn: i64,
+    ) -> Result<(), KernelError> {
+        const RB: i64 = BLOCK_ROWS;
         const LANES: i64 = 16;
         const NX: i64 = 2;
         let k = lin.k_const() as i64;
@@ -1036,7 +1071,7 @@ impl Gen {
                 value: f(0.0),
             }],
         );
-        outer.push(Stmt::Loop {
+        let pack = Stmt::Loop {
             var: t,
             start: build::var(rb),
             end: ix::add(build::var(rb), ix::mul(ng.clone(), i(LANES))),
@@ -1050,6 +1085,14 @@ impl Gen {
                     els: vec![zeros],
                 },
             ],
+        };
+        // Fewer than `LANES_MIN_ROWS` tokens: the dot-product tiles, rows as they are.
+        let few = bin(BinOp::Lt, m.clone(), i(LANES_MIN_ROWS));
+        let rows = self.blocked_rows(lin, xs, &build::var(rb), &r1);
+        outer.push(Stmt::If {
+            cond: few.clone(),
+            then: vec![rows],
+            els: vec![pack],
         });
         // Tiles over the block, parallel over column blocks.
         let cb = self.var("cb", Ty::I64);
@@ -1062,8 +1105,10 @@ impl Gen {
             ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
         );
         block.push(st);
+        let dots = self.blocked_tiles(lin, xs, (&build::var(rb), &r1), (&c0, &c1), tn);
+        let mut lanes = Vec::new();
         let (st, gmain) = self.bind("gmain", Ty::I64, ix::mul(ix::div(ng.clone(), i(NX)), i(NX)));
-        block.push(st);
+        lanes.push(st);
         // Columns in tiles of `nc`, then (where the width is no multiple of `nc`) one
         // at a time; a tile never straddles parts side by side, whose widths `nc` divides.
         let (st, cmain) = self.bind(
@@ -1076,7 +1121,7 @@ impl Gen {
         );
         let tail = lin.ncols % nc != 0;
         if tail {
-            block.push(st);
+            lanes.push(st);
         }
         for (nx, lo, hi) in [(NX, i(0), gmain.clone()), (1, gmain, ng)] {
             let g0 = self.var("g0", Ty::I64);
@@ -1112,7 +1157,7 @@ impl Gen {
                     body: tile,
                 });
             }
-            block.push(Stmt::Loop {
+            lanes.push(Stmt::Loop {
                 var: g0,
                 start: lo,
                 end: hi,
@@ -1121,6 +1166,11 @@ impl Gen {
                 body: cols,
             });
         }
+        block.push(Stmt::If {
+            cond: few,
+            then: dots,
+            els: lanes,
+        });
         let nblocks = (lin.ncols + COLS - 1) / COLS;
         outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
         self.k.body.push(Stmt::Loop {
