@@ -5,8 +5,8 @@
 //! `k` that leaves a remainder), and which targets get the dot-product instruction.
 //!
 //! Set `ARCHC_GEMM_BENCH=1` to also print the GFLOP/s of each prefill linear of one
-//! Qwen3-0.6B layer (`ARCHC_GEMM_ARCH=path.arch` for another model's shapes; nothing
-//! asserts a time).
+//! Qwen3-0.6B layer (`ARCHC_GEMM_ARCH=path.arch` for another model's shapes,
+//! `ARCHC_GEMM_DECODE=1` for the decode matvecs; nothing asserts a time).
 
 use archc_compiler::codegen::llvm::{compile_kernels_with, emit_llvm_ir, Options, Target};
 use archc_compiler::kernel::build::*;
@@ -380,9 +380,13 @@ fn qwen3_prefill_linears() {
     spec.dtype = archc_spec::DType::Bf16;
     spec.layers = 1;
     spec.schedule.resize(1, 0);
-    let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+    // `ARCHC_GEMM_DECODE=1`: the decode program's matrix-vector kernels instead (one
+    // token; bf16 weights, so GFLOP/s equals the GB/s of weights read).
+    let decode = std::env::var_os("ARCHC_GEMM_DECODE").is_some();
+    let mode = if decode { Mode::Decode } else { Mode::Prefill };
+    let graph = archc_compiler::lower(&spec, mode).expect("lower");
     let fused = passes::optimize(&graph);
-    let seq = 512usize;
+    let seq = if decode { 1usize } else { 512 };
     let only_bf16 = std::env::var("ARCHC_GEMM_BENCH").is_ok_and(|v| v == "bf16");
     for bf16 in [false, true] {
         if only_bf16 && !bf16 {
