@@ -836,6 +836,26 @@ impl Gen {
                 len: BLOCK_ROWS as u64 * kc,
             },
         );
+        self.row_blocks(
+            m,
+            lin.ncols,
+            |g, rb, r1| vec![g.blocked_rows(lin, xs, rb, r1)],
+            |g, rows, cols| g.blocked_tiles(lin, xs, rows, cols, tn),
+        );
+        Ok(())
+    }
+
+    /// The frame of the row-blocked prefill matmuls: token rows in blocks of
+    /// `BLOCK_ROWS`, `[rb, r1)`, each first prepared by `rows(self, rb, r1)` (on every
+    /// thread, into its own scratch), then a parallel loop over blocks of `COLS` of the
+    /// `ncols` output columns, `[c0, c1)`, running `tiles(self, (rb, r1), (c0, c1))`.
+    fn row_blocks(
+        &mut self,
+        m: Expr,
+        ncols: i64,
+        rows: impl FnOnce(&mut Self, &Expr, &Expr) -> Vec<Stmt>,
+        tiles: impl FnOnce(&mut Self, (&Expr, &Expr), (&Expr, &Expr)) -> Vec<Stmt>,
+    ) {
         let rb = self.var("rb", Ty::I64);
         let mut outer = Vec::new();
         let (st, r1) = self.bind(
@@ -844,8 +864,7 @@ impl Gen {
             ix::min(ix::add(build::var(rb), i(BLOCK_ROWS)), m.clone()),
         );
         outer.push(st);
-        outer.push(self.blocked_rows(lin, xs, &build::var(rb), &r1));
-        // Tiles over the block, parallel over column blocks.
+        outer.extend(rows(self, &build::var(rb), &r1));
         let cb = self.var("cb", Ty::I64);
         let mut block = Vec::new();
         let (st, c0) = self.bind("c0", Ty::I64, ix::mul(build::var(cb), i(COLS)));
@@ -853,11 +872,11 @@ impl Gen {
         let (st, c1) = self.bind(
             "c1",
             Ty::I64,
-            ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
+            ix::min(ix::add(c0.clone(), i(COLS)), i(ncols)),
         );
         block.push(st);
-        block.extend(self.blocked_tiles(lin, xs, (&build::var(rb), &r1), (&c0, &c1), tn));
-        let nblocks = (lin.ncols + COLS - 1) / COLS;
+        block.extend(tiles(self, (&build::var(rb), &r1), (&c0, &c1)));
+        let nblocks = (ncols + COLS - 1) / COLS;
         outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
         self.k.body.push(Stmt::Loop {
             var: rb,
@@ -867,7 +886,6 @@ impl Gen {
             kind: LoopKind::Serial,
             body: outer,
         });
-        Ok(())
     }
 
     /// The rows `[rb, r1)` of [`Self::linear_gemm_blocked`], normalised by the prologue
@@ -997,7 +1015,6 @@ impl Gen {
         nc: i64,
         tn: i64,
     ) -> Result<(), KernelError> {
-        const RB: i64 = BLOCK_ROWS;
         const LANES: i64 = 16;
         const NX: i64 = 2;
         let k = lin.k_const() as i64;
@@ -1006,7 +1023,7 @@ impl Gen {
             "xs",
             Elem::Bf16,
             Access::Scratch {
-                len: (RB * k) as u64,
+                len: (BLOCK_ROWS * k) as u64,
             },
         );
         let ct = self.k.buf(
@@ -1016,26 +1033,102 @@ impl Gen {
                 len: (NX * nc * nparts * LANES) as u64,
             },
         );
-        let rb = self.var("rb", Ty::I64);
-        let mut outer = Vec::new();
-        let (st, r1) = self.bind(
-            "r1",
-            Ty::I64,
-            ix::min(ix::add(build::var(rb), i(RB)), m.clone()),
-        );
-        outer.push(st);
-        let (st, ng) = self.bind(
-            "ng",
-            Ty::I64,
+        // Groups of 16 tokens in the block `[rb, r1)`, the last one padded.
+        let groups = |rb: &Expr, r1: &Expr| {
             ix::div(
-                ix::add(ix::sub(r1.clone(), build::var(rb)), i(LANES - 1)),
+                ix::add(ix::sub(r1.clone(), rb.clone()), i(LANES - 1)),
                 i(LANES),
-            ),
-        );
-        outer.push(st);
-        // The block's rows in groups of 16, the last group padded with zeros.
+            )
+        };
+        // Fewer than `LANES_MIN_ROWS` tokens: the dot-product tiles, rows as they are.
+        let few = bin(BinOp::Lt, m.clone(), i(LANES_MIN_ROWS));
+        let rows = |g: &mut Self, rb: &Expr, r1: &Expr| {
+            let rows = g.blocked_rows(lin, xs, rb, r1);
+            let pack = g.lanes_rows(lin, xs, rb, r1, groups(rb, r1));
+            vec![Stmt::If {
+                cond: few.clone(),
+                then: vec![rows],
+                els: vec![pack],
+            }]
+        };
+        let tiles = |g: &mut Self, (rb, r1): (&Expr, &Expr), (c0, c1): (&Expr, &Expr)| {
+            let dots = g.blocked_tiles(lin, xs, (rb, r1), (c0, c1), tn);
+            let mut lanes = Vec::new();
+            let (st, ng) = g.bind("ng", Ty::I64, groups(rb, r1));
+            lanes.push(st);
+            let (st, gmain) = g.bind("gmain", Ty::I64, ix::mul(ix::div(ng.clone(), i(NX)), i(NX)));
+            lanes.push(st);
+            // Columns in tiles of `nc`, then (where the width is no multiple of `nc`) one
+            // at a time; a tile never straddles parts side by side, whose widths `nc`
+            // divides.
+            let tail = lin.ncols % nc != 0;
+            let ranges = if tail {
+                let (st, cmain) = g.bind(
+                    "cmain",
+                    Ty::I64,
+                    ix::add(
+                        c0.clone(),
+                        ix::mul(ix::div(ix::sub(c1.clone(), c0.clone()), i(nc)), i(nc)),
+                    ),
+                );
+                lanes.push(st);
+                vec![(nc, c0.clone(), cmain.clone()), (1, cmain, c1.clone())]
+            } else {
+                vec![(nc, c0.clone(), c1.clone())]
+            };
+            for (nx, lo, hi) in [(NX, i(0), gmain.clone()), (1, gmain, ng)] {
+                let g0 = g.var("g0", Ty::I64);
+                let mut cols = Vec::new();
+                for (ncols, start, end) in ranges.clone() {
+                    let c = g.var("c", Ty::I64);
+                    let geo = LaneTile {
+                        xs,
+                        ct,
+                        g0: build::var(g0),
+                        nx,
+                        nc: ncols,
+                        rb: rb.clone(),
+                        r1: r1.clone(),
+                    };
+                    let tile = g.by_part(lin, &build::var(c), |g, o, parts| {
+                        g.lane_tile(lin, &geo, &build::var(c), o, parts)
+                    });
+                    cols.push(Stmt::Loop {
+                        var: c,
+                        start,
+                        end,
+                        step: ncols as u64,
+                        kind: LoopKind::Serial,
+                        body: tile,
+                    });
+                }
+                lanes.push(Stmt::Loop {
+                    var: g0,
+                    start: lo,
+                    end: hi,
+                    step: nx as u64,
+                    kind: LoopKind::Serial,
+                    body: cols,
+                });
+            }
+            vec![Stmt::If {
+                cond: few.clone(),
+                then: dots,
+                els: lanes,
+            }]
+        };
+        self.row_blocks(m.clone(), lin.ncols, rows, tiles);
+        Ok(())
+    }
+
+    /// The rows `[rb, r1)` of [`Self::linear_gemm_lanes`] into `xs` in groups of 16
+    /// tokens, `ng` groups, laid out `[k / 2][16][2]` per group, the last group padded
+    /// with zeros.
+    fn lanes_rows(&mut self, lin: &Lin, xs: BufId, rb: &Expr, r1: &Expr, ng: Expr) -> Stmt {
+        const LANES: i64 = 16;
+        let k = lin.k_const() as i64;
         let t = self.var("t", Ty::I64);
-        let dt = ix::sub(build::var(t), build::var(rb));
+        let dt = ix::sub(build::var(t), rb.clone());
         let (st, gbase) = self.bind(
             "gb",
             Ty::I64,
@@ -1071,10 +1164,10 @@ impl Gen {
                 value: f(0.0),
             }],
         );
-        let pack = Stmt::Loop {
+        Stmt::Loop {
             var: t,
-            start: build::var(rb),
-            end: ix::add(build::var(rb), ix::mul(ng.clone(), i(LANES))),
+            start: rb.clone(),
+            end: ix::add(rb.clone(), ix::mul(ng, i(LANES))),
             step: 1,
             kind: LoopKind::Serial,
             body: vec![
@@ -1085,103 +1178,7 @@ impl Gen {
                     els: vec![zeros],
                 },
             ],
-        };
-        // Fewer than `LANES_MIN_ROWS` tokens: the dot-product tiles, rows as they are.
-        let few = bin(BinOp::Lt, m.clone(), i(LANES_MIN_ROWS));
-        let rows = self.blocked_rows(lin, xs, &build::var(rb), &r1);
-        outer.push(Stmt::If {
-            cond: few.clone(),
-            then: vec![rows],
-            els: vec![pack],
-        });
-        // Tiles over the block, parallel over column blocks.
-        let cb = self.var("cb", Ty::I64);
-        let mut block = Vec::new();
-        let (st, c0) = self.bind("c0", Ty::I64, ix::mul(build::var(cb), i(COLS)));
-        block.push(st);
-        let (st, c1) = self.bind(
-            "c1",
-            Ty::I64,
-            ix::min(ix::add(c0.clone(), i(COLS)), i(lin.ncols)),
-        );
-        block.push(st);
-        let dots = self.blocked_tiles(lin, xs, (&build::var(rb), &r1), (&c0, &c1), tn);
-        let mut lanes = Vec::new();
-        let (st, gmain) = self.bind("gmain", Ty::I64, ix::mul(ix::div(ng.clone(), i(NX)), i(NX)));
-        lanes.push(st);
-        // Columns in tiles of `nc`, then (where the width is no multiple of `nc`) one
-        // at a time; a tile never straddles parts side by side, whose widths `nc` divides.
-        let (st, cmain) = self.bind(
-            "cmain",
-            Ty::I64,
-            ix::add(
-                c0.clone(),
-                ix::mul(ix::div(ix::sub(c1.clone(), c0.clone()), i(nc)), i(nc)),
-            ),
-        );
-        let tail = lin.ncols % nc != 0;
-        if tail {
-            lanes.push(st);
         }
-        for (nx, lo, hi) in [(NX, i(0), gmain.clone()), (1, gmain, ng)] {
-            let g0 = self.var("g0", Ty::I64);
-            let mut cols = Vec::new();
-            let ranges = if tail {
-                vec![
-                    (nc, c0.clone(), cmain.clone()),
-                    (1, cmain.clone(), c1.clone()),
-                ]
-            } else {
-                vec![(nc, c0.clone(), c1.clone())]
-            };
-            for (ncols, start, end) in ranges {
-                let c = self.var("c", Ty::I64);
-                let geo = LaneTile {
-                    xs,
-                    ct,
-                    g0: build::var(g0),
-                    nx,
-                    nc: ncols,
-                    rb: build::var(rb),
-                    r1: r1.clone(),
-                };
-                let tile = self.by_part(lin, &build::var(c), |g, o, parts| {
-                    g.lane_tile(lin, &geo, &build::var(c), o, parts)
-                });
-                cols.push(Stmt::Loop {
-                    var: c,
-                    start,
-                    end,
-                    step: ncols as u64,
-                    kind: LoopKind::Serial,
-                    body: tile,
-                });
-            }
-            lanes.push(Stmt::Loop {
-                var: g0,
-                start: lo,
-                end: hi,
-                step: nx as u64,
-                kind: LoopKind::Serial,
-                body: cols,
-            });
-        }
-        block.push(Stmt::If {
-            cond: few,
-            then: dots,
-            els: lanes,
-        });
-        let nblocks = (lin.ncols + COLS - 1) / COLS;
-        outer.push(lp(cb, i(0), i(nblocks), LoopKind::Parallel, block));
-        self.k.body.push(Stmt::Loop {
-            var: rb,
-            start: i(0),
-            end: m,
-            step: RB as u64,
-            kind: LoopKind::Serial,
-            body: outer,
-        });
-        Ok(())
     }
 
     /// One tile of [`Self::linear_gemm_lanes`]: `geo.nx` groups of 16 tokens from group
