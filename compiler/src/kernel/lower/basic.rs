@@ -39,8 +39,10 @@ struct KChunk {
 }
 /// Token rows per block of the row-blocked prefill matmuls (both schedules).
 const BLOCK_ROWS: i64 = 64;
+/// Tokens per group in the tokens-in-lanes matmul: the lanes of one f32 vector.
+const LANES: i64 = 16;
 /// Below this many token rows the tokens-in-lanes matmul takes the dot-product tiles: a
-/// group of 16 lanes would be mostly padding.
+/// group of `LANES` would be mostly padding.
 const LANES_MIN_ROWS: i64 = 16;
 
 /// Where a tile of the tokens-in-lanes matmul sits: the scratch of packed activations
@@ -1015,7 +1017,6 @@ impl Gen {
         nc: i64,
         tn: i64,
     ) -> Result<(), KernelError> {
-        const LANES: i64 = 16;
         const NX: i64 = 2;
         let k = lin.k_const() as i64;
         let nparts = if lin.gated.is_some() { 2 } else { 1 };
@@ -1125,7 +1126,6 @@ impl Gen {
     /// tokens, `ng` groups, laid out `[k / 2][16][2]` per group, the last group padded
     /// with zeros.
     fn lanes_rows(&mut self, lin: &Lin, xs: BufId, rb: &Expr, r1: &Expr, ng: Expr) -> Stmt {
-        const LANES: i64 = 16;
         let k = lin.k_const() as i64;
         let t = self.var("t", Ty::I64);
         let dt = ix::sub(build::var(t), rb.clone());
@@ -1191,7 +1191,6 @@ impl Gen {
         o: &Expr,
         parts: &[(BufId, Option<BufId>)],
     ) -> Vec<Stmt> {
-        const LANES: i64 = 16;
         let k = lin.k_const() as i64;
         let np = parts.len() as i64;
         let l = self.var("l", Ty::I64);
@@ -1599,11 +1598,10 @@ impl Gen {
             Some(b) => build::add(build::var(acc), load(b, wrow.clone())),
             None => build::var(acc),
         };
-        let a = accs;
         let y = if lin.gated.is_some() {
-            let (st, gv) = self.bind("g", Ty::F32, with_bias(a[0], parts[0].1));
+            let (st, gv) = self.bind("g", Ty::F32, with_bias(accs[0], parts[0].1));
             epi.push(st);
-            let (st, uv) = self.bind("u", Ty::F32, with_bias(a[1], parts[1].1));
+            let (st, uv) = self.bind("u", Ty::F32, with_bias(accs[1], parts[1].1));
             epi.push(st);
             let (st, value) = match lin.op.epilogue {
                 Epilogue::Glu { act, .. } => {
@@ -1618,7 +1616,7 @@ impl Gen {
             epi.extend(st);
             value
         } else {
-            let y = with_bias(a[0], parts[0].1);
+            let y = with_bias(accs[0], parts[0].1);
             match lin.op.epilogue {
                 Epilogue::Act(u) => {
                     let (st, yv) = self.bind("y", Ty::F32, y);
