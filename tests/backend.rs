@@ -11,8 +11,7 @@ mod common;
 
 use archc_runtime::bind::BoundWeights;
 use archc_runtime::exec::cpu::{
-    f32_to_bf16, CpuModel, Engine, KvState, LlvmOptions, Logits, ModelOptions, Origin, Phase,
-    Precision,
+    f32_to_bf16, CpuModel, Engine, KvState, LlvmOptions, Logits, Options, Origin, Phase, Precision,
 };
 use archc_runtime::exec::{logits, Backend, Mode};
 use archc_runtime::npy;
@@ -51,7 +50,7 @@ fn model<'w>(
     engine: Engine,
     threads: usize,
 ) -> CpuModel<'w> {
-    CpuModel::from_spec_with(spec, w, engine, threads, &code_cache())
+    CpuModel::from_spec_options(spec, w, engine, threads, &code_cache(), &Options::default())
         .unwrap_or_else(|e| panic!("{case}: {} cannot load the model: {e}", engine.as_str()))
 }
 
@@ -261,9 +260,9 @@ fn check_case(case: &str, engine: Engine) {
 
 /// A model whose prefill rounds activations to bf16 before its bf16-weight matmuls.
 fn bf16_model<'w>(case: &str, spec: &Spec, w: &'w BoundWeights, engine: Engine) -> CpuModel<'w> {
-    let options = ModelOptions {
-        logits: Logits::All,
+    let options = Options {
         precision: Precision::Bf16,
+        ..Options::default()
     };
     CpuModel::from_spec_options(spec, w, engine, 2, &code_cache(), &options)
         .unwrap_or_else(|e| panic!("{case}: {} (bf16 activations): {e}", engine.as_str()))
@@ -364,7 +363,15 @@ fn interpreter_only_fixtures_are_refused_by_name() {
         let w = load(case, &f.spec, &f.dir);
         assert_eq!(common::refused_op(case), *op);
         for engine in [Engine::Llvm, Engine::KernelInterp] {
-            let err = match CpuModel::from_spec_with(&f.spec, &w, engine, 1, &code_cache()) {
+            let built = CpuModel::from_spec_options(
+                &f.spec,
+                &w,
+                engine,
+                1,
+                &code_cache(),
+                &Options::default(),
+            );
+            let err = match built {
                 Ok(_) => panic!("{case} ({}): the kernel stage accepted it", engine.as_str()),
                 Err(e) => e.to_string(),
             };
@@ -406,7 +413,11 @@ fn check_last_logits(case: &str, engine: Engine) {
     let case = &format!("{case} ({})", engine.as_str());
     let w = load(case, &f.spec, &f.dir);
     let mut all = model(case, &f.spec, &w, engine, 2);
-    let mut last = CpuModel::from_spec_logits(&f.spec, &w, engine, 2, &code_cache(), Logits::Last)
+    let options = Options {
+        logits: Logits::Last,
+        ..Options::default()
+    };
+    let mut last = CpuModel::from_spec_options(&f.spec, &w, engine, 2, &code_cache(), &options)
         .unwrap_or_else(|e| panic!("{case}: cannot load the last-position model: {e}"));
     let (head, tail) = f.tokens.split_at(f.tokens.len() - 2);
     let mut cache_all = all.new_cache();
@@ -525,11 +536,13 @@ fn compiled_kernels_come_from_the_disk_cache_the_second_time() {
         cache: Some(dir.path().to_path_buf()),
         cc: None,
     };
-    let mut first = CpuModel::from_spec_with(&f.spec, &w, Engine::Llvm, 2, &options)
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let mut first =
+        CpuModel::from_spec_options(&f.spec, &w, Engine::Llvm, 2, &options, &Options::default())
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
     assert_eq!(first.origins(), [Some(Origin::Built), Some(Origin::Built)]);
-    let mut second = CpuModel::from_spec_with(&f.spec, &w, Engine::Llvm, 2, &options)
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let mut second =
+        CpuModel::from_spec_options(&f.spec, &w, Engine::Llvm, 2, &options, &Options::default())
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
     assert_eq!(second.origins(), [Some(Origin::Cache), Some(Origin::Cache)]);
     let a = prefill(case, &mut first, &f.tokens);
     let b = prefill(case, &mut second, &f.tokens);
@@ -551,9 +564,16 @@ fn f8_spec_over_f32_weights_is_refused() {
     let w = load(case, &f.spec, &f.dir);
     let mut spec = f.spec.clone();
     spec.dtype = DType::F8;
-    let err = CpuModel::from_spec_with(&spec, &w, Engine::Llvm, 1, &code_cache())
-        .expect_err("f32 checkpoint weights cannot be supplied as f8");
-    snapshot("f8_spec_over_f32_weights", &err);
+    let err = CpuModel::from_spec_options(
+        &spec,
+        &w,
+        Engine::Llvm,
+        1,
+        &code_cache(),
+        &Options::default(),
+    )
+    .expect_err("f32 checkpoint weights cannot be supplied as f8");
+    snapshot("f8_spec_over_f32_weights", &err.to_string());
 }
 
 /// `archc logits` with the default backend (llvm) on two threads, the kernel interpreter

@@ -15,6 +15,7 @@
 mod common;
 
 use archc_compiler::interp::{RandomWeights, WeightSource};
+use archc_compiler::ir::Io;
 use archc_compiler::kernel::interp::{run_program, KBufData};
 use archc_compiler::kernel::lower::{program_with, BlockFormat, ParamFormat};
 use archc_compiler::kernel::{lower::program, BufferKind, Elem, Program};
@@ -80,7 +81,7 @@ fn check(p: Program, weights: &RandomWeights, tokens: &[u32], past: usize) {
     let mut params: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut caches: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for b in &p.buffers {
-        match b.kind {
+        match &b.kind {
             BufferKind::Param => {
                 assert_eq!(b.elem, Elem::F32, "tiny models have f32 weights");
                 // Program parameter buffers are named `@tensor`; the weights are not.
@@ -88,7 +89,7 @@ fn check(p: Program, weights: &RandomWeights, tokens: &[u32], past: usize) {
                 let w = weights.get(name).expect("random weights cover the graph");
                 params.insert(b.name.clone(), to_f32(w.bytes));
             }
-            BufferKind::Input if b.name.starts_with("cache.") => {
+            BufferKind::Input(io) if io.is_carried() => {
                 let n: usize = b.shape.iter().map(|d| d.eval(tokens.len(), past)).product();
                 let v = (0..n).map(|i| ((i % 17) as f32 - 8.0) / 16.0).collect();
                 caches.insert(b.name.clone(), v);
@@ -405,14 +406,14 @@ fn quantised_decode_on_the_gpu_matches_the_kernel_interpreter() {
                     let name = b.name.strip_prefix('@').unwrap_or(&b.name);
                     floats.get(name).expect("a float parameter").bytes.to_vec()
                 }
-                (BufferKind::Input, Elem::F32) if b.name.starts_with("cache.") => f32_bytes(
+                (BufferKind::Input(io), Elem::F32) if io.is_carried() => f32_bytes(
                     &(0..n)
                         .map(|i| ((i % 13) as f32 - 6.0) / 8.0)
                         .collect::<Vec<_>>(),
                 ),
-                (BufferKind::Input, _) if b.name == "tokens" => i32_bytes(&[42]),
-                (BufferKind::Input, _) if b.name == "positions" => i32_bytes(&[past as i32]),
-                (BufferKind::Param | BufferKind::Input, e) => {
+                (BufferKind::Input(Io::Tokens), _) => i32_bytes(&[42]),
+                (BufferKind::Input(Io::Positions), _) => i32_bytes(&[past as i32]),
+                (BufferKind::Param | BufferKind::Input(_), e) => {
                     panic!("{}: `{}` is {}", fmt.name(), b.name, e.as_str())
                 }
                 _ => continue,
@@ -462,7 +463,7 @@ fn quantised_decode_on_the_gpu_matches_the_kernel_interpreter() {
         let inputs: BTreeMap<String, &[u8]> = p
             .buffers
             .iter()
-            .filter(|b| b.kind == BufferKind::Input)
+            .filter(|b| matches!(b.kind, BufferKind::Input(_)))
             .map(|b| (b.name.clone(), data[&b.name].as_slice()))
             .collect();
         let gpu = CudaProgram::new(p.clone(), 0, &params)

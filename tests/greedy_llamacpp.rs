@@ -23,7 +23,7 @@
 //! otherwise.
 
 use archc_runtime::exec;
-use archc_runtime::exec::cpu::{default_threads, Engine};
+use archc_runtime::exec::cpu::{default_threads, Engine, Options};
 use archc_runtime::fetch;
 use archc_runtime::generate::{CpuSession, Generator, Limits, Model};
 use archc_runtime::sample::{argmax, Sampler, SamplerConfig};
@@ -162,8 +162,14 @@ fn greedy_tokens_match_llama_cpp() {
     )
     .expect("import");
     let weights = archc_runtime::bind::bind_gguf(&spec, file).expect("bind");
-    let session =
-        CpuSession::new(&spec, &weights, Engine::Llvm, default_threads()).expect("compile");
+    let session = CpuSession::new(
+        &spec,
+        &weights,
+        Engine::Llvm,
+        default_threads(),
+        &Options::default(),
+    )
+    .expect("compile");
     let mut generator = Generator::new(session, spec.context as usize);
 
     // Every logit of the first prompt's last position, against llama.cpp's.
@@ -171,8 +177,14 @@ fn greedy_tokens_match_llama_cpp() {
     let first_prompt = ids(&runs[0]["prompt_ids"]);
     let theirs = archc_runtime::npy::read(&data().join("smollm2_prompt0_last_logits.npy"))
         .expect("logits npy");
-    let mut probe =
-        CpuSession::new(&spec, &weights, Engine::Llvm, default_threads()).expect("compile");
+    let mut probe = CpuSession::new(
+        &spec,
+        &weights,
+        Engine::Llvm,
+        default_threads(),
+        &Options::default(),
+    )
+    .expect("compile");
     let ours = probe.forward(&first_prompt).expect("prefill");
     assert_eq!(ours.len(), theirs.data.len());
     let full_diff = ours
@@ -307,8 +319,14 @@ fn prompt0_logits_match_hf_transformers() {
     .expect("interpreter prefill");
     let interp = max_diff(&all[all.len() - hf.data.len()..]);
     // The LLVM kernels run on the quantised weights, as `archc run` does.
-    let mut session =
-        CpuSession::new(&spec, &weights, Engine::Llvm, default_threads()).expect("compile");
+    let mut session = CpuSession::new(
+        &spec,
+        &weights,
+        Engine::Llvm,
+        default_threads(),
+        &Options::default(),
+    )
+    .expect("compile");
     let llvm = max_diff(&session.forward(&prompt).expect("llvm prefill"));
     println!(
         "prompt 0, all {} logits of the last position: max |interp - HF| = {interp:.3e}, max |llvm - HF| = {llvm:.3e}",

@@ -69,7 +69,7 @@ fn per_past_token(shape: &[Dim]) -> Option<u64> {
 fn check_cache_inputs(name: &str, g: &Graph, mla: &[archc_spec::Mla]) {
     let caches: Vec<(String, Vec<Dim>)> = g
         .inputs()
-        .filter(|(_, n)| n.starts_with("cache."))
+        .filter(|(_, n)| n.is_carried())
         .map(|(id, n)| (n.to_string(), g.node(id).ty.shape.clone()))
         .collect();
     let want: Vec<(String, Vec<Dim>)> = mla
@@ -84,7 +84,8 @@ fn check_cache_inputs(name: &str, g: &Graph, mla: &[archc_spec::Mla]) {
         .collect();
     assert_eq!(caches, want, "{name} {:?}: cache inputs", g.mode);
     for (n, _) in &want {
-        assert!(g.output(n).is_some(), "{name}: `{n}` is not returned");
+        let io = n.parse().expect("an output name");
+        assert!(g.output(&io).is_some(), "{name}: `{n}` is not returned");
     }
 }
 
@@ -175,7 +176,7 @@ fn cache_size_matches_stats() {
         let g = lower(&spec, Mode::Decode).expect("lowers");
         let numbers: u64 = g
             .inputs()
-            .filter(|(_, n)| n.starts_with("cache."))
+            .filter(|(_, n)| n.is_carried())
             .filter_map(|(id, _)| per_past_token(&g.node(id).ty.shape))
             .sum();
         let bytes = match stats.kv_dtype {

@@ -121,7 +121,9 @@ fn dce_removes_dead_nodes_and_their_parameters() {
     let g = lower_file(&file, Mode::Prefill);
     let mut dead = g.clone();
     // A second head matmul that nothing reads.
-    let logits = dead.output("logits").expect("logits");
+    let logits = dead
+        .output(&archc_compiler::ir::Io::Logits)
+        .expect("logits");
     let mut extra = dead.node(logits).clone();
     dead.params.push(archc_compiler::ir::Param {
         name: "unused.weight".into(),

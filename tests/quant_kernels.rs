@@ -12,12 +12,12 @@
 //! written by `tools/reference/make_gguf_fixtures.py`.
 
 use archc_compiler::ir::{DType, Dim, Graph, Mode as GraphMode, Node, NodeId, Op, Output, Param};
-use archc_compiler::ir::{ParamId, Type, Value};
+use archc_compiler::ir::{Io, ParamId, Type, Value};
 use archc_compiler::kernel::interp::{run_program, KBufData};
 use archc_compiler::kernel::lower::{program_with, BlockFormat, ParamFormat};
 use archc_compiler::kernel::{BufferKind, Elem};
 use archc_runtime::bind::bind_gguf;
-use archc_runtime::exec::cpu::{program_for, CpuModel, Engine, Phase};
+use archc_runtime::exec::cpu::{self, CpuModel, Engine, Phase};
 use archc_runtime::exec::{logits, Backend, Mode};
 use archc_runtime::quant::{dequantize, GgmlType};
 use archc_runtime::weights::gguf::GgufFile;
@@ -120,9 +120,7 @@ fn gather_and_matmul(rows: u64, width: u64, mode: GraphMode) -> Graph {
         ty: Type::new(shape, dtype),
     };
     g.nodes.push(node(
-        Op::Input {
-            name: "tokens".into(),
-        },
+        Op::Input { io: Io::Tokens },
         vec![],
         vec![Dim::SEQ],
         DType::I32,
@@ -134,7 +132,7 @@ fn gather_and_matmul(rows: u64, width: u64, mode: GraphMode) -> Graph {
         DType::F32,
     ));
     g.nodes.push(node(
-        Op::Input { name: "x".into() },
+        Op::Input { io: Io::value("x") },
         vec![],
         vec![Dim::SEQ, Dim::c(width)],
         DType::F32,
@@ -146,11 +144,11 @@ fn gather_and_matmul(rows: u64, width: u64, mode: GraphMode) -> Graph {
         DType::F32,
     ));
     g.outputs.push(Output {
-        name: "rows".into(),
+        io: Io::value("rows"),
         node: NodeId(1),
     });
     g.outputs.push(Output {
-        name: "y".into(),
+        io: Io::value("y"),
         node: NodeId(3),
     });
     g
@@ -167,8 +165,8 @@ fn kernels_decode_every_block_format_like_the_reference() {
         let graph = gather_and_matmul(rows as u64, width as u64, mode);
         let program = program_with(&graph, &|_| Some(ParamFormat::Block(fmt)))
             .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
-        for name in ["@table", "@w"] {
-            let b = &program.buffers[program.input(name).expect("param")];
+        for name in ["table", "w"] {
+            let b = &program.buffers[program.param(name).expect("param")];
             assert_eq!(
                 (b.kind.clone(), b.elem),
                 (BufferKind::Param, Elem::U8),
@@ -301,9 +299,11 @@ fn quantised_model_matches_the_interpreter(path: &Path, format: GgmlType, tied: 
     // Both programs read every quantised parameter as its raw blocks, in kernels that
     // decode them.
     for mode in [GraphMode::Prefill, GraphMode::Decode] {
-        let program = program_for(&spec, mode, &weights).unwrap_or_else(|e| panic!("{e}"));
+        let program = cpu::driver(&spec, &weights, cpu::Options::default())
+            .program(mode)
+            .unwrap_or_else(|e| panic!("{e}"));
         for name in &quantised {
-            let b = &program.buffers[program.input(&format!("@{name}")).expect("a param")];
+            let b = &program.buffers[program.param(name).expect("a param")];
             assert_eq!(b.elem, Elem::U8, "{name}");
         }
         let tag = format!("_{}_", format.name().to_lowercase());

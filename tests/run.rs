@@ -233,7 +233,8 @@ fn compiled_kernels_generate_the_interpreters_tokens() {
     let want = interp
         .generate(&PROMPT, &mut greedy(), &limits(16, &[]), &mut |_| Ok(()))
         .unwrap();
-    let session = CpuSession::new(&spec, &weights, Engine::Llvm, 2).unwrap();
+    let options = archc_runtime::exec::cpu::Options::default();
+    let session = CpuSession::new(&spec, &weights, Engine::Llvm, 2, &options).unwrap();
     let mut native = Generator::new(session, 128);
     let got = native
         .generate(&PROMPT, &mut greedy(), &limits(16, &[]), &mut |_| Ok(()))

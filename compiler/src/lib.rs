@@ -7,6 +7,7 @@
 //! kernels through buffer pointers the runtime passes).
 
 pub mod codegen;
+pub mod driver;
 pub mod interp;
 pub mod ir;
 pub mod kernel;

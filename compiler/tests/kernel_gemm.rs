@@ -485,7 +485,7 @@ fn interp_logits(spec: &archc_spec::Spec, opts: &KernelOptions) -> Vec<f32> {
     }
     let mut mems: BTreeMap<String, Mem> = BTreeMap::new();
     for (j, b) in program.buffers.iter().enumerate() {
-        if !matches!(b.kind, BufferKind::Param | BufferKind::Input) {
+        if !matches!(b.kind, BufferKind::Param | BufferKind::Input(_)) {
             continue;
         }
         let n: usize = b.shape.iter().map(|d| d.eval(seq, 0)).product();

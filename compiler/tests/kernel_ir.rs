@@ -628,7 +628,7 @@ fn small_program() -> Program {
                 name: "tokens".to_string(),
                 elem: Elem::I32,
                 shape: vec![Dim::SEQ],
-                kind: BufferKind::Input,
+                kind: BufferKind::Input(archc_compiler::ir::Io::Tokens),
             },
             Buffer {
                 name: "@embed.tokens".to_string(),
@@ -656,7 +656,7 @@ fn small_program() -> Program {
                 name: "logits".to_string(),
                 elem: Elem::F32,
                 shape: vec![Dim::SEQ, Dim::c(h)],
-                kind: BufferKind::Output,
+                kind: BufferKind::Output(archc_compiler::ir::Io::Logits),
             },
         ],
         kernels: vec![gather, scale],

@@ -9,7 +9,7 @@
 use archc_compiler::interp::{
     self, Bindings, RandomWeights, Tensor, WeightDType, WeightSource, WeightView,
 };
-use archc_compiler::ir::{verify, Graph};
+use archc_compiler::ir::{verify, Graph, Io};
 use archc_compiler::kernel::interp::{run_program, KBufData, KData};
 use archc_compiler::kernel::lower::{program, KernelError};
 use archc_compiler::kernel::verify::verify_program;
@@ -142,13 +142,13 @@ fn run_kernels(
         inputs.insert(name.clone(), d.view_ro());
     }
     for b in &p.buffers {
-        if b.kind != archc_compiler::kernel::BufferKind::Input {
+        let archc_compiler::kernel::BufferKind::Input(io) = &b.kind else {
             continue;
-        }
-        let view = match b.name.as_str() {
-            "tokens" => KBufData::I32Ro(&toks),
-            "positions" => KBufData::I32Ro(&pos),
-            name => KBufData::F32Ro(cache.get(name).map_or(&[][..], |v| v.as_slice())),
+        };
+        let view = match io {
+            Io::Tokens => KBufData::I32Ro(&toks),
+            Io::Positions => KBufData::I32Ro(&pos),
+            io => KBufData::F32Ro(cache.get(&io.to_string()).map_or(&[][..], |v| v.as_slice())),
         };
         inputs.insert(b.name.clone(), view);
     }
@@ -168,15 +168,15 @@ fn run_graph(
     let mut inputs = BTreeMap::new();
     let seq = tokens.len();
     inputs.insert(
-        "tokens".to_string(),
+        Io::Tokens,
         Tensor::new(vec![seq], tokens.iter().map(|&t| t as f32).collect()),
     );
     inputs.insert(
-        "positions".to_string(),
+        Io::Positions,
         Tensor::new(vec![seq], (past..past + seq).map(|p| p as f32).collect()),
     );
-    for (id, name) in g.inputs() {
-        if name.starts_with("cache.") {
+    for (id, io) in g.inputs() {
+        if io.is_carried() {
             let shape = g
                 .node(id)
                 .ty
@@ -184,14 +184,14 @@ fn run_graph(
                 .iter()
                 .map(|d| d.eval(seq, past))
                 .collect();
-            let data = cache.get(name).cloned().unwrap_or_default();
-            inputs.insert(name.to_string(), Tensor::new(shape, data));
+            let data = cache.get(&io.to_string()).cloned().unwrap_or_default();
+            inputs.insert(io.clone(), Tensor::new(shape, data));
         }
     }
     interp::run(g, w, &inputs, Bindings { seq, past })
         .unwrap_or_else(|e| panic!("graph interpreter fails: {e}"))
         .into_iter()
-        .map(|(k, t)| (k, t.data))
+        .map(|(k, t)| (k.to_string(), t.data))
         .collect()
 }
 
@@ -231,7 +231,7 @@ fn differential(s: &Spec, bf16: bool) -> Result<f32, KernelError> {
     let only = |p: &Program| -> BTreeMap<String, KData> {
         params
             .iter()
-            .filter(|(n, _)| p.input(n).is_some())
+            .filter(|(n, _)| p.param(n.trim_start_matches('@')).is_some())
             .map(|(n, d)| (n.clone(), d.clone()))
             .collect()
     };
@@ -452,7 +452,7 @@ fn outputs_that_compute_nothing_are_copied() {
     let mut g = Graph::new("copies", Mode::Prefill);
     let ty = Type::new(vec![Dim::SEQ, Dim::c(4)], IrDType::F32);
     g.nodes.push(Node {
-        op: Op::Input { name: "a".into() },
+        op: Op::Input { io: Io::value("a") },
         inputs: vec![],
         ty: ty.clone(),
     });
@@ -470,7 +470,7 @@ fn outputs_that_compute_nothing_are_copied() {
     });
     for (name, node) in [("logits", 2), ("a", 0), ("r", 1), ("t", 2)] {
         g.outputs.push(Output {
-            name: name.into(),
+            io: name.parse().expect("an output name"),
             node: NodeId(node),
         });
     }

@@ -8,7 +8,7 @@
 
 use archc_compiler::codegen::llvm::{compile_kernels_with, Options, Target};
 use archc_compiler::interp::{self, Bindings, RandomWeights, Tensor, WeightSource};
-use archc_compiler::ir::{Graph, Node, NodeId, Op, Output, ParamId, Value};
+use archc_compiler::ir::{Graph, Io, Node, NodeId, Op, Output, ParamId, Value};
 use archc_compiler::kernel::interp::{run_program, KBufData, KData};
 use archc_compiler::kernel::lower::program;
 use archc_compiler::kernel::{BufferKind, Elem, Program};
@@ -66,7 +66,7 @@ fn isolate(g: &Graph, id: usize) -> Graph {
             Value::Node(n) => {
                 m.nodes.push(Node {
                     op: Op::Input {
-                        name: format!("in{j}"),
+                        io: Io::value(format!("in{j}")),
                     },
                     inputs: vec![],
                     ty: g.node(*n).ty.clone(),
@@ -92,7 +92,7 @@ fn isolate(g: &Graph, id: usize) -> Graph {
         ty: node.ty.clone(),
     });
     m.outputs.push(Output {
-        name: "out".into(),
+        io: Io::value("out"),
         node: NodeId(m.nodes.len() as u32 - 1),
     });
     m
@@ -126,22 +126,22 @@ fn interpret(
             .collect();
         let n: usize = shape.iter().product();
         let data = match name {
-            "tokens" => (0..n).map(|i| ((i * 17 + 5) % 61) as f32).collect(),
-            "positions" => (past..past + n).map(|p| p as f32).collect(),
+            Io::Tokens => (0..n).map(|i| ((i * 17 + 5) % 61) as f32).collect(),
+            Io::Positions => (past..past + n).map(|p| p as f32).collect(),
             _ => (0..n).map(|_| rng.next()).collect(),
         };
-        inputs.insert(name.to_string(), Tensor::new(shape, data));
+        inputs.insert(name.clone(), Tensor::new(shape, data));
     }
     let mut all = g.clone();
     all.outputs = (0..g.nodes.len())
         .map(|i| Output {
-            name: format!("v{i}"),
+            io: Io::value(format!("v{i}")),
             node: NodeId(i as u32),
         })
         .collect();
     let outs = interp::run(&all, weights, &inputs, Bindings { seq, past }).expect("graph runs");
     outs.into_iter()
-        .map(|(name, t)| (name[1..].parse().expect("named v{i}"), t))
+        .map(|(io, t)| (io.to_string()[1..].parse().expect("named v{i}"), t))
         .collect()
 }
 
@@ -269,7 +269,7 @@ fn run_llvm(p: &Program, mem: &[(String, KData)], seq: usize, past: usize) -> Ve
     let out = p
         .buffers
         .iter()
-        .position(|b| b.name == "out" && matches!(b.kind, BufferKind::Output))
+        .position(|b| b.name == "out" && matches!(b.kind, BufferKind::Output(_)))
         .or_else(|| p.buffers.iter().position(|b| b.name == "out"))
         .expect("the program has an output `out`");
     let n: usize = p.buffers[out]
@@ -619,7 +619,7 @@ fn router_ties_go_to_the_lowest_index() {
         let mut g = Graph::new("ties", Mode::Prefill);
         g.nodes.push(Node {
             op: Op::Input {
-                name: "logits".into(),
+                io: Io::value("router_logits"),
             },
             inputs: vec![],
             ty: Type::new(vec![Dim::SEQ, Dim::c(8)], archc_compiler::ir::DType::F32),
@@ -630,23 +630,26 @@ fn router_ties_go_to_the_lowest_index() {
             ty: Type::new(vec![Dim::SEQ, Dim::c(3)], archc_compiler::ir::DType::I32),
         });
         g.outputs.push(Output {
-            name: "idx".into(),
+            io: Io::value("idx"),
             node: NodeId(1),
         });
         let mut inputs = BTreeMap::new();
-        inputs.insert("logits".to_string(), Tensor::new(vec![3, 8], data.clone()));
+        inputs.insert(
+            Io::value("router_logits"),
+            Tensor::new(vec![3, 8], data.clone()),
+        );
         let want = interp::run(
             &g,
             &RandomWeights::default(),
             &inputs,
             Bindings { seq: 3, past: 0 },
         )
-        .expect("interpreter runs")["idx"]
+        .expect("interpreter runs")[&Io::value("idx")]
             .data
             .clone();
         let p = program(&g).expect("router_select compiles");
         let mem = KData::F32(data.clone());
-        let bufs = BTreeMap::from([("logits".to_string(), mem.view_ro())]);
+        let bufs = BTreeMap::from([("router_logits".to_string(), mem.view_ro())]);
         let got = run_program(&p, bufs, 3, 0, 2).expect("kernel runs")["idx"].to_f32();
         assert_eq!(got, want, "{op:?}");
     }

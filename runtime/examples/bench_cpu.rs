@@ -60,7 +60,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let src = std::fs::read_to_string(&args.spec)
         .map_err(|e| format!("cannot read {}: {e}", args.spec))?;

@@ -5,6 +5,7 @@ pub mod cuda;
 
 use crate::bind::BoundWeights;
 use archc_compiler::interp::Interpreter;
+use archc_compiler::kernel::analysis::ContractError;
 use archc_compiler::{lower, Mode as GraphMode};
 use archc_spec::Spec;
 use std::fmt;
@@ -32,19 +33,89 @@ pub enum Backend {
     Cuda,
 }
 
-/// Execution failed: lowering, a missing parameter, or the interpreter itself.
+/// Why running a model failed, by what failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecError {
-    pub message: String,
+pub enum ExecError {
+    /// The spec could not be compiled: which stage, and why.
+    Compile { stage: String, message: String },
+    /// The program breaks the executor contract.
+    Contract(ContractError),
+    /// The program needs something this executor does not provide.
+    Program(String),
+    /// A parameter cannot be bound to the checkpoint's tensor.
+    Param { name: String, message: String },
+    /// The call itself is wrong: no tokens, a token outside the vocabulary, a position that
+    /// overflows.
+    Input(String),
+    /// A size overflows or memory cannot be allocated.
+    Memory(String),
+    /// A kernel failed (the kernel IR interpreter's checks, or a panic).
+    Kernel {
+        launch: usize,
+        kernel: String,
+        message: String,
+    },
+    /// The reference interpreter failed.
+    Interp(String),
+    /// The worker threads could not be started or a job failed on one.
+    Threads(String),
+    /// The CUDA backend failed.
+    Cuda(cuda::CudaError),
+    /// A step of a longer computation failed: which, then the error.
+    At { what: String, error: Box<ExecError> },
+}
+
+impl ExecError {
+    /// This error as the cause of step `what` (`decode of token 3`).
+    pub fn at(self, what: impl Into<String>) -> ExecError {
+        ExecError::At {
+            what: what.into(),
+            error: Box::new(self),
+        }
+    }
+
+    /// A parameter error.
+    pub fn param(name: &str, message: impl Into<String>) -> ExecError {
+        ExecError::Param {
+            name: name.to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for ExecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            ExecError::Compile { stage, message } => write!(f, "{stage}: {message}"),
+            ExecError::Contract(e) => write!(f, "program contract: {e}"),
+            ExecError::Program(m) | ExecError::Input(m) | ExecError::Memory(m) => f.write_str(m),
+            ExecError::Param { name, message } => write!(f, "parameter `{name}`: {message}"),
+            ExecError::Kernel {
+                launch,
+                kernel,
+                message,
+            } => write!(f, "launch {launch} (kernel `{kernel}`): {message}"),
+            ExecError::Interp(m) => write!(f, "interpreter: {m}"),
+            ExecError::Threads(m) => write!(f, "worker threads: {m}"),
+            ExecError::Cuda(e) => write!(f, "{e}"),
+            ExecError::At { what, error } => write!(f, "{what}: {error}"),
+        }
     }
 }
 
 impl std::error::Error for ExecError {}
+
+impl From<ContractError> for ExecError {
+    fn from(e: ContractError) -> ExecError {
+        ExecError::Contract(e)
+    }
+}
+
+impl From<cuda::CudaError> for ExecError {
+    fn from(e: cuda::CudaError) -> ExecError {
+        ExecError::Cuda(e)
+    }
+}
 
 /// Logits of every token, row-major `[tokens.len(), spec.vocab]`.
 ///
@@ -76,28 +147,28 @@ pub fn logits_with_threads(
         Backend::Llvm => Some(cpu::Engine::Llvm),
         Backend::KernelInterp => Some(cpu::Engine::KernelInterp),
         Backend::Cuda => {
-            return cuda_logits(spec, weights, tokens, mode).map_err(|e| ExecError {
-                message: format!("--backend cuda: {e}"),
-            })
+            return cuda_logits(spec, weights, tokens, mode)
+                .map_err(|e| ExecError::Cuda(e).at("--backend cuda"))
         }
     };
     if let Some(engine) = engine {
         let threads = threads.unwrap_or_else(cpu::default_threads);
-        return kernel_logits(spec, weights, tokens, mode, engine, threads)
-            .map_err(|message| ExecError { message });
+        return kernel_logits(spec, weights, tokens, mode, engine, threads);
     }
-    let err = |what: &str, e: &dyn fmt::Display| ExecError {
-        message: format!("{what}: {e}"),
+    let lower_err = |mode: GraphMode, e: archc_compiler::LowerError| ExecError::Compile {
+        stage: format!("lowering ({})", mode.as_str()),
+        message: e.to_string(),
     };
-    let prefill = lower(spec, GraphMode::Prefill).map_err(|e| err("lowering (prefill)", &e))?;
-    let decode = lower(spec, GraphMode::Decode).map_err(|e| err("lowering (decode)", &e))?;
+    let interp_err = |what: &str, e: &dyn fmt::Display| ExecError::Interp(format!("{what}: {e}"));
+    let prefill = lower(spec, GraphMode::Prefill).map_err(|e| lower_err(GraphMode::Prefill, e))?;
+    let decode = lower(spec, GraphMode::Decode).map_err(|e| lower_err(GraphMode::Decode, e))?;
     let interp =
-        Interpreter::new(&prefill, &decode, weights).map_err(|e| err("interpreter", &e))?;
+        Interpreter::new(&prefill, &decode, weights).map_err(|e| interp_err("weights", &e))?;
     let mut cache = interp.new_cache();
     match mode {
         Mode::Prefill => interp
             .prefill(&mut cache, tokens)
-            .map_err(|e| err("prefill", &e)),
+            .map_err(|e| interp_err("prefill", &e)),
         Mode::Decode => {
             // Reserve at most 64 MiB up front: the rows arrive one by one anyway, and the
             // product of two untrusted sizes should not decide an allocation.
@@ -106,7 +177,7 @@ pub fn logits_with_threads(
             for (i, &t) in tokens.iter().enumerate() {
                 let row = interp
                     .decode(&mut cache, t)
-                    .map_err(|e| err(&format!("decode of token {i}"), &e))?;
+                    .map_err(|e| interp_err(&format!("decode of token {i}"), &e))?;
                 out.extend_from_slice(&row);
             }
             Ok(out)
@@ -122,20 +193,20 @@ fn kernel_logits(
     mode: Mode,
     engine: cpu::Engine,
     threads: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, ExecError> {
     let mut model = cpu::CpuModel::from_spec(spec, weights, engine, threads)?;
     let mut cache = model.new_cache();
     match mode {
         Mode::Prefill => model
             .run(cpu::Phase::Prefill, &mut cache, tokens)
-            .map_err(|e| format!("prefill: {e}")),
+            .map_err(|e| e.at("prefill")),
         Mode::Decode => {
             let want = tokens.len().saturating_mul(spec.vocab as usize);
             let mut out = Vec::with_capacity(want.min(1 << 24));
             for (i, &t) in tokens.iter().enumerate() {
                 let row = model
                     .run(cpu::Phase::Decode, &mut cache, &[t])
-                    .map_err(|e| format!("decode of token {i}: {e}"))?;
+                    .map_err(|e| e.at(format!("decode of token {i}")))?;
                 out.extend_from_slice(&row);
             }
             Ok(out)

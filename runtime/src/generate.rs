@@ -7,10 +7,9 @@
 //! are prefilled; otherwise the cache is cleared and the whole prompt runs again.
 
 use crate::bind::BoundWeights;
-use crate::exec::cpu::{
-    CpuModel, Engine, KvState, LlvmOptions, Logits, ModelOptions, Phase, Precision,
-};
+use crate::exec::cpu::{CpuModel, Engine, KvState, LlvmOptions, Logits, Options, Phase};
 use crate::exec::cuda::{CudaKv, CudaModel, CudaOptions};
+use crate::exec::ExecError;
 use crate::sample::Sampler;
 use crate::tokenize::Tokenizer;
 use archc_compiler::interp::{Interpreter, KvCache};
@@ -46,11 +45,11 @@ pub trait Model {
     fn vocab(&self) -> usize;
     /// Runs `tokens` after the cached ones and returns the logits of the last of them
     /// (`[vocab]`); the cache grows by `tokens.len()`.
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String>;
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ExecError>;
     /// `forward` into `logits` (replacing its contents); a model that can fill the
     /// caller's vector without allocating overrides it, so that decoding allocates
     /// nothing per token.
-    fn forward_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), String> {
+    fn forward_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), ExecError> {
         *logits = self.forward(tokens)?;
         Ok(())
     }
@@ -59,12 +58,12 @@ pub trait Model {
 }
 
 /// The last `vocab` values of a row-major `[seq, vocab]` block.
-fn last_row(mut logits: Vec<f32>, vocab: usize) -> Result<Vec<f32>, String> {
+fn last_row(mut logits: Vec<f32>, vocab: usize) -> Result<Vec<f32>, ExecError> {
     if vocab == 0 || logits.len() < vocab || logits.len() % vocab != 0 {
-        return Err(format!(
+        return Err(ExecError::Program(format!(
             "the model returned {} logits, not a whole number of rows of {vocab}",
             logits.len()
-        ));
+        )));
     }
     Ok(logits.split_off(logits.len() - vocab))
 }
@@ -79,28 +78,18 @@ pub struct CpuSession<'w> {
 
 impl<'w> CpuSession<'w> {
     /// Compiles (or takes from the code cache) both programs of `spec` for `engine` and
-    /// binds `weights`.
+    /// binds `weights`, with the driver's `options` except that generation reads the last
+    /// position's logits only.
     pub fn new(
         spec: &Spec,
         weights: &'w BoundWeights,
         engine: Engine,
         threads: usize,
-    ) -> Result<CpuSession<'w>, String> {
-        Self::with_precision(spec, weights, engine, threads, Precision::F32)
-    }
-
-    /// `new` whose prefill matmuls treat activations as `precision` says.
-    pub fn with_precision(
-        spec: &Spec,
-        weights: &'w BoundWeights,
-        engine: Engine,
-        threads: usize,
-        precision: Precision,
-    ) -> Result<CpuSession<'w>, String> {
-        // Generation reads the last position's logits only.
-        let options = ModelOptions {
+        options: &Options,
+    ) -> Result<CpuSession<'w>, ExecError> {
+        let options = Options {
             logits: Logits::Last,
-            precision,
+            ..*options
         };
         let model = CpuModel::from_spec_options(
             spec,
@@ -111,7 +100,8 @@ impl<'w> CpuSession<'w> {
             &options,
         )?;
         let cache = model.new_cache();
-        let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large")?;
+        let vocab = usize::try_from(spec.vocab)
+            .map_err(|_| ExecError::Program("vocabulary too large".into()))?;
         Ok(CpuSession {
             model,
             cache,
@@ -125,7 +115,7 @@ impl Model for CpuSession<'_> {
         self.vocab
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ExecError> {
         // One token runs the decode program, whose kernels are specialised for seq = 1.
         let phase = if tokens.len() == 1 {
             Phase::Decode
@@ -136,7 +126,7 @@ impl Model for CpuSession<'_> {
         last_row(logits, self.vocab)
     }
 
-    fn forward_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), String> {
+    fn forward_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), ExecError> {
         let phase = if tokens.len() == 1 {
             Phase::Decode
         } else {
@@ -148,10 +138,10 @@ impl Model for CpuSession<'_> {
         // it return more (without reallocating).
         let n = logits.len();
         if self.vocab == 0 || n < self.vocab || n % self.vocab != 0 {
-            return Err(format!(
+            return Err(ExecError::Program(format!(
                 "the model returned {n} logits, not a whole number of rows of {}",
                 self.vocab
-            ));
+            )));
         }
         logits.drain(..n - self.vocab);
         Ok(())
@@ -174,15 +164,19 @@ impl CudaSession {
     /// Builds both programs of `spec`, uploads `weights` and loads them on device `ordinal`.
     /// The prefill computes the last position's logits only (all that generation reads);
     /// `ARCHC_CUDA_GRAPH=1` makes each decode step one CUDA graph replay.
-    pub fn new(spec: &Spec, weights: &BoundWeights, ordinal: usize) -> Result<CudaSession, String> {
+    pub fn new(
+        spec: &Spec,
+        weights: &BoundWeights,
+        ordinal: usize,
+    ) -> Result<CudaSession, ExecError> {
         let options = CudaOptions {
             logits: Logits::Last,
             ..CudaOptions::default()
         };
-        let model = CudaModel::from_spec_with(spec, weights, ordinal, options)
-            .map_err(|e| e.to_string())?;
+        let model = CudaModel::from_spec_with(spec, weights, ordinal, options)?;
         let cache = model.new_cache();
-        let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large")?;
+        let vocab = usize::try_from(spec.vocab)
+            .map_err(|_| ExecError::Program("vocabulary too large".into()))?;
         Ok(CudaSession {
             model,
             cache,
@@ -196,16 +190,13 @@ impl Model for CudaSession {
         self.vocab
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ExecError> {
         let phase = if tokens.len() == 1 {
             Phase::Decode
         } else {
             Phase::Prefill
         };
-        let logits = self
-            .model
-            .run(phase, &mut self.cache, tokens)
-            .map_err(|e| e.to_string())?;
+        let logits = self.model.run(phase, &mut self.cache, tokens)?;
         last_row(logits, self.vocab)
     }
 
@@ -224,14 +215,17 @@ pub struct Graphs {
 }
 
 impl Graphs {
-    pub fn lower(spec: &Spec) -> Result<Graphs, String> {
+    pub fn lower(spec: &Spec) -> Result<Graphs, ExecError> {
         let last = archc_compiler::lower::Options {
             logits: Logits::Last,
         };
+        let failed = |mode: &str, e: archc_compiler::LowerError| ExecError::Compile {
+            stage: format!("lowering ({mode})"),
+            message: e.to_string(),
+        };
         Ok(Graphs {
-            prefill: lower_with(spec, Mode::Prefill, &last)
-                .map_err(|e| format!("lowering (prefill): {e}"))?,
-            decode: lower(spec, Mode::Decode).map_err(|e| format!("lowering (decode): {e}"))?,
+            prefill: lower_with(spec, Mode::Prefill, &last).map_err(|e| failed("prefill", e))?,
+            decode: lower(spec, Mode::Decode).map_err(|e| failed("decode", e))?,
         })
     }
 }
@@ -247,9 +241,9 @@ impl<'a> InterpSession<'a> {
     pub fn new(
         graphs: &'a Graphs,
         weights: &'a dyn archc_compiler::interp::WeightSource,
-    ) -> Result<InterpSession<'a>, String> {
+    ) -> Result<InterpSession<'a>, ExecError> {
         let interp = Interpreter::new(&graphs.prefill, &graphs.decode, weights)
-            .map_err(|e| format!("interpreter: {e}"))?;
+            .map_err(|e| ExecError::Interp(e.to_string()))?;
         let cache = interp.new_cache();
         Ok(InterpSession { interp, cache })
     }
@@ -260,13 +254,13 @@ impl Model for InterpSession<'_> {
         self.interp.vocab()
     }
 
-    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>, ExecError> {
         let logits = if let [t] = tokens {
             self.interp.decode(&mut self.cache, *t)
         } else {
             self.interp.prefill(&mut self.cache, tokens)
         }
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ExecError::Interp(e.to_string()))?;
         last_row(logits, self.interp.vocab())
     }
 

@@ -597,9 +597,9 @@ fn measure(
 ) -> Result<Measured, Failure> {
     let build = |what: &str| {
         let start = Instant::now();
-        let options = cpu::ModelOptions {
-            logits: cpu::Logits::Last,
+        let options = cpu::Options {
             precision: args.precision.precision(),
+            ..cpu::Options::generation()
         };
         let model =
             CpuModel::from_spec_options(spec, weights, Engine::Llvm, threads, llvm, &options)
@@ -646,11 +646,13 @@ fn fresh_cache_dir() -> Result<PathBuf, Failure> {
 
 /// The dtype of the KV cache in the kernel program (the executor's, not the model's).
 fn cache_dtype(spec: &Spec) -> Result<DType, Failure> {
-    let program = cpu::program(spec, archc_compiler::Mode::Decode).map_err(fail)?;
+    let program = archc_compiler::driver::Driver::for_spec(spec, cpu::Options::default())
+        .program(archc_compiler::Mode::Decode)
+        .map_err(|e| fail(e.to_string()))?;
     let elem = program
         .buffers
         .iter()
-        .find(|b| b.kind == BufferKind::Input && b.name.starts_with("cache."))
+        .find(|b| matches!(&b.kind, BufferKind::Input(io) if io.is_carried()))
         .map(|b| b.elem);
     Ok(match elem {
         Some(Elem::Bf16) => DType::Bf16,

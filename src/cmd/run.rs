@@ -222,13 +222,13 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
                 Err(e) => Err(e.clone()),
             };
             bar.finish_and_clear();
-            let session = session.map_err(fail)?;
+            let session = session.map_err(|e| fail(e.to_string()))?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
         BackendArg::Cuda => {
             let session = CudaSession::new(&spec, &weights, 0);
             bar.finish_and_clear();
-            let session = session.map_err(fail)?;
+            let session = session.map_err(|e| fail(e.to_string()))?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
         BackendArg::Llvm | BackendArg::KernelInterp => {
@@ -237,15 +237,13 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             } else {
                 Engine::KernelInterp
             };
-            let session = CpuSession::with_precision(
-                &spec,
-                &weights,
-                engine,
-                threads,
-                args.precision.precision(),
-            );
+            let options = cpu::Options {
+                precision: args.precision.precision(),
+                ..cpu::Options::generation()
+            };
+            let session = CpuSession::new(&spec, &weights, engine, threads, &options);
             bar.finish_and_clear();
-            let session = session.map_err(fail)?;
+            let session = session.map_err(|e| fail(e.to_string()))?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
     }

@@ -23,7 +23,7 @@ mod weights;
 pub use random::RandomWeights;
 pub use weights::{f16_to_f32, BlockView, WeightDType, WeightSource, WeightView};
 
-use crate::ir::{Graph, Op, Value};
+use crate::ir::{Graph, Io, Op, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use weights::Rows;
@@ -70,7 +70,8 @@ pub(crate) fn error(message: impl Into<String>) -> InterpError {
     }
 }
 
-/// The KV cache between calls: for every `cache.*` input of the graphs, the keys or
+/// The KV cache between calls: for every carried input of the graphs (`Io::Kv`,
+/// `Io::State`), the keys or
 /// values of the `past` tokens seen so far (`[past, kv_heads, dim]`), MLA's latent rows
 /// (`[past, kv_rank + rope_dim]`), or a linear-attention layer's fixed-size convolution
 /// and recurrent state (zeros before the first token); shapes come from the graph's
@@ -78,7 +79,7 @@ pub(crate) fn error(message: impl Into<String>) -> InterpError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvCache {
     pub past: usize,
-    pub tensors: BTreeMap<String, Tensor>,
+    pub tensors: BTreeMap<Io, Tensor>,
 }
 
 /// Values of the symbolic dims for one run.
@@ -116,14 +117,14 @@ pub fn check_weights(graph: &Graph, weights: &dyn WeightSource) -> Result<(), In
     Ok(())
 }
 
-/// Run `graph` once: `inputs` holds every `Op::Input` by name; the result holds every
-/// output by name. Weights are checked as they are used.
+/// Run `graph` once: `inputs` holds every `Op::Input`; the result holds every output.
+/// Weights are checked as they are used.
 pub fn run(
     graph: &Graph,
     weights: &dyn WeightSource,
-    inputs: &BTreeMap<String, Tensor>,
+    inputs: &BTreeMap<Io, Tensor>,
     dims: Bindings,
-) -> Result<BTreeMap<String, Tensor>, InterpError> {
+) -> Result<BTreeMap<Io, Tensor>, InterpError> {
     // Free every value after its last use; outputs live to the end.
     let n = graph.nodes.len();
     let mut last_use = vec![0usize; n];
@@ -145,13 +146,13 @@ pub fn run(
             .iter()
             .map(|d| d.eval(dims.seq, dims.past))
             .collect();
-        let out = if let Op::Input { name } = &node.op {
+        let out = if let Op::Input { io } = &node.op {
             let t = inputs
-                .get(name)
-                .ok_or_else(|| error(format!("missing input `{name}`")))?;
+                .get(io)
+                .ok_or_else(|| error(format!("missing input `{io}`")))?;
             if t.shape != shape {
                 return Err(error(format!(
-                    "input `{name}` has shape {:?}, expected {:?}",
+                    "input `{io}` has shape {:?}, expected {:?}",
                     t.shape, shape
                 )));
             }
@@ -211,8 +212,8 @@ pub fn run(
     for o in &graph.outputs {
         let t = values[o.node.0 as usize]
             .clone()
-            .ok_or_else(|| error(format!("output {} has no value", o.name)))?;
-        outs.insert(o.name.clone(), t);
+            .ok_or_else(|| error(format!("output {} has no value", o.io)))?;
+        outs.insert(o.io.clone(), t);
     }
     Ok(outs)
 }
@@ -245,7 +246,7 @@ impl<'a> Interpreter<'a> {
         check_weights(prefill, weights)?;
         check_weights(decode, weights)?;
         let vocab = prefill
-            .output("logits")
+            .output(&Io::Logits)
             .and_then(|id| prefill.node(id).ty.shape.last().and_then(|d| d.as_const()))
             .ok_or_else(|| error("the prefill graph has no [seq, vocab] logits output"))?;
         Ok(Interpreter {
@@ -263,8 +264,8 @@ impl<'a> Interpreter<'a> {
     /// An empty cache (`past = 0`) with one tensor per cache input of the graphs.
     pub fn new_cache(&self) -> KvCache {
         let mut tensors = BTreeMap::new();
-        for (id, name) in self.prefill.inputs() {
-            if name.starts_with("cache.") {
+        for (id, io) in self.prefill.inputs() {
+            if io.is_carried() {
                 let shape = self
                     .prefill
                     .node(id)
@@ -273,7 +274,7 @@ impl<'a> Interpreter<'a> {
                     .iter()
                     .map(|d| d.eval(0, 0))
                     .collect();
-                tensors.insert(name.to_string(), Tensor::zeros(shape));
+                tensors.insert(io.clone(), Tensor::zeros(shape));
             }
         }
         KvCache { past: 0, tensors }
@@ -309,16 +310,16 @@ impl<'a> Interpreter<'a> {
         let mut inputs = std::mem::take(&mut cache.tensors);
         let seq = tokens.len();
         inputs.insert(
-            "tokens".into(),
+            Io::Tokens,
             Tensor::new(vec![seq], tokens.iter().map(|&t| t as f32).collect()),
         );
         inputs.insert(
-            "positions".into(),
+            Io::Positions,
             Tensor::new(vec![seq], (past..past + seq).map(|p| p as f32).collect()),
         );
         let result = run(graph, self.weights, &inputs, Bindings { seq, past });
-        inputs.remove("tokens");
-        inputs.remove("positions");
+        inputs.remove(&Io::Tokens);
+        inputs.remove(&Io::Positions);
         let mut outs = match result {
             Ok(o) => o,
             Err(e) => {
@@ -326,16 +327,15 @@ impl<'a> Interpreter<'a> {
                 return Err(e);
             }
         };
-        for (name, t) in inputs {
+        for io in inputs.into_keys() {
             let new = outs
-                .remove(&name)
-                .ok_or_else(|| error(format!("the graph does not return `{name}`")))?;
-            let _ = t;
-            cache.tensors.insert(name, new);
+                .remove(&io)
+                .ok_or_else(|| error(format!("the graph does not return `{io}`")))?;
+            cache.tensors.insert(io, new);
         }
         cache.past = past + seq;
         let logits = outs
-            .remove("logits")
+            .remove(&Io::Logits)
             .ok_or_else(|| error("the graph has no logits output"))?;
         Ok(logits.data)
     }

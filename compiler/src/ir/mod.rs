@@ -4,13 +4,15 @@
 //! A graph describes one forward pass over one sequence: `seq` new tokens that attend to
 //! a KV cache of `past` earlier tokens. Parameters are not nodes: they live in their own
 //! table and are referred to by name (`@layers.0.attn.q.weight`). Runtime inputs (token
-//! ids, positions, KV-cache tensors) are `Op::Input` nodes; outputs are named nodes.
+//! ids, positions, KV-cache tensors) are `Op::Input` nodes; outputs name nodes. Both are
+//! typed ([`Io`]), never recognised by their names.
 //!
 //! **Invariant:** nodes are in topological order (every operand precedes its user), and
 //! every node's stored type is what `infer` computes from its operands.
 
 pub mod fused;
 mod infer;
+mod io;
 mod print;
 pub(crate) use print::op_text;
 pub mod rope;
@@ -20,6 +22,7 @@ pub use fused::{
     ElementwiseOp, Epilogue, ExpertAct, FlashAttnOp, Instr, LinearOp, MoeOp, NormRopeOp,
 };
 pub use infer::infer;
+pub use io::{Io, IoError, KvPart, StatePart};
 pub use verify::{verify, VerifyError};
 
 use std::fmt;
@@ -128,6 +131,46 @@ impl Dim {
             seq: self.seq + other.seq,
             past: self.past + other.past,
         }
+    }
+}
+
+impl std::str::FromStr for Dim {
+    type Err = String;
+
+    /// The text form back: terms `N`, `seq`, `past`, `N*seq`, `N*past` joined by `+`.
+    fn from_str(s: &str) -> Result<Dim, String> {
+        let bad = || format!("`{s}` is not a dimension (like `4096`, `seq` or `past+seq`)");
+        let mut d = Dim::c(0);
+        for term in s.split('+') {
+            let term = term.trim();
+            let (coef, sym) = match term.split_once('*') {
+                Some((n, sym)) => (n.trim().parse::<u64>().map_err(|_| bad())?, sym.trim()),
+                None if term == "seq" || term == "past" => (1, term),
+                None => {
+                    d.konst = term.parse::<u64>().map_err(|_| bad())?;
+                    continue;
+                }
+            };
+            match sym {
+                "seq" => d.seq = coef,
+                "past" => d.past = coef,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(d)
+    }
+}
+
+impl serde::Serialize for Dim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Dim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dim, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -320,10 +363,10 @@ pub struct RouterWeightsOp {
 /// The closed set of Graph IR operations.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// A runtime input: `tokens [s]`, `positions [s]`, `cache.{i}.k` / `cache.{i}.v`, or
-    /// MLA's latent `cache.{i}.kv`.
+    /// A runtime input: `tokens [s]`, `positions [s]`, a layer's KV cache (`cache.{i}.k` /
+    /// `cache.{i}.v`, or MLA's latent `cache.{i}.kv`) or recurrent state.
     Input {
-        name: String,
+        io: Io,
     },
     /// Rows of a table: `table [n, ...]`, `ids [...]` (i32) → `ids.shape ++ table.shape[1..]`.
     Gather,
@@ -447,10 +490,10 @@ impl Mode {
     }
 }
 
-/// A named graph result: `logits`, or the updated `cache.{i}.k` / `cache.{i}.v`.
+/// A graph result: `logits`, or a layer's updated KV cache or state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    pub name: String,
+    pub io: Io,
     pub node: NodeId,
 }
 
@@ -502,19 +545,19 @@ impl Graph {
             .map(|i| ParamId(i as u32))
     }
 
-    /// The runtime inputs, in node order, with their names.
-    pub fn inputs(&self) -> impl Iterator<Item = (NodeId, &str)> {
+    /// The runtime inputs, in node order.
+    pub fn inputs(&self) -> impl Iterator<Item = (NodeId, &Io)> {
         self.nodes
             .iter()
             .enumerate()
             .filter_map(|(i, n)| match &n.op {
-                Op::Input { name } => Some((NodeId(i as u32), name.as_str())),
+                Op::Input { io } => Some((NodeId(i as u32), io)),
                 _ => None,
             })
     }
 
-    /// The output of the given name.
-    pub fn output(&self, name: &str) -> Option<NodeId> {
-        self.outputs.iter().find(|o| o.name == name).map(|o| o.node)
+    /// The node of output `io`.
+    pub fn output(&self, io: &Io) -> Option<NodeId> {
+        self.outputs.iter().find(|o| o.io == *io).map(|o| o.node)
     }
 }

@@ -37,7 +37,7 @@ impl fmt::Display for Graph {
             writeln!(f, " : {}", n.ty)?;
         }
         for o in &self.outputs {
-            writeln!(f, "output {} = %{}", o.name, o.node.0)?;
+            writeln!(f, "output {} = %{}", o.io, o.node.0)?;
         }
         Ok(())
     }
@@ -58,7 +58,7 @@ impl Graph {
 /// The op's name and attributes, e.g. `rmsnorm{eps=1e-6}`.
 pub(crate) fn op_text(op: &Op) -> String {
     match op {
-        Op::Input { name } => format!("input {name}"),
+        Op::Input { io } => format!("input {io}"),
         Op::Gather => "gather".into(),
         Op::MatMul => "matmul".into(),
         Op::ExpertMatMul => "expert_matmul".into(),

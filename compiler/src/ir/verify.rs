@@ -1,6 +1,6 @@
 //! The Graph IR verifier: operand ids in range and defined before use (topological
-//! order), stored types equal to the type rules' result, unique names, every parameter
-//! used, outputs naming real nodes.
+//! order), stored types equal to the type rules' result, unique inputs and outputs,
+//! every parameter used, at least one output, outputs naming real nodes.
 
 use super::{infer, Graph, Op, Value};
 use std::collections::BTreeSet;
@@ -67,12 +67,12 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
                     .ok_or_else(|| at(i, "dangling operand".into()))?,
             );
         }
-        if let Op::Input { name } = &n.op {
+        if let Op::Input { io } = &n.op {
             if !n.inputs.is_empty() {
                 return Err(at(i, "an input has no operands".into()));
             }
-            if !input_names.insert(name.as_str()) {
-                return Err(at(i, format!("input {name} is declared twice")));
+            if !input_names.insert(io) {
+                return Err(at(i, format!("input {io} is declared twice")));
             }
             continue;
         }
@@ -95,15 +95,15 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
         if o.node.0 as usize >= g.nodes.len() {
             return Err(global(format!(
                 "output {} names %{}, which does not exist",
-                o.name, o.node.0
+                o.io, o.node.0
             )));
         }
-        if !out_names.insert(o.name.as_str()) {
-            return Err(global(format!("output {} is declared twice", o.name)));
+        if !out_names.insert(&o.io) {
+            return Err(global(format!("output {} is declared twice", o.io)));
         }
     }
-    if g.output("logits").is_none() {
-        return Err(global("the graph has no `logits` output".into()));
+    if g.outputs.is_empty() {
+        return Err(global("the graph has no outputs".into()));
     }
     for (id, _) in &g.labels {
         if id.0 as usize > g.nodes.len() {
@@ -119,7 +119,7 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ir::{DType, Dim, Node, NodeId, Output, Param, ParamId, Type};
+    use crate::ir::{DType, Dim, Io, Node, NodeId, Output, Param, ParamId, Type};
 
     /// tokens → gather(@table) → logits.
     fn graph() -> Graph {
@@ -130,9 +130,7 @@ mod tests {
             dtype: DType::F32,
         });
         g.nodes.push(Node {
-            op: Op::Input {
-                name: "tokens".into(),
-            },
+            op: Op::Input { io: Io::Tokens },
             inputs: vec![],
             ty: Type::new(vec![Dim::SEQ], DType::I32),
         });
@@ -142,7 +140,7 @@ mod tests {
             ty: Type::new(vec![Dim::SEQ, Dim::c(4)], DType::F32),
         });
         g.outputs.push(Output {
-            name: "logits".into(),
+            io: Io::Logits,
             node: NodeId(1),
         });
         g
@@ -174,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_unused_parameters_and_missing_logits() {
+    fn rejects_unused_parameters_and_no_outputs() {
         let mut g = graph();
         g.params.push(Param {
             name: "lm_head.weight".into(),
@@ -189,7 +187,7 @@ mod tests {
         g.outputs.clear();
         assert_eq!(
             verify(&g).map_err(|e| e.to_string()),
-            Err("the graph has no `logits` output".into())
+            Err("the graph has no outputs".into())
         );
     }
 }

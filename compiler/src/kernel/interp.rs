@@ -775,7 +775,7 @@ pub fn run_program(
     let mut mems: Vec<Mem> = Vec::with_capacity(p.buffers.len());
     for (i, b) in p.buffers.iter().enumerate() {
         mems.push(match b.kind {
-            BufferKind::Param | BufferKind::Input => {
+            BufferKind::Param | BufferKind::Input(_) => {
                 let data = inputs
                     .remove(&b.name)
                     .ok_or_else(|| err(format!("no memory given for buffer `{}`", b.name)))?;
@@ -791,7 +791,9 @@ pub fn run_program(
                 }
                 Mem::Given(data)
             }
-            BufferKind::Output | BufferKind::Temp => Mem::Owned(KData::poisoned(b.elem, counts[i])),
+            BufferKind::Output(_) | BufferKind::Temp => {
+                Mem::Owned(KData::poisoned(b.elem, counts[i]))
+            }
             BufferKind::Alias { .. } => Mem::None,
             // The grown input: its old rows are the input's (copied here, where the
             // executors share the memory), the kernels write the rest.
@@ -881,7 +883,7 @@ pub fn run_program(
 
     let mut out = BTreeMap::new();
     for (b, m) in p.buffers.iter().zip(mems) {
-        if let (BufferKind::Output | BufferKind::Append { .. }, Mem::Owned(d)) = (&b.kind, m) {
+        if let (BufferKind::Output(_) | BufferKind::Append { .. }, Mem::Owned(d)) = (&b.kind, m) {
             out.insert(b.name.clone(), d);
         }
     }

@@ -18,15 +18,19 @@
 //! **Invariant:** nothing here names a CPU or GPU feature. Targets read `LoopKind::Vector`
 //! as a hint for the vector width and `Parallel` as the axis to spread over cores or a grid.
 
+pub mod analysis;
 pub mod interp;
 pub mod lower;
 mod print;
+pub mod program;
 pub mod verify;
 
-use crate::ir::Dim;
+use crate::ir::{Dim, Io};
+use serde::{Deserialize, Serialize};
 
 /// Element type of a buffer in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Elem {
     F32,
     Bf16,
@@ -59,6 +63,20 @@ impl Elem {
             Elem::Bf16 | Elem::F16 => 2,
             Elem::U8 | Elem::F8 => 1,
         }
+    }
+
+    /// By its text form (`f32`, `bf16`, ...).
+    pub fn by_name(name: &str) -> Option<Elem> {
+        [
+            Elem::F32,
+            Elem::Bf16,
+            Elem::F16,
+            Elem::I32,
+            Elem::U8,
+            Elem::F8,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == name)
     }
 }
 
@@ -218,7 +236,8 @@ pub enum Stmt {
 
 /// Whether a kernel reads or writes a buffer parameter; `Scratch` is private per-thread
 /// memory of a constant size that the kernel allocates itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Access {
     Read,
     Write,
@@ -229,7 +248,7 @@ pub enum Access {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KBuf {
     /// The program buffer name it is usually bound to (`%12`, `@layers.0.attn.q.weight`),
     /// for reading the text form; launches bind by position.
@@ -255,23 +274,27 @@ pub struct Kernel {
 }
 
 /// A buffer of the whole program.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Buffer {
     pub name: String,
     pub elem: Elem,
     /// Shape (sizes symbolic in seq and past); the element count is the product.
     pub shape: Vec<Dim>,
+    #[serde(flatten)]
     pub kind: BufferKind,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// What a program buffer is: its typed role in the program contract. Executors match on
+/// it; no role is recognised by a buffer's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "role")]
 pub enum BufferKind {
-    /// A model parameter, bound by canonical tensor name.
+    /// A model parameter, bound by canonical tensor name (the buffer's name after `@`).
     Param,
-    /// A runtime input (`tokens`, `positions`, `cache.{i}.k`).
-    Input,
-    /// A named result (`logits`, the updated `cache.{i}.k`).
-    Output,
+    /// A runtime input (token ids, positions, a KV cache or a recurrent state).
+    Input(Io),
+    /// A result (the logits, an updated KV cache or recurrent state).
+    Output(Io),
     /// An intermediate activation.
     Temp,
     /// The same memory as another buffer, read with another shape (reshape).
@@ -295,7 +318,7 @@ pub enum BufferKind {
 
 /// A kernel call: `bufs[i]` is the program buffer bound to the kernel's i-th parameter
 /// (`None` for scratch parameters).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Launch {
     pub kernel: usize,
     pub bufs: Vec<Option<usize>>,

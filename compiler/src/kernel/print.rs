@@ -11,8 +11,8 @@ impl fmt::Display for Program {
             let shape: Vec<String> = b.shape.iter().map(|d| d.to_string()).collect();
             let kind = match &b.kind {
                 BufferKind::Param => "param".to_string(),
-                BufferKind::Input => "input".to_string(),
-                BufferKind::Output => "output".to_string(),
+                BufferKind::Input(_) => "input".to_string(),
+                BufferKind::Output(_) => "output".to_string(),
                 BufferKind::Temp => "temp".to_string(),
                 BufferKind::Alias { of } => format!("alias of {}", self.buffers[*of].name),
                 BufferKind::Append { to } => format!(

@@ -82,13 +82,20 @@ pub fn verify_program(p: &Program) -> Result<(), KernelVerifyError> {
             at: format!("program `{}`, buffer {i} `{}`", p.name, b.name),
             message,
         };
+        if let BufferKind::Input(io) | BufferKind::Output(io) = &b.kind {
+            if b.name != io.to_string() {
+                return Err(at(format!(
+                    "an input or output of `{io}` must have that name"
+                )));
+            }
+        }
         match &b.kind {
-            BufferKind::Param | BufferKind::Input => {
+            BufferKind::Param | BufferKind::Input(_) => {
                 if !bound_names.insert(b.name.as_str()) {
                     return Err(at("a second param or input has this name".to_string()));
                 }
             }
-            BufferKind::Output => {
+            BufferKind::Output(_) => {
                 if !output_names.insert(b.name.as_str()) {
                     return Err(at("a second output has this name".to_string()));
                 }
@@ -101,8 +108,12 @@ pub fn verify_program(p: &Program) -> Result<(), KernelVerifyError> {
                 let t = p
                     .buffers
                     .get(*to)
-                    .filter(|t| t.kind == BufferKind::Input)
-                    .ok_or_else(|| at(format!("appends to buffer {to}, which is not an input")))?;
+                    .filter(|t| matches!(t.kind, BufferKind::Input(Io::Kv { .. })))
+                    .ok_or_else(|| {
+                        at(format!(
+                            "appends to buffer {to}, which is not a KV-cache input"
+                        ))
+                    })?;
                 if t.name != b.name || t.elem != b.elem {
                     return Err(at(format!(
                         "appends to `{}` of {}, but is `{}` of {} (the same name and type are required)",

@@ -4,8 +4,8 @@
 
 use super::{err, Builder, LowerError};
 use crate::ir::{
-    rope::yarn_mscale, AttnOp, BinaryOp, DType, Dim, MlaAttn, Mode, NormKind, NormOp, Op, RopeOp,
-    UnaryOp, Value,
+    rope::yarn_mscale, AttnOp, BinaryOp, DType, Dim, Io, KvPart, MlaAttn, Mode, NormKind, NormOp,
+    Op, RopeOp, UnaryOp, Value,
 };
 use archc_spec::{Attention, Mla, Norm, NormKind as SpecNormKind, QkNorm, RopeScaling, Spec};
 
@@ -52,20 +52,24 @@ fn standard(
 
     // Append this pass's keys and values to the cache.
     let qk_dim = b.ty(k).shape[2];
+    let (k_io, v_io) = (
+        Io::kv(layer as u32, KvPart::K),
+        Io::kv(layer as u32, KvPart::V),
+    );
     let k_cache = b.input(
-        &format!("cache.{layer}.k"),
+        k_io.clone(),
         vec![Dim::PAST, Dim::c(a.kv_heads), qk_dim],
         DType::F32,
     );
     let v_cache = b.input(
-        &format!("cache.{layer}.v"),
+        v_io.clone(),
         vec![Dim::PAST, Dim::c(a.kv_heads), Dim::c(a.v_head_dim)],
         DType::F32,
     );
     let k_all = b.op(Op::Concat { axis: 0 }, &[k_cache, k])?;
     let v_all = b.op(Op::Concat { axis: 0 }, &[v_cache, v])?;
-    b.output(&format!("cache.{layer}.k"), k_all);
-    b.output(&format!("cache.{layer}.v"), v_all);
+    b.output(k_io, k_all);
+    b.output(v_io, v_all);
 
     let mut ins = vec![q, k_all, v_all, positions];
     if a.sinks {
@@ -301,10 +305,10 @@ fn mla(
     let q = temperature(b, a, q, positions)?;
     let k_rot = b.reshape(k_rot, vec![seq, Dim::c(rope)])?;
     let row = b.op(Op::Concat { axis: 1 }, &[c, k_rot])?;
-    let name = format!("cache.{layer}.kv");
-    let cache = b.input(&name, vec![Dim::PAST, Dim::c(rank + rope)], DType::F32);
+    let io = Io::kv(layer as u32, KvPart::Latent);
+    let cache = b.input(io.clone(), vec![Dim::PAST, Dim::c(rank + rope)], DType::F32);
     let all = b.op(Op::Concat { axis: 0 }, &[cache, row])?;
-    b.output(&name, all);
+    b.output(io, all);
     let t = b.ty(all).shape[0];
 
     let kv_b = b.local("attn.kv_b.weight", &[heads * (nope + vd), rank]);

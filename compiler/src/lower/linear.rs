@@ -9,7 +9,7 @@
 //! grown; a prefill after earlier tokens and every decode step continue from them.
 
 use super::{err, Builder, LowerError};
-use crate::ir::{BinaryOp, DType, Dim, NormKind, NormOp, Op, UnaryOp, Value};
+use crate::ir::{BinaryOp, DType, Dim, Io, NormKind, NormOp, Op, StatePart, UnaryOp, Value};
 use archc_spec::{GatedDeltaNet, KimiDelta, Spec};
 
 /// The Gated DeltaNet mixer of layer `layer` on the normed residual `x [seq, hidden]`,
@@ -137,8 +137,12 @@ pub(super) fn kimi_delta(
     let v = b.linear(x, "kda.v", width, h, false)?;
     let qk = b.op(Op::Concat { axis: 1 }, &[q, k])?;
     let mixed = b.op(Op::Concat { axis: 1 }, &[qk, v])?;
-    let name = format!("cache.{layer}.conv");
-    let state = b.input(&name, vec![Dim::c(conv - 1), Dim::c(3 * width)], DType::F32);
+    let io = Io::state(layer as u32, StatePart::Conv);
+    let state = b.input(
+        io.clone(),
+        vec![Dim::c(conv - 1), Dim::c(3 * width)],
+        DType::F32,
+    );
     let all = b.op(Op::Concat { axis: 0 }, &[state, mixed])?;
     let mut convolved = Vec::with_capacity(3);
     for (i, which) in ["q", "k", "v"].into_iter().enumerate() {
@@ -150,7 +154,7 @@ pub(super) fn kimi_delta(
         convolved.push(b.reshape(y, vec![seq, Dim::c(heads), Dim::c(d)])?);
     }
     let next = b.op(Op::TailRows { n: conv - 1 }, &[all])?;
-    b.output(&name, next);
+    b.output(io, next);
     let q = l2_norm(b, convolved[0], d, (d as f64).recip())?;
     let k = l2_norm(b, convolved[1], d, (d as f64).powf(-0.5))?;
     let v = convolved[2];
@@ -198,13 +202,17 @@ fn causal_conv(
     conv: u64,
     weight: &str,
 ) -> Result<Value, LowerError> {
-    let name = format!("cache.{layer}.conv");
-    let state = b.input(&name, vec![Dim::c(conv - 1), Dim::c(channels)], DType::F32);
+    let io = Io::state(layer as u32, StatePart::Conv);
+    let state = b.input(
+        io.clone(),
+        vec![Dim::c(conv - 1), Dim::c(channels)],
+        DType::F32,
+    );
     let all = b.op(Op::Concat { axis: 0 }, &[state, x])?;
     let w = b.local(weight, &[channels, 1, conv]);
     let y = b.op(Op::DepthwiseConv, &[all, w])?;
     let next = b.op(Op::TailRows { n: conv - 1 }, &[all])?;
-    b.output(&name, next);
+    b.output(io, next);
     b.unary(UnaryOp::Silu, y)
 }
 
@@ -218,9 +226,9 @@ fn delta_rule(
     heads: u64,
     dv: u64,
 ) -> Result<Value, LowerError> {
-    let name = format!("cache.{layer}.state");
+    let io = Io::state(layer as u32, StatePart::Recurrent);
     let state = b.input(
-        &name,
+        io.clone(),
         vec![Dim::c(dk), Dim::c(heads), Dim::c(dv)],
         DType::F32,
     );
@@ -228,7 +236,7 @@ fn delta_rule(
     ins.push(state);
     let both = b.op(Op::DeltaRule, &ins)?;
     let next = b.op(Op::TailRows { n: dk }, &[both])?;
-    b.output(&name, next);
+    b.output(io, next);
     b.op(Op::DropTailRows { n: dk }, &[both])
 }
 
@@ -300,7 +308,8 @@ mod tests {
         let (pre, dec) = lower_both(spec);
         for g in [&pre, &dec] {
             let shape = |name: &str| {
-                let (id, _) = g.inputs().find(|(_, n)| *n == name).expect("state input");
+                let io: crate::ir::Io = name.parse().expect("an input name");
+                let (id, _) = g.inputs().find(|(_, n)| **n == io).expect("state input");
                 g.node(id).ty.to_string()
             };
             assert_eq!(shape("cache.0.conv"), conv);
@@ -311,7 +320,8 @@ mod tests {
                 "cache.1.k",
                 "cache.2.state",
             ] {
-                assert!(g.output(name).is_some(), "{name} is returned");
+                let io: crate::ir::Io = name.parse().expect("an output name");
+                assert!(g.output(&io).is_some(), "{name} is returned");
             }
             assert!(g.nodes.iter().any(|n| n.op == Op::DeltaRule));
         }

@@ -13,8 +13,8 @@ mod ffn;
 mod linear;
 
 use crate::ir::{
-    infer, BinaryOp, DType, Dim, Graph, Mode, Node, NodeId, NormKind, NormOp, Op, Output, Param,
-    ParamId, Type, UnaryOp, Value,
+    infer, BinaryOp, DType, Dim, Graph, Io, Mode, Node, NodeId, NormKind, NormOp, Op, Output,
+    Param, ParamId, Type, UnaryOp, Value,
 };
 use archc_spec::{Mixer, Norm, Placement, Spec};
 use std::collections::BTreeMap;
@@ -41,7 +41,7 @@ fn err(message: impl Into<String>) -> LowerError {
 }
 
 /// Which token positions a forward pass computes logits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Logits {
     /// Every position: `logits [seq, vocab]` (what `archc logits` and the tests compare).
     #[default]
@@ -87,8 +87,8 @@ pub fn lower_with(spec: &Spec, mode: Mode, options: &Options) -> Result<Graph, L
     }
     let h = spec.hidden;
     b.label("embeddings");
-    let tokens = b.input("tokens", vec![seq], DType::I32);
-    let positions = b.input("positions", vec![seq], DType::I32);
+    let tokens = b.input(Io::Tokens, vec![seq], DType::I32);
+    let positions = b.input(Io::Positions, vec![seq], DType::I32);
     let table = b.param("embed.tokens", &[spec.vocab, h]);
     let mut x = b.op(Op::Gather, &[table, tokens])?;
     if let Some(s) = spec.embed_scale {
@@ -189,7 +189,7 @@ pub fn lower_with(spec: &Spec, mode: Mode, options: &Options) -> Result<Graph, L
     if let Some(cap) = spec.logit_softcap {
         logits = b.op(Op::Unary(UnaryOp::Softcap(cap)), &[logits])?;
     }
-    b.output("logits", logits);
+    b.output(Io::Logits, logits);
     // Cache outputs come after the logits, in layer order.
     let mut g = b.g;
     let logits_out = g.outputs.pop().expect("logits was just pushed");
@@ -246,12 +246,10 @@ impl Builder {
         self.param(&name, shape)
     }
 
-    fn input(&mut self, name: &str, shape: Vec<Dim>, dtype: DType) -> Value {
+    fn input(&mut self, io: Io, shape: Vec<Dim>, dtype: DType) -> Value {
         let id = NodeId(self.g.nodes.len() as u32);
         self.g.nodes.push(Node {
-            op: Op::Input {
-                name: name.to_string(),
-            },
+            op: Op::Input { io },
             inputs: Vec::new(),
             ty: Type::new(shape, dtype),
         });
@@ -282,12 +280,9 @@ impl Builder {
         Ok(Value::Node(id))
     }
 
-    fn output(&mut self, name: &str, v: Value) {
+    fn output(&mut self, io: Io, v: Value) {
         if let Value::Node(node) = v {
-            self.g.outputs.push(Output {
-                name: name.to_string(),
-                node,
-            });
+            self.g.outputs.push(Output { io, node });
         }
     }
 

@@ -247,7 +247,7 @@ impl<'a> Rebuild<'a> {
                 Value::Param(_) => NodeId(u32::MAX),
             };
             self.new.outputs.push(crate::ir::Output {
-                name: o.name.clone(),
+                io: o.io.clone(),
                 node,
             });
         }

@@ -766,7 +766,7 @@ impl Gen {
                 && (fits(nc) || lin.wbufs.len() == 1 || gated.is_some())
             {
                 self.linear_gemm_lanes(&lin, m, nc, tn)
-            } else if self.opts.bf16_activations && lin.k_const() > 0 {
+            } else if self.opts.bf16_activations && bf16_weights && lin.k_const() > 0 {
                 self.linear_gemm_blocked(&lin, m, tn, Elem::Bf16)
             } else {
                 self.linear_gemm(&lin, m, tn)
@@ -1323,13 +1323,17 @@ impl Gen {
     }
 
     /// Decode: every thread normalises the one row into scratch, then the parallel loop
-    /// runs over groups of `tn` output columns. With `bf16_activations` the row is
+    /// runs over groups of `tn` output columns. With `bf16_activations` and bf16 weights the row is
     /// rounded to bf16 scratch (after the norm, if any), so the tiles multiply bf16 pairs
     /// like the prefill's: half the instructions per weight byte, which lets a core keep
     /// more weight loads in flight.
     fn linear_matvec(&mut self, lin: &Lin, tn: i64) -> Result<(), KernelError> {
         let kc = lin.k_const();
-        let bf16 = self.opts.bf16_activations && kc > 0;
+        let bf16_weights = lin
+            .wbufs
+            .iter()
+            .all(|w| self.k.bufs[w.0 as usize].elem == Elem::Bf16);
+        let bf16 = self.opts.bf16_activations && bf16_weights && kc > 0;
         let (src, base) = match (lin.op.norm, bf16) {
             (None, false) => (self.ins[0].buf, i(0)),
             (norm, _) => {

@@ -41,7 +41,7 @@ mod rows;
 pub use quant::{program_with, program_with_options, BlockFormat, ParamFormat};
 
 use super::{build, Buffer, BufferKind, Elem, Expr, Kernel, Launch, Program};
-use crate::ir::{DType, Dim, Graph, Node, NodeId, Op, Value};
+use crate::ir::{DType, Dim, Graph, Io, Node, NodeId, Op, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -162,13 +162,6 @@ fn elem(dtype: DType, _node: u32, _what: &str) -> Result<Elem, KernelError> {
     Ok(stored(dtype))
 }
 
-/// 64-bit FNV-1a: a stable hash with no dependency and no per-process seed.
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 /// Collects kernels, emitting each distinct one once.
 #[derive(Default)]
 struct Kernels {
@@ -181,16 +174,14 @@ struct Kernels {
 impl Kernels {
     /// The index of `k` (named `{kind}_{hash}`), adding it if no equal kernel exists.
     fn add(&mut self, kind: &str, mut k: Kernel) -> usize {
-        let mut anon = k.clone();
-        anon.name = kind.to_string();
-        for (i, b) in anon.bufs.iter_mut().enumerate() {
-            b.name = format!("b{i}");
-        }
-        let body = anon.to_string();
+        let body = crate::kernel::program::content_text(&k, kind);
         if let Some(&i) = self.by_body.get(&body) {
             return i;
         }
-        let base = format!("{kind}_{:08x}", fnv(&body) as u32);
+        let base = format!(
+            "{kind}_{:08x}",
+            crate::kernel::program::fnv1a64(&body) as u32
+        );
         // A 32-bit collision between different kernels is unlikely but must not merge them.
         let mut name = base.clone();
         let mut n = 2;
@@ -211,8 +202,8 @@ impl Kernels {
 /// graph interpreter computes, up to f32 summation order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct KernelOptions {
-    /// Matmuls round their activation rows to bf16 (after the norm prologue, where there
-    /// is one) and multiply them with the weights in bf16 pairs accumulated in f32, as
+    /// Matmuls whose weights are all bf16 round their activation rows to bf16 (after the
+    /// norm prologue, where there is one) and multiply them in bf16 pairs accumulated in f32, as
     /// PyTorch bf16 and llama.cpp do: code generators can then use bf16 dot-product
     /// instructions. Prefill matmuls also switch to row blocks with the rounded rows in
     /// per-thread scratch (a CPU schedule); decode rounds its one row. Changes numerics,
@@ -261,21 +252,21 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
 
     // The first output naming a computing node owns that node's buffer; every other output
     // is copied at the end.
-    let mut owner: BTreeMap<u32, &str> = BTreeMap::new();
-    let mut copies: Vec<(&str, NodeId)> = Vec::new();
+    let mut owner: BTreeMap<u32, &Io> = BTreeMap::new();
+    let mut copies: Vec<(&Io, NodeId)> = Vec::new();
     for o in &graph.outputs {
         let node = graph
             .nodes
             .get(o.node.0 as usize)
             .ok_or_else(|| KernelError::Invalid {
                 node: o.node.0,
-                message: format!("output `{}` names a node that does not exist", o.name),
+                message: format!("output `{}` names a node that does not exist", o.io),
             })?;
         let computes = !matches!(node.op, Op::Input { .. } | Op::Reshape { .. });
         if computes && !owner.contains_key(&o.node.0) {
-            owner.insert(o.node.0, &o.name);
+            owner.insert(o.node.0, &o.io);
         } else {
-            copies.push((&o.name, o.node));
+            copies.push((&o.io, o.node));
         }
     }
 
@@ -319,7 +310,7 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
         let e = stored(node.ty.dtype);
         let shape = node.ty.shape.clone();
         let (name, kind) = match &node.op {
-            Op::Input { name } => (name.clone(), BufferKind::Input),
+            Op::Input { io } => (io.to_string(), BufferKind::Input(io.clone())),
             Op::Reshape { .. } => {
                 let src = node.inputs.first().ok_or_else(|| KernelError::Invalid {
                     node: id,
@@ -340,10 +331,10 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
                                 to: node_buf[c.0 as usize],
                             },
                         ),
-                        None => (out.to_string(), BufferKind::Output),
+                        None => (out.to_string(), BufferKind::Output((*out).clone())),
                     }
                 }
-                Some(out) => (out.to_string(), BufferKind::Output),
+                Some(out) => (out.to_string(), BufferKind::Output((*out).clone())),
                 None => (format!("%{i}"), BufferKind::Temp),
             },
         };
@@ -380,16 +371,16 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
         }
     }
 
-    for (name, node) in copies {
+    for (io, node) in copies {
         let src = node_buf[node.0 as usize];
         let b = &buffers[src];
         let (e, shape) = (b.elem, b.shape.clone());
         let dst = buffers.len();
         buffers.push(Buffer {
-            name: name.to_string(),
+            name: io.to_string(),
             elem: e,
             shape: shape.clone(),
-            kind: BufferKind::Output,
+            kind: BufferKind::Output(io.clone()),
         });
         let k = basic::copy_kernel(e, &shape);
         let kernel = kernels.add("copy", k);
@@ -413,18 +404,30 @@ pub fn emit_kernel_text(graph: &Graph) -> Result<String, KernelError> {
 }
 
 impl Program {
-    /// The index of the parameter or input buffer bound under `name`.
-    pub fn input(&self, name: &str) -> Option<usize> {
+    /// The index of the input buffer of `io`.
+    pub fn input(&self, io: &Io) -> Option<usize> {
         self.buffers
             .iter()
-            .position(|b| b.name == name && matches!(b.kind, BufferKind::Input | BufferKind::Param))
+            .position(|b| matches!(&b.kind, BufferKind::Input(x) if x == io))
     }
 
-    /// The index of the output buffer named `name`.
-    pub fn output(&self, name: &str) -> Option<usize> {
+    /// The index of the parameter buffer of tensor `name` (without the `@`).
+    pub fn param(&self, name: &str) -> Option<usize> {
         self.buffers
             .iter()
-            .position(|b| b.name == name && b.kind == BufferKind::Output)
+            .position(|b| b.kind == BufferKind::Param && b.name.strip_prefix('@') == Some(name))
+    }
+
+    /// The index of the output buffer of `io` (an `Output`, or the `Append` growing the
+    /// input of `io`).
+    pub fn output(&self, io: &Io) -> Option<usize> {
+        self.buffers.iter().position(|b| match &b.kind {
+            BufferKind::Output(x) => x == io,
+            BufferKind::Append { to } => {
+                matches!(self.buffers.get(*to).map(|t| &t.kind), Some(BufferKind::Input(x)) if x == io)
+            }
+            _ => false,
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 //! nodes grow a cache that way.
 
 use super::{ix, stored, KernelError};
-use crate::ir::{Graph, NodeId, Op, Value};
+use crate::ir::{Graph, Io, NodeId, Op, Value};
 use crate::kernel::build::{self, i, load};
 use crate::kernel::{Access, Expr, Kernel, LoopKind, Stmt, Ty};
 
@@ -53,8 +53,8 @@ pub(super) fn last_row(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, 
 /// The cache input that node `id` grows in place when lowered with
 /// `KernelOptions::append_in_place`: the node appends to a cache (`norm_rope` with
 /// `append`, its last operand; or `concat` along axis 0, its first operand), that operand
-/// is the graph input `cache.…`, and the first graph output naming the node has the same
-/// name. The result buffer is then a `BufferKind::Append` of the input's buffer.
+/// is a KV-cache input of the graph (`Io::Kv`), and the first graph output naming the node
+/// is that same cache. The result buffer is then a `BufferKind::Append` of the input's buffer.
 pub(super) fn in_place_append(graph: &Graph, id: NodeId) -> Option<NodeId> {
     let node = graph.nodes.get(id.0 as usize)?;
     let cache = match &node.op {
@@ -65,11 +65,11 @@ pub(super) fn in_place_append(graph: &Graph, id: NodeId) -> Option<NodeId> {
     let Value::Node(c) = cache else {
         return None;
     };
-    let Op::Input { name } = &graph.nodes.get(c.0 as usize)?.op else {
+    let Op::Input { io } = &graph.nodes.get(c.0 as usize)?.op else {
         return None;
     };
     let out = graph.outputs.iter().find(|o| o.node == id)?;
-    (name.starts_with("cache.") && out.name == *name).then_some(*c)
+    (matches!(io, Io::Kv { .. }) && out.io == *io).then_some(*c)
 }
 
 /// `concat` along axis 0 of a cache `[past, ...]` and new rows `[n, ...]` into a result
@@ -136,7 +136,7 @@ pub(super) fn append_rows(graph: &Graph, id: NodeId, name: &str) -> Result<Kerne
 #[cfg(test)]
 mod tests {
     use super::super::{program_opts, KernelOptions};
-    use crate::ir::Mode;
+    use crate::ir::{Io, Mode};
     use crate::kernel::interp::{run_program, KBufData, KData};
     use crate::kernel::verify::elem_count;
     use crate::kernel::{BufferKind, Elem, Program};
@@ -158,8 +158,8 @@ mod tests {
         let pos: Vec<i32> = (past..past + seq).map(|x| x as i32).collect();
         let mut owned: BTreeMap<String, Vec<f32>> = BTreeMap::new();
         for (bi, b) in p.buffers.iter().enumerate() {
-            let fill = b.kind == BufferKind::Param
-                || (b.kind == BufferKind::Input && b.name.starts_with("cache."));
+            let fill = matches!(&b.kind, BufferKind::Param)
+                || matches!(&b.kind, BufferKind::Input(io) if io.is_carried());
             if fill {
                 assert_eq!(b.elem, Elem::F32, "{}", b.name);
                 let n = elem_count(b, seq, past).expect("small sizes");
@@ -168,10 +168,10 @@ mod tests {
         }
         let mut inputs = BTreeMap::new();
         for b in &p.buffers {
-            let view = match (&b.kind, b.name.as_str()) {
-                (BufferKind::Input, "tokens") => KBufData::I32Ro(&toks),
-                (BufferKind::Input, "positions") => KBufData::I32Ro(&pos),
-                (BufferKind::Param | BufferKind::Input, name) => KBufData::F32Ro(&owned[name]),
+            let view = match &b.kind {
+                BufferKind::Input(Io::Tokens) => KBufData::I32Ro(&toks),
+                BufferKind::Input(Io::Positions) => KBufData::I32Ro(&pos),
+                BufferKind::Param | BufferKind::Input(_) => KBufData::F32Ro(&owned[&b.name]),
                 _ => continue,
             };
             inputs.insert(b.name.clone(), view);
@@ -214,7 +214,7 @@ mod tests {
                 let caches = copy
                     .buffers
                     .iter()
-                    .filter(|b| b.kind == BufferKind::Output && b.name.starts_with("cache."))
+                    .filter(|b| matches!(&b.kind, BufferKind::Output(io) if io.is_carried()))
                     .count();
                 assert!(
                     caches > 0 && appends == caches,

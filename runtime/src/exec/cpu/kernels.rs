@@ -7,6 +7,8 @@ use archc_compiler::codegen::llvm::{
 use archc_compiler::kernel::interp::{run_kernel, KBufData};
 use archc_compiler::kernel::{Access, Elem, Kernel, Program};
 
+use crate::exec::ExecError;
+
 /// The arguments of one kernel call on one thread, in the kernel calling convention
 /// (`compiler/src/kernel/mod.rs`): buffer pointers (null for scratch parameters), their
 /// lengths in bytes (0 for scratch), `[seq, past]`, and this thread's place.
@@ -31,7 +33,7 @@ pub trait Kernels: Send + Sync {
     /// kernel's element type, holding a buffer of the size the program declares for
     /// `call.dims`. Buffers the kernel writes are accessed by nothing else during the
     /// launch except the other threads of the same launch, which write disjoint parts.
-    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), String>;
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError>;
 
     /// Whether the threads of a launch may run at the same time. Native code may; the
     /// kernel IR interpreter builds Rust slices over the buffers, so its threads run one
@@ -55,26 +57,30 @@ pub struct Native {
 
 impl Native {
     /// Compiles (or loads from the cache) every kernel of `program` for the host.
-    pub fn new(program: &Program, options: &Options) -> Result<Native, String> {
+    pub fn new(program: &Program, options: &Options) -> Result<Native, ExecError> {
+        let compile = |message: String| ExecError::Compile {
+            stage: "llvm".into(),
+            message,
+        };
         let code = compile_kernels_with(&program.kernels, &Target::host(), options)
-            .map_err(|e| format!("LLVM code generation: {e}"))?;
+            .map_err(|e| compile(e.to_string()))?;
         if code.kernels().len() != program.kernels.len() {
-            return Err(format!(
-                "LLVM code generation returned {} functions for {} kernels",
+            return Err(compile(format!(
+                "{} functions for {} kernels",
                 code.kernels().len(),
                 program.kernels.len()
-            ));
+            )));
         }
         Ok(Native { code })
     }
 }
 
 impl Kernels for Native {
-    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), String> {
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError> {
         let f = self
             .code
             .kernel(kernel)
-            .ok_or_else(|| format!("no compiled kernel {kernel}"))?;
+            .ok_or_else(|| ExecError::Program(format!("no compiled kernel {kernel}")))?;
         let dims = call.dims;
         // SAFETY: the `Kernels::run` contract is the `KernelFn` contract; `Plan::new`
         // checked that no kernel writes read-only memory.
@@ -111,17 +117,17 @@ impl Interpreted {
 }
 
 impl Kernels for Interpreted {
-    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), String> {
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError> {
         let k = self
             .kernels
             .get(kernel)
-            .ok_or_else(|| format!("no kernel {kernel}"))?;
+            .ok_or_else(|| ExecError::Program(format!("no kernel {kernel}")))?;
         if call.bufs.len() != k.bufs.len() || call.lens.len() != k.bufs.len() {
-            return Err(format!(
+            return Err(ExecError::Program(format!(
                 "{} buffers for {} parameters",
                 call.bufs.len(),
                 k.bufs.len()
-            ));
+            )));
         }
         // A written buffer must not overlap any other parameter: two Rust views of the
         // same bytes, one of them mutable, are not allowed. The one exception is a cache
@@ -141,10 +147,10 @@ impl Kernels for Interpreted {
                 if prefix {
                     unbound[j] = true;
                 } else if a0 < b1 && b0 < a1 {
-                    return Err(format!(
+                    return Err(ExecError::Program(format!(
                         "parameters `{}` and `{}` share memory, which the kernel interpreter cannot run",
                         p.name, k.bufs[j].name
-                    ));
+                    )));
                 }
             }
         }
@@ -183,7 +189,7 @@ impl Kernels for Interpreted {
             call.thread as i64,
             call.threads as i64,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| ExecError::Interp(e.to_string()))
     }
 
     fn concurrent(&self) -> bool {

@@ -16,216 +16,36 @@
 
 mod aligned;
 mod kernels;
+mod params;
 mod plan;
 mod pool;
 
 pub use archc_compiler::codegen::llvm::{Options as LlvmOptions, Origin};
-pub use archc_compiler::lower::Logits;
+pub use archc_compiler::driver::{Device, Logits, Options, Precision};
 pub use kernels::{Call, Interpreted, Kernels, Native};
+pub use params::{f32_to_bf16, f32_to_f16, ParamStats};
 pub use pool::Pool;
 
+use crate::exec::ExecError;
 use aligned::AlignedBuf;
-use archc_compiler::kernel::{Elem, Program};
+use archc_compiler::driver::Driver;
+use archc_compiler::interp::WeightSource;
+use archc_compiler::ir::Io;
+use archc_compiler::kernel::analysis::{analyze, ProgramInfo};
+use archc_compiler::kernel::lower::ParamFormat;
+use archc_compiler::kernel::program::ProgramDoc;
+use archc_compiler::kernel::Program;
+use archc_compiler::Mode;
+use params::Params;
 use plan::{Layout, Plan, Role};
 use std::collections::BTreeMap;
 
-use crate::weights::{decode_f32, Dtype};
-use archc_compiler::interp::{WeightDType, WeightSource};
-
-/// A parameter's bytes as the kernels read them.
-#[derive(Debug)]
-enum ParamData<'w> {
-    /// Borrowed from the bound checkpoint (memory-mapped or bind's own copy): no copy.
-    Borrowed(&'w [u8]),
-    /// Converted to the kernel's element type (or realigned).
-    Owned(AlignedBuf),
-}
-
-impl ParamData<'_> {
-    fn ptr(&self) -> *mut u8 {
-        match self {
-            // Kernels only read parameters (`Plan::new` refuses writes), so handing out
-            // a mutable pointer to shared bytes never leads to a write.
-            ParamData::Borrowed(b) => b.as_ptr().cast_mut(),
-            ParamData::Owned(b) => b.as_ptr(),
-        }
-    }
-}
-
-/// The parameters of both programs, each stored once per element type.
-#[derive(Debug, Default)]
-struct Params<'w> {
-    index: BTreeMap<(String, &'static str), usize>,
-    data: Vec<(ParamData<'w>, usize)>,
-}
-
-/// How many parameters were bound without a copy, and how many bytes were copied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ParamStats {
-    pub zero_copy: usize,
-    pub converted: usize,
-    pub converted_bytes: usize,
-}
-
-impl<'w> Params<'w> {
-    /// The table index of parameter `name` as `elem` with `numel` elements of `shape`.
-    fn bind(
-        &mut self,
-        weights: &'w dyn WeightSource,
-        name: &str,
-        elem: Elem,
-        shape: &[usize],
-    ) -> Result<usize, String> {
-        let key = (name.to_string(), elem.as_str());
-        if let Some(&i) = self.index.get(&key) {
-            return Ok(i);
-        }
-        if elem == Elem::U8 {
-            // Block-quantised: the kernels decode the stored blocks in place.
-            let b = weights.blocks(name).ok_or_else(|| {
-                format!("parameter `{name}`: the program reads blocks the checkpoint does not hold")
-            })?;
-            let numel: usize = shape.iter().product();
-            if b.bytes.len() != numel {
-                return Err(format!(
-                    "parameter `{name}`: {} bytes of {} blocks stored, the program reads {numel}",
-                    b.bytes.len(),
-                    b.format.name()
-                ));
-            }
-            self.data.push((ParamData::Borrowed(b.bytes), numel));
-            self.index.insert(key, self.data.len() - 1);
-            return Ok(self.data.len() - 1);
-        }
-        let view = weights
-            .get(name)
-            .ok_or_else(|| format!("parameter `{name}` is not bound to a checkpoint tensor"))?;
-        if view.shape != shape {
-            return Err(format!(
-                "parameter `{name}` has shape {:?} in the checkpoint, the program expects {shape:?}",
-                view.shape
-            ));
-        }
-        let numel: usize = shape.iter().product();
-        let (stored, dtype) = match view.dtype {
-            WeightDType::F32 => (Elem::F32, Dtype::F32),
-            WeightDType::Bf16 => (Elem::Bf16, Dtype::Bf16),
-            WeightDType::F16 => (Elem::F16, Dtype::F16),
-        };
-        let aligned = (view.bytes.as_ptr() as usize) % elem.bytes() == 0;
-        let data = if stored == elem && aligned && view.bytes.len() == numel * elem.bytes() {
-            ParamData::Borrowed(view.bytes)
-        } else {
-            let values = decode_f32(dtype, view.bytes)
-                .ok_or_else(|| format!("parameter `{name}`: cannot read dtype {dtype}"))?;
-            if values.len() != numel {
-                return Err(format!(
-                    "parameter `{name}`: {} elements stored, {numel} expected",
-                    values.len()
-                ));
-            }
-            ParamData::Owned(encode(&values, elem).ok_or_else(|| {
-                format!("parameter `{name}`: cannot convert to {}", elem.as_str())
-            })?)
-        };
-        self.data.push((data, numel * elem.bytes()));
-        self.index.insert(key, self.data.len() - 1);
-        Ok(self.data.len() - 1)
-    }
-
-    fn stats(&self) -> ParamStats {
-        let mut s = ParamStats::default();
-        for (d, bytes) in &self.data {
-            match d {
-                ParamData::Borrowed(_) => s.zero_copy += 1,
-                ParamData::Owned(_) => {
-                    s.converted += 1;
-                    s.converted_bytes += bytes;
-                }
-            }
-        }
-        s
-    }
-}
-
-/// f32 values in `elem`'s little-endian encoding, in an aligned buffer.
-fn encode(values: &[f32], elem: Elem) -> Option<AlignedBuf> {
-    let mut buf = AlignedBuf::with_capacity(values.len().checked_mul(elem.bytes())?)?;
-    let out = buf.as_mut_slice();
-    match elem {
-        Elem::F32 => {
-            for (c, v) in out.chunks_exact_mut(4).zip(values) {
-                c.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        Elem::Bf16 => {
-            for (c, v) in out.chunks_exact_mut(2).zip(values) {
-                c.copy_from_slice(&f32_to_bf16(*v).to_le_bytes());
-            }
-        }
-        Elem::F16 => {
-            for (c, v) in out.chunks_exact_mut(2).zip(values) {
-                c.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
-            }
-        }
-        Elem::I32 | Elem::U8 | Elem::F8 => return None,
-    }
-    Some(buf)
-}
-
-/// f32 to bfloat16, rounding to nearest even (NaN stays NaN).
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) as u16) | 0x40;
-    }
-    let round = 0x7fff + ((bits >> 16) & 1);
-    (bits.wrapping_add(round) >> 16) as u16
-}
-
-/// f32 to IEEE half, rounding to nearest even, with subnormals, overflow to infinity and NaN.
-pub fn f32_to_f16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 16) & 0x8000) as u16;
-    let exp = ((bits >> 23) & 0xff) as i32;
-    let mant = bits & 0x7f_ffff;
-    if exp == 0xff {
-        return sign | 0x7c00 | if mant != 0 { 0x200 } else { 0 };
-    }
-    let e = exp - 127 + 15;
-    if e >= 0x1f {
-        return sign | 0x7c00;
-    }
-    if e <= 0 {
-        // Subnormal or zero: shift the full mantissa (with its implicit bit) into place.
-        if e < -10 {
-            return sign;
-        }
-        let m = mant | 0x80_0000;
-        let shift = (14 - e) as u32;
-        let half = 1u32 << (shift - 1);
-        let rest = m & ((1u32 << shift) - 1);
-        let mut out = m >> shift;
-        if rest > half || (rest == half && out & 1 == 1) {
-            out += 1;
-        }
-        return sign | out as u16;
-    }
-    let mut out = ((e as u32) << 10) | (mant >> 13);
-    let rest = mant & 0x1fff;
-    if rest > 0x1000 || (rest == 0x1000 && out & 1 == 1) {
-        // A carry into the exponent is the correct rounding (up to infinity).
-        out += 1;
-    }
-    sign | out as u16
-}
-
-/// The KV cache of one sequence between calls.
+/// The carried values of one sequence between calls: the KV cache and recurrent states.
 #[derive(Debug, Default)]
 pub struct KvState {
     past: usize,
     /// Current contents (`[past, ...]`) and the spare buffer the next call writes into.
-    entries: BTreeMap<String, KvEntry>,
+    entries: BTreeMap<Io, KvEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -250,9 +70,10 @@ impl KvState {
     }
 }
 
-/// One program with its kernels, plan and per-call working memory.
+/// One program with its kernels, its analysis, plan and per-call working memory.
 struct Loaded {
     program: Program,
+    doc: ProgramDoc,
     kernels: Box<dyn Kernels>,
     plan: Plan,
     layout: Layout,
@@ -323,12 +144,12 @@ impl<'w> CpuModel<'w> {
         weights: &'w dyn WeightSource,
         vocab: usize,
         threads: usize,
-    ) -> Result<CpuModel<'w>, String> {
+    ) -> Result<CpuModel<'w>, ExecError> {
         let mut params = Params::default();
         let prefill = load(prefill.0, prefill.1, weights, &mut params)
-            .map_err(|e| format!("prefill program: {e}"))?;
-        let decode = load(decode.0, decode.1, weights, &mut params)
-            .map_err(|e| format!("decode program: {e}"))?;
+            .map_err(|e| e.at("prefill program"))?;
+        let decode =
+            load(decode.0, decode.1, weights, &mut params).map_err(|e| e.at("decode program"))?;
         Ok(CpuModel {
             params,
             prefill,
@@ -352,6 +173,14 @@ impl<'w> CpuModel<'w> {
         self.params.stats()
     }
 
+    /// The program a phase runs.
+    pub fn program(&self, phase: Phase) -> &Program {
+        match phase {
+            Phase::Prefill => &self.prefill.program,
+            Phase::Decode => &self.decode.program,
+        }
+    }
+
     /// An empty KV cache for this model.
     pub fn new_cache(&self) -> KvState {
         KvState::default()
@@ -365,7 +194,7 @@ impl<'w> CpuModel<'w> {
         phase: Phase,
         cache: &mut KvState,
         tokens: &[u32],
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, ExecError> {
         let mut logits = Vec::new();
         self.run_into(phase, cache, tokens, &mut logits)?;
         Ok(logits)
@@ -379,29 +208,32 @@ impl<'w> CpuModel<'w> {
         cache: &mut KvState,
         tokens: &[u32],
         logits: &mut Vec<f32>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ExecError> {
         if tokens.is_empty() {
-            return Err("a call needs at least one token".into());
+            return Err(ExecError::Input("a call needs at least one token".into()));
         }
         if phase == Phase::Decode && tokens.len() != 1 {
-            return Err(format!("decode takes one token, got {}", tokens.len()));
+            return Err(ExecError::Input(format!(
+                "decode takes one token, got {}",
+                tokens.len()
+            )));
         }
         if let Some((i, &t)) = tokens
             .iter()
             .enumerate()
             .find(|(_, &t)| t as usize >= self.vocab)
         {
-            return Err(format!(
+            return Err(ExecError::Input(format!(
                 "token {i} is id {t}, outside the vocabulary of {}",
                 self.vocab
-            ));
+            )));
         }
         let seq = tokens.len();
         let past = cache.past;
         let end = past
             .checked_add(seq)
             .filter(|&e| i32::try_from(e).is_ok())
-            .ok_or_else(|| "position overflows 32 bits".to_string())?;
+            .ok_or_else(|| ExecError::Input("position overflows 32 bits".into()))?;
         let loaded = match phase {
             Phase::Prefill => &mut self.prefill,
             Phase::Decode => &mut self.decode,
@@ -425,16 +257,18 @@ fn load<'w>(
     kernels: Box<dyn Kernels>,
     weights: &'w dyn WeightSource,
     params: &mut Params<'w>,
-) -> Result<Loaded, String> {
-    let mut plan = Plan::new(&program, |i| {
-        let b = &program.buffers[i];
+) -> Result<Loaded, ExecError> {
+    let doc = program.doc();
+    let info: ProgramInfo = analyze(&doc)?;
+    let mut plan = Plan::new(&doc, &info, |i| {
+        let b = &doc.buffers[i];
         let name = b.name.strip_prefix('@').unwrap_or(&b.name);
         let mut shape = Vec::with_capacity(b.shape.len());
         for d in &b.shape {
             let n = d
                 .as_const()
                 .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| format!("parameter `{name}` has a symbolic shape"))?;
+                .ok_or_else(|| ExecError::param(name, "a symbolic shape"))?;
             shape.push(n);
         }
         params.bind(weights, name, b.elem, &shape)
@@ -444,6 +278,7 @@ fn load<'w>(
     let n_kernels = program.kernels.len();
     Ok(Loaded {
         program,
+        doc,
         kernels,
         plan,
         layout: Layout::default(),
@@ -504,50 +339,57 @@ fn execute(
     tokens: &[u32],
     past: usize,
     logits: &mut Vec<f32>,
-) -> Result<(), String> {
+) -> Result<(), ExecError> {
     let seq = tokens.len();
-    l.plan.layout(&l.program, seq, past, &mut l.layout)?;
+    l.plan.layout(&l.doc.buffers, seq, past, &mut l.layout)?;
     let need = l.layout.arena_bytes;
     if !l.arena.reserve(need, need / 2) {
-        return Err(format!("cannot allocate {need} bytes of activations"));
+        return Err(ExecError::Memory(format!(
+            "cannot allocate {need} bytes of activations"
+        )));
     }
 
     // Cache buffers: the current contents must be exactly what the program reads. Entries
     // are created on the first call only, so decode does not allocate names per token.
     for role in &l.plan.roles {
-        if let Role::CacheIn(name) | Role::CacheOut(name) | Role::CacheGrow(name) = role {
-            if !cache.entries.contains_key(name) {
-                cache.entries.insert(name.clone(), KvEntry::default());
+        if let Role::CarriedIn(io) | Role::CarriedOut(io) | Role::CarriedGrow(io) = role {
+            if !cache.entries.contains_key(io) {
+                cache.entries.insert(io.clone(), KvEntry::default());
             }
         }
     }
+    let vanished = || ExecError::Program("a cache entry vanished".into());
     for (i, role) in l.plan.roles.iter().enumerate() {
         match role {
-            Role::CacheIn(name) => {
-                let e = cache.entries.get_mut(name).ok_or("cache entry vanished")?;
+            Role::CarriedIn(io) => {
+                let e = cache.entries.get_mut(io).ok_or_else(vanished)?;
                 if e.bytes != l.layout.bytes[i] {
-                    return Err(format!(
-                        "cache `{name}` holds {} bytes, the program reads {} for past {past}",
+                    return Err(ExecError::Program(format!(
+                        "cache `{io}` holds {} bytes, the program reads {} for past {past}",
                         e.bytes, l.layout.bytes[i]
-                    ));
+                    )));
                 }
             }
-            Role::CacheOut(name) => {
-                let e = cache.entries.get_mut(name).ok_or("cache entry vanished")?;
+            Role::CarriedOut(io) => {
+                let e = cache.entries.get_mut(io).ok_or_else(vanished)?;
                 let want = l.layout.bytes[i];
                 if !e.spare.reserve(want, want) {
-                    return Err(format!("cannot allocate {want} bytes for cache `{name}`"));
+                    return Err(ExecError::Memory(format!(
+                        "cannot allocate {want} bytes for cache `{io}`"
+                    )));
                 }
             }
-            Role::CacheGrow(name) => {
+            Role::CarriedGrow(io) => {
                 // In place: the kernels write the new rows after the old ones, in the
                 // same buffer. Growing keeps the old rows and leaves an eighth spare, so
                 // a prefill leaves room for the decode steps after it and decode
                 // reallocates (and copies) only every ~past/8 tokens.
-                let e = cache.entries.get_mut(name).ok_or("cache entry vanished")?;
+                let e = cache.entries.get_mut(io).ok_or_else(vanished)?;
                 let want = l.layout.bytes[i];
                 if !e.current.grow(want, want / 8, e.bytes) {
-                    return Err(format!("cannot allocate {want} bytes for cache `{name}`"));
+                    return Err(ExecError::Memory(format!(
+                        "cannot allocate {want} bytes for cache `{io}`"
+                    )));
                 }
             }
             _ => {}
@@ -564,11 +406,11 @@ fn execute(
             Role::Arena | Role::Tokens | Role::Positions | Role::Logits => unsafe {
                 base.add(l.layout.offset[i])
             },
-            Role::CacheIn(n) | Role::CacheGrow(n) => cache
+            Role::CarriedIn(n) | Role::CarriedGrow(n) => cache
                 .entries
                 .get(n)
                 .map_or(std::ptr::null_mut(), |e| e.current.as_ptr()),
-            Role::CacheOut(n) => cache
+            Role::CarriedOut(n) => cache
                 .entries
                 .get(n)
                 .map_or(std::ptr::null_mut(), |e| e.spare.as_ptr()),
@@ -585,12 +427,12 @@ fn execute(
     // Inputs and deterministic zeroes.
     for (i, role) in l.plan.roles.iter().enumerate() {
         if matches!(role, Role::Tokens | Role::Positions) && l.layout.bytes[i] != 4 * seq {
-            return Err(format!(
+            return Err(ExecError::Program(format!(
                 "input `{}` is {} bytes, expected {} for seq {seq}",
                 l.program.buffers[i].name,
                 l.layout.bytes[i],
                 4 * seq
-            ));
+            )));
         }
     }
     let arena = l.arena.as_mut_slice();
@@ -651,7 +493,11 @@ fn execute(
         }
         let kernels = &*l.kernels;
         let k = launch.kernel;
-        let fail = |e: String| format!("launch {li} (kernel `{}`): {e}", l.program.kernels[k].name);
+        let fail = |e: ExecError| ExecError::Kernel {
+            launch: li,
+            kernel: l.program.kernels[k].name.clone(),
+            message: e.to_string(),
+        };
         let started = l.profile.is_some().then(std::time::Instant::now);
         if l.plan.parallel[k] && pool.threads() > 1 && !kernels.concurrent() {
             for t in 0..pool.threads() {
@@ -732,13 +578,13 @@ fn execute(
                     );
                 }
             }
-            Role::CacheOut(n) => {
+            Role::CarriedOut(n) => {
                 if let Some(e) = cache.entries.get_mut(n) {
                     std::mem::swap(&mut e.current, &mut e.spare);
                     e.bytes = l.layout.bytes[i];
                 }
             }
-            Role::CacheGrow(n) => {
+            Role::CarriedGrow(n) => {
                 if let Some(e) = cache.entries.get_mut(n) {
                     e.bytes = l.layout.bytes[i];
                 }
@@ -768,97 +614,32 @@ impl Engine {
     }
 }
 
-/// The kernel program of `spec` in `mode`: lowered, optimised by the fusion passes and
-/// turned into kernels. An op without a kernel generator is an error naming it.
-pub fn program(spec: &archc_spec::Spec, mode: archc_compiler::Mode) -> Result<Program, String> {
-    let graph = archc_compiler::lower(spec, mode)
-        .map_err(|e| format!("lowering ({}): {e}", mode.as_str()))?;
-    let fused = archc_compiler::passes::optimize(&graph);
-    archc_compiler::kernel::lower::program(&fused)
-        .map_err(|e| format!("kernel program ({}): {e}", mode.as_str()))
+/// How each parameter of `weights` is stored, as the program reads it: its blocks' format
+/// when block-quantised (the kernels decode them in place); otherwise `None`, the spec's
+/// dtype, which the spec declares and the parameter is converted to at bind time when the
+/// checkpoint stores another float type (so the spec's `dtype` always decides the math).
+pub fn formats(weights: &dyn WeightSource) -> impl Fn(&str) -> Option<ParamFormat> + '_ {
+    move |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format))
 }
 
-/// `program` with every block-quantised parameter of `weights` (GGUF Q8_0, Q4_0, Q4_1,
-/// Q4_K, Q5_K, Q6_K) read as its raw blocks, which the kernels decode in place; float
-/// parameters keep the graph's dtype (converted at bind time where they differ).
-pub fn program_for(
-    spec: &archc_spec::Spec,
-    mode: archc_compiler::Mode,
-    weights: &dyn WeightSource,
-) -> Result<Program, String> {
-    program_for_logits(spec, mode, weights, Logits::All)
+/// The compiler driver for `spec` over `weights` (formats from the weights; see
+/// [`formats`]) with `options`: what every CPU and CUDA model of the runtime compiles
+/// through, and what `archc emit` shows.
+pub fn driver<'a>(
+    spec: &'a archc_spec::Spec,
+    weights: &'a dyn WeightSource,
+    options: Options,
+) -> Driver<'a> {
+    Driver::new(spec, Box::new(formats(weights)), options)
 }
 
-/// How the matmuls of a prefill treat their activations when the weights are bf16.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Precision {
-    /// Activations stay f32: the kernels compute what the reference interpreter computes,
-    /// up to f32 summation order. What `archc logits` and the parity tests use.
-    #[default]
-    F32,
-    /// Prefill and decode round each activation row to bf16 before a matmul with bf16
-    /// weights and accumulate bf16 products in f32, as PyTorch bf16 and llama.cpp do, so
-    /// that bf16 dot-product instructions apply (about twice the f32 rate on CPUs that
-    /// have them; in decode, half the instructions per weight byte). Has no effect unless
-    /// the spec stores its weights in bf16.
-    Bf16,
-}
-
-impl Precision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
-        }
+/// A stage of the driver failed: the error, with a hint for models the compiled backends
+/// cannot run yet.
+fn compile_error(engine: &str, e: impl std::fmt::Display) -> ExecError {
+    ExecError::Compile {
+        stage: format!("--backend {engine}"),
+        message: format!("{e} (try the reference interpreter: --backend interp)"),
     }
-}
-
-/// What a CPU program computes beyond the graph: which positions get logits and how
-/// bf16 matmuls treat activations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ModelOptions {
-    pub logits: Logits,
-    pub precision: Precision,
-}
-
-/// `program_for` computing the logits of the positions `logits` says: with
-/// `Logits::Last` the prefill program's `logits` output is `[1, vocab]`.
-pub fn program_for_logits(
-    spec: &archc_spec::Spec,
-    mode: archc_compiler::Mode,
-    weights: &dyn WeightSource,
-    logits: Logits,
-) -> Result<Program, String> {
-    let options = ModelOptions {
-        logits,
-        ..ModelOptions::default()
-    };
-    program_for_options(spec, mode, weights, &options)
-}
-
-/// `program_for` with explicit `ModelOptions`.
-pub fn program_for_options(
-    spec: &archc_spec::Spec,
-    mode: archc_compiler::Mode,
-    weights: &dyn WeightSource,
-    model: &ModelOptions,
-) -> Result<Program, String> {
-    use archc_compiler::kernel::lower::ParamFormat;
-    let options = archc_compiler::lower::Options {
-        logits: model.logits,
-    };
-    let graph = archc_compiler::lower::lower_with(spec, mode, &options)
-        .map_err(|e| format!("lowering ({}): {e}", mode.as_str()))?;
-    let fused = archc_compiler::passes::optimize(&graph);
-    let format = |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format));
-    // This executor honours `BufferKind::Append`: the KV cache grows in place.
-    let opts = archc_compiler::kernel::lower::KernelOptions {
-        append_in_place: true,
-        bf16_activations: model.precision == Precision::Bf16
-            && spec.dtype == archc_spec::DType::Bf16,
-    };
-    archc_compiler::kernel::lower::program_with_options(&fused, &format, &opts)
-        .map_err(|e| format!("kernel program ({}): {e}", mode.as_str()))
 }
 
 /// The kernels of `program` for `engine`; `llvm` says where compiled code is cached.
@@ -866,7 +647,7 @@ pub fn kernels(
     program: &Program,
     engine: Engine,
     llvm: &LlvmOptions,
-) -> Result<Box<dyn Kernels>, String> {
+) -> Result<Box<dyn Kernels>, ExecError> {
     match engine {
         Engine::KernelInterp => Ok(Box::new(Interpreted::new(program))),
         Engine::Llvm => Ok(Box::new(Native::new(program, llvm)?)),
@@ -879,83 +660,62 @@ pub fn default_threads() -> usize {
 }
 
 impl<'w> CpuModel<'w> {
-    /// Builds both programs of `spec`, their kernels for `engine`, and binds `weights`.
-    /// Errors say which stage failed and, for a model the kernel path cannot run yet,
-    /// suggest the graph interpreter.
-    /// The LLVM code cache is the one the environment configures (`ARCHC_CACHE_DIR`,
-    /// `ARCHC_NO_CACHE`; see `CacheSettings`).
+    /// Builds both programs of `spec` with the default options (every position's logits,
+    /// f32 activations), their kernels for `engine`, and binds `weights`. The LLVM code
+    /// cache is the one the environment configures (`ARCHC_CACHE_DIR`, `ARCHC_NO_CACHE`;
+    /// see `CacheSettings`).
     pub fn from_spec(
         spec: &archc_spec::Spec,
         weights: &'w dyn WeightSource,
         engine: Engine,
         threads: usize,
-    ) -> Result<CpuModel<'w>, String> {
-        Self::from_spec_with(spec, weights, engine, threads, &LlvmOptions::from_env())
+    ) -> Result<CpuModel<'w>, ExecError> {
+        let llvm = LlvmOptions::from_env();
+        Self::from_spec_options(spec, weights, engine, threads, &llvm, &Options::default())
     }
 
-    /// `from_spec` with explicit code-cache options.
-    pub fn from_spec_with(
-        spec: &archc_spec::Spec,
-        weights: &'w dyn WeightSource,
-        engine: Engine,
-        threads: usize,
-        llvm: &LlvmOptions,
-    ) -> Result<CpuModel<'w>, String> {
-        Self::from_spec_logits(spec, weights, engine, threads, llvm, Logits::All)
-    }
-
-    /// `from_spec_with` whose prefill computes the logits of the positions `logits` says:
-    /// `Logits::Last` makes `run(Phase::Prefill, ..)` return one row (`[vocab]`), the last
-    /// token's, which is all that generation and benchmarks read; the final norm and the
-    /// LM head then run for one token only.
-    pub fn from_spec_logits(
-        spec: &archc_spec::Spec,
-        weights: &'w dyn WeightSource,
-        engine: Engine,
-        threads: usize,
-        llvm: &LlvmOptions,
-        logits: Logits,
-    ) -> Result<CpuModel<'w>, String> {
-        let options = ModelOptions {
-            logits,
-            ..ModelOptions::default()
-        };
-        Self::from_spec_options(spec, weights, engine, threads, llvm, &options)
-    }
-
-    /// `from_spec_with` with explicit `ModelOptions` (which logits, which precision).
+    /// Builds both programs of `spec` through the driver with `options` (which logits,
+    /// which precision), their kernels for `engine` (`llvm`: the code cache), and binds
+    /// `weights`. Errors say which stage failed and, for a model the kernel path cannot
+    /// run yet, suggest the graph interpreter.
     pub fn from_spec_options(
         spec: &archc_spec::Spec,
         weights: &'w dyn WeightSource,
         engine: Engine,
         threads: usize,
         llvm: &LlvmOptions,
-        options: &ModelOptions,
-    ) -> Result<CpuModel<'w>, String> {
-        let hint = |e: String| {
-            format!(
-                "--backend {}: {e} (try the reference interpreter: --backend interp)",
-                engine.as_str()
-            )
+        options: &Options,
+    ) -> Result<CpuModel<'w>, ExecError> {
+        let options = Options {
+            device: Device::Cpu,
+            ..*options
         };
+        let d = driver(spec, weights, options);
         let mut built = Vec::new();
-        for mode in [archc_compiler::Mode::Prefill, archc_compiler::Mode::Decode] {
-            let p = program_for_options(spec, mode, weights, options).map_err(hint)?;
-            let k = kernels(&p, engine, llvm).map_err(hint)?;
+        for mode in [Mode::Prefill, Mode::Decode] {
+            let p = d
+                .program(mode)
+                .map_err(|e| compile_error(engine.as_str(), e))?;
+            let k = kernels(&p, engine, llvm)?;
             built.push((p, k));
         }
-        let decode = built.pop().ok_or("no decode program")?;
-        let prefill = built.pop().ok_or("no prefill program")?;
-        let vocab = usize::try_from(spec.vocab).map_err(|_| "vocabulary too large".to_string())?;
+        let decode = built
+            .pop()
+            .ok_or(ExecError::Program("no decode program".into()))?;
+        let prefill = built
+            .pop()
+            .ok_or(ExecError::Program("no prefill program".into()))?;
+        let vocab = usize::try_from(spec.vocab)
+            .map_err(|_| ExecError::Program("vocabulary too large".into()))?;
         CpuModel::new(prefill, decode, weights, vocab, threads)
     }
 }
 
 /// Runs one kernel call on this thread, turning a panic into an error.
-fn run_caught(f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+fn run_caught(f: impl FnOnce() -> Result<(), ExecError>) -> Result<(), ExecError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
-        Err(_) => Err("the kernel panicked".into()),
+        Err(_) => Err(ExecError::Program("the kernel panicked".into())),
     }
 }
 

@@ -13,8 +13,11 @@
 //! `(seq, past)` (one pass over each temp's few overlapping neighbours).
 
 use super::aligned::align_up;
-use archc_compiler::ir::Dim;
-use archc_compiler::kernel::{Access, BufferKind, Elem, Program};
+use crate::exec::ExecError;
+use archc_compiler::ir::{Dim, Io};
+use archc_compiler::kernel::analysis::ProgramInfo;
+use archc_compiler::kernel::program::ProgramDoc;
+use archc_compiler::kernel::{Buffer, BufferKind, Elem};
 
 /// What backs a program buffer.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,13 +28,13 @@ pub enum Role {
     Tokens,
     /// Absolute positions `past..past+seq`, `[seq]` i32.
     Positions,
-    /// The KV cache entry of this name as the program reads it (`[past, ...]`).
-    CacheIn(String),
-    /// The grown KV cache entry of this name (`[past+seq, ...]`), in a second buffer.
-    CacheOut(String),
-    /// The grown KV cache entry of this name in place (`BufferKind::Append`): the same
-    /// memory as its `CacheIn`, with room for the new rows, which the kernels write.
-    CacheGrow(String),
+    /// A carried value (KV cache or recurrent state) as the program reads it.
+    CarriedIn(Io),
+    /// The new value of a carried input in a second buffer, swapped in after the call.
+    CarriedOut(Io),
+    /// The grown KV cache in place (`BufferKind::Append`): the same memory as its
+    /// `CarriedIn`, with room for the new rows, which the kernels write.
+    CarriedGrow(Io),
     /// The logits, `[seq, vocab]`.
     Logits,
     /// An arena slot: intermediate activations and outputs nobody reads back.
@@ -40,7 +43,7 @@ pub enum Role {
     Alias(usize),
 }
 
-/// A loaded program's buffers and what the launches need, checked for consistency.
+/// A loaded program's buffers and what the launches need, from the program's analysis.
 #[derive(Debug)]
 pub struct Plan {
     pub roles: Vec<Role>,
@@ -78,182 +81,63 @@ pub struct Layout {
     ranges: Vec<(usize, usize)>,
 }
 
-/// Follows alias links to the buffer that owns the memory, refusing cycles.
-fn root(program: &Program, mut b: usize) -> Result<usize, String> {
-    for _ in 0..=program.buffers.len() {
-        match program.buffers.get(b).map(|x| &x.kind) {
-            Some(BufferKind::Alias { of }) => b = *of,
-            Some(_) => return Ok(b),
-            None => return Err(format!("alias refers to buffer {b}, which does not exist")),
-        }
-    }
-    Err(format!(
-        "buffer `{}` is an alias cycle",
-        program.buffers[b].name
-    ))
-}
-
 impl Plan {
-    /// Checks the program (launch arity, element types, accesses, aliases) and assigns a
-    /// role to every buffer. `param` resolves a parameter buffer to its table index.
+    /// Assigns a role to every buffer of a program from its analysis (which checked the
+    /// program contract). `param` resolves a parameter buffer to its table index.
     pub fn new(
-        program: &Program,
-        mut param: impl FnMut(usize) -> Result<usize, String>,
-    ) -> Result<Plan, String> {
-        let mut roles = Vec::with_capacity(program.buffers.len());
-        for (i, b) in program.buffers.iter().enumerate() {
+        doc: &ProgramDoc,
+        info: &ProgramInfo,
+        mut param: impl FnMut(usize) -> Result<usize, ExecError>,
+    ) -> Result<Plan, ExecError> {
+        let mut roles = Vec::with_capacity(doc.buffers.len());
+        for (i, b) in doc.buffers.iter().enumerate() {
             let role = match &b.kind {
                 BufferKind::Param => Role::Param(param(i)?),
-                BufferKind::Input => match b.name.as_str() {
-                    "tokens" => Role::Tokens,
-                    "positions" => Role::Positions,
-                    n if n.starts_with("cache.") => Role::CacheIn(n.to_string()),
-                    n => return Err(format!("unknown program input `{n}`")),
-                },
-                BufferKind::Output => match b.name.as_str() {
-                    "logits" => Role::Logits,
-                    n if n.starts_with("cache.") => Role::CacheOut(n.to_string()),
-                    _ => Role::Arena,
-                },
-                BufferKind::Temp => Role::Arena,
-                BufferKind::Alias { .. } => Role::Alias(root(program, i)?),
-                BufferKind::Append { to } => {
-                    let input = program.buffers.get(*to).map(|t| (&t.kind, t.name.as_str()));
-                    match input {
-                        Some((BufferKind::Input, n)) if n == b.name && n.starts_with("cache.") => {
-                            Role::CacheGrow(b.name.clone())
-                        }
-                        _ => {
-                            return Err(format!(
-                                "buffer `{}` appends to buffer {to}, which is not the cache input of that name",
-                                b.name
-                            ))
-                        }
+                BufferKind::Input(Io::Tokens) => Role::Tokens,
+                BufferKind::Input(Io::Positions) => Role::Positions,
+                BufferKind::Input(io) if io.is_carried() => Role::CarriedIn(io.clone()),
+                BufferKind::Input(io) => {
+                    return Err(ExecError::Program(format!(
+                        "input `{io}` is not one a model run provides"
+                    )))
+                }
+                BufferKind::Output(Io::Logits) => Role::Logits,
+                BufferKind::Output(io) if io.is_carried() => Role::CarriedOut(io.clone()),
+                BufferKind::Output(_) | BufferKind::Temp => Role::Arena,
+                BufferKind::Alias { .. } => Role::Alias(info.roots[i]),
+                BufferKind::Append { to } => match &doc.buffers[*to].kind {
+                    BufferKind::Input(io) => Role::CarriedGrow(io.clone()),
+                    _ => {
+                        return Err(ExecError::Program(format!(
+                            "`{}` appends to a buffer that is not an input",
+                            b.name
+                        )))
                     }
-                }
+                },
             };
-            let want = match role {
-                Role::Tokens | Role::Positions => Some(Elem::I32),
-                Role::Logits => Some(Elem::F32),
-                _ => None,
-            };
-            if let Some(e) = want {
-                if b.elem != e {
-                    return Err(format!(
-                        "buffer `{}` has element type {}, expected {}",
-                        b.name,
-                        b.elem.as_str(),
-                        e.as_str()
-                    ));
-                }
-            }
             roles.push(role);
         }
-        for r in &roles {
-            if let Role::CacheIn(n) = r {
-                let (out, grow) = (Role::CacheOut(n.clone()), Role::CacheGrow(n.clone()));
-                if roles.contains(&out) == roles.contains(&grow) {
-                    return Err(format!(
-                        "cache input `{n}` needs exactly one grown output (copied or in place)"
-                    ));
-                }
-            }
-        }
-        if !roles.contains(&Role::Logits) {
-            return Err("the program has no `logits` output".into());
-        }
-
-        let mut written = vec![false; program.buffers.len()];
-        let mut uses: Vec<Option<(usize, usize)>> = vec![None; program.buffers.len()];
-        let mut zero_first = Vec::new();
-        for (li, l) in program.launches.iter().enumerate() {
-            let k = program.kernels.get(l.kernel).ok_or_else(|| {
-                format!(
-                    "launch {li} calls kernel {}, which does not exist",
-                    l.kernel
-                )
-            })?;
-            if l.bufs.len() != k.bufs.len() {
-                return Err(format!(
-                    "launch {li} of `{}` binds {} buffers, the kernel takes {}",
-                    k.name,
-                    l.bufs.len(),
-                    k.bufs.len()
-                ));
-            }
-            for (pi, (slot, kb)) in l.bufs.iter().zip(&k.bufs).enumerate() {
-                let here = || {
-                    format!(
-                        "launch {li} of `{}`, parameter {pi} (`{}`)",
-                        k.name, kb.name
-                    )
-                };
-                match (slot, kb.access) {
-                    (None, Access::Scratch { .. }) => continue,
-                    (None, _) => return Err(format!("{}: no buffer bound", here())),
-                    (Some(_), Access::Scratch { .. }) => {
-                        return Err(format!(
-                            "{}: a buffer is bound to a scratch parameter",
-                            here()
-                        ))
-                    }
-                    (Some(_), _) => {}
-                }
-                let b = slot.unwrap_or(usize::MAX);
-                let buf = program
-                    .buffers
-                    .get(b)
-                    .ok_or_else(|| format!("{}: buffer {b} does not exist", here()))?;
-                if buf.elem != kb.elem {
-                    return Err(format!(
-                        "{}: buffer `{}` is {}, the kernel declares {}",
-                        here(),
-                        buf.name,
-                        buf.elem.as_str(),
-                        kb.elem.as_str()
-                    ));
-                }
-                let r = match roles[b] {
-                    Role::Alias(r) => r,
-                    _ => b,
-                };
-                let writes = matches!(kb.access, Access::Write | Access::ReadWrite);
-                let reads = matches!(kb.access, Access::Read | Access::ReadWrite);
-                if writes && matches!(roles[r], Role::Param(_) | Role::CacheIn(_)) {
-                    return Err(format!(
-                        "{}: writes `{}`, which is read-only",
-                        here(),
-                        program.buffers[r].name
-                    ));
-                }
-                if reads && !written[r] && roles[r] == Role::Arena && !zero_first.contains(&r) {
-                    zero_first.push(r);
-                }
-                if writes {
-                    written[r] = true;
-                }
-                uses[r] = Some(uses[r].map_or((li, li), |(f, _)| (f, li)));
-            }
-        }
-        let parallel = program
-            .kernels
+        let zero_first: Vec<usize> = info
+            .read_before_write
             .iter()
-            .map(|k| has_parallel(&k.body))
+            .copied()
+            .filter(|&r| roles[r] == Role::Arena)
             .collect();
-        let first_use = uses
+        let first_use = info
+            .uses
             .iter()
             .map(|u| u.map_or(usize::MAX, |(f, _)| f))
             .collect();
         // Only temps share memory; outputs nobody reads back stay apart like every other
         // output, so a caller may still look at them after the call.
-        let mut live: Vec<Option<(usize, usize)>> = program
+        let mut live: Vec<Option<(usize, usize)>> = doc
             .buffers
             .iter()
             .zip(&roles)
-            .zip(uses)
+            .zip(&info.uses)
             .map(|((b, role), u)| {
                 (*role == Role::Arena && b.kind == BufferKind::Temp)
-                    .then_some(u)
+                    .then_some(*u)
                     .flatten()
             })
             .collect();
@@ -266,8 +150,8 @@ impl Plan {
         Ok(Plan {
             roles,
             zero_first,
-            parallel,
-            zero_at: vec![Vec::new(); program.launches.len()],
+            parallel: info.parallel.clone(),
+            zero_at: vec![Vec::new(); doc.launches.len()],
             live,
             conflicts,
             first_use,
@@ -309,25 +193,25 @@ impl Plan {
     /// than the buffer it views.
     pub fn layout(
         &self,
-        program: &Program,
+        buffers: &[Buffer],
         seq: usize,
         past: usize,
         out: &mut Layout,
-    ) -> Result<(), String> {
-        let n = program.buffers.len();
+    ) -> Result<(), ExecError> {
+        let n = buffers.len();
         out.bytes.clear();
         out.offset.clear();
         out.bytes.reserve(n);
         out.offset.reserve(n);
-        let overflow = || "activation arena size overflows".to_string();
+        let overflow = || ExecError::Memory("activation arena size overflows".into());
         // Buffers that never share memory first, one after the other.
         let mut cursor = 0usize;
-        for (i, (b, role)) in program.buffers.iter().zip(&self.roles).enumerate() {
+        for (i, (b, role)) in buffers.iter().zip(&self.roles).enumerate() {
             let bytes = buffer_bytes(&b.shape, b.elem, seq, past).ok_or_else(|| {
-                format!(
+                ExecError::Memory(format!(
                     "buffer `{}`: size overflows for seq {seq}, past {past}",
                     b.name
-                )
+                ))
             })?;
             out.bytes.push(bytes);
             let in_arena = matches!(
@@ -383,13 +267,10 @@ impl Plan {
         for (i, role) in self.roles.iter().enumerate() {
             if let Role::Alias(r) = role {
                 if out.bytes[i] > out.bytes[*r] {
-                    return Err(format!(
+                    return Err(ExecError::Program(format!(
                         "alias `{}` ({} bytes) is larger than `{}` ({} bytes)",
-                        program.buffers[i].name,
-                        out.bytes[i],
-                        program.buffers[*r].name,
-                        out.bytes[*r]
-                    ));
+                        buffers[i].name, out.bytes[i], buffers[*r].name, out.bytes[*r]
+                    )));
                 }
             }
         }
@@ -409,15 +290,6 @@ pub fn buffer_bytes(shape: &[Dim], elem: Elem, seq: usize, past: usize) -> Optio
         n = n.checked_mul(v)?;
     }
     Some(n)
-}
-
-fn has_parallel(body: &[archc_compiler::kernel::Stmt]) -> bool {
-    use archc_compiler::kernel::{LoopKind, Stmt};
-    body.iter().any(|s| match s {
-        Stmt::Loop { kind, body, .. } => *kind == LoopKind::Parallel || has_parallel(body),
-        Stmt::If { then, els, .. } => has_parallel(then) || has_parallel(els),
-        _ => false,
-    })
 }
 
 /// For every temp with a lifetime, the other temps whose lifetimes intersect it (both
@@ -445,7 +317,15 @@ fn conflicts(live: &[Option<(usize, usize)>]) -> Vec<Vec<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use archc_compiler::kernel::{Buffer, KBuf, Kernel, Launch};
+    use archc_compiler::kernel::analysis::analyze;
+    use archc_compiler::kernel::{Access, KBuf, Kernel, Launch, Program};
+
+    /// The plan of a program without parameters, as an executor builds it.
+    fn plan_of(p: &Program) -> Result<Plan, ExecError> {
+        let doc = p.doc();
+        let info = analyze(&doc)?;
+        Plan::new(&doc, &info, |_| Err(ExecError::Program("no params".into())))
+    }
 
     fn buf(name: &str, kind: BufferKind, shape: Vec<Dim>) -> Buffer {
         Buffer {
@@ -487,8 +367,12 @@ mod tests {
     /// and writes its output). Buffer `2 + i` is temp `ti`.
     fn program(sizes: &[u64], launches: &[(&[usize], usize, bool)]) -> Program {
         let mut buffers = vec![
-            buf("tokens", BufferKind::Input, vec![Dim::SEQ]),
-            buf("logits", BufferKind::Output, vec![Dim::SEQ, Dim::c(3)]),
+            buf("tokens", BufferKind::Input(Io::Tokens), vec![Dim::SEQ]),
+            buf(
+                "logits",
+                BufferKind::Output(Io::Logits),
+                vec![Dim::SEQ, Dim::c(3)],
+            ),
         ];
         for (i, &n) in sizes.iter().enumerate() {
             buffers.push(buf(
@@ -559,10 +443,10 @@ mod tests {
                 (&[6], 1, false),
             ],
         );
-        let plan = Plan::new(&p, |_| Err("no params".into())).expect("valid");
+        let plan = plan_of(&p).expect("valid");
         assert_eq!(plan.lifetime(3), Some((1, 2)));
         let mut l = Layout::default();
-        plan.layout(&p, 4, 0, &mut l).expect("layout");
+        plan.layout(&p.buffers, 4, 0, &mut l).expect("layout");
         check_disjoint(&plan, &l);
         // tokens (64) + logits (64) + two 256-byte temps.
         assert_eq!(l.arena_bytes, 64 + 64 + 2 * 256);
@@ -593,16 +477,16 @@ mod tests {
             let last = [2 + temps - 1];
             launches.push((&last, 1, false));
             let p = program(&sizes, &launches);
-            let mut plan = Plan::new(&p, |_| Err("no params".into())).expect("valid");
+            let mut plan = plan_of(&p).expect("valid");
             let mut l = Layout::default();
             for seq in [1, 7] {
-                plan.layout(&p, seq, 0, &mut l).expect("layout");
+                plan.layout(&p.buffers, seq, 0, &mut l).expect("layout");
                 check_disjoint(&plan, &l);
             }
             if round % 2 == 0 {
                 plan.zero_at_first_use();
                 assert!(plan.zero_first.is_empty());
-                plan.layout(&p, 3, 0, &mut l).expect("layout");
+                plan.layout(&p.buffers, 3, 0, &mut l).expect("layout");
                 check_disjoint(&plan, &l);
             }
         }
@@ -620,7 +504,7 @@ mod tests {
                 (&[3], 1, false),
             ],
         );
-        let mut plan = Plan::new(&p, |_| Err("no params".into())).expect("valid");
+        let mut plan = plan_of(&p).expect("valid");
         assert_eq!(plan.zero_first, vec![3]);
         // Zeroed at the start of the call: live from launch 0, so t0 cannot lend it bytes.
         assert_eq!(plan.lifetime(3), Some((0, 3)));
@@ -630,7 +514,7 @@ mod tests {
         assert_eq!(plan.zero_before(2), &[3]);
         assert!(plan.zero_before(0).is_empty());
         let mut l = Layout::default();
-        plan.layout(&p, 1, 0, &mut l).expect("layout");
+        plan.layout(&p.buffers, 1, 0, &mut l).expect("layout");
         check_disjoint(&plan, &l);
         assert_eq!(
             l.offset[3], l.offset[2],
@@ -655,13 +539,13 @@ mod tests {
             BufferKind::Alias { of: 2 },
             vec![Dim::SEQ, Dim::c(4)],
         ));
-        p.buffers[4].kind = BufferKind::Output;
-        let plan = Plan::new(&p, |_| Err("no params".into())).expect("valid");
+        p.buffers[4].kind = BufferKind::Output(Io::value("t2"));
+        let plan = plan_of(&p).expect("valid");
         assert_eq!(plan.lifetime(2), Some((0, 1)));
         assert_eq!(plan.lifetime(4), None);
         assert_eq!(plan.lifetime(5), None);
         let mut l = Layout::default();
-        plan.layout(&p, 2, 0, &mut l).expect("layout");
+        plan.layout(&p.buffers, 2, 0, &mut l).expect("layout");
         check_disjoint(&plan, &l);
         assert_ne!(l.offset[3], l.offset[2], "t1 is written while t0 is read");
     }

@@ -12,6 +12,7 @@
 //! caught on the thread where it happens and reported by `run`; it never leaves the
 //! barrier waiting.
 
+use crate::exec::ExecError;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -100,7 +101,7 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool of `threads` threads (at least 1); errors if a worker cannot be spawned.
-    pub fn new(threads: usize) -> Result<Pool, String> {
+    pub fn new(threads: usize) -> Result<Pool, ExecError> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             generation: AtomicU64::new(0),
@@ -125,7 +126,7 @@ impl Pool {
             let handle = std::thread::Builder::new()
                 .name(format!("archc-worker-{t}"))
                 .spawn(move || worker(&shared, t))
-                .map_err(|e| format!("cannot start worker thread {t}: {e}"))?;
+                .map_err(|e| ExecError::Threads(format!("cannot start worker thread {t}: {e}")))?;
             pool.workers.push(handle);
         }
         Ok(pool)
@@ -137,21 +138,24 @@ impl Pool {
 
     /// Runs `job(0)` on the calling thread only, without waking the workers: the path for
     /// kernels without a parallel loop. Errors with the message of a panic in the job.
-    pub fn run_serial(&self, job: &dyn Fn(usize)) -> Result<(), String> {
-        catch_unwind(AssertUnwindSafe(|| job(0)))
-            .map_err(|payload| format!("thread 0 panicked: {}", panic_text(&*payload)))
+    pub fn run_serial(&self, job: &dyn Fn(usize)) -> Result<(), ExecError> {
+        catch_unwind(AssertUnwindSafe(|| job(0))).map_err(|payload| {
+            ExecError::Threads(format!("thread 0 panicked: {}", panic_text(&*payload)))
+        })
     }
 
     /// Runs `job(thread)` for every thread `0..threads` and returns when all are done.
     /// Errors (after all threads finished) with the message of a panic in any of them, or
     /// at once when another thread is running a job on this pool.
-    pub fn run(&self, job: &(dyn Fn(usize) + Sync)) -> Result<(), String> {
+    pub fn run(&self, job: &(dyn Fn(usize) + Sync)) -> Result<(), ExecError> {
         if self.threads == 1 {
             return self.run_serial(job);
         }
         let s = &*self.shared;
         if s.busy.swap(true, Ordering::Acquire) {
-            return Err("the thread pool is already running a job for another caller".into());
+            return Err(ExecError::Threads(
+                "the thread pool is already running a job for another caller".into(),
+            ));
         }
         // SAFETY (of the erasure): workers use the pointer only before counting themselves
         // done, and this function does not return before every worker did.
@@ -196,12 +200,13 @@ impl Pool {
         // SAFETY: every worker is done with this generation.
         unsafe { (*s.slot.get()).job = None };
         let result = if s.panicked.swap(false, Ordering::AcqRel) {
-            Err(s
-                .message
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-                .unwrap_or_else(|| "a worker panicked".to_string()))
+            Err(ExecError::Threads(
+                s.message
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_else(|| "a worker panicked".to_string()),
+            ))
         } else {
             Ok(())
         };
@@ -353,6 +358,7 @@ mod tests {
                     }
                 })
                 .expect_err("the panic is reported");
+            let err = err.to_string();
             assert!(
                 err.contains(&format!("thread {bad} panicked: boom in kernel")),
                 "{err}"
@@ -383,7 +389,7 @@ mod tests {
         let err = pool
             .run_serial(&|_| panic!("serial boom"))
             .expect_err("reported");
-        assert!(err.contains("serial boom"), "{err}");
+        assert!(err.to_string().contains("serial boom"), "{err}");
     }
 
     #[test]

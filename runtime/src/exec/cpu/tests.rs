@@ -3,9 +3,12 @@
 //! in place, decode against prefill, thread counts, and errors.
 
 use super::*;
+use crate::weights::{decode_f32, Dtype};
 use archc_compiler::interp::RandomWeights;
-use archc_compiler::ir::Dim;
-use archc_compiler::kernel::{Access, Buffer, BufferKind, KBuf, Kernel, Launch, LoopKind, Stmt};
+use archc_compiler::ir::{Dim, KvPart};
+use archc_compiler::kernel::{
+    Access, Buffer, BufferKind, Elem, KBuf, Kernel, Launch, LoopKind, Stmt,
+};
 
 const H: usize = 4;
 const V: usize = 5;
@@ -62,19 +65,29 @@ fn program() -> Program {
             vec![Dim::c(V as u64), h],
             BufferKind::Param,
         ),
-        buffer("tokens", Elem::I32, vec![Dim::SEQ], BufferKind::Input),
-        buffer("positions", Elem::I32, vec![Dim::SEQ], BufferKind::Input),
+        buffer(
+            "tokens",
+            Elem::I32,
+            vec![Dim::SEQ],
+            BufferKind::Input(Io::Tokens),
+        ),
+        buffer(
+            "positions",
+            Elem::I32,
+            vec![Dim::SEQ],
+            BufferKind::Input(Io::Positions),
+        ),
         buffer(
             "cache.0.k",
             f,
             vec![Dim::PAST, Dim::c(1), h],
-            BufferKind::Input,
+            BufferKind::Input(Io::kv(0, KvPart::K)),
         ),
         buffer(
             "cache.0.k",
             f,
             vec![Dim::PAST.plus(Dim::SEQ), Dim::c(1), h],
-            BufferKind::Output,
+            BufferKind::Output(Io::kv(0, KvPart::K)),
         ),
         buffer("%x", f, vec![Dim::SEQ, h], BufferKind::Temp),
         buffer(
@@ -91,7 +104,7 @@ fn program() -> Program {
             "logits",
             f,
             vec![Dim::SEQ, Dim::c(V as u64)],
-            BufferKind::Output,
+            BufferKind::Output(Io::Logits),
         ),
     ];
     let kernels = vec![
@@ -158,7 +171,7 @@ fn chunk(n: usize, thread: usize, threads: usize) -> std::ops::Range<usize> {
 }
 
 impl Kernels for Fake {
-    unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), String> {
+    unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), ExecError> {
         let (seq, past) = (c.dims[0] as usize, c.dims[1] as usize);
         // SAFETY: per the `Kernels` contract; the rows each thread writes are disjoint.
         unsafe {
@@ -183,7 +196,7 @@ impl Kernels for Fake {
                 }
                 2 => {
                     if !c.bufs[2].is_null() || c.lens[2] != 0 {
-                        return Err("scratch parameter got a buffer".into());
+                        return Err(ExecError::Program("scratch parameter got a buffer".into()));
                     }
                     let e = f32s(c.bufs[0], c.lens[0]);
                     let cache = f32s(c.bufs[1], c.lens[1]);
@@ -200,7 +213,7 @@ impl Kernels for Fake {
                         }
                     }
                 }
-                _ => return Err(format!("no kernel {kernel}")),
+                _ => return Err(ExecError::Program(format!("no kernel {kernel}"))),
             }
         }
         Ok(())
@@ -288,11 +301,14 @@ fn a_failed_call_leaves_the_cache_usable() {
     let err = m
         .run(Phase::Decode, &mut cache, &[V as u32])
         .expect_err("token outside the vocabulary");
-    assert_eq!(err, "token 0 is id 5, outside the vocabulary of 5");
+    assert_eq!(
+        err.to_string(),
+        "token 0 is id 5, outside the vocabulary of 5"
+    );
     let err = m
         .run(Phase::Decode, &mut cache, &[1, 2])
         .expect_err("decode of two tokens");
-    assert_eq!(err, "decode takes one token, got 2");
+    assert_eq!(err.to_string(), "decode takes one token, got 2");
     assert_eq!(cache.past(), 2);
     let got = m.run(Phase::Decode, &mut cache, &[3]).expect("decode");
     assert!(close(&got, &expected(&w, &[1, 2, 3])[2 * V..]));
@@ -323,31 +339,31 @@ fn inconsistent_programs_are_refused() {
         edit(&mut p);
         let err = CpuModel::new((p, Box::new(Fake)), (program(), Box::new(Fake)), &w, V, 1)
             .expect_err("refused");
-        assert_eq!(err, want);
+        assert_eq!(err.to_string(), want);
     };
     check(
         &|p| p.kernels[1].bufs[0].access = Access::Write,
-        "prefill program: launch 1 of `append`, parameter 0 (`c`): writes `cache.0.k`, which is read-only",
+        "prefill program: program contract: launch 1 (kernel `append`): parameter 0 (`c`) writes `cache.0.k`, which is read-only",
     );
     check(
         &|p| p.launches[0].bufs.pop().map(drop).unwrap_or(()),
-        "prefill program: launch 0 of `gather` binds 3 buffers, the kernel takes 4",
+        "prefill program: program contract: launch 0 (kernel `gather`): binds 3 buffers, the kernel takes 4",
     );
     check(
         &|p| p.kernels[0].bufs[1].elem = Elem::F32,
-        "prefill program: launch 0 of `gather`, parameter 1 (`t`): buffer `tokens` is i32, the kernel declares f32",
+        "prefill program: program contract: launch 0 (kernel `gather`): parameter 1 (`t`) is f32, bound to `tokens` of i32",
     );
     check(
         &|p| p.buffers[0].name = "@embed.missing".into(),
-        "prefill program: parameter `embed.missing` is not bound to a checkpoint tensor",
+        "prefill program: parameter `embed.missing`: not bound to a checkpoint tensor",
     );
     check(
         &|p| p.buffers[6].kind = BufferKind::Alias { of: 6 },
-        "prefill program: buffer `%xflat` is an alias cycle",
+        "prefill program: program contract: buffer `%xflat`: its alias chain is broken or a cycle",
     );
     check(
         &|p| p.launches[2].bufs[2] = Some(5),
-        "prefill program: launch 2 of `score`, parameter 2 (`scratch`): a buffer is bound to a scratch parameter",
+        "prefill program: program contract: launch 2 (kernel `score`): a buffer is bound to scratch parameter 2 (`scratch`)",
     );
 }
 
@@ -389,14 +405,16 @@ fn program_in_place() -> Program {
 struct FakeInPlace;
 
 impl Kernels for FakeInPlace {
-    unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), String> {
+    unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), ExecError> {
         if kernel != 1 {
             // SAFETY: forwarded under the same contract.
             return unsafe { Fake.run(kernel, c) };
         }
         let past = c.dims[1] as usize;
         if c.bufs[0] != c.bufs[2] || c.lens[0] != past * H * 4 {
-            return Err("the grown cache is not the input's memory".into());
+            return Err(ExecError::Program(
+                "the grown cache is not the input's memory".into(),
+            ));
         }
         // SAFETY: per the `Kernels` contract; only the new rows are written.
         unsafe {
@@ -428,10 +446,10 @@ fn the_cache_grows_in_place_and_decode_reuses_memory() {
         let mut got = logits.clone();
         let at = logits.as_ptr();
         // An eighth of spare room after 8 rows holds the 9th: no reallocation.
-        let kv = cache.entries["cache.0.k"].current.as_ptr();
+        let kv = cache.entries[&Io::kv(0, KvPart::K)].current.as_ptr();
         m.run_into(Phase::Decode, &mut cache, &tokens[8..9], &mut logits)
             .expect("decode");
-        assert_eq!(cache.entries["cache.0.k"].current.as_ptr(), kv);
+        assert_eq!(cache.entries[&Io::kv(0, KvPart::K)].current.as_ptr(), kv);
         assert_eq!(logits.as_ptr(), at, "the logits vector is reused");
         got.extend_from_slice(&logits);
         // Later steps grow the cache, keeping the old rows.
@@ -442,6 +460,9 @@ fn the_cache_grows_in_place_and_decode_reuses_memory() {
         }
         assert_eq!(cache.past(), tokens.len());
         assert!(close(&got, &expected(&w, &tokens)), "threads {threads}");
-        assert!(cache.entries["cache.0.k"].spare.as_slice().is_empty());
+        assert!(cache.entries[&Io::kv(0, KvPart::K)]
+            .spare
+            .as_slice()
+            .is_empty());
     }
 }

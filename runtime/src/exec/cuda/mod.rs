@@ -28,7 +28,8 @@ mod model;
 pub use model::{CudaKv, CudaModel, CudaOptions};
 
 use archc_compiler::codegen::ptx::{self, PtxKernel, Sm};
-use archc_compiler::kernel::{Access, BufferKind, DimVar, Elem, Expr, Kernel, Program, Stmt};
+use archc_compiler::kernel::analysis::{analyze, ProgramInfo};
+use archc_compiler::kernel::{BufferKind, Elem, Program};
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use graph::{LaunchArgs, LaunchGraph};
@@ -344,12 +345,12 @@ impl Workspace {
 
 /// A kernel program compiled and loaded on a device, with its parameters uploaded.
 pub struct CudaProgram {
-    info: DeviceInfo,
+    device: DeviceInfo,
     stream: Arc<CudaStream>,
     program: Program,
+    /// The program's analysis, shared with every other executor.
+    analysis: ProgramInfo,
     kernels: Vec<Loaded>,
-    /// The root buffer of each program buffer (itself unless an alias).
-    roots: Vec<usize>,
     /// Uploaded parameters, possibly shared with other programs of the same model.
     params: Arc<DeviceParams>,
     /// Device pointer of each `Param` buffer, by program buffer index.
@@ -362,25 +363,12 @@ pub struct CudaProgram {
 impl fmt::Debug for CudaProgram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CudaProgram")
-            .field("device", &self.info)
+            .field("device", &self.device)
             .field("program", &self.program.name)
             .field("kernels", &self.kernels.len())
             .field("params", &self.params)
             .finish()
     }
-}
-
-fn root_of(p: &Program, mut i: usize) -> Result<usize, CudaError> {
-    for _ in 0..=p.buffers.len() {
-        match p.buffers.get(i).map(|b| &b.kind) {
-            Some(BufferKind::Alias { of }) => i = *of,
-            Some(_) => return Ok(i),
-            None => break,
-        }
-    }
-    Err(CudaError::Failed {
-        message: format!("program `{}`: buffer alias chain is broken at {i}", p.name),
-    })
 }
 
 /// Bytes of buffer `i` of `p` at these sizes.
@@ -401,65 +389,6 @@ pub(crate) fn elem_bytes(
         })
 }
 
-fn expr_uses_past(e: &Expr) -> bool {
-    match e {
-        Expr::Dim(d) => *d == DimVar::Past,
-        Expr::Load { index, .. } => expr_uses_past(index),
-        Expr::Un(_, a) => expr_uses_past(a),
-        Expr::Bin(_, a, b) => expr_uses_past(a) || expr_uses_past(b),
-        Expr::Select(c, a, b) => expr_uses_past(c) || expr_uses_past(a) || expr_uses_past(b),
-        Expr::F32(_) | Expr::I64(_) | Expr::Bool(_) | Expr::Var(_) => false,
-    }
-}
-
-fn body_uses_past(body: &[Stmt]) -> bool {
-    body.iter().any(|s| match s {
-        Stmt::Let { value, .. } | Stmt::Set { value, .. } => expr_uses_past(value),
-        Stmt::Local { init, .. } => expr_uses_past(init),
-        Stmt::Store { index, value, .. } => expr_uses_past(index) || expr_uses_past(value),
-        Stmt::Loop {
-            start, end, body, ..
-        } => expr_uses_past(start) || expr_uses_past(end) || body_uses_past(body),
-        Stmt::If { cond, then, els } => {
-            expr_uses_past(cond) || body_uses_past(then) || body_uses_past(els)
-        }
-    })
-}
-
-/// Whether kernel `k` reads `past` anywhere.
-pub(crate) fn kernel_uses_past(k: &Kernel) -> bool {
-    body_uses_past(&k.body)
-}
-
-/// The root buffers (temps and outputs) that some launch reads before any launch has
-/// written them, in the order of their first read.
-fn read_before_written(p: &Program, roots: &[usize]) -> Vec<usize> {
-    let mut written = vec![false; p.buffers.len()];
-    let mut out = Vec::new();
-    for l in &p.launches {
-        let Some(k) = p.kernels.get(l.kernel) else {
-            continue;
-        };
-        for (slot, kb) in l.bufs.iter().zip(&k.bufs) {
-            let Some(&r) = slot.and_then(|b| roots.get(b)) else {
-                continue;
-            };
-            let reads = matches!(kb.access, Access::Read | Access::ReadWrite);
-            let writes = matches!(kb.access, Access::Write | Access::ReadWrite);
-            // The KV cache is never cleared: what it holds is the model's state.
-            let zeroable = matches!(p.buffers[r].kind, BufferKind::Temp | BufferKind::Output)
-                && !p.buffers[r].name.starts_with("cache.");
-            if reads && zeroable && !written[r] && !out.contains(&r) {
-                out.push(r);
-            }
-            if writes {
-                written[r] = true;
-            }
-        }
-    }
-    out
-}
-
 impl CudaProgram {
     /// Compiles `program`'s kernels for device `ordinal` and loads them. `params` holds
     /// the bytes of every `Param` buffer by name (its storage type, little-endian); they
@@ -469,9 +398,9 @@ impl CudaProgram {
         ordinal: usize,
         params: &BTreeMap<String, &[u8]>,
     ) -> Result<CudaProgram, CudaError> {
-        let info = probe(ordinal)?;
+        let device = probe(ordinal)?;
         // Refuse an old device before uploading anything to it.
-        info.sm()?;
+        device.sm()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| failed("context", e))?;
         let stream = ctx.default_stream();
         let mut uploaded = DeviceParams::default();
@@ -494,26 +423,29 @@ impl CudaProgram {
             }
             uploaded.upload(&stream, &b.name, b.elem, bytes)?;
         }
-        CudaProgram::with_params(program, info, &ctx, stream, Arc::new(uploaded))
+        CudaProgram::with_params(program, device, &ctx, stream, Arc::new(uploaded))
     }
 
     /// Compiles and loads `program` on `ctx`, reading its parameters from `params`, which
     /// must hold every `Param` buffer of the program (by name and element type).
     pub fn with_params(
         program: Program,
-        info: DeviceInfo,
+        device: DeviceInfo,
         ctx: &Arc<CudaContext>,
         stream: Arc<CudaStream>,
         params: Arc<DeviceParams>,
     ) -> Result<CudaProgram, CudaError> {
-        let sm = info.sm()?;
+        let sm = device.sm()?;
+        let analysis = analyze(&program.doc()).map_err(|e| CudaError::Failed {
+            message: format!("program `{}`: {e}", program.name),
+        })?;
         let compiled =
             ptx::emit_kernels(&program.kernels, sm).map_err(|e| failed("PTX generation", e))?;
         let mut kernels = Vec::with_capacity(compiled.len());
         // The shared memory a block may opt in to (227 KiB on sm_90, 163 KiB on sm_80),
         // asked for only when some kernel needs more than the default 48 KiB.
         let mut optin: Option<u64> = None;
-        for (k, ir) in compiled.into_iter().zip(&program.kernels) {
+        for (ki, k) in compiled.into_iter().enumerate() {
             let launch = &k.plan.launch;
             let dynamic = launch.dynamic_shared_bytes;
             if dynamic > 0 {
@@ -529,7 +461,7 @@ impl CudaProgram {
                         l
                     }
                 };
-                check_shared(&k, &info.name, limit)?;
+                check_shared(&k, &device.name, limit)?;
             }
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(k.ptx.clone()))
@@ -553,12 +485,9 @@ impl CudaProgram {
             kernels.push(Loaded {
                 ptx: k,
                 func,
-                uses_past: kernel_uses_past(ir),
+                uses_past: analysis.uses_past[ki],
             });
         }
-        let roots = (0..program.buffers.len())
-            .map(|i| root_of(&program, i))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut param_ptr = BTreeMap::new();
         for (i, b) in program.buffers.iter().enumerate() {
             if b.kind != BufferKind::Param {
@@ -585,13 +514,14 @@ impl CudaProgram {
                 })?;
             param_ptr.insert(i, ptr);
         }
-        let zero_first = read_before_written(&program, &roots);
+        // The KV cache and states hold the model's state: the analysis never lists them.
+        let zero_first = analysis.read_before_write.clone();
         Ok(CudaProgram {
-            info,
+            device,
             stream,
             program,
+            analysis,
             kernels,
-            roots,
             params,
             param_ptr,
             zero_first,
@@ -604,7 +534,12 @@ impl CudaProgram {
     }
 
     pub fn device(&self) -> &DeviceInfo {
-        &self.info
+        &self.device
+    }
+
+    /// The program's analysis.
+    pub fn analysis(&self) -> &ProgramInfo {
+        &self.analysis
     }
 
     /// The compiled kernels, in program order.
@@ -614,7 +549,7 @@ impl CudaProgram {
 
     /// The root buffer of buffer `i`.
     pub(crate) fn root(&self, i: usize) -> usize {
-        self.roots.get(i).copied().unwrap_or(i)
+        self.analysis.roots.get(i).copied().unwrap_or(i)
     }
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
@@ -804,12 +739,12 @@ impl CudaProgram {
             appended[to] = true;
         }
         for (i, b) in p.buffers.iter().enumerate() {
-            if self.roots[i] != i || b.kind == BufferKind::Param || appended[i] {
+            if self.root(i) != i || b.kind == BufferKind::Param || appended[i] {
                 continue;
             }
             let bytes = elem_bytes(p, i, seq, past)?;
             let what = format!("buffer `{}`", b.name);
-            ptrs[i] = if b.kind == BufferKind::Input {
+            ptrs[i] = if matches!(b.kind, BufferKind::Input(_)) {
                 let data = inputs.get(&b.name).ok_or_else(|| CudaError::Failed {
                     message: format!("no data for input `{}`", b.name),
                 })?;
@@ -830,10 +765,10 @@ impl CudaProgram {
         self.execute(&mut ws, &mut ptrs, seq, past, false)?;
         let mut out = BTreeMap::new();
         for (i, b) in p.buffers.iter().enumerate() {
-            if !matches!(b.kind, BufferKind::Output | BufferKind::Append { .. }) {
+            if !matches!(b.kind, BufferKind::Output(_) | BufferKind::Append { .. }) {
                 continue;
             }
-            let r = self.roots[i];
+            let r = self.root(i);
             let bytes = elem_bytes(p, i, seq, past)?;
             let what = format!("output `{}`", b.name);
             out.insert(b.name.clone(), ws.buf(r).read(&self.stream, bytes, &what)?);
@@ -904,9 +839,9 @@ fn check_shared(k: &ptx::PtxKernel, device: &str, limit: u64) -> Result<(), Cuda
 #[cfg(test)]
 mod tests {
     use super::*;
-    use archc_compiler::ir::Dim;
+    use archc_compiler::ir::{Dim, Io, KvPart};
     use archc_compiler::kernel::build::{i, past};
-    use archc_compiler::kernel::{Buffer, Launch};
+    use archc_compiler::kernel::{Access, Buffer, Kernel, Launch, Stmt};
 
     fn buffer(name: &str, kind: BufferKind) -> Buffer {
         Buffer {
@@ -932,7 +867,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_before_writes_are_found_and_the_cache_is_never_zeroed() {
+    fn the_analysis_finds_reads_before_writes_and_never_zeroes_the_cache() {
         // Launch 0 reads `acc` (never written yet, through an alias) and writes `t`;
         // launch 1 reads `t` (written: no zeroing) and reads and writes the cache output;
         // launch 2 reads the cache input and reads and writes `logits`.
@@ -941,10 +876,10 @@ mod tests {
             buffers: vec![
                 buffer("acc", BufferKind::Temp),
                 buffer("t", BufferKind::Temp),
-                buffer("cache.0.k", BufferKind::Input),
-                buffer("cache.0.k", BufferKind::Output),
+                buffer("cache.0.k", BufferKind::Input(Io::kv(0, KvPart::K))),
+                buffer("cache.0.k", BufferKind::Output(Io::kv(0, KvPart::K))),
                 buffer("acc2", BufferKind::Alias { of: 0 }),
-                buffer("logits", BufferKind::Output),
+                buffer("logits", BufferKind::Output(Io::Logits)),
             ],
             kernels: vec![
                 kernel("k0", Access::Read, Access::Write, false),
@@ -965,21 +900,18 @@ mod tests {
                 },
             ],
         };
-        let roots: Vec<usize> = (0..program.buffers.len())
-            .map(|b| root_of(&program, b).expect("root"))
-            .collect();
-        assert_eq!(roots, [0, 1, 2, 3, 0, 5]);
+        let info = analyze(&program.doc()).expect("the contract holds");
+        assert_eq!(info.roots, [0, 1, 2, 3, 0, 5]);
         // `acc` through its alias; the cache output is read first (launch 1 reads and
         // writes it) but holds the model's state, so it is never zeroed; `logits` too
         // is read before written (launch 2).
-        assert_eq!(read_before_written(&program, &roots), [0, 5]);
-        assert!(!kernel_uses_past(&program.kernels[0]));
-        assert!(kernel_uses_past(&program.kernels[1]));
+        assert_eq!(info.read_before_write, [0, 5]);
+        assert_eq!(info.uses_past, [false, true]);
     }
 
     #[test]
     fn buffer_sizes_follow_seq_and_past() {
-        let mut b = buffer("cache.0.k", BufferKind::Input);
+        let mut b = buffer("cache.0.k", BufferKind::Input(Io::kv(0, KvPart::K)));
         b.shape = vec![Dim::PAST, Dim::c(8)];
         b.elem = Elem::Bf16;
         let p = Program {
@@ -1093,11 +1025,11 @@ mod tests {
             let k = staged(n);
             let planned = ptx::plan::plan(&k).expect("plans");
             assert_eq!(planned.scratch.home, home, "n = {n}");
-            let mut x = buffer("x", BufferKind::Input);
+            let mut x = buffer("x", BufferKind::Input(Io::value("x")));
             x.shape = vec![Dim::c(4 * n as u64)];
             let program = Program {
                 name: format!("staged_{n}"),
-                buffers: vec![x, buffer("out", BufferKind::Output)],
+                buffers: vec![x, buffer("out", BufferKind::Output(Io::value("out")))],
                 kernels: vec![k],
                 launches: vec![Launch {
                     kernel: 0,

@@ -16,9 +16,10 @@ use super::{
     elem_bytes, failed, mem_info, probe, CudaError, CudaProgram, DevBuf, DeviceInfo, DeviceParams,
     Workspace,
 };
-use crate::exec::cpu::{f32_to_bf16, f32_to_f16, program_for_logits, Logits, Phase};
+use crate::exec::cpu::{driver, f32_to_bf16, f32_to_f16, Device, Logits, Options, Phase};
 use crate::weights::{decode_f32, Dtype};
 use archc_compiler::interp::{WeightDType, WeightSource};
+use archc_compiler::ir::Io;
 use archc_compiler::kernel::{BufferKind, Elem, Program};
 use archc_compiler::Mode;
 use cudarc::driver::CudaContext;
@@ -39,8 +40,8 @@ struct KvEntry {
 #[derive(Debug, Default)]
 pub struct CudaKv {
     past: usize,
-    /// Each cache entry by its program name (`cache.0.k`).
-    entries: BTreeMap<String, KvEntry>,
+    /// Each carried value (KV cache, state).
+    entries: BTreeMap<Io, KvEntry>,
     prefill: Workspace,
     decode: Workspace,
 }
@@ -236,13 +237,20 @@ impl CudaModel {
     ) -> Result<CudaModel, CudaError> {
         let info: DeviceInfo = probe(ordinal)?;
         info.sm()?;
-        let hint = |e: String| CudaError::Failed {
+        let hint = |e: archc_compiler::driver::DriverError| CudaError::Failed {
             message: format!("{e} (try the reference interpreter: --backend interp)"),
         };
-        let prefill =
-            program_for_logits(spec, Mode::Prefill, weights, options.logits).map_err(hint)?;
-        let decode =
-            program_for_logits(spec, Mode::Decode, weights, options.logits).map_err(hint)?;
+        let d = driver(
+            spec,
+            weights,
+            Options {
+                logits: options.logits,
+                device: Device::Gpu,
+                ..Options::default()
+            },
+        );
+        let prefill = d.program(Mode::Prefill).map_err(hint)?;
+        let decode = d.program(Mode::Decode).map_err(hint)?;
         let vocab = usize::try_from(spec.vocab).map_err(|_| CudaError::Failed {
             message: "vocabulary too large".into(),
         })?;
@@ -359,9 +367,15 @@ impl CudaModel {
                     b.name
                 ))
             })?;
+            let BufferKind::Input(io) = &input.kind else {
+                return Err(bad(format!(
+                    "`{}` appends to a buffer that is not an input",
+                    b.name
+                )));
+            };
             let keep = elem_bytes(p, to, seq, past)?;
             let bytes = elem_bytes(p, i, seq, past)?;
-            let e = cache.entries.entry(input.name.clone()).or_default();
+            let e = cache.entries.entry(io.clone()).or_default();
             let held = if past == 0 { 0 } else { e.current.capacity() };
             if held < keep {
                 return Err(bad(format!(
@@ -384,11 +398,11 @@ impl CudaModel {
             }
             let bytes = elem_bytes(p, i, seq, past)?;
             let what = format!("`{}`", b.name);
-            ptrs[i] = match (&b.kind, b.name.as_str()) {
-                (BufferKind::Input, "tokens") => ws.buf(i).write(stream, &tokens_b, &what)?,
-                (BufferKind::Input, "positions") => ws.buf(i).write(stream, &positions_b, &what)?,
-                (BufferKind::Input, n) if n.starts_with("cache.") => {
-                    let e = cache.entries.entry(n.to_string()).or_default();
+            ptrs[i] = match &b.kind {
+                BufferKind::Input(Io::Tokens) => ws.buf(i).write(stream, &tokens_b, &what)?,
+                BufferKind::Input(Io::Positions) => ws.buf(i).write(stream, &positions_b, &what)?,
+                BufferKind::Input(io) if io.is_carried() => {
+                    let e = cache.entries.entry(io.clone()).or_default();
                     let held = if past == 0 {
                         bytes
                     } else {
@@ -402,13 +416,15 @@ impl CudaModel {
                     }
                     e.current.reserve(stream, bytes, false, &what)?
                 }
-                (BufferKind::Input, n) => return Err(bad(format!("unknown program input `{n}`"))),
-                (BufferKind::Output, n) if n.starts_with("cache.") => {
-                    let e = cache.entries.entry(n.to_string()).or_default();
+                BufferKind::Input(io) => {
+                    return Err(bad(format!("input `{io}` is not one a model run provides")))
+                }
+                BufferKind::Output(io) if io.is_carried() => {
+                    let e = cache.entries.entry(io.clone()).or_default();
                     e.spare.reserve(stream, bytes, true, &what)?
                 }
-                (kind, name) => {
-                    if *kind == BufferKind::Output && name == "logits" {
+                kind => {
+                    if *kind == BufferKind::Output(Io::Logits) {
                         logits_at = Some((i, bytes));
                     }
                     ws.buf(i).reserve(stream, bytes, true, &what)?
@@ -431,8 +447,8 @@ impl CudaModel {
         // The call succeeded: the grown caches become the current ones (an in-place
         // append already grew its buffer).
         for b in &p.buffers {
-            if b.kind == BufferKind::Output && b.name.starts_with("cache.") {
-                if let Some(e) = cache.entries.get_mut(&b.name) {
+            if let BufferKind::Output(io) = &b.kind {
+                if let Some(e) = cache.entries.get_mut(io) {
                     std::mem::swap(&mut e.current, &mut e.spare);
                 }
             }

@@ -1,0 +1,287 @@
+//! The compiler driver: the one place where the stages of compilation are put together,
+//! in order, each named (as Triton's `add_stages` and Cranelift's `Context::optimize`):
+//!
+//! ```text
+//! graph    Spec ──lower(mode, logits)──▶ Graph IR
+//! fused    Graph ──passes::PIPELINE──▶ fused Graph IR
+//! program  fused Graph ──kernel::lower(schedule, formats, precision)──▶ kernel Program
+//! llvm     Program ──codegen::llvm (CPU target)──▶ LLVM IR / object / machine code
+//! ptx      Program ──codegen::ptx (GPU target)──▶ PTX and a launch manifest
+//! ```
+//!
+//! Every verb that compiles (`emit`, `logits`, `run`, `bench`, `build`) calls this driver;
+//! none of them puts stages together itself, so what `archc emit` shows is what runs. The
+//! program stage resolves its options here: from the target (the CPU and GPU schedules),
+//! from the stored formats of the weights (block-quantised parameters stay blocks, float
+//! parameters keep their stored type), and from the requested precision.
+
+use crate::codegen::llvm::CodegenError;
+use crate::ir::{Graph, Mode};
+use crate::kernel::lower::{KernelError, KernelOptions, ParamFormat};
+use crate::kernel::Program;
+use crate::lower::{LowerError, Options as LowerOptions};
+use crate::passes::PassError;
+use archc_spec::Spec;
+use std::fmt;
+
+pub use crate::lower::Logits;
+
+/// The named stages, in pipeline order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    Graph,
+    Fused,
+    Program,
+    Llvm,
+    Ptx,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 5] = [
+        Stage::Graph,
+        Stage::Fused,
+        Stage::Program,
+        Stage::Llvm,
+        Stage::Ptx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Graph => "graph",
+            Stage::Fused => "fused",
+            Stage::Program => "program",
+            Stage::Llvm => "llvm",
+            Stage::Ptx => "ptx",
+        }
+    }
+}
+
+/// How the matmuls over bf16 weights treat their activations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Activations stay f32: the kernels compute what the reference interpreter computes,
+    /// up to f32 summation order. What `archc logits` and the parity tests use.
+    #[default]
+    F32,
+    /// Activation rows are rounded to bf16 before a matmul with bf16 weights, and bf16
+    /// products are accumulated in f32, as PyTorch bf16 and llama.cpp do, so that bf16
+    /// dot-product instructions apply. No effect on matmuls whose weights are not bf16.
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What the program is scheduled for: CPU cores or a GPU's grid.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// Parallel loops spread over cores; vector loops over SIMD lanes. The CPU schedule
+    /// may keep per-thread scratch outside the parallel loop (row-blocked matmuls).
+    #[default]
+    Cpu,
+    /// Parallel loops over the grid (a thread or a warp per iteration).
+    Gpu,
+}
+
+impl Device {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Gpu => "gpu",
+        }
+    }
+}
+
+/// Everything the pipeline needs besides the spec and the weights' formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// Which positions of a prefill get logits (decode always computes its one row).
+    pub logits: Logits,
+    pub precision: Precision,
+    pub device: Device,
+    /// The KV cache grows in place (`BufferKind::Append`). Every executor of archc
+    /// honours it; a program without it copies the cache into a new output instead.
+    pub append_in_place: bool,
+}
+
+impl Default for Options {
+    /// What `archc logits` runs: every position's logits, f32 activations, the CPU.
+    fn default() -> Options {
+        Options {
+            logits: Logits::All,
+            precision: Precision::F32,
+            device: Device::Cpu,
+            append_in_place: true,
+        }
+    }
+}
+
+impl Options {
+    /// What generation (`archc run`, `archc bench`) runs by default: the last position's
+    /// logits only, bf16 activations where the weights are bf16.
+    pub fn generation() -> Options {
+        Options {
+            logits: Logits::Last,
+            precision: Precision::Bf16,
+            ..Options::default()
+        }
+    }
+}
+
+/// A stage failed. Lowering and kernel errors are the user's (a spec the compiler cannot
+/// handle yet); pass and codegen errors are compiler bugs, reported rather than panicking.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DriverError {
+    Lower { mode: Mode, error: LowerError },
+    Pass { mode: Mode, error: PassError },
+    Kernel { mode: Mode, error: KernelError },
+    Codegen(CodegenError),
+}
+
+impl DriverError {
+    /// The stage that failed.
+    pub fn stage(&self) -> Stage {
+        match self {
+            DriverError::Lower { .. } => Stage::Graph,
+            DriverError::Pass { .. } => Stage::Fused,
+            DriverError::Kernel { .. } => Stage::Program,
+            DriverError::Codegen(_) => Stage::Llvm,
+        }
+    }
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DriverError::Lower { mode, error } => {
+                write!(f, "lowering ({}): {error}", mode.as_str())
+            }
+            DriverError::Pass { mode, error } => {
+                write!(
+                    f,
+                    "internal error in the passes ({}): {error}",
+                    mode.as_str()
+                )
+            }
+            DriverError::Kernel { mode, error } => {
+                write!(f, "kernel program ({}): {error}", mode.as_str())
+            }
+            DriverError::Codegen(e) => write!(f, "code generation: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DriverError {}
+
+impl From<CodegenError> for DriverError {
+    fn from(e: CodegenError) -> DriverError {
+        DriverError::Codegen(e)
+    }
+}
+
+/// How each parameter is stored, by canonical name; `None` means the graph's dtype.
+pub type Formats<'a> = Box<dyn Fn(&str) -> Option<ParamFormat> + 'a>;
+
+/// The pipeline for one spec, one set of weight formats and one set of options.
+pub struct Driver<'a> {
+    spec: &'a Spec,
+    formats: Formats<'a>,
+    options: Options,
+    /// Verify the graph after every pass (a compiler bug becomes an error, not a wrong
+    /// answer); on in `emit` and in tests, cheap next to the rest.
+    verify: bool,
+}
+
+impl fmt::Debug for Driver<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("model", &self.spec.name)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<'a> Driver<'a> {
+    /// A driver over `spec` whose parameters have the formats `formats` gives.
+    pub fn new(spec: &'a Spec, formats: Formats<'a>, options: Options) -> Driver<'a> {
+        Driver {
+            spec,
+            formats,
+            options,
+            verify: true,
+        }
+    }
+
+    /// A driver over a spec without weights: every parameter in the spec's dtype.
+    pub fn for_spec(spec: &'a Spec, options: Options) -> Driver<'a> {
+        Driver::new(spec, Box::new(|_| None), options)
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    pub fn spec(&self) -> &Spec {
+        self.spec
+    }
+
+    /// Stage `graph`: the spec lowered for `mode`.
+    pub fn graph(&self, mode: Mode) -> Result<Graph, DriverError> {
+        let options = LowerOptions {
+            logits: self.options.logits,
+        };
+        crate::lower::lower_with(self.spec, mode, &options)
+            .map_err(|error| DriverError::Lower { mode, error })
+    }
+
+    /// Stage `fused`: the graph after the fusion pipeline.
+    pub fn fused(&self, graph: &Graph) -> Result<Graph, DriverError> {
+        if !self.verify {
+            return Ok(crate::passes::optimize(graph));
+        }
+        let mut stages =
+            crate::passes::optimize_verified(graph).map_err(|error| DriverError::Pass {
+                mode: graph.mode,
+                error,
+            })?;
+        Ok(stages.pop().map_or_else(|| graph.clone(), |(_, g)| g))
+    }
+
+    /// The kernel lowering options this driver resolves for the program stage.
+    pub fn kernel_options(&self) -> KernelOptions {
+        // Rounding activations to bf16 pays only for bf16 dot products, a CPU schedule;
+        // the matmuls decide per node whether their weights are bf16.
+        let bf16 = self.options.precision == Precision::Bf16 && self.options.device == Device::Cpu;
+        KernelOptions {
+            bf16_activations: bf16,
+            append_in_place: self.options.append_in_place,
+        }
+    }
+
+    /// Stage `program`: the kernel program of a fused graph.
+    pub fn program_of(&self, fused: &Graph) -> Result<Program, DriverError> {
+        crate::kernel::lower::program_with_options(fused, &*self.formats, &self.kernel_options())
+            .map_err(|error| DriverError::Kernel {
+                mode: fused.mode,
+                error,
+            })
+    }
+
+    /// Stages `graph`, `fused` and `program` for `mode`.
+    pub fn program(&self, mode: Mode) -> Result<Program, DriverError> {
+        let graph = self.graph(mode)?;
+        let fused = self.fused(&graph)?;
+        self.program_of(&fused)
+    }
+
+    /// The prefill and decode programs, in that order.
+    pub fn programs(&self) -> Result<[Program; 2], DriverError> {
+        Ok([self.program(Mode::Prefill)?, self.program(Mode::Decode)?])
+    }
+}
