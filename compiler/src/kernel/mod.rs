@@ -23,6 +23,7 @@ pub mod interp;
 pub mod lower;
 mod print;
 pub mod program;
+pub mod vars;
 pub mod verify;
 
 use crate::ir::{Dim, Io};

@@ -174,6 +174,8 @@ struct Kernels {
 impl Kernels {
     /// The index of `k` (named `{kind}_{hash}`), adding it if no equal kernel exists.
     fn add(&mut self, kind: &str, mut k: Kernel) -> usize {
+        // Canonical variables: the text names every variable of the table.
+        k.compact_vars();
         let body = crate::kernel::program::content_text(&k, kind);
         if let Some(&i) = self.by_body.get(&body) {
             return i;
