@@ -2,8 +2,10 @@
 //! tests/data/emit/), the kernel IR program (`--stage kernel`, tests/data/emit/kernel/)
 //! and the LLVM IR of its kernels for the fixed x86-64-v4 CPU (`--stage llvm`,
 //! tests/data/emit/llvm/), or the error a user sees (f8 weights and linear-attention
-//! mixers have no kernels yet). Each run is repeated to check that the output is
-//! byte-for-byte deterministic.
+//! mixers have no kernels yet), all with the options `archc run` uses (the last
+//! position's logits, bf16 activations); the kernels of real weight files (GGUF blocks,
+//! tests/data/emit/weights/); the program document (`--stage program`). Each run is
+//! repeated to check that the output is byte-for-byte deterministic.
 //!
 //! Every successful `--stage llvm` snapshot is also a verifier check: `emit_llvm_ir`
 //! runs the LLVM module verifier on each generated module and archc fails (exit 1) when
@@ -84,7 +86,7 @@ fn fused_graph_of_every_example() {
     snapshot_every_example(&["--stage", "fused"], "emit");
 }
 
-/// `--stage graph` is exactly what `archc lower` prints, in both modes.
+/// `--stage graph --logits all` is exactly what `archc lower` prints, in both modes.
 #[test]
 fn graph_stage_is_the_lowered_graph() {
     for mode in ["prefill", "decode"] {
@@ -93,6 +95,8 @@ fn graph_stage_is_the_lowered_graph() {
             "tests/data/lower/tiny-llama.arch",
             "--stage",
             "graph",
+            "--logits",
+            "all",
             "--mode",
             mode,
         ]);
@@ -168,7 +172,7 @@ fn codegen_flags_need_a_codegen_stage() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("invalid value 'riscv64'") && err.contains("x86_64, aarch64"),
+        err.contains("invalid value 'riscv64'") && err.contains("x86_64, znver4, aarch64, host"),
         "unexpected error: {err}"
     );
 }
@@ -392,4 +396,167 @@ fn llvm_stage_writes_llvm_ll() {
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
     assert_eq!(names, ["llvm.ll"]);
+}
+
+/// Snapshots `archc emit <args>` (run twice: the same bytes) into
+/// `tests/data/emit/<dir>/<name>.snap`.
+fn snapshot_emit(dir: &str, name: &str, args: &[&str]) -> String {
+    let text = emit_twice(args);
+    let snaps = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/emit")
+        .join(dir);
+    insta::with_settings!({snapshot_path => &snaps, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!(name, text);
+    });
+    text
+}
+
+/// The kernels that run on real weights: a GGUF file's block-quantised parameters stay
+/// blocks, read by fused dequantise-and-multiply kernels (prefill tiles and decode
+/// matvecs) and block gathers, for Q4_1, Q4_K, Q6_K and Q8_0.
+#[test]
+fn gguf_blocks_emit_their_dequantising_kernels() {
+    for (file, tag) in [
+        ("tests/data/gguf/tiny_quant/q4_1.gguf", "q4_1"),
+        ("tests/data/gguf/tiny_quant/q4_k.gguf", "q4_k"),
+        ("tests/data/gguf/tiny_quant/q6_k.gguf", "q6_k"),
+        ("tests/data/gguf/tiny_llama/q8_0.gguf", "q8_0"),
+    ] {
+        for mode in ["prefill", "decode"] {
+            let text = snapshot_emit(
+                "weights",
+                &format!("{tag}.{mode}"),
+                &[file, "--stage", "kernel", "--mode", mode],
+            );
+            let quantised = text
+                .lines()
+                .filter(|l| l.starts_with("buffer @") && l.contains(": u8["))
+                .count();
+            assert!(quantised > 0, "{file}: no parameter is read as blocks");
+            let kernels = text
+                .lines()
+                .filter(|l| l.starts_with("kernel ") && l.contains(&format!("_{tag}_")))
+                .count();
+            assert!(
+                kernels >= 2,
+                "{file} {mode}: {kernels} dequantising kernels"
+            );
+        }
+    }
+}
+
+/// A bf16 model prefills with the tokens-in-lanes tiles by default (as `archc run`);
+/// `--precision f32` (as `archc logits`) keeps f32 activations and plain tiles, and
+/// `--logits all` keeps every position's logits.
+#[test]
+fn precision_and_logits_choose_what_runs() {
+    let file = "examples/smollm2-135m.arch";
+    let run = emit_twice(&[file, "--stage", "kernel"]);
+    let logits = emit_twice(&[
+        file,
+        "--stage",
+        "kernel",
+        "--precision",
+        "f32",
+        "--logits",
+        "all",
+    ]);
+    let lanes = |t: &str| t.contains("vector(16) for l_");
+    assert!(lanes(&run), "the run program has no tokens-in-lanes tile");
+    assert!(!lanes(&logits), "f32 activations use the lanes tiles");
+    assert!(
+        run.contains("buffer logits: f32[1, 49152] output"),
+        "last position only"
+    );
+    assert!(
+        logits.contains("buffer logits: f32[seq, 49152] output"),
+        "every position"
+    );
+    // The GPU program (`--sm`) never gets the CPU's row-blocked schedules.
+    let gpu = emit_twice(&[file, "--stage", "kernel", "--sm", "90"]);
+    assert!(!lanes(&gpu), "the GPU program has a CPU schedule");
+}
+
+/// `--stage program`: the program contract as JSON, versioned and deterministic, with
+/// typed buffer roles and kernels by content hash; `-o` writes `program.json`.
+#[test]
+fn program_stage_is_the_versioned_contract() {
+    let text = snapshot_emit(
+        "program",
+        "tiny-llama.decode",
+        &[
+            "tests/data/lower/tiny-llama.arch",
+            "--stage",
+            "program",
+            "--mode",
+            "decode",
+        ],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(doc["format"], "archc-program");
+    assert_eq!(doc["version"], 1);
+    let roles: Vec<&str> = doc["buffers"]
+        .as_array()
+        .expect("buffers")
+        .iter()
+        .filter_map(|b| b["role"].as_str())
+        .collect();
+    for role in ["param", "input", "output", "append", "temp"] {
+        assert!(roles.contains(&role), "no `{role}` buffer in {roles:?}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = archc(&[
+        "emit",
+        "tests/data/lower/tiny-llama.arch",
+        "--stage",
+        "program",
+        "--mode",
+        "decode",
+        "-o",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", shown(&out));
+    let written = std::fs::read_to_string(dir.path().join("program.json")).expect("written");
+    assert_eq!(written, text);
+}
+
+/// An HF model directory and a config.json emit the same graph as the spec imported from
+/// them; the directory's program reads its weights as stored.
+#[test]
+fn hf_directories_and_configs_are_models() {
+    let dir = "tests/data/fixtures/llama";
+    let from_dir = emit_twice(&[dir, "--stage", "fused"]);
+    let from_config = emit_twice(&[&format!("{dir}/config.json"), "--stage", "fused"]);
+    assert_eq!(from_dir, from_config);
+    let kernel = emit_twice(&[dir, "--stage", "kernel", "--logits", "all"]);
+    assert!(kernel.starts_with("program "), "{kernel}");
+    let missing = archc(&["emit", "tests/data/no-such-model", "--stage", "kernel"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", shown(&missing));
+}
+
+/// What `archc emit` prints is what `archc run` runs: the kernel programs the CPU
+/// executor loads for a GGUF model with the generation options equal the emitted ones,
+/// in both modes.
+#[test]
+fn emitted_programs_are_the_ones_that_run() {
+    use archc_runtime::exec::cpu::{CpuModel, Engine, LlvmOptions, Options, Phase};
+    let file = "tests/data/gguf/tiny_quant/q4_k.gguf";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let gguf = archc_runtime::weights::gguf::GgufFile::open(&path).expect("opens");
+    let spec = archc_spec::import::gguf::from_gguf_metadata(gguf.metadata(), &gguf.names(), file)
+        .expect("imports");
+    let weights = archc_runtime::bind::bind_gguf(&spec, gguf).expect("binds");
+    let model = CpuModel::from_spec_options(
+        &spec,
+        &weights,
+        Engine::KernelInterp,
+        1,
+        &LlvmOptions::no_cache(),
+        &Options::generation(),
+    )
+    .expect("loads");
+    for (phase, mode) in [(Phase::Prefill, "prefill"), (Phase::Decode, "decode")] {
+        let emitted = emit_twice(&[file, "--stage", "kernel", "--mode", mode]);
+        assert_eq!(model.program(phase).to_string(), emitted, "{mode}");
+    }
 }

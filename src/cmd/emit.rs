@@ -1,21 +1,25 @@
-//! `archc emit FILE --stage graph|fused|kernel|llvm [--mode prefill|decode] [--target
-//! x86_64|aarch64] [--optimized] [-o DIR]`: prints a stage of the compilation — the
-//! lowered graph, the graph after the fusion pipeline, its kernel IR program, or the LLVM
-//! IR of the program's kernels — or writes it to `DIR/<stage>.<ext>` (atomically: a
-//! temporary file renamed into place).
-//! Exit status: 0 on success, 1 when the file is invalid or cannot be compiled, 2 when a
-//! file cannot be read or written or the arguments do not fit together.
+//! `archc emit MODEL --stage graph|fused|kernel|program|llvm|ptx`: prints one stage of the
+//! compilation of a model, built by the compiler driver exactly as `archc run` (by
+//! default) or `archc logits` (`--logits all --precision f32`) builds what it runs, or
+//! writes it to `-o DIR` (atomically: a temporary file renamed into place).
 //!
-//! `--stage ptx [--sm 80|90]` compiles the kernels for an NVIDIA GPU: printed, the
-//! manifest (JSON) and each kernel's PTX; with `-o DIR`, one `DIR/<symbol>.ptx` per kernel
-//! and `DIR/manifest.json` (kernel names, launch shapes, parameters).
+//! MODEL is a `.arch` file, an HF `config.json`, an HF model directory or a `.gguf` file.
+//! For a model directory or a GGUF file the weights are opened (memory-mapped, as `run`
+//! opens them) so that the kernels read each parameter in its stored format: GGUF blocks
+//! stay blocks and get their fused dequantise kernels. Exit status: 0 on success, 1 when
+//! the model is invalid or cannot be compiled, 2 when a file cannot be read or written or
+//! the arguments do not fit together.
 
 use super::lower::ModeArg;
+use super::model::{gguf_spec, is_gguf, load_weights};
 use archc_compiler::codegen::llvm::{emit_llvm_ir, Target};
+use archc_compiler::codegen::ptx;
+use archc_compiler::driver::{Device, Driver, Logits, Options};
 use archc_compiler::kernel::Program;
-use archc_compiler::passes::optimize_verified;
-use archc_compiler::{lower, Graph, Mode};
+use archc_compiler::Mode;
+use archc_runtime::bind::BoundWeights;
 use archc_spec::diagnostics::{render, render_colored};
+use archc_spec::Spec;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,11 +30,14 @@ pub enum Stage {
     Graph,
     /// The Graph IR after the fusion pipeline.
     Fused,
-    /// The kernel IR program of the fused graph.
+    /// The kernel IR program: buffers, launches and every kernel's loop nest.
     Kernel,
+    /// The program contract as a versioned JSON document: buffers with their roles,
+    /// kernels by content hash, the launch order (what every executor reads).
+    Program,
     /// The LLVM IR of the program's kernels for `--target`.
     Llvm,
-    /// PTX of each kernel for `--sm`, with a manifest.
+    /// PTX of each kernel for `--sm`, with a manifest of launch shapes.
     Ptx,
 }
 
@@ -41,6 +48,7 @@ impl Stage {
             Stage::Graph => "graph.txt",
             Stage::Fused => "fused.txt",
             Stage::Kernel => "kernel.txt",
+            Stage::Program => "program.json",
             Stage::Llvm => "llvm.ll",
             Stage::Ptx => "manifest.json",
         }
@@ -51,199 +59,273 @@ impl Stage {
             Stage::Graph => "graph",
             Stage::Fused => "fused",
             Stage::Kernel => "kernel",
+            Stage::Program => "program",
             Stage::Llvm => "llvm",
             Stage::Ptx => "ptx",
         }
     }
 
-    /// Whether `--target` and `--optimized` mean something for this stage.
-    fn is_codegen(self) -> bool {
-        matches!(self, Stage::Llvm)
+    /// Whether the stage depends on how the parameters are stored and on the precision.
+    fn has_program(self) -> bool {
+        !matches!(self, Stage::Graph | Stage::Fused)
     }
 }
 
-/// The fixed CPU targets of `--target`: output never depends on the machine archc runs on.
+/// The CPUs of `--target`: fixed ones, whose output does not depend on the machine, and
+/// the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TargetArg {
-    /// x86-64 with AVX-512 (`x86-64-v4`).
+    /// x86-64 with AVX-512 (`x86-64-v4`): the default.
     #[value(name = "x86_64")]
     X86_64,
+    /// AMD Zen 4 (`znver4`: AVX-512 with bf16 dot products, `vdpbf16ps`).
+    #[value(name = "znver4")]
+    Znver4,
     /// aarch64 (`neoverse-v1`).
     #[value(name = "aarch64")]
     Aarch64,
+    /// This machine's CPU and features, as `archc run` compiles for (output depends on
+    /// the machine).
+    #[value(name = "host")]
+    Host,
 }
 
 impl TargetArg {
     fn target(self) -> Target {
         match self {
             TargetArg::X86_64 => Target::x86_64(),
+            TargetArg::Znver4 => Target {
+                cpu: "znver4".into(),
+                ..Target::x86_64()
+            },
             TargetArg::Aarch64 => Target::aarch64(),
+            TargetArg::Host => Target::host(),
         }
     }
 }
 
+/// Which positions of a prefill get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogitsArg {
+    /// The last position only (what `archc run` and `archc bench` compute).
+    Last,
+    /// Every position (what `archc logits` computes).
+    All,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The .arch file to compile.
-    pub file: PathBuf,
+    /// A .arch file, an HF config.json, an HF model directory or a .gguf file.
+    pub model: PathBuf,
     /// Which stage to print.
     #[arg(long, value_enum)]
     pub stage: Stage,
     /// Which forward pass to build.
     #[arg(long, value_enum, default_value = "prefill")]
     pub mode: ModeArg,
-    /// The code generation target (`--stage llvm`), a fixed CPU.
+    /// Which logits a prefill computes: `last` as `archc run` does, `all` as `archc logits`.
+    #[arg(long, value_enum, default_value = "last")]
+    pub logits: LogitsArg,
+    /// With bf16 weights, `bf16` rounds activations to bf16 before each matmul as `archc
+    /// run` does by default; `f32` keeps them exact, as `archc logits` does. The GPU
+    /// kernels always compute in f32.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub precision: super::logits::PrecisionArg,
+    /// The CPU of `--stage llvm` (default x86_64).
     #[arg(long, value_enum)]
     pub target: Option<TargetArg>,
     /// Print the code after the `O3` pipeline instead of what archc generates (`--stage llvm`).
     #[arg(long)]
     pub optimized: bool,
-    /// The GPU architecture (`--stage ptx`): 80 (Ampere) or 90 (Hopper, the default).
+    /// The GPU architecture: 80 (Ampere) or 90 (Hopper, the default) for `--stage ptx`;
+    /// with `--stage kernel` or `program`, shows the program scheduled for the GPU.
     #[arg(long, value_parser = ["80", "90"])]
     pub sm: Option<String>,
     /// Write the stage into this directory instead of printing: `graph.txt`, `fused.txt`,
-    /// `kernel.txt`, `llvm.ll`, or `manifest.json` and one `.ptx` per kernel.
+    /// `kernel.txt`, `program.json`, `llvm.ll`, or `manifest.json` and one `.ptx` per
+    /// kernel.
     #[arg(short = 'o', long = "out")]
     pub out: Option<PathBuf>,
 }
 
+/// A failure with its exit status; the message is printed after `archc emit: `.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
+}
+
 pub fn run(args: Args) -> ExitCode {
-    if !args.stage.is_codegen() && (args.target.is_some() || args.optimized) {
-        eprintln!(
-            "archc emit: --target and --optimized only apply to --stage llvm, not --stage {}",
+    match run_inner(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("archc emit: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run_inner(args: &Args) -> Result<(), Failure> {
+    if args.stage != Stage::Llvm && (args.target.is_some() || args.optimized) {
+        return Err(usage(format!(
+            "--target and --optimized only apply to --stage llvm, not --stage {}",
             args.stage.name()
-        );
-        return ExitCode::from(2);
+        )));
     }
-    if args.stage != Stage::Ptx && args.sm.is_some() {
-        eprintln!("archc emit: --sm only applies to --stage ptx");
-        return ExitCode::from(2);
+    let gpu_stage = matches!(args.stage, Stage::Ptx | Stage::Kernel | Stage::Program);
+    if args.sm.is_some() && !gpu_stage {
+        return Err(usage(format!(
+            "--sm only applies to --stage ptx, kernel or program, not --stage {}",
+            args.stage.name()
+        )));
     }
-    let name = args.file.display().to_string();
-    let src = match std::fs::read_to_string(&args.file) {
-        Ok(src) => src,
-        Err(e) => {
-            eprintln!("archc emit: cannot read {name}: {e}");
-            return ExitCode::from(2);
-        }
+    let model = open(&args.model, args.stage.has_program())?;
+    let device = if args.stage == Stage::Ptx || args.sm.is_some() {
+        Device::Gpu
+    } else {
+        Device::Cpu
     };
-    let spec = match archc_spec::validate::check_source(&name, &src) {
-        Ok(spec) => spec,
-        Err(diags) => {
-            let text = if std::io::stderr().is_terminal() {
-                render_colored(&name, &src, &diags)
-            } else {
-                render(&name, &src, &diags)
-            };
-            eprint!("{text}");
-            return ExitCode::from(1);
-        }
+    let options = Options {
+        logits: match args.logits {
+            LogitsArg::Last => Logits::Last,
+            LogitsArg::All => Logits::All,
+        },
+        precision: args.precision.precision(),
+        device,
+        append_in_place: true,
+    };
+    let driver = match &model.weights {
+        Some(w) => archc_runtime::exec::cpu::driver(&model.spec, w, options),
+        None => Driver::for_spec(&model.spec, options),
     };
     let mode = match args.mode {
         ModeArg::Prefill => Mode::Prefill,
         ModeArg::Decode => Mode::Decode,
     };
-    if args.stage == Stage::Ptx {
-        return ptx_stage(&args, &spec, mode, &name);
+    let name = args.model.display();
+    let failed = |e: archc_compiler::driver::DriverError| invalid(format!("{name}: {e}"));
+    let graph = driver.graph(mode).map_err(failed)?;
+    if args.stage == Stage::Graph {
+        return output(args, graph.to_string());
     }
-    let text = match stage_text(&args, &spec, mode) {
-        Ok(text) => text,
-        Err(message) => {
-            eprintln!("archc emit: {name}: {message}");
-            return ExitCode::from(1);
+    let fused = driver.fused(&graph).map_err(failed)?;
+    if args.stage == Stage::Fused {
+        return output(args, fused.to_string());
+    }
+    let program = driver.program_of(&fused).map_err(failed)?;
+    match args.stage {
+        Stage::Kernel => output(args, program.to_string()),
+        Stage::Program => output(args, program.doc().to_json()),
+        Stage::Llvm => {
+            let target = args.target.unwrap_or(TargetArg::X86_64).target();
+            let text = emit_llvm_ir(&program.kernels, &target, args.optimized)
+                .map_err(|e| invalid(format!("{name}: internal error: {e}")))?;
+            output(args, text)
         }
-    };
+        Stage::Ptx => ptx_stage(args, &program),
+        // Printed above, before the program was built.
+        Stage::Graph | Stage::Fused => Ok(()),
+    }
+}
+
+/// A model as `emit` reads it: its spec, and its weights when the stage needs their
+/// formats and the model has any.
+struct Model {
+    spec: Spec,
+    weights: Option<BoundWeights>,
+}
+
+/// Opens MODEL: a `.arch` file (diagnostics printed, exit 1 when invalid), an HF
+/// `config.json`, an HF model directory or a `.gguf` file; binds the weights of the last
+/// two when `weights` (the program's stages read their stored formats).
+fn open(path: &Path, weights: bool) -> Result<Model, Failure> {
+    let shown = path.display().to_string();
+    if path.is_dir() || is_gguf(path) {
+        let spec = if is_gguf(path) {
+            gguf_spec(path)
+        } else {
+            archc_spec::import::from_path(path).map_err(|e| e.to_string())
+        }
+        .map_err(usage)?;
+        let weights = if weights {
+            Some(load_weights(&spec, path).map_err(usage)?)
+        } else {
+            None
+        };
+        return Ok(Model { spec, weights });
+    }
+    if path.extension().is_some_and(|e| e == "json") {
+        let spec = archc_spec::import::from_path(path).map_err(|e| usage(e.to_string()))?;
+        return Ok(Model {
+            spec,
+            weights: None,
+        });
+    }
+    let src =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+    let spec = archc_spec::validate::check_source(&shown, &src).map_err(|diags| {
+        let text = if std::io::stderr().is_terminal() {
+            render_colored(&shown, &src, &diags)
+        } else {
+            render(&shown, &src, &diags)
+        };
+        eprint!("{text}");
+        invalid("")
+    })?;
+    Ok(Model {
+        spec,
+        weights: None,
+    })
+}
+
+/// Prints `text`, or writes it to `-o DIR`.
+fn output(args: &Args, text: String) -> Result<(), Failure> {
     match &args.out {
         None => {
             // A closed pipe (`archc emit f.arch | head`) is not an error worth a panic.
             let _ = write!(std::io::stdout().lock(), "{text}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Some(dir) => match write_atomic(dir, args.stage.file_name(), &text) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("archc emit: cannot write into {}: {e}", dir.display());
-                ExitCode::from(2)
-            }
-        },
-    }
-}
-
-/// The text of the requested stage, each built from the one before it, or why it cannot
-/// be built (a compile failure, exit status 1).
-fn stage_text(args: &Args, spec: &archc_spec::Spec, mode: Mode) -> Result<String, String> {
-    let graph = lower(spec, mode).map_err(|e| e.to_string())?;
-    match args.stage {
-        Stage::Graph => Ok(graph.to_string()),
-        Stage::Fused => Ok(fused(&graph)?.to_string()),
-        Stage::Kernel => Ok(kernel_program(&graph)?.to_string()),
-        Stage::Llvm => {
-            let program = kernel_program(&graph)?;
-            let target = args.target.unwrap_or(TargetArg::X86_64).target();
-            emit_llvm_ir(&program.kernels, &target, args.optimized)
-                .map_err(|e| format!("internal error: {e}"))
-        }
-        Stage::Ptx => Err("internal error: --stage ptx has its own output".into()),
+        Some(dir) => write_atomic(dir, args.stage.file_name(), &text)
+            .map_err(|e| usage(format!("cannot write into {}: {e}", dir.display()))),
     }
 }
 
 /// `--stage ptx`: compiles every kernel for the GPU, then prints or writes the files.
-fn ptx_stage(args: &Args, spec: &archc_spec::Spec, mode: Mode, name: &str) -> ExitCode {
-    use archc_compiler::codegen::ptx;
-    let sm = match ptx::Sm::by_name(args.sm.as_deref().unwrap_or("90")) {
-        Ok(sm) => sm,
-        Err(e) => {
-            eprintln!("archc emit: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let compiled = lower(spec, mode)
-        .map_err(|e| e.to_string())
-        .and_then(|g| kernel_program(&g))
-        .and_then(|p| {
-            ptx::emit_kernels(&p.kernels, sm)
-                .map(|k| (p.name.clone(), k))
-                .map_err(|e| format!("internal error: {e}"))
-        });
-    let (program, kernels) = match compiled {
-        Ok(c) => c,
-        Err(message) => {
-            eprintln!("archc emit: {name}: {message}");
-            return ExitCode::from(1);
-        }
-    };
-    let manifest = ptx::manifest(&program, &kernels);
+fn ptx_stage(args: &Args, program: &Program) -> Result<(), Failure> {
+    let sm =
+        ptx::Sm::by_name(args.sm.as_deref().unwrap_or("90")).map_err(|e| usage(e.to_string()))?;
+    let kernels = ptx::emit_kernels(&program.kernels, sm)
+        .map_err(|e| invalid(format!("{}: internal error: {e}", args.model.display())))?;
+    let manifest = ptx::manifest(&program.name, &kernels);
     let Some(dir) = &args.out else {
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "{manifest}");
         for k in &kernels {
             let _ = write!(out, "\n//// {}\n{}", k.file_name(), k.ptx);
         }
-        return ExitCode::SUCCESS;
+        return Ok(());
     };
-    let written = kernels
+    kernels
         .iter()
         .try_for_each(|k| write_atomic(dir, &k.file_name(), &k.ptx))
-        .and_then(|()| write_atomic(dir, Stage::Ptx.file_name(), &manifest));
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("archc emit: cannot write into {}: {e}", dir.display());
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// The graph after the verified pipeline: a pass that breaks the graph is reported, not
-/// printed.
-fn fused(graph: &Graph) -> Result<Graph, String> {
-    let mut stages = optimize_verified(graph).map_err(|e| format!("internal error: {e}"))?;
-    Ok(stages.pop().map_or_else(|| graph.clone(), |(_, g)| g))
-}
-
-/// The kernel program of the fused graph.
-fn kernel_program(graph: &Graph) -> Result<Program, String> {
-    archc_compiler::kernel::lower::program(&fused(graph)?).map_err(|e| e.to_string())
+        .and_then(|()| write_atomic(dir, Stage::Ptx.file_name(), &manifest))
+        .map_err(|e| usage(format!("cannot write into {}: {e}", dir.display())))
 }
 
 /// Write `dir/file` through a temporary file in the same directory and a rename, so a
