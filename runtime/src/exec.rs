@@ -2,13 +2,39 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod encode;
 
 use crate::bind::BoundWeights;
-use archc_compiler::interp::Interpreter;
+use archc_compiler::driver::{Driver, Options};
+use archc_compiler::interp::{Interpreter, WeightSource};
 use archc_compiler::kernel::analysis::ContractError;
-use archc_compiler::{lower, Mode as GraphMode};
+use archc_compiler::kernel::lower::ParamFormat;
+use archc_compiler::Mode as GraphMode;
 use archc_spec::Spec;
 use std::fmt;
+
+/// Which program a call runs: the prefill program (any number of tokens) or the decode
+/// program (one token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Prefill,
+    Decode,
+}
+
+/// How each parameter of `weights` is stored, as the program reads it: its blocks' format
+/// when block-quantised (the kernels decode them in place); otherwise `None`, the spec's
+/// dtype, which the spec declares and the parameter is converted to at bind time when the
+/// checkpoint stores another float type (so the spec's `dtype` always decides the math).
+pub fn formats(weights: &dyn WeightSource) -> impl Fn(&str) -> Option<ParamFormat> + '_ {
+    move |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format))
+}
+
+/// The compiler driver for `spec` over `weights` (formats from the weights; see
+/// [`formats`]) with `options`: what every CPU and CUDA model of the runtime compiles
+/// through, and what `archc emit` shows.
+pub fn driver<'a>(spec: &'a Spec, weights: &'a dyn WeightSource, options: Options) -> Driver<'a> {
+    Driver::new(spec, Box::new(formats(weights)), options)
+}
 
 /// How the tokens are fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +60,11 @@ pub enum Backend {
 }
 
 /// Why running a model failed, by what failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ExecError {
-    /// The spec could not be compiled: which stage, and why.
+    /// A stage of the compiler driver failed (it names the stage).
+    Driver(archc_compiler::driver::DriverError),
+    /// Code generation for an engine failed: which, and why.
     Compile { stage: String, message: String },
     /// The program breaks the executor contract.
     Contract(ContractError),
@@ -86,6 +114,7 @@ impl ExecError {
 impl fmt::Display for ExecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ExecError::Driver(e) => write!(f, "{e}"),
             ExecError::Compile { stage, message } => write!(f, "{stage}: {message}"),
             ExecError::Contract(e) => write!(f, "program contract: {e}"),
             ExecError::Program(m) | ExecError::Input(m) | ExecError::Memory(m) => f.write_str(m),
@@ -104,6 +133,12 @@ impl fmt::Display for ExecError {
 }
 
 impl std::error::Error for ExecError {}
+
+impl From<archc_compiler::driver::DriverError> for ExecError {
+    fn from(e: archc_compiler::driver::DriverError) -> ExecError {
+        ExecError::Driver(e)
+    }
+}
 
 impl From<ContractError> for ExecError {
     fn from(e: ContractError) -> ExecError {
@@ -155,13 +190,11 @@ pub fn logits_with_threads(
         let threads = threads.unwrap_or_else(cpu::default_threads);
         return kernel_logits(spec, weights, tokens, mode, engine, threads);
     }
-    let lower_err = |mode: GraphMode, e: archc_compiler::LowerError| ExecError::Compile {
-        stage: format!("lowering ({})", mode.as_str()),
-        message: e.to_string(),
-    };
     let interp_err = |what: &str, e: &dyn fmt::Display| ExecError::Interp(format!("{what}: {e}"));
-    let prefill = lower(spec, GraphMode::Prefill).map_err(|e| lower_err(GraphMode::Prefill, e))?;
-    let decode = lower(spec, GraphMode::Decode).map_err(|e| lower_err(GraphMode::Decode, e))?;
+    // The interpreter runs the graph stage itself, every position's logits.
+    let driver = Driver::for_spec(spec, Options::default());
+    let graph = |mode| driver.graph(mode).map_err(ExecError::from);
+    let (prefill, decode) = (graph(GraphMode::Prefill)?, graph(GraphMode::Decode)?);
     let interp =
         Interpreter::new(&prefill, &decode, weights).map_err(|e| interp_err("weights", &e))?;
     let mut cache = interp.new_cache();

@@ -5,7 +5,9 @@
 //! child blocks are merged over their parents (`tree::merge`), and typed readers
 //! (`model`, `schedule`) pull the `Spec` fields out of the tables with their defaults.
 
+mod attention;
 mod eval;
+mod ffn;
 mod limits;
 mod model;
 mod schedule;

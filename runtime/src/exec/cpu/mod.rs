@@ -20,19 +20,19 @@ mod params;
 mod plan;
 mod pool;
 
+pub use crate::exec::encode::{f32_to_bf16, f32_to_f16};
+pub use crate::exec::{driver, formats, Phase};
 pub use archc_compiler::codegen::llvm::{Options as LlvmOptions, Origin};
 pub use archc_compiler::driver::{Device, Logits, Options, Precision};
 pub use kernels::{Call, Interpreted, Kernels, Native};
-pub use params::{f32_to_bf16, f32_to_f16, ParamStats};
+pub use params::ParamStats;
 pub use pool::Pool;
 
 use crate::exec::ExecError;
 use aligned::AlignedBuf;
-use archc_compiler::driver::Driver;
 use archc_compiler::interp::WeightSource;
 use archc_compiler::ir::Io;
 use archc_compiler::kernel::analysis::{analyze, ProgramInfo};
-use archc_compiler::kernel::lower::ParamFormat;
 use archc_compiler::kernel::program::ProgramDoc;
 use archc_compiler::kernel::Program;
 use archc_compiler::Mode;
@@ -126,13 +126,6 @@ pub struct CpuModel<'w> {
     decode: Loaded,
     pool: Pool,
     vocab: usize,
-}
-
-/// Which program a call runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Prefill,
-    Decode,
 }
 
 impl<'w> CpuModel<'w> {
@@ -612,25 +605,6 @@ impl Engine {
             Engine::KernelInterp => "kernel-interp",
         }
     }
-}
-
-/// How each parameter of `weights` is stored, as the program reads it: its blocks' format
-/// when block-quantised (the kernels decode them in place); otherwise `None`, the spec's
-/// dtype, which the spec declares and the parameter is converted to at bind time when the
-/// checkpoint stores another float type (so the spec's `dtype` always decides the math).
-pub fn formats(weights: &dyn WeightSource) -> impl Fn(&str) -> Option<ParamFormat> + '_ {
-    move |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format))
-}
-
-/// The compiler driver for `spec` over `weights` (formats from the weights; see
-/// [`formats`]) with `options`: what every CPU and CUDA model of the runtime compiles
-/// through, and what `archc emit` shows.
-pub fn driver<'a>(
-    spec: &'a archc_spec::Spec,
-    weights: &'a dyn WeightSource,
-    options: Options,
-) -> Driver<'a> {
-    Driver::new(spec, Box::new(formats(weights)), options)
 }
 
 /// A stage of the driver failed: the error, with a hint for models the compiled backends
