@@ -2,7 +2,8 @@
 //! against plain Rust references (reductions, a parallel matmul on two OS threads,
 //! bf16/f16 bit patterns, index loads, select/if, scratch, math, shared-operand dot
 //! products, short vector loops), determinism, IR snapshots for fixed CPUs, object files
-//! and the disk cache.
+//! and the disk cache; and the layout rule of the code generators (the CPU and GPU
+//! targets share `codegen/body` and never import each other).
 
 use archc_compiler::codegen::llvm::{
     compile_kernels_with, emit_llvm_ir, emit_object, CacheSettings, CodegenError, CompiledProgram,
@@ -1434,4 +1435,65 @@ fn short_constant_vector_loops_are_not_unrolled_first_and_match() {
     ];
     // `max * 2 + a` may fuse into one FMA: within one rounding of the interpreter.
     check_against_interpreter(&prog, 0, &k, &bufs, rows as i64, 1, 1e-6);
+}
+
+// ---------------------------------------------------------------- layout of the code generators
+
+/// The paths in `dir` (a folder of `compiler/src/codegen`) that its Rust code names, out
+/// of `forbidden`, as `file:line: path`; comments are skipped.
+fn imports_of(dir: &str, forbidden: &[&str]) -> Vec<String> {
+    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("the source folder is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/codegen");
+    let mut files = Vec::new();
+    walk(&root.join(dir), &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "no sources in codegen/{dir}");
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("a source file is readable");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for path in forbidden {
+                if line.contains(path) {
+                    let rel = file.strip_prefix(&root).unwrap_or(&file).display();
+                    found.push(format!("codegen/{rel}:{}: {path}", n + 1));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn code_generators_are_siblings_that_share_only_the_body_emitter() {
+    let cpu = imports_of("llvm", &["codegen::ptx", "super::ptx", "super::super::ptx"]);
+    assert!(
+        cpu.is_empty(),
+        "the CPU target imports the GPU target:\n{cpu:#?}"
+    );
+    let gpu = imports_of(
+        "ptx",
+        &["codegen::llvm", "super::llvm", "super::super::llvm"],
+    );
+    assert!(
+        gpu.is_empty(),
+        "the GPU target imports the CPU target:\n{gpu:#?}"
+    );
+    let targets = ["codegen::llvm", "codegen::ptx", "super::llvm", "super::ptx"];
+    let body = imports_of("body", &targets);
+    assert!(
+        body.is_empty(),
+        "the body emitter imports a target:\n{body:#?}"
+    );
 }
