@@ -2,7 +2,8 @@
 //! against plain Rust references (reductions, a parallel matmul on two OS threads,
 //! bf16/f16 bit patterns, index loads, select/if, scratch, math, shared-operand dot
 //! products, short vector loops), determinism, IR snapshots for fixed CPUs, object files
-//! and the disk cache; and the layout rule of the code generators (the CPU and GPU
+//! and the disk cache; tokens-in-lanes tiles without the bf16 dot instruction on CPUs
+//! that lack it; and the layout rule of the code generators (the CPU and GPU
 //! targets share `codegen/body` and never import each other).
 
 use archc_compiler::codegen::llvm::{
@@ -1496,4 +1497,39 @@ fn code_generators_are_siblings_that_share_only_the_body_emitter() {
         body.is_empty(),
         "the body emitter imports a target:\n{body:#?}"
     );
+}
+
+/// The tokens-in-lanes tiles of a bf16-activation prefill: a CPU without AVX512-BF16
+/// (x86-64-v4, an aarch64) gets the FMA form, and its module, optimized or not, names no
+/// x86 bf16 intrinsic.
+#[test]
+fn lanes_tiles_name_no_bf16_intrinsic_where_the_cpu_lacks_it() {
+    use archc_compiler::kernel::lower::{program_opts, KernelOptions};
+    use archc_compiler::{passes, testing, Mode};
+    let mut spec = testing::llama(testing::swiglu(48));
+    spec.dtype = archc_spec::DType::Bf16;
+    let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+    let opts = KernelOptions {
+        bf16_activations: true,
+        ..KernelOptions::default()
+    };
+    let program = program_opts(&passes::optimize(&graph), &opts).expect("program");
+    let linears: Vec<Kernel> = program
+        .kernels
+        .iter()
+        .filter(|k| k.name.starts_with("linear"))
+        .cloned()
+        .collect();
+    assert!(!linears.is_empty(), "the prefill has linear kernels");
+    for target in [Target::x86_64(), Target::aarch64()] {
+        for optimized in [false, true] {
+            let ir = emit_llvm_ir(&linears, &target, optimized).expect("emit");
+            assert!(ir.contains("lanes.body"), "{}: no lanes loop", target.cpu);
+            assert!(
+                !ir.contains("dpbf16ps"),
+                "{} (optimized: {optimized}) names the bf16 dot intrinsic",
+                target.cpu
+            );
+        }
+    }
 }

@@ -262,9 +262,14 @@ pub(super) fn lane_loop<'ctx>(
     let v16i = i32t.vec_type(16);
     let v32i = i16t.vec_type(32);
     let v32bf = ctx.bf16_type().vec_type(32);
-    let dp = Intrinsic::find("llvm.x86.avx512bf16.dpbf16ps.512")
-        .and_then(|i| i.get_declaration(e.module, &[]))
-        .filter(|_| bf16_dot);
+    // Declared only where the CPU has it: a module for another CPU names no x86
+    // intrinsic it does not call.
+    let dp = if bf16_dot {
+        Intrinsic::find("llvm.x86.avx512bf16.dpbf16ps.512")
+            .and_then(|i| i.get_declaration(e.module, &[]))
+    } else {
+        None
+    };
     let fma = Intrinsic::find("llvm.fmuladd")
         .and_then(|i| i.get_declaration(e.module, &[v16f.into()]))
         .ok_or_else(|| e.err("LLVM has no intrinsic `fmuladd`".into()))?;
