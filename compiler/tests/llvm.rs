@@ -2,7 +2,9 @@
 //! against plain Rust references (reductions, a parallel matmul on two OS threads,
 //! bf16/f16 bit patterns, index loads, select/if, scratch, math, shared-operand dot
 //! products, short vector loops), determinism, IR snapshots for fixed CPUs, object files
-//! and the disk cache.
+//! and the disk cache; tokens-in-lanes tiles without the bf16 dot instruction on CPUs
+//! that lack it; and the layout rule of the code generators (the CPU and GPU
+//! targets share `codegen/body` and never import each other).
 
 use archc_compiler::codegen::llvm::{
     compile_kernels_with, emit_llvm_ir, emit_object, CacheSettings, CodegenError, CompiledProgram,
@@ -1434,4 +1436,100 @@ fn short_constant_vector_loops_are_not_unrolled_first_and_match() {
     ];
     // `max * 2 + a` may fuse into one FMA: within one rounding of the interpreter.
     check_against_interpreter(&prog, 0, &k, &bufs, rows as i64, 1, 1e-6);
+}
+
+// ---------------------------------------------------------------- layout of the code generators
+
+/// The paths in `dir` (a folder of `compiler/src/codegen`) that its Rust code names, out
+/// of `forbidden`, as `file:line: path`; comments are skipped.
+fn imports_of(dir: &str, forbidden: &[&str]) -> Vec<String> {
+    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("the source folder is readable") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                walk(&path, files);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/codegen");
+    let mut files = Vec::new();
+    walk(&root.join(dir), &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "no sources in codegen/{dir}");
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("a source file is readable");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for path in forbidden {
+                if line.contains(path) {
+                    let rel = file.strip_prefix(&root).unwrap_or(&file).display();
+                    found.push(format!("codegen/{rel}:{}: {path}", n + 1));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn code_generators_are_siblings_that_share_only_the_body_emitter() {
+    let cpu = imports_of("llvm", &["codegen::ptx", "super::ptx", "super::super::ptx"]);
+    assert!(
+        cpu.is_empty(),
+        "the CPU target imports the GPU target:\n{cpu:#?}"
+    );
+    let gpu = imports_of(
+        "ptx",
+        &["codegen::llvm", "super::llvm", "super::super::llvm"],
+    );
+    assert!(
+        gpu.is_empty(),
+        "the GPU target imports the CPU target:\n{gpu:#?}"
+    );
+    let targets = ["codegen::llvm", "codegen::ptx", "super::llvm", "super::ptx"];
+    let body = imports_of("body", &targets);
+    assert!(
+        body.is_empty(),
+        "the body emitter imports a target:\n{body:#?}"
+    );
+}
+
+/// The tokens-in-lanes tiles of a bf16-activation prefill: a CPU without AVX512-BF16
+/// (x86-64-v4, an aarch64) gets the FMA form, and its module, optimized or not, names no
+/// x86 bf16 intrinsic.
+#[test]
+fn lanes_tiles_name_no_bf16_intrinsic_where_the_cpu_lacks_it() {
+    use archc_compiler::kernel::lower::{program_opts, KernelOptions};
+    use archc_compiler::{passes, testing, Mode};
+    let mut spec = testing::llama(testing::swiglu(48));
+    spec.dtype = archc_spec::DType::Bf16;
+    let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+    let opts = KernelOptions {
+        bf16_activations: true,
+        ..KernelOptions::default()
+    };
+    let program = program_opts(&passes::optimize(&graph), &opts).expect("program");
+    let linears: Vec<Kernel> = program
+        .kernels
+        .iter()
+        .filter(|k| k.name.starts_with("linear"))
+        .cloned()
+        .collect();
+    assert!(!linears.is_empty(), "the prefill has linear kernels");
+    for target in [Target::x86_64(), Target::aarch64()] {
+        for optimized in [false, true] {
+            let ir = emit_llvm_ir(&linears, &target, optimized).expect("emit");
+            assert!(ir.contains("lanes.body"), "{}: no lanes loop", target.cpu);
+            assert!(
+                !ir.contains("dpbf16ps"),
+                "{} (optimized: {optimized}) names the bf16 dot intrinsic",
+                target.cpu
+            );
+        }
+    }
 }

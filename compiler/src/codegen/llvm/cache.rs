@@ -12,14 +12,25 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The source of the code generator: editing it changes every key, so a development
-/// build never loads code produced by an older code generator.
-const CODEGEN_SOURCE: [&str; 5] = [
+/// The source of the code generator (this target and the body emitter it shares):
+/// editing it changes every key, so a development build never loads code produced by an
+/// older code generator.
+const CODEGEN_SOURCE: &[&str] = &[
     include_str!("mod.rs"),
+    include_str!("cpu.rs"),
+    include_str!("idioms/mod.rs"),
+    include_str!("idioms/dot.rs"),
+    include_str!("idioms/lanes.rs"),
     include_str!("math.rs"),
-    include_str!("translate.rs"),
     include_str!("jit.rs"),
     include_str!("target.rs"),
+    include_str!("../body/mod.rs"),
+    include_str!("../body/emitter.rs"),
+    include_str!("../body/scratch.rs"),
+    include_str!("../body/stmt.rs"),
+    include_str!("../body/hints.rs"),
+    include_str!("../body/expr.rs"),
+    include_str!("../body/memory.rs"),
 ];
 
 /// Where the cache lives, from the environment.

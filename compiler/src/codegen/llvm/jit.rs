@@ -1,7 +1,7 @@
 //! In-memory compilation: an MCJIT execution engine that owns the optimized module, kept
 //! alive next to its LLVM context for as long as the function pointers are used.
 
-use super::{CodegenError, KernelFn};
+use super::{new_context, CodegenError, KernelFn};
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
 use inkwell::module::Module;
@@ -46,7 +46,7 @@ impl Jit {
         build: impl for<'ctx> FnOnce(&'ctx Context) -> Result<Module<'ctx>, CodegenError>,
         symbols: &[String],
     ) -> Result<(Jit, Vec<KernelFn>), CodegenError> {
-        let context = Box::new(super::new_context());
+        let context = Box::new(new_context());
         // SAFETY: the context is boxed, so its address is stable, and `Jit` drops the
         // engine (the only holder of this reference) before the box.
         let ctx: &'static Context = unsafe { &*(context.as_ref() as *const Context) };

@@ -1,24 +1,29 @@
-//! LLVM 19 code generation of the kernel IR: kernels to one LLVM module, optimized with
-//! `default<O3>`, then run in this process (a shared library from the disk cache, or
+//! LLVM 19 code generation of the kernel IR for CPUs: kernels to one LLVM module, optimized
+//! with `default<O3>`, then run in this process (a shared library from the disk cache, or
 //! MCJIT) or written as an object file for any built-in target.
 //!
 //! Every kernel becomes `void archc_k{index}_{name}(ptr bufs, ptr dims, i64 thread, i64
-//! threads)`, the kernel IR's calling convention (see `crate::kernel`). The module
-//! verifier runs on every generated module before optimization; its complaints are
-//! errors, not panics.
+//! threads)`, the kernel IR's calling convention (see `crate::kernel`). The body emitter
+//! (`codegen::body`) writes the kernels; `cpu.rs` is the CPU's `body::Target` (entry,
+//! thread chunks, scratch, math, loop hints), with the loop idioms it lowers itself in
+//! `idioms/`. The module verifier runs on every generated module before optimization;
+//! its complaints are errors, not panics.
 //!
 //! **Invariant:** the generated code only depends on the kernels and the `Target`, so
 //! the text of both (plus the version of this code) keys the disk cache.
 
 mod cache;
+mod cpu;
+mod idioms;
 mod jit;
 mod math;
 mod target;
-pub(super) mod translate;
 
+pub use super::CodegenError;
 pub use cache::{cache_key, CacheSettings};
 pub use target::Target;
 
+use super::body::{self, new_context};
 use crate::kernel::Kernel;
 use inkwell::context::Context;
 use inkwell::module::Module;
@@ -38,32 +43,6 @@ use std::path::PathBuf;
 /// except through calls with the same arguments and another `thread`.
 pub type KernelFn =
     unsafe extern "C" fn(bufs: *const *mut u8, dims: *const i64, thread: i64, threads: i64);
-
-/// Why code generation failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CodegenError {
-    /// The kernel is malformed (a type mismatch, an id out of range).
-    Kernel { kernel: String, message: String },
-    /// LLVM refused: the verifier, the pass pipeline, the JIT or the object writer.
-    Llvm {
-        stage: &'static str,
-        message: String,
-    },
-    /// The target is unknown, or cannot run in this process.
-    Target { message: String },
-}
-
-impl fmt::Display for CodegenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CodegenError::Kernel { kernel, message } => write!(f, "kernel `{kernel}`: {message}"),
-            CodegenError::Llvm { stage, message } => write!(f, "LLVM {stage}: {message}"),
-            CodegenError::Target { message } => write!(f, "target: {message}"),
-        }
-    }
-}
-
-impl std::error::Error for CodegenError {}
 
 /// Where the code of a `CompiledProgram` came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,21 +153,8 @@ pub fn symbols(kernels: &[Kernel]) -> Vec<String> {
     kernels
         .iter()
         .enumerate()
-        .map(|(i, k)| translate::symbol(i, k))
+        .map(|(i, k)| body::symbol(i, k))
         .collect()
-}
-
-/// A context whose diagnostics do not reach stderr: optimization remarks and warnings
-/// ("loop not vectorized") are expected for some kernels and would only be noise, and
-/// errors surface as `CodegenError`s from the stage that failed.
-pub(super) fn new_context() -> Context {
-    use inkwell::llvm_sys::core::LLVMContextSetDiagnosticHandler;
-    use inkwell::llvm_sys::prelude::LLVMDiagnosticInfoRef;
-    extern "C" fn ignore(_: LLVMDiagnosticInfoRef, _: *mut std::ffi::c_void) {}
-    let ctx = Context::create();
-    // SAFETY: the handler is a plain function that touches nothing and lives forever.
-    unsafe { LLVMContextSetDiagnosticHandler(ctx.raw(), Some(ignore), std::ptr::null_mut()) };
-    ctx
 }
 
 /// Translates the kernels into a verified (not yet optimized) module.
@@ -201,12 +167,13 @@ fn build_module<'ctx>(
     let module = ctx.create_module("archc");
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
-    let cpu = translate::CpuAttrs {
+    let attrs = cpu::CpuAttrs {
         cpu: target.cpu.clone(),
         features: target.features.clone(),
     };
+    let cpu = cpu::Cpu::new(&attrs);
     for (i, k) in kernels.iter().enumerate() {
-        translate::translate(ctx, &module, i, k, &cpu)?;
+        body::emit_kernel(ctx, &module, i, k, &cpu)?;
     }
     module.verify().map_err(|e| CodegenError::Llvm {
         stage: "verifier",

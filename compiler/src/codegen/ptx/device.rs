@@ -1,4 +1,4 @@
-//! NVPTX building blocks for the kernel translation: the grid position from the special
+//! NVPTX building blocks for the GPU target (`gpu.rs`): the grid position from the special
 //! registers, shared-memory scratch, warp barriers and butterfly reductions, and the math
 //! functions (`exp`, `log`, `sin`, `cos`, `tanh`, `pow`) built from what PTX has natively,
 //! because there is no libdevice to link.
@@ -15,8 +15,9 @@
 //!   relative error about `|b·log2 a|·2^-22`.
 
 use super::plan::{Home, KernelPlan, RedOp};
-use crate::codegen::llvm::CodegenError;
-use crate::kernel::{Ty, UnOp};
+use crate::codegen::body::MathFn;
+use crate::codegen::CodegenError;
+use crate::kernel::Ty;
 use inkwell::builder::Builder;
 use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
@@ -30,6 +31,7 @@ pub const WARP: u32 = 32;
 
 /// Where this thread is: its lane, and its index and count in the grid (threads in thread
 /// mode, warps in warp mode). All `i64`.
+#[derive(Clone, Copy)]
 pub(crate) struct GridPos<'ctx> {
     pub lane: IntValue<'ctx>,
     pub id: IntValue<'ctx>,
@@ -613,17 +615,16 @@ pub(crate) fn unary<'ctx>(
     ctx: &'ctx Context,
     module: &Module<'ctx>,
     b: &Builder<'ctx>,
-    op: UnOp,
+    op: MathFn,
     x: FloatValue<'ctx>,
 ) -> Result<FloatValue<'ctx>, CodegenError> {
     let f = F { ctx, module, b };
     match op {
-        UnOp::Exp => f.exp(x),
-        UnOp::Log => f.log(x),
-        UnOp::Sin => f.sincos(x, false),
-        UnOp::Cos => f.sincos(x, true),
-        UnOp::Tanh => f.tanh(x),
-        other => Err(llvm_err(format!("no GPU math routine for {other:?}"))),
+        MathFn::Exp => f.exp(x),
+        MathFn::Log => f.log(x),
+        MathFn::Sin => f.sincos(x, false),
+        MathFn::Cos => f.sincos(x, true),
+        MathFn::Tanh => f.tanh(x),
     }
 }
 

@@ -6,18 +6,21 @@
 //! `seq` and `past` as `i64` (the CPU convention's `bufs`/`dims` arrays become kernel
 //! parameters; `thread`/`threads` come from the grid). `plan` decides how the kernel's
 //! parallel loop and vector loops map onto threads and warps, `device` supplies the
-//! NVPTX intrinsics and the math routines, and the body is translated by the same code
-//! as the CPU backend (`codegen::llvm::translate`).
+//! NVPTX intrinsics and the math routines, and `gpu` is the GPU's `body::Target`: the
+//! body is written by the same emitter as the CPU's (`codegen::body`), never by
+//! `codegen::llvm`.
 //!
 //! **Invariant:** the PTX text depends only on the kernel, its index and the `Sm`, so
 //! snapshots and caches may key on them.
 
 pub mod device;
+mod gpu;
 pub mod plan;
 
 pub use plan::{Home, KernelPlan, LaunchShape, Mode, Scratch, Trips};
 
-use super::llvm::{new_context, translate, CodegenError};
+use super::body::{self, new_context};
+use super::CodegenError;
 use crate::kernel::{Access, Kernel};
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
@@ -203,10 +206,10 @@ fn build<'ctx>(
     plan: &KernelPlan,
     tm: &TargetMachine,
 ) -> Result<Module<'ctx>, CodegenError> {
-    let module = ctx.create_module(&translate::symbol(index, k));
+    let module = ctx.create_module(&body::symbol(index, k));
     module.set_triple(&tm.get_triple());
     module.set_data_layout(&tm.get_target_data().get_data_layout());
-    let f = translate::translate_gpu(ctx, &module, index, k, plan)?;
+    let f = body::emit_kernel(ctx, &module, index, k, &gpu::Gpu::new(plan))?;
     annotate(&module, f);
     module.verify().map_err(|e| CodegenError::Llvm {
         stage: "verifier",
@@ -245,7 +248,7 @@ pub fn emit_kernel(index: usize, k: &Kernel, sm: Sm) -> Result<PtxKernel, Codege
     Ok(PtxKernel {
         index,
         name: k.name.clone(),
-        symbol: translate::symbol(index, k),
+        symbol: body::symbol(index, k),
         sm,
         ptx,
         plan,
