@@ -402,6 +402,10 @@ pub(crate) fn linear_text(op: &LinearOp) -> String {
 
 pub(crate) fn elementwise_text(op: &ElementwiseOp) -> String {
     let operands = op.operands as usize;
+    // The first instruction's register gives the operand count; without one, say it.
+    if op.program.is_empty() {
+        return format!("elementwise{{operands={operands}}}");
+    }
     let mut s = "elementwise{".to_string();
     for (j, ins) in op.program.iter().enumerate() {
         if j > 0 {

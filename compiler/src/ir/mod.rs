@@ -1,5 +1,6 @@
 //! The Graph IR: an arena of tensor-op nodes with typed ids, one closed `Op` enum and
-//! symbolic dimensions, plus its text form (`print`), type rules (`infer`) and verifier.
+//! symbolic dimensions, plus its text form (`print`) and its parser (`parse`), type rules
+//! (`infer`) and verifier.
 //!
 //! A graph describes one forward pass over one sequence: `seq` new tokens that attend to
 //! a KV cache of `past` earlier tokens. Parameters are not nodes: they live in their own
@@ -13,6 +14,7 @@
 pub mod fused;
 mod infer;
 mod io;
+pub(crate) mod parse;
 mod print;
 pub(crate) use print::op_text;
 pub mod rope;
@@ -23,6 +25,7 @@ pub use fused::{
 };
 pub use infer::infer;
 pub use io::{Io, IoError, KvPart, StatePart};
+pub use parse::{parse, ParseError};
 pub use verify::{verify, VerifyError};
 
 use std::fmt;

@@ -2,7 +2,10 @@
 //! (`%12 = matmul %10, @layers.0.attn.q.weight : [seq, 2048] f32`) and the outputs.
 //!
 //! Numbering is the arena index, so the text is deterministic and names what the
-//! verifier's errors name.
+//! verifier's errors name. The text is complete: `ir::parse` rebuilds the same graph from
+//! it (its module docs give the grammar). Attributes that have a usual value (a norm's
+//! weight and bias, YaRN's `mscale`) print only when they differ from it, and a `reshape`
+//! or `expand` prints its shape only when it is not the node's type.
 
 use super::{AttnOp, BinaryOp, Graph, NormKind, Op, UnaryOp, Value};
 use archc_spec::{Pairing, RopeScaling, RouterScore};
@@ -20,7 +23,8 @@ pub(crate) fn num(x: f64) -> String {
 
 impl fmt::Display for Graph {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "graph \"{}\" {}", self.name, self.mode.as_str())?;
+        // `{:?}` escapes quotes and control characters, so any name reads back exactly.
+        writeln!(f, "graph {:?} {}", self.name, self.mode.as_str())?;
         for p in &self.params {
             writeln!(f, "param @{} : {}", p.name, p.ty())?;
         }
@@ -30,11 +34,20 @@ impl fmt::Display for Graph {
                 writeln!(f, "# {text}")?;
             }
             write!(f, "%{i} = {}", op_text(&n.op))?;
+            if let Op::Reshape { shape } | Op::Expand { shape } = &n.op {
+                if *shape != n.ty.shape {
+                    write!(f, "{{[{}]}}", dims_text(shape))?;
+                }
+            }
             for (j, v) in n.inputs.iter().enumerate() {
                 f.write_str(if j == 0 { " " } else { ", " })?;
                 self.write_value(f, *v)?;
             }
             writeln!(f, " : {}", n.ty)?;
+        }
+        // Labels of the end of the graph (a pass may leave one after its last node).
+        for (_, text) in labels {
+            writeln!(f, "# {text}")?;
         }
         for o in &self.outputs {
             writeln!(f, "output {} = %{}", o.io, o.node.0)?;
@@ -82,6 +95,15 @@ pub(crate) fn op_text(op: &Op) -> String {
             if n.plus_one {
                 s.push_str(", plus_one");
             }
+            if !n.weight {
+                s.push_str(", no_weight");
+            }
+            // A layer norm usually has a bias, an RMS norm not.
+            match (n.kind, n.bias) {
+                (NormKind::Rms, true) => s.push_str(", bias"),
+                (NormKind::Layer, false) => s.push_str(", no_bias"),
+                _ => {}
+            }
             s.push('}');
             s
         }
@@ -115,26 +137,34 @@ pub(crate) fn op_text(op: &Op) -> String {
                         num(*high_freq_factor)
                     );
                 }
-                RopeScaling::Yarn { .. } => {
-                    let (_, attn) = super::rope::inv_freq(r);
-                    if let RopeScaling::Yarn {
-                        factor,
-                        original_context,
-                        beta_fast,
-                        beta_slow,
-                        truncate,
-                        ..
-                    } = &r.scaling
-                    {
-                        let _ = write!(
-                            s,
-                            ", yarn(factor={}, original={original_context}, beta={}/{}, truncate={truncate}, attention_factor={})",
-                            num(*factor),
-                            num(*beta_fast),
-                            num(*beta_slow),
-                            num(attn)
-                        );
+                RopeScaling::Yarn {
+                    factor,
+                    original_context,
+                    beta_fast,
+                    beta_slow,
+                    mscale,
+                    mscale_all_dim,
+                    attention_factor,
+                    truncate,
+                } => {
+                    let _ = write!(
+                        s,
+                        ", yarn(factor={}, original={original_context}, beta={}/{}, truncate={truncate}",
+                        num(*factor),
+                        num(*beta_fast),
+                        num(*beta_slow),
+                    );
+                    // DeepSeek's variant sets these; HF's defaults are 1 and 0.
+                    if *mscale != 1.0 {
+                        let _ = write!(s, ", mscale={}", num(*mscale));
                     }
+                    if *mscale_all_dim != 0.0 {
+                        let _ = write!(s, ", mscale_all_dim={}", num(*mscale_all_dim));
+                    }
+                    if let Some(a) = attention_factor {
+                        let _ = write!(s, ", attention_factor={}", num(*a));
+                    }
+                    s.push(')');
                 }
             }
             s.push('}');
@@ -160,6 +190,9 @@ pub(crate) fn op_text(op: &Op) -> String {
             let mut s = format!("router_select{{top_k={}, {}", r.top_k, score(r.score));
             if r.topk_first {
                 s.push_str(", topk_first");
+            }
+            if r.correction_bias {
+                s.push_str(", correction_bias");
             }
             if let Some((count, keep)) = r.groups {
                 let _ = write!(s, ", groups={count}/keep={keep}");
@@ -194,6 +227,12 @@ pub(crate) fn op_text(op: &Op) -> String {
         Op::FlashAttention(f) => super::fused::flash_text(f),
         Op::Moe(m) => super::fused::moe_text(m),
     }
+}
+
+/// Dims as a shape prints them, without brackets: `seq, 8, 64`.
+fn dims_text(shape: &[super::Dim]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    dims.join(", ")
 }
 
 fn score(s: RouterScore) -> &'static str {

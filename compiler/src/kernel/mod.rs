@@ -21,10 +21,13 @@
 pub mod analysis;
 pub mod interp;
 pub mod lower;
+mod parse;
 mod print;
 pub mod program;
 pub mod vars;
 pub mod verify;
+
+pub use parse::{parse_kernel, parse_program, ParseError};
 
 use crate::ir::{Dim, Io};
 use serde::{Deserialize, Serialize};

@@ -1,24 +1,63 @@
 //! The text form of the kernel IR: deterministic, one statement per line, read by people
-//! and snapshotted by tests.
+//! and snapshotted by tests, and complete: `kernel::parse_program` and `parse_kernel`
+//! rebuild the same program or kernel from it (their module docs give the grammar).
+//!
+//! Where the text must choose, it stays unambiguous: a buffer reference (`alias of`,
+//! `append to`, launch arguments) is the buffer's name, written `NAME#n` for the n-th
+//! (from 0) of several buffers that share it (the KV-cache input `cache.0.k` and its output
+//! `cache.0.k#1`); an input or output prints its io only when its name is not the io's
+//! text; and the negation of a literal is parenthesised (`-(1.0)`), because `-1.0` is the
+//! negative literal.
 
 use super::*;
+use std::collections::BTreeMap;
 use std::fmt::{self, Write};
+
+impl Program {
+    /// How each buffer is referred to in the text: its name, or `NAME#n` when it is the
+    /// n-th of several buffers of that name (n > 0), or is called `_` (an unbound slot).
+    pub(crate) fn buffer_refs(&self) -> Vec<String> {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        self.buffers
+            .iter()
+            .map(|b| {
+                let n = seen.entry(b.name.as_str()).or_insert(0);
+                let text = if *n == 0 && b.name != "_" {
+                    b.name.clone()
+                } else {
+                    format!("{}#{n}", b.name)
+                };
+                *n += 1;
+                text
+            })
+            .collect()
+    }
+}
 
 impl fmt::Display for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let refs = self.buffer_refs();
+        let buf_ref = |i: usize| {
+            refs.get(i)
+                .map_or_else(|| format!("?buffer{i}"), String::clone)
+        };
         writeln!(f, "program {}", self.name)?;
         for b in &self.buffers {
             let shape: Vec<String> = b.shape.iter().map(|d| d.to_string()).collect();
+            let role = |word: &str, io: &Io| {
+                if b.name == io.to_string() {
+                    word.to_string()
+                } else {
+                    format!("{word} {io}")
+                }
+            };
             let kind = match &b.kind {
                 BufferKind::Param => "param".to_string(),
-                BufferKind::Input(_) => "input".to_string(),
-                BufferKind::Output(_) => "output".to_string(),
+                BufferKind::Input(io) => role("input", io),
+                BufferKind::Output(io) => role("output", io),
                 BufferKind::Temp => "temp".to_string(),
-                BufferKind::Alias { of } => format!("alias of {}", self.buffers[*of].name),
-                BufferKind::Append { to } => format!(
-                    "append to {}",
-                    self.buffers.get(*to).map_or("?", |t| t.name.as_str())
-                ),
+                BufferKind::Alias { of } => format!("alias of {}", buf_ref(*of)),
+                BufferKind::Append { to } => format!("append to {}", buf_ref(*to)),
             };
             writeln!(
                 f,
@@ -29,20 +68,19 @@ impl fmt::Display for Program {
             )?;
         }
         for l in &self.launches {
-            let args: Vec<&str> = l
+            let args: Vec<String> = l
                 .bufs
                 .iter()
                 .map(|b| match b {
-                    Some(i) => self.buffers[*i].name.as_str(),
-                    None => "_",
+                    Some(i) => buf_ref(*i),
+                    None => "_".to_string(),
                 })
                 .collect();
-            writeln!(
-                f,
-                "launch {}({})",
-                self.kernels[l.kernel].name,
-                args.join(", ")
-            )?;
+            let kernel = self
+                .kernels
+                .get(l.kernel)
+                .map_or_else(|| format!("?kernel{}", l.kernel), |k| k.name.clone());
+            writeln!(f, "launch {kernel}({})", args.join(", "))?;
         }
         for k in &self.kernels {
             writeln!(f)?;
@@ -190,6 +228,11 @@ impl Kernel {
             }
             Expr::Un(op, a) => {
                 let name = match op {
+                    // `-1.0` reads back as a negative literal, so a negated literal keeps
+                    // its operand apart.
+                    UnOp::Neg if matches!(**a, Expr::F32(_) | Expr::I64(_)) => {
+                        return format!("-({})", self.expr_at(a, true))
+                    }
                     UnOp::Neg => return format!("-{}", self.expr_at(a, false)),
                     UnOp::Not => return format!("!{}", self.expr_at(a, false)),
                     UnOp::Abs => "abs",
