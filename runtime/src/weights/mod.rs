@@ -10,6 +10,24 @@ use std::path::{Path, PathBuf};
 
 pub use safetensors::{IndexProblem, SafetensorsError, SafetensorsFile, TensorInfo};
 
+/// A file operation on a checkpoint that failed (safetensors and GGUF alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAction {
+    Open,
+    Stat,
+    Map,
+}
+
+impl fmt::Display for FileAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileAction::Open => "cannot open",
+            FileAction::Stat => "cannot stat",
+            FileAction::Map => "cannot map",
+        })
+    }
+}
+
 /// Element type of a checkpoint tensor, as safetensors names it.
 ///
 /// Only `F32`, `F16` and `BF16` can be read as numbers; the others are recognised so

@@ -8,9 +8,9 @@
 
 mod error;
 
-pub use error::{EntryProblem, FileAction, HeaderProblem, IndexProblem, SafetensorsError};
+pub use error::{EntryProblem, HeaderProblem, IndexProblem, SafetensorsError};
 
-use super::{Dtype, TensorView};
+use super::{Dtype, FileAction, TensorView};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::fmt;

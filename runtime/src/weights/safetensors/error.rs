@@ -2,27 +2,9 @@
 //! [`SafetensorsError`] says which file (and tensor, when one is involved) and what kind
 //! of failure; the problem enums below say exactly what a lying header or index holds.
 
-use super::super::Dtype;
+use crate::weights::{Dtype, FileAction};
 use std::fmt;
 use std::path::{Path, PathBuf};
-
-/// A file operation that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileAction {
-    Open,
-    Stat,
-    Map,
-}
-
-impl fmt::Display for FileAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            FileAction::Open => "cannot open",
-            FileAction::Stat => "cannot stat",
-            FileAction::Map => "cannot map",
-        })
-    }
-}
 
 /// What is wrong with a file's header as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
