@@ -1,6 +1,7 @@
 //! The `archc` command line: one subcommand per verb, each in `cmd/`.
 
 mod cmd;
+mod failure;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

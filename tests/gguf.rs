@@ -186,7 +186,7 @@ fn every_truncation_is_an_error() {
         let e = GgufFile::from_bytes(Path::new("t.gguf"), full[..n].to_vec())
             .err()
             .unwrap_or_else(|| panic!("a file cut to {n} bytes was accepted"));
-        fields.insert(e.field);
+        fields.insert(e.field());
     }
     let text: Vec<String> = fields.into_iter().collect();
     snapshot(

@@ -429,7 +429,7 @@ fn shard_index_escapes() {
         std::fs::write(&path, index.to_string()).unwrap_or_else(|e| panic!("{e}"));
         let msg = match Checkpoint::open(dir.path()) {
             Ok(_) => "opened".to_string(),
-            Err(e) => e.message,
+            Err(e) => e.detail(),
         };
         writeln!(out, "{shard:?}: {msg}").unwrap_or(());
     }

@@ -701,7 +701,7 @@ fn npy_reader_rejects_bad_files() {
     for (name, bytes) in &cases {
         let msg = match npy::decode(bytes) {
             Ok(a) => format!("decoded {:?}", a.shape),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         writeln!(out, "{name}:\n  {msg}").unwrap();
     }

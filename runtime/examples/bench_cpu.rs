@@ -11,8 +11,10 @@
 //! single-token steps after it, and prints tokens per second of both. Set `ARCHC_PROFILE=1`
 //! to have the executor print per-kernel time shares when the model is dropped.
 
-use archc_compiler::interp::RandomWeights;
+use archc_compiler::interp::WeightDType;
+use archc_runtime::bench::RandomWeights;
 use archc_runtime::exec::cpu::{default_threads, CpuModel, Engine, Phase};
+use std::fmt;
 use std::time::Instant;
 
 struct Args {
@@ -24,7 +26,32 @@ struct Args {
     threads: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// A command line this example does not understand.
+#[derive(Debug)]
+enum ArgError {
+    /// A flag without its value.
+    MissingValue(String),
+    /// A value that is not a count.
+    NotACount {
+        flag: String,
+        value: String,
+    },
+    UnknownFlag(String),
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::MissingValue(flag) => write!(f, "{flag} needs a value"),
+            ArgError::NotACount { flag, value } => write!(f, "{flag}: `{value}` is not a count"),
+            ArgError::UnknownFlag(flag) => write!(f, "unknown flag `{flag}`"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+fn parse_args() -> Result<Args, ArgError> {
     let mut a = Args {
         spec: "examples/qwen3-0.6b.arch".into(),
         layers: None,
@@ -35,10 +62,15 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let num = |s: String| {
-            s.parse::<usize>()
-                .map_err(|_| format!("{flag}: `{s}` is not a count"))
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| ArgError::MissingValue(flag.clone()))
+        };
+        let num = |value: String| {
+            value.parse::<usize>().map_err(|_| ArgError::NotACount {
+                flag: flag.clone(),
+                value,
+            })
         };
         match flag.as_str() {
             "--spec" => a.spec = value()?,
@@ -47,7 +79,7 @@ fn parse_args() -> Result<Args, String> {
             "--decode" => a.decode = num(value()?)?,
             "--rounds" => a.rounds = num(value()?)?,
             "--threads" => a.threads = num(value()?)?.max(1),
-            other => return Err(format!("unknown flag `{other}`")),
+            other => return Err(ArgError::UnknownFlag(other.to_string())),
         }
     }
     Ok(a)
@@ -72,12 +104,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         spec.schedule.resize(n as usize, 0);
     }
     let t0 = Instant::now();
-    let graphs: Vec<_> = [archc_compiler::Mode::Prefill, archc_compiler::Mode::Decode]
-        .into_iter()
-        .map(|m| archc_compiler::lower(&spec, m).map_err(|e| format!("lowering: {e}")))
-        .collect::<Result<_, _>>()?;
-    let refs: Vec<&archc_compiler::Graph> = graphs.iter().collect();
-    let weights = RandomWeights::for_graphs(&refs, 7);
+    let weights = RandomWeights::for_spec(&spec, WeightDType::Bf16, 7, args.threads)?;
     eprintln!("weights: {:.1}s", t0.elapsed().as_secs_f64());
     let t0 = Instant::now();
     let mut model = CpuModel::from_spec(&spec, &weights, Engine::Llvm, args.threads)?;

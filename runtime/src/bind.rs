@@ -540,7 +540,7 @@ fn read_bytes<'c>(ck: &'c Checkpoint, name: &str) -> Result<&'c [u8], Vec<Proble
     ck.get(name).map(|v| v.bytes).map_err(|e| {
         vec![Problem::Unreadable {
             stored: name.to_string(),
-            message: e.message,
+            message: e.detail(),
         }]
     })
 }

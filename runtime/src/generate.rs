@@ -11,7 +11,7 @@ use crate::exec::cpu::{CpuModel, Engine, KvState, LlvmOptions, Logits, Options, 
 use crate::exec::cuda::{CudaKv, CudaModel, CudaOptions};
 use crate::exec::ExecError;
 use crate::sample::Sampler;
-use crate::tokenize::Tokenizer;
+use crate::tokenize::{TokenizeError, Tokenizer};
 use archc_compiler::interp::{Interpreter, KvCache};
 use archc_compiler::lower::lower_with;
 use archc_compiler::{lower, Graph, Mode};
@@ -20,23 +20,99 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// A generation failure: which step, at which position, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenerateError {
-    pub message: String,
+/// What a caller's callback may fail with (writing the text out, usually); generation
+/// stops and returns it as [`GenerateError::Output`].
+pub type OutputError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why generation failed: a prompt the model cannot take, a failed model call (which
+/// phase, how many tokens, at which position), or the caller's output.
+#[derive(Debug)]
+pub enum GenerateError {
+    /// The prompt has no tokens.
+    EmptyPrompt,
+    /// The prompt does not fit in the model's context.
+    PromptTooLong { tokens: usize, context: usize },
+    /// Prompt token `index` is not an id of the vocabulary.
+    TokenOutsideVocab { index: usize, id: u32, vocab: usize },
+    /// The model returned a number of logits other than its vocabulary.
+    LogitsLength {
+        phase: Phase,
+        position: usize,
+        found: usize,
+        expected: usize,
+    },
+    /// The model failed on `tokens` tokens after `position` cached ones.
+    Model {
+        phase: Phase,
+        tokens: usize,
+        position: usize,
+        source: ExecError,
+    },
+    /// A generated token could not be turned into text.
+    Detokenize(TokenizeError),
+    /// The caller's callback failed.
+    Output(OutputError),
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Prefill => "prefill",
+        Phase::Decode => "decode",
+    }
 }
 
 impl fmt::Display for GenerateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            GenerateError::EmptyPrompt => f.write_str("the prompt has no tokens"),
+            GenerateError::PromptTooLong { tokens, context } => write!(
+                f,
+                "the prompt is {tokens} tokens, more than the model's context of {context}"
+            ),
+            GenerateError::TokenOutsideVocab { index, id, vocab } => write!(
+                f,
+                "prompt token {index} is id {id}, outside the vocabulary of {vocab}"
+            ),
+            GenerateError::LogitsLength {
+                phase,
+                position,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{} at position {position}: {found} logits, expected {expected}",
+                phase_name(*phase)
+            ),
+            GenerateError::Model {
+                phase,
+                tokens,
+                position,
+                source,
+            } => write!(
+                f,
+                "{} of {tokens} token(s) at position {position}: {source}",
+                phase_name(*phase)
+            ),
+            GenerateError::Detokenize(e) => write!(f, "{e}"),
+            GenerateError::Output(e) => write!(f, "{e}"),
+        }
     }
 }
 
-impl std::error::Error for GenerateError {}
+impl std::error::Error for GenerateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GenerateError::Model { source, .. } => Some(source),
+            GenerateError::Detokenize(e) => Some(e),
+            GenerateError::Output(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
-fn gen_err(message: impl Into<String>) -> GenerateError {
-    GenerateError {
-        message: message.into(),
+impl From<TokenizeError> for GenerateError {
+    fn from(e: TokenizeError) -> GenerateError {
+        GenerateError::Detokenize(e)
     }
 }
 
@@ -366,33 +442,44 @@ impl<M: Model> Generator<M> {
     }
 
     /// Generates after `prompt`, calling `on_token` with every id as it is chosen; an
-    /// error from `on_token` stops generation and is returned.
+    /// error from `on_token` stops generation and is returned as
+    /// [`GenerateError::Output`].
     pub fn generate(
         &mut self,
         prompt: &[u32],
         sampler: &mut Sampler,
         limits: &Limits,
-        on_token: &mut dyn FnMut(u32) -> Result<(), String>,
+        on_token: &mut dyn FnMut(u32) -> Result<(), OutputError>,
+    ) -> Result<Generation, GenerateError> {
+        self.generate_with(prompt, sampler, limits, &mut |t| {
+            on_token(t).map_err(GenerateError::Output)
+        })
+    }
+
+    /// [`Self::generate`] with a callback whose errors are already generation errors.
+    fn generate_with(
+        &mut self,
+        prompt: &[u32],
+        sampler: &mut Sampler,
+        limits: &Limits,
+        on_token: &mut dyn FnMut(u32) -> Result<(), GenerateError>,
     ) -> Result<Generation, GenerateError> {
         if prompt.is_empty() {
-            return Err(gen_err("the prompt has no tokens"));
+            return Err(GenerateError::EmptyPrompt);
         }
         if prompt.len() > self.context {
-            return Err(gen_err(format!(
-                "the prompt is {} tokens, more than the model's context of {}",
-                prompt.len(),
-                self.context
-            )));
+            return Err(GenerateError::PromptTooLong {
+                tokens: prompt.len(),
+                context: self.context,
+            });
         }
         let vocab = self.model.vocab();
-        if let Some((i, &t)) = prompt
+        if let Some((index, &id)) = prompt
             .iter()
             .enumerate()
             .find(|(_, &t)| t as usize >= vocab)
         {
-            return Err(gen_err(format!(
-                "prompt token {i} is id {t}, outside the vocabulary of {vocab}"
-            )));
+            return Err(GenerateError::TokenOutsideVocab { index, id, vocab });
         }
         let mut out = Generation {
             tokens: Vec::new(),
@@ -422,7 +509,7 @@ impl<M: Model> Generator<M> {
         let t0 = Instant::now();
         // One logits vector for the whole generation, refilled at every step.
         let mut logits = Vec::new();
-        self.forward(feed, "prefill", &mut logits)?;
+        self.forward(feed, Phase::Prefill, &mut logits)?;
         let mut token = sampler.sample(&logits);
         out.prefill = Timing {
             tokens: feed.len(),
@@ -434,7 +521,7 @@ impl<M: Model> Generator<M> {
                 break;
             }
             out.tokens.push(token);
-            on_token(token).map_err(gen_err)?;
+            on_token(token)?;
             if out.tokens.len() >= limits.max_tokens {
                 out.stop = StopReason::MaxTokens;
                 break;
@@ -444,7 +531,7 @@ impl<M: Model> Generator<M> {
                 break;
             }
             let t = Instant::now();
-            self.forward(&[token], "decode", &mut logits)?;
+            self.forward(&[token], Phase::Decode, &mut logits)?;
             token = sampler.sample(&logits);
             out.decode.tokens += 1;
             out.decode.time += t.elapsed();
@@ -460,23 +547,23 @@ impl<M: Model> Generator<M> {
         sampler: &mut Sampler,
         limits: &Limits,
         tokenizer: &Tokenizer,
-        on_text: &mut dyn FnMut(&str) -> Result<(), String>,
+        on_text: &mut dyn FnMut(&str) -> Result<(), OutputError>,
     ) -> Result<Generation, GenerateError> {
         let mut decoder = tokenizer.decoder(false);
         let mut text = String::new();
-        let mut on_token = |id: u32| -> Result<(), String> {
-            let piece = decoder.push(id).map_err(|e| e.to_string())?;
+        let mut on_token = |id: u32| -> Result<(), GenerateError> {
+            let piece = decoder.push(id)?;
             if !piece.is_empty() {
                 text.push_str(&piece);
-                on_text(&piece)?;
+                on_text(&piece).map_err(GenerateError::Output)?;
             }
             Ok(())
         };
-        let mut out = self.generate(prompt, sampler, limits, &mut on_token)?;
+        let mut out = self.generate_with(prompt, sampler, limits, &mut on_token)?;
         let rest = decoder.finish();
         if !rest.is_empty() {
             text.push_str(&rest);
-            on_text(&rest).map_err(gen_err)?;
+            on_text(&rest).map_err(GenerateError::Output)?;
         }
         out.text = text;
         Ok(out)
@@ -487,10 +574,10 @@ impl<M: Model> Generator<M> {
     fn forward(
         &mut self,
         tokens: &[u32],
-        what: &str,
+        phase: Phase,
         logits: &mut Vec<f32>,
     ) -> Result<(), GenerateError> {
-        let at = self.cached.len();
+        let position = self.cached.len();
         match self.model.forward_into(tokens, logits) {
             Ok(()) if logits.len() == self.model.vocab() => {
                 self.cached.extend_from_slice(tokens);
@@ -498,18 +585,21 @@ impl<M: Model> Generator<M> {
             }
             Ok(()) => {
                 self.reset();
-                Err(gen_err(format!(
-                    "{what} at position {at}: {} logits, expected {}",
-                    logits.len(),
-                    self.model.vocab()
-                )))
+                Err(GenerateError::LogitsLength {
+                    phase,
+                    position,
+                    found: logits.len(),
+                    expected: self.model.vocab(),
+                })
             }
             Err(e) => {
                 self.reset();
-                Err(gen_err(format!(
-                    "{what} of {} token(s) at position {at}: {e}",
-                    tokens.len()
-                )))
+                Err(GenerateError::Model {
+                    phase,
+                    tokens: tokens.len(),
+                    position,
+                    source: e,
+                })
             }
         }
     }

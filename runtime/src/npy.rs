@@ -19,32 +19,165 @@ pub struct Npy {
     pub data: Vec<f32>,
 }
 
-/// A `.npy` file could not be read or written.
+/// Why an array could not be encoded, decoded, read or written.
 #[derive(Debug)]
-pub struct NpyError {
-    pub path: PathBuf,
-    pub message: String,
+pub enum NpyError {
+    /// The element count of `shape` overflows.
+    ShapeOverflow {
+        shape: Vec<usize>,
+    },
+    /// The values given are not the element count of the shape.
+    LengthMismatch {
+        shape: Vec<usize>,
+        elements: usize,
+        values: usize,
+    },
+    /// The header of `shape` does not fit format 1.0's 16-bit length.
+    HeaderTooLong {
+        shape: Vec<usize>,
+    },
+    /// The bytes do not start with the `.npy` magic.
+    NotNpy,
+    /// The file ends inside the 32-bit header length of format 2.0 or 3.0.
+    TruncatedHeaderLength,
+    /// The header length does not fit this machine's sizes.
+    HeaderLengthOverflow,
+    UnsupportedVersion {
+        major: u8,
+        minor: u8,
+    },
+    /// The header runs past the end of the file.
+    HeaderPastEnd {
+        header_len: usize,
+        file_len: usize,
+    },
+    /// The header is not UTF-8.
+    HeaderNotText,
+    /// The header is not the dict this reader accepts: what is wrong, and the header.
+    MalformedHeader {
+        problem: String,
+        header: String,
+    },
+    /// The element type is not little-endian f32 or f64.
+    UnsupportedDtype {
+        descr: String,
+    },
+    /// The array is in Fortran order.
+    FortranOrder,
+    /// The data section does not hold the shape's elements.
+    DataLength {
+        shape: Vec<usize>,
+        descr: String,
+        expected: usize,
+        found: usize,
+    },
+    /// The file cannot be read.
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file cannot be written.
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The array of the file at `path` is wrong.
+    InFile {
+        path: PathBuf,
+        error: Box<NpyError>,
+    },
 }
 
 impl fmt::Display for NpyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
+        match self {
+            NpyError::ShapeOverflow { shape } => write!(f, "shape {shape:?} overflows"),
+            NpyError::LengthMismatch {
+                shape,
+                elements,
+                values,
+            } => write!(
+                f,
+                "shape {shape:?} has {elements} elements but {values} values were given"
+            ),
+            NpyError::HeaderTooLong { shape } => {
+                write!(f, "header of shape {shape:?} is too long for format 1.0")
+            }
+            NpyError::NotNpy => f.write_str("not a .npy file (missing \\x93NUMPY magic)"),
+            NpyError::TruncatedHeaderLength => f.write_str("file ends inside the header length"),
+            NpyError::HeaderLengthOverflow => f.write_str("header length overflows"),
+            NpyError::UnsupportedVersion { major, minor } => {
+                write!(f, "unsupported .npy format version {major}.{minor}")
+            }
+            NpyError::HeaderPastEnd {
+                header_len,
+                file_len,
+            } => write!(
+                f,
+                "header length {header_len} runs past the end of the file ({file_len} bytes)"
+            ),
+            NpyError::HeaderNotText => f.write_str("header is not valid text"),
+            NpyError::MalformedHeader { problem, header } => {
+                write!(f, "malformed header ({problem}): {header:?}")
+            }
+            NpyError::UnsupportedDtype { descr } => {
+                write!(f, "unsupported dtype {descr:?} (expected '<f4' or '<f8')")
+            }
+            NpyError::FortranOrder => {
+                f.write_str("fortran_order arrays are not supported (expected C order)")
+            }
+            NpyError::DataLength {
+                shape,
+                descr,
+                expected,
+                found,
+            } => write!(
+                f,
+                "shape {shape:?} of {descr} needs {expected} data bytes, file has {found}"
+            ),
+            NpyError::Read { path, source } => {
+                write!(f, "{}: cannot read: {source}", path.display())
+            }
+            NpyError::Write { path, source } => write!(f, "{}: {source}", path.display()),
+            NpyError::InFile { path, error } => write!(f, "{}: {error}", path.display()),
+        }
     }
 }
 
-impl std::error::Error for NpyError {}
+impl std::error::Error for NpyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NpyError::Read { source, .. } | NpyError::Write { source, .. } => Some(source),
+            NpyError::InFile { error, .. } => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl NpyError {
+    /// This error as the problem of the file at `path`.
+    fn in_file(self, path: &Path) -> NpyError {
+        NpyError::InFile {
+            path: path.to_path_buf(),
+            error: Box::new(self),
+        }
+    }
+}
 
 /// Encodes an f32 array as `.npy` bytes. `data.len()` must equal the product of `shape`.
-pub fn encode(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
+pub fn encode(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
     let numel = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
+        .ok_or_else(|| NpyError::ShapeOverflow {
+            shape: shape.to_vec(),
+        })?;
     if numel != data.len() {
-        return Err(format!(
-            "shape {shape:?} has {numel} elements but {} values were given",
-            data.len()
-        ));
+        return Err(NpyError::LengthMismatch {
+            shape: shape.to_vec(),
+            elements: numel,
+            values: data.len(),
+        });
     }
     let dims = match shape {
         [] => "()".to_string(),
@@ -60,8 +193,9 @@ pub fn encode(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
     let pad = (64 - unpadded % 64) % 64;
     header.extend(std::iter::repeat_n(' ', pad));
     header.push('\n');
-    let header_len = u16::try_from(header.len())
-        .map_err(|_| format!("header of shape {shape:?} is too long for format 1.0"))?;
+    let header_len = u16::try_from(header.len()).map_err(|_| NpyError::HeaderTooLong {
+        shape: shape.to_vec(),
+    })?;
     let mut out = Vec::with_capacity(10 + header.len() + 4 * data.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
@@ -76,12 +210,11 @@ pub fn encode(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
 /// Writes an f32 array to `path` atomically: the bytes go to a temporary file in the
 /// same directory that is then renamed over `path`, so no reader ever sees a partial file.
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    let err = |message: String| NpyError {
+    let bytes = encode(shape, data).map_err(|e| e.in_file(path))?;
+    write_atomic(path, &bytes).map_err(|source| NpyError::Write {
         path: path.to_path_buf(),
-        message,
-    };
-    let bytes = encode(shape, data).map_err(err)?;
-    write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
+        source,
+    })
 }
 
 /// Writes `bytes` to a sibling temporary file, syncs it and renames it onto `path`.
@@ -112,72 +245,70 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Reads a `.npy` file of `<f4` or `<f8` values in C order.
 pub fn read(path: &Path) -> Result<Npy, NpyError> {
-    let err = |message: String| NpyError {
+    let bytes = fs::read(path).map_err(|source| NpyError::Read {
         path: path.to_path_buf(),
-        message,
-    };
-    let bytes = fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    decode(&bytes).map_err(err)
+        source,
+    })?;
+    decode(&bytes).map_err(|e| e.in_file(path))
 }
 
 /// Decodes `.npy` bytes; every length and offset is checked against the input.
-pub fn decode(bytes: &[u8]) -> Result<Npy, String> {
+pub fn decode(bytes: &[u8]) -> Result<Npy, NpyError> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err("not a .npy file (missing \\x93NUMPY magic)".to_string());
+        return Err(NpyError::NotNpy);
     }
     let (major, minor) = (bytes[6], bytes[7]);
     let (header_len, header_start): (usize, usize) = match major {
         1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
         2 | 3 => {
             if bytes.len() < 12 {
-                return Err("file ends inside the header length".to_string());
+                return Err(NpyError::TruncatedHeaderLength);
             }
             let n = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-            let n = usize::try_from(n).map_err(|_| "header length overflows".to_string())?;
+            let n = usize::try_from(n).map_err(|_| NpyError::HeaderLengthOverflow)?;
             (n, 12)
         }
-        _ => return Err(format!("unsupported .npy format version {major}.{minor}")),
+        _ => return Err(NpyError::UnsupportedVersion { major, minor }),
     };
     let data_start = header_start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| {
-            format!(
-                "header length {header_len} runs past the end of the file ({} bytes)",
-                bytes.len()
-            )
+        .ok_or(NpyError::HeaderPastEnd {
+            header_len,
+            file_len: bytes.len(),
         })?;
     let header = std::str::from_utf8(&bytes[header_start..data_start])
-        .map_err(|_| "header is not valid text".to_string())?;
+        .map_err(|_| NpyError::HeaderNotText)?;
     let dict = parse_header(header)?;
     let elem = match dict.descr.as_str() {
         "<f4" => 4,
         "<f8" => 8,
         other => {
-            return Err(format!(
-                "unsupported dtype {other:?} (expected '<f4' or '<f8')"
-            ))
+            return Err(NpyError::UnsupportedDtype {
+                descr: other.to_string(),
+            })
         }
     };
     if dict.fortran_order {
-        return Err("fortran_order arrays are not supported (expected C order)".to_string());
+        return Err(NpyError::FortranOrder);
     }
+    let overflow = || NpyError::ShapeOverflow {
+        shape: dict.shape.clone(),
+    };
     let numel = dict
         .shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("shape {:?} overflows", dict.shape))?;
-    let need = numel
-        .checked_mul(elem)
-        .ok_or_else(|| format!("shape {:?} overflows", dict.shape))?;
+        .ok_or_else(overflow)?;
+    let need = numel.checked_mul(elem).ok_or_else(overflow)?;
     let data = &bytes[data_start..];
     if data.len() != need {
-        return Err(format!(
-            "shape {:?} of {} needs {need} data bytes, file has {}",
-            dict.shape,
-            dict.descr,
-            data.len()
-        ));
+        return Err(NpyError::DataLength {
+            shape: dict.shape,
+            descr: dict.descr,
+            expected: need,
+            found: data.len(),
+        });
     }
     let values = if elem == 4 {
         data.chunks_exact(4)
@@ -207,8 +338,11 @@ struct Header {
 
 /// Parses the Python dict literal of a `.npy` header: exactly the keys `descr`,
 /// `fortran_order` and `shape`, in any order.
-fn parse_header(text: &str) -> Result<Header, String> {
-    let bad = |what: &str| format!("malformed header ({what}): {:?}", text.trim_end());
+fn parse_header(text: &str) -> Result<Header, NpyError> {
+    let bad = |what: &str| NpyError::MalformedHeader {
+        problem: what.to_string(),
+        header: text.trim_end().to_string(),
+    };
     let body = text
         .trim()
         .strip_prefix('{')

@@ -8,15 +8,27 @@
 
 use std::fmt;
 
-/// A settings error: which setting, its value and what is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SampleError {
-    pub message: String,
+/// A setting that cannot mean anything, with the value given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SampleError {
+    /// A negative, infinite or NaN temperature.
+    Temperature(f32),
+    /// A top-p outside `(0, 1]`.
+    TopP(f32),
 }
 
 impl fmt::Display for SampleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            SampleError::Temperature(t) => write!(
+                f,
+                "temperature {t} is not allowed: use 0 for greedy decoding or a positive number such as 0.8"
+            ),
+            SampleError::TopP(p) => write!(
+                f,
+                "top-p {p} is not allowed: use a probability in (0, 1], 1 keeps every token"
+            ),
+        }
     }
 }
 
@@ -91,19 +103,11 @@ impl SamplerConfig {
     pub fn validate(&self) -> Result<(), SampleError> {
         let t = self.temperature;
         if !(t.is_finite() && t >= 0.0) {
-            return Err(SampleError {
-                message: format!(
-                    "temperature {t} is not allowed: use 0 for greedy decoding or a positive number such as 0.8"
-                ),
-            });
+            return Err(SampleError::Temperature(t));
         }
         let p = self.top_p;
         if !(p > 0.0 && p <= 1.0) {
-            return Err(SampleError {
-                message: format!(
-                    "top-p {p} is not allowed: use a probability in (0, 1], 1 keeps every token"
-                ),
-            });
+            return Err(SampleError::TopP(p));
         }
         Ok(())
     }

@@ -31,6 +31,21 @@
 //!     the query and the output costs as much as its parameters, already counted);
 //!   - linear attention, per layer: `6 * heads * k_dim * v_dim` (reading the recurrent
 //!     state with the key, its rank-one update, reading it with the query).
+//!
+//! # Roofline quantities
+//!
+//! What `archc bench` sets its measurements against, from the same definitions:
+//!
+//! - **Decode bytes per token** ([`decode_bytes_per_token`]): the weight bytes one decode
+//!   step reads: every tensor once, except an embedding table, of which a token reads one
+//!   row (the token embedding is read whole when it is also the output head, that is when
+//!   the model is tied). KV-cache reads are not counted.
+//! - **Prefill FLOPs** ([`prefill_flops`]): a prefill of `prompt` tokens that computes the
+//!   logits of the last position only: `prompt` times the mean of the FLOPs per token at
+//!   context 1 and at context `prompt`, less the output head (`2 * vocab * hidden`) of
+//!   every position but the last.
+//! - **KV bytes** ([`kv_bytes`]): the KV cache plus the linear-attention state at a
+//!   context, in a given dtype.
 
 use crate::spec::{DType, Ffn, Mixer, Spec};
 use crate::tensors::{expert_params, tensors, Role, TensorSpec};
@@ -186,6 +201,64 @@ pub fn stats(spec: &Spec, opts: Options) -> Stats {
 
 fn mul(a: u64, b: u64) -> u64 {
     a.saturating_mul(b)
+}
+
+/// Bytes of the weights one decode step reads, given the bytes each tensor of
+/// [`tensors`] is stored in (`stored`; a block-quantised tensor counts as its blocks):
+/// every tensor once, except an embedding table (a two-axis [`Role::Embedding`] tensor),
+/// of which a token reads one row, `stored / rows`; the token embedding of a tied model is
+/// also the output head and is read whole. KV-cache reads are not counted.
+pub fn decode_bytes_per_token(spec: &Spec, stored: &dyn Fn(&TensorSpec) -> u64) -> u64 {
+    tensors(spec).iter().fold(0u64, |total, t| {
+        let all = stored(t);
+        let lookup = t.role == Role::Embedding && t.shape.len() == 2;
+        let read = if lookup && !(spec.tied && t.name == "embed.tokens") {
+            all / t.shape[0].max(1)
+        } else {
+            all
+        };
+        total.saturating_add(read)
+    })
+}
+
+/// [`decode_bytes_per_token`] with every tensor stored at the model dtype, as the
+/// weight bytes of [`Stats`] count them.
+pub fn decode_bytes_per_token_at_dtype(spec: &Spec) -> u64 {
+    decode_bytes_per_token(spec, &|t| mul(t.numel(), spec.dtype.bytes()))
+}
+
+/// FLOPs of a prefill of `prompt` tokens from an empty cache that computes the logits of
+/// the last position only: `prompt` times the mean of [`Stats::flops_per_token`] at
+/// context 1 and at context `prompt`, less the output head (`2 * vocab * hidden`) of the
+/// `prompt - 1` positions whose logits are not computed. The mean is exact when the cost
+/// of a token grows linearly with its position (every layer attends over the whole
+/// prefix); sliding-window and chunked layers, whose cost stops growing, make it a slight
+/// underestimate. Zero for an empty prompt.
+pub fn prefill_flops(spec: &Spec, prompt: u64) -> f64 {
+    if prompt == 0 {
+        return 0.0;
+    }
+    // FLOPs do not depend on the cache dtype.
+    let at = |context: u64| {
+        stats(
+            spec,
+            Options {
+                context,
+                kv_dtype: DType::Bf16,
+            },
+        )
+        .flops_per_token as f64
+    };
+    let head = 2.0 * spec.vocab as f64 * spec.hidden as f64;
+    let per_token = (at(1) + at(prompt)) / 2.0;
+    prompt as f64 * per_token - (prompt as f64 - 1.0) * head
+}
+
+/// The KV cache and the linear-attention state at `context` tokens in `kv_dtype`: the
+/// [`Stats::kv_bytes_total`] plus [`Stats::linear_state_bytes`] of those options.
+pub fn kv_bytes(spec: &Spec, context: u64, kv_dtype: DType) -> u64 {
+    let s = stats(spec, Options { context, kv_dtype });
+    s.kv_bytes_total.saturating_add(s.linear_state_bytes)
 }
 
 /// A tensor a token multiplies with: at least two axes, not an embedding table and not
@@ -423,4 +496,115 @@ fn percent(n: u64, total: u64) -> String {
         return String::new();
     }
     format!("{:.1}%", 100.0 * n as f64 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small Qwen3-shaped model; `tied` and the attention window vary per test.
+    fn tiny(tied: bool, window: Option<u64>) -> Spec {
+        let window = window.map_or(String::new(), |w| format!("window = {w}"));
+        let src = format!(
+            r#"model "tiny" {{
+  family  = qwen3
+  vocab   = 512
+  hidden  = 64
+  layers  = 2
+  context = 256
+  tied    = {tied}
+  norm    = rmsnorm {{ eps = 1e-6 }}
+}}
+block {{
+  attention {{
+    heads    = 4
+    kv_heads = 2
+    head_dim = 32
+    qk_norm  = per_head
+    {window}
+    rope {{ theta = 1_000_000 }}
+  }}
+  mlp {{ hidden = 128 }}
+}}
+"#
+        );
+        crate::validate::check_source("tiny.arch", &src)
+            .unwrap_or_else(|d| panic!("the test model does not validate: {d:?}"))
+    }
+
+    fn flops_at(spec: &Spec, context: u64) -> u64 {
+        stats(
+            spec,
+            Options {
+                context,
+                kv_dtype: DType::Bf16,
+            },
+        )
+        .flops_per_token
+    }
+
+    #[test]
+    fn decode_reads_one_embedding_row_unless_the_table_is_the_head() {
+        let tied = tiny(true, None);
+        let weights = stats(&tied, Options::for_spec(&tied)).weight_bytes;
+        // Tied: the token embedding is the output head, so every byte is read.
+        assert_eq!(decode_bytes_per_token_at_dtype(&tied), weights);
+        let untied = tiny(false, None);
+        let weights = stats(&untied, Options::for_spec(&untied)).weight_bytes;
+        let row = 64 * untied.dtype.bytes();
+        assert_eq!(
+            decode_bytes_per_token_at_dtype(&untied),
+            weights - 511 * row
+        );
+        // Stored bytes come from the caller: at half a byte per element (4-bit blocks),
+        // the same tensors are read at a quarter of their bf16 size.
+        let half = decode_bytes_per_token(&untied, &|t| t.numel() / 2);
+        assert_eq!(half, decode_bytes_per_token_at_dtype(&untied) / 4);
+    }
+
+    #[test]
+    fn prefill_flops_sum_every_position_less_the_heads_not_computed() {
+        let spec = tiny(false, None);
+        let head = 2 * 512 * 64;
+        // Full attention: a token's cost is affine in its position, so the mean of the
+        // first and last is exact.
+        for prompt in [1u64, 2, 7, 64] {
+            let sum: u64 = (1..=prompt).map(|c| flops_at(&spec, c)).sum();
+            let want = sum - (prompt - 1) * head;
+            assert_eq!(prefill_flops(&spec, prompt), want as f64, "prompt {prompt}");
+        }
+        assert_eq!(prefill_flops(&spec, 1), flops_at(&spec, 1) as f64);
+        assert_eq!(prefill_flops(&spec, 0), 0.0);
+        // A window stops the growth: the mean of the endpoints then undercounts.
+        let windowed = tiny(false, Some(8));
+        let sum: u64 = (1..=64).map(|c| flops_at(&windowed, c)).sum();
+        let exact = (sum - 63 * head) as f64;
+        let estimate = prefill_flops(&windowed, 64);
+        assert!(
+            estimate < exact && estimate > 0.9 * exact,
+            "{estimate} vs {exact}"
+        );
+    }
+
+    #[test]
+    fn kv_bytes_are_the_cache_and_the_linear_state_at_the_context() {
+        let spec = tiny(true, None);
+        // Two layers of 2 KV heads x (32 + 32) values, 2 bytes each, per token.
+        assert_eq!(kv_bytes(&spec, 100, DType::Bf16), 2 * 2 * 64 * 2 * 100);
+        assert_eq!(kv_bytes(&spec, 100, DType::F32), 2 * 2 * 64 * 4 * 100);
+        let s = stats(
+            &spec,
+            Options {
+                context: 77,
+                kv_dtype: DType::F16,
+            },
+        );
+        assert_eq!(
+            kv_bytes(&spec, 77, DType::F16),
+            s.kv_bytes_total + s.linear_state_bytes
+        );
+        // A window caps what a layer holds.
+        let windowed = tiny(true, Some(8));
+        assert_eq!(kv_bytes(&windowed, 100, DType::Bf16), 2 * 2 * 64 * 2 * 8);
+    }
 }

@@ -5,6 +5,7 @@
 //! be written.
 
 use super::model::{gguf_spec, is_gguf};
+use crate::failure::{self, Failure};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,35 +20,25 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> ExitCode {
-    let spec = match import(&args.src) {
-        Ok(spec) => spec,
-        Err(e) => {
-            eprintln!("archc import: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let text = render(&spec);
+    failure::exit(run_inner(&args), "import")
+}
+
+fn run_inner(args: &Args) -> Result<(), Failure> {
+    let text = render(&import(&args.src)?);
     match &args.output {
-        None => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Some(out) => match write_atomically(out, &text) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("archc import: cannot write {}: {e}", out.display());
-                ExitCode::from(2)
-            }
-        },
+        None => print!("{text}"),
+        Some(out) => write_atomically(out, &text)
+            .map_err(|e| Failure::new(format!("cannot write {}: {e}", out.display())))?,
     }
+    Ok(())
 }
 
 /// Imports SRC: a `.gguf` file through the GGUF reader, anything else as an HF config.
-fn import(src: &Path) -> Result<archc_spec::Spec, String> {
+fn import(src: &Path) -> Result<archc_spec::Spec, Failure> {
     if is_gguf(src) {
-        gguf_spec(src)
+        gguf_spec(src).map_err(Failure::new)
     } else {
-        archc_spec::import::from_path(src).map_err(|e| e.to_string())
+        Ok(archc_spec::import::from_path(src)?)
     }
 }
 

@@ -7,6 +7,7 @@
 //! atomically, so a failed run never leaves a partial file.
 
 use super::model::{gguf_spec, is_gguf, load_weights};
+use crate::failure::{self, Failure};
 use archc_runtime::exec::{self, Backend};
 use archc_runtime::npy;
 use archc_spec::diagnostics::{render, render_colored};
@@ -80,45 +81,24 @@ pub struct Args {
     pub mode: ModeArg,
 }
 
-/// A failure with its exit status; the message is printed after `archc logits: `.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-fn fail(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 2,
-        message: message.into(),
-    }
-}
-
 pub fn run(args: Args) -> ExitCode {
-    match run_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            if !f.message.is_empty() {
-                eprintln!("archc logits: {}", f.message);
-            }
-            ExitCode::from(f.code)
-        }
-    }
+    failure::exit(run_inner(&args), "logits")
 }
 
 fn run_inner(args: &Args) -> Result<(), Failure> {
     if !args.model.is_dir() && !is_gguf(&args.model) {
-        return Err(fail(format!(
+        return Err(Failure::new(format!(
             "{}: not a model directory",
             args.model.display()
         )));
     }
     let spec = match &args.spec {
         Some(path) => load_arch(path)?,
-        None if is_gguf(&args.model) => gguf_spec(&args.model).map_err(fail)?,
-        None => archc_spec::import::from_path(&args.model).map_err(|e| fail(e.to_string()))?,
+        None if is_gguf(&args.model) => gguf_spec(&args.model).map_err(Failure::new)?,
+        None => archc_spec::import::from_path(&args.model)?,
     };
-    let tokens = parse_tokens(&args.tokens, spec.vocab).map_err(fail)?;
-    let weights = load_weights(&spec, &args.model).map_err(fail)?;
+    let tokens = parse_tokens(&args.tokens, spec.vocab)?;
+    let weights = load_weights(&spec, &args.model).map_err(Failure::new)?;
     let mode = match args.mode {
         ModeArg::Prefill => exec::Mode::Prefill,
         ModeArg::Decode => exec::Mode::Decode,
@@ -130,20 +110,18 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         BackendArg::Cuda => Backend::Cuda,
     };
     if args.threads == Some(0) {
-        return Err(fail("--threads must be at least 1"));
+        return Err(Failure::new("--threads must be at least 1"));
     }
-    let logits = exec::logits_with_threads(&spec, &weights, &tokens, mode, backend, args.threads)
-        .map_err(|e| fail(e.to_string()))?;
-    npy::write(&args.out, &[tokens.len(), spec.vocab as usize], &logits)
-        .map_err(|e| fail(e.to_string()))?;
+    let logits = exec::logits_with_threads(&spec, &weights, &tokens, mode, backend, args.threads)?;
+    npy::write(&args.out, &[tokens.len(), spec.vocab as usize], &logits)?;
     Ok(())
 }
 
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).
 fn load_arch(path: &Path) -> Result<Spec, Failure> {
     let name = path.display().to_string();
-    let src =
-        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {name}: {e}")))?;
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| Failure::new(format!("cannot read {name}: {e}")))?;
     archc_spec::validate::check_source(&name, &src).map_err(|diags| {
         let text = if std::io::stderr().is_terminal() {
             render_colored(&name, &src, &diags)
@@ -152,35 +130,39 @@ fn load_arch(path: &Path) -> Result<Spec, Failure> {
         };
         eprint!("{text}");
         let errors = diags.iter().filter(|d| d.is_error()).count();
-        Failure {
-            code: 1,
-            message: format!(
-                "{name}: {errors} error{}",
-                if errors == 1 { "" } else { "s" }
-            ),
-        }
+        Failure::invalid(format!(
+            "{name}: {errors} error{}",
+            if errors == 1 { "" } else { "s" }
+        ))
     })
 }
 
 /// `1,2,3` → token ids, each below `vocab`.
-fn parse_tokens(text: &str, vocab: u64) -> Result<Vec<u32>, String> {
+fn parse_tokens(text: &str, vocab: u64) -> Result<Vec<u32>, Failure> {
     if text.trim().is_empty() {
-        return Err("--tokens is empty: give at least one token id, e.g. --tokens 1,2,3".into());
+        return Err(Failure::new(
+            "--tokens is empty: give at least one token id, e.g. --tokens 1,2,3",
+        ));
     }
     let mut out = Vec::new();
     for (i, part) in text.split(',').enumerate() {
         let part = part.trim();
-        let id: u64 = part
-            .parse()
-            .map_err(|_| format!("--tokens: entry {i} ({part:?}) is not a non-negative integer"))?;
+        let id: u64 = part.parse().map_err(|_| {
+            Failure::new(format!(
+                "--tokens: entry {i} ({part:?}) is not a non-negative integer"
+            ))
+        })?;
         if id >= vocab {
-            return Err(format!(
+            return Err(Failure::new(format!(
                 "--tokens: entry {i} is token id {id}, but the vocabulary has {vocab} tokens (ids 0..{})",
                 vocab - 1
-            ));
+            )));
         }
-        let id = u32::try_from(id)
-            .map_err(|_| format!("--tokens: entry {i} is token id {id}, beyond 32-bit ids"))?;
+        let id = u32::try_from(id).map_err(|_| {
+            Failure::new(format!(
+                "--tokens: entry {i} is token id {id}, beyond 32-bit ids"
+            ))
+        })?;
         out.push(id);
     }
     Ok(out)

@@ -9,12 +9,14 @@
 
 use super::logits::BackendArg;
 use super::model::{gguf_spec_of, is_gguf};
+use crate::failure::{self, Failure};
 use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
 use archc_runtime::chat::{ChatTemplate, Conversation, Message};
 use archc_runtime::exec::cpu::{self, Engine};
 use archc_runtime::fetch::{self, FetchOptions};
 use archc_runtime::generate::{
     CpuSession, CudaSession, Generation, Generator, Graphs, InterpSession, Limits, Model,
+    OutputError,
 };
 use archc_runtime::sample::{Sampler, SamplerConfig};
 use archc_runtime::tokenize::Tokenizer;
@@ -106,21 +108,8 @@ pub struct Args {
     pub fetch_only: bool,
 }
 
-/// A failure; the message is printed after `archc run: `.
-struct Failure(String);
-
-fn fail(message: impl Into<String>) -> Failure {
-    Failure(message.into())
-}
-
 pub fn run(args: Args) -> ExitCode {
-    match run_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message)) => {
-            eprintln!("archc run: {message}");
-            ExitCode::from(2)
-        }
-    }
+    failure::exit(run_inner(&args), "run")
 }
 
 /// A spinner on stderr when it is a terminal, invisible otherwise.
@@ -139,7 +128,7 @@ fn spinner() -> ProgressBar {
 fn run_inner(args: &Args) -> Result<(), Failure> {
     if args.fetch_only {
         if args.model.is_some() {
-            return Err(fail(
+            return Err(Failure::new(
                 "--fetch-only fetches the default model; give no MODEL",
             ));
         }
@@ -148,18 +137,18 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         bar.set_message("checking the SHA-256 of the model");
         let checked = fetch::verify(&fetch::SMOLLM2, &path);
         bar.finish_and_clear();
-        checked.map_err(|e| fail(e.to_string()))?;
+        checked?;
         println!("{}", path.display());
         return Ok(());
     }
     if args.json && args.prompt.is_none() {
-        return Err(fail("--json needs --prompt TEXT"));
+        return Err(Failure::new("--json needs --prompt TEXT"));
     }
     if args.raw && args.prompt.is_none() {
-        return Err(fail("--raw needs --prompt TEXT"));
+        return Err(Failure::new("--raw needs --prompt TEXT"));
     }
     if args.threads == Some(0) {
-        return Err(fail("--threads must be at least 1"));
+        return Err(Failure::new("--threads must be at least 1"));
     }
     let seed = args.seed.unwrap_or_else(clock_seed);
     let config = SamplerConfig {
@@ -168,7 +157,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         top_p: args.top_p,
         seed,
     };
-    let mut sampler = Sampler::new(config).map_err(|e| fail(e.to_string()))?;
+    let mut sampler = Sampler::new(config)?;
 
     let model_path = match &args.model {
         Some(p) => p.clone(),
@@ -187,10 +176,10 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         None
     } else {
         ChatTemplate::from_tokenizer(&tokenizer)
-            .map_err(|e| fail(format!("{}: chat template: {e}", model_path.display())))?
+            .map_err(|e| Failure::new(format!("{}: chat template: {e}", model_path.display())))?
     };
     if template.is_none() && !args.raw && args.system.is_some() {
-        return Err(fail(format!(
+        return Err(Failure::new(format!(
             "{} has no chat template, so --system has no place to go",
             model_path.display()
         )));
@@ -222,13 +211,13 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
                 Err(e) => Err(e.clone()),
             };
             bar.finish_and_clear();
-            let session = session.map_err(|e| fail(e.to_string()))?;
+            let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
         BackendArg::Cuda => {
             let session = CudaSession::new(&spec, &weights, 0);
             bar.finish_and_clear();
-            let session = session.map_err(|e| fail(e.to_string()))?;
+            let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
         BackendArg::Llvm | BackendArg::KernelInterp => {
@@ -243,7 +232,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             };
             let session = CpuSession::new(&spec, &weights, engine, threads, &options);
             bar.finish_and_clear();
-            let session = session.map_err(|e| fail(e.to_string()))?;
+            let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
     }
@@ -257,8 +246,8 @@ fn clock_seed() -> u64 {
 
 /// The default model's path, downloading it on first use.
 fn default_model() -> Result<PathBuf, Failure> {
-    let dir = fetch::model_dir().map_err(|e| fail(e.to_string()))?;
-    if let Some(path) = fetch::cached(&fetch::SMOLLM2, &dir).map_err(|e| fail(e.to_string()))? {
+    let dir = fetch::model_dir()?;
+    if let Some(path) = fetch::cached(&fetch::SMOLLM2, &dir)? {
         return Ok(path);
     }
     eprintln!(
@@ -274,7 +263,7 @@ fn default_model() -> Result<PathBuf, Failure> {
         &mut |stage| bar.set_message(stage.to_string()),
     );
     bar.finish_and_clear();
-    got.map_err(|e| fail(e.to_string()))
+    got.map_err(Failure::from)
 }
 
 struct Loaded {
@@ -287,10 +276,11 @@ struct Loaded {
 fn load(path: &Path) -> Result<Loaded, Failure> {
     let shown = path.display().to_string();
     if is_gguf(path) {
-        let file = GgufFile::open(path).map_err(|e| fail(e.to_string()))?;
-        let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| fail(format!("tokenizer: {e}")))?;
-        let spec = gguf_spec_of(&file, path).map_err(fail)?;
-        let weights = bind_gguf(&spec, file).map_err(|e| fail(format!("{shown}: {e}")))?;
+        let file = GgufFile::open(path)?;
+        let tokenizer =
+            Tokenizer::from_gguf(&file).map_err(|e| Failure::new(format!("tokenizer: {e}")))?;
+        let spec = gguf_spec_of(&file, path).map_err(Failure::new)?;
+        let weights = bind_gguf(&spec, file).map_err(|e| Failure::new(format!("{shown}: {e}")))?;
         return Ok(Loaded {
             spec,
             tokenizer,
@@ -298,15 +288,15 @@ fn load(path: &Path) -> Result<Loaded, Failure> {
         });
     }
     if !path.is_dir() {
-        return Err(fail(format!(
+        return Err(Failure::new(format!(
             "{shown}: not a .gguf file or a model directory"
         )));
     }
-    let tokenizer =
-        Tokenizer::from_hf_dir(path).map_err(|e| fail(format!("{shown}: tokenizer: {e}")))?;
-    let spec = archc_spec::import::from_path(path).map_err(|e| fail(e.to_string()))?;
-    let checkpoint = Checkpoint::open(path).map_err(|e| fail(e.to_string()))?;
-    let weights = bind(&spec, checkpoint).map_err(|e| fail(format!("{shown}: {e}")))?;
+    let tokenizer = Tokenizer::from_hf_dir(path)
+        .map_err(|e| Failure::new(format!("{shown}: tokenizer: {e}")))?;
+    let spec = archc_spec::import::from_path(path)?;
+    let checkpoint = Checkpoint::open(path)?;
+    let weights = bind(&spec, checkpoint).map_err(|e| Failure::new(format!("{shown}: {e}")))?;
     Ok(Loaded {
         spec,
         tokenizer,
@@ -340,15 +330,15 @@ impl Job<'_> {
     fn encode(&self, messages: Option<&[Message]>, text: &str) -> Result<Vec<u32>, Failure> {
         match (self.template, messages) {
             (Some(t), Some(m)) => {
-                let rendered = t.render(m, true).map_err(|e| fail(e.to_string()))?;
+                let rendered = t.render(m, true)?;
                 self.tokenizer
                     .encode(&rendered, true, true)
-                    .map_err(|e| fail(format!("tokenizing the prompt: {e}")))
+                    .map_err(|e| Failure::new(format!("tokenizing the prompt: {e}")))
             }
             _ => self
                 .tokenizer
                 .encode(text, true, false)
-                .map_err(|e| fail(format!("tokenizing the prompt: {e}"))),
+                .map_err(|e| Failure::new(format!("tokenizing the prompt: {e}"))),
         }
     }
 
@@ -366,18 +356,13 @@ impl Job<'_> {
         let ids = self.encode(Some(&conversation.messages), prompt)?;
         let json = self.args.json;
         let mut stdout = std::io::stdout();
-        let mut show = |piece: &str| -> Result<(), String> {
+        let mut show = |piece: &str| -> Result<(), OutputError> {
             if json {
                 return Ok(());
             }
-            stdout
-                .write_all(piece.as_bytes())
-                .and_then(|()| stdout.flush())
-                .map_err(|e| format!("writing to stdout: {e}"))
+            write_piece(&mut stdout, piece)
         };
-        let g = generator
-            .generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)
-            .map_err(|e| fail(e.to_string()))?;
+        let g = generator.generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)?;
         if json {
             let obj = serde_json::json!({
                 "tokens": g.tokens,
@@ -403,7 +388,7 @@ impl Job<'_> {
         sampler: &mut Sampler,
     ) -> Result<(), Failure> {
         if self.template.is_none() {
-            return Err(fail(
+            return Err(Failure::new(
                 "this model has no chat template: use --prompt TEXT --raw for plain completion",
             ));
         }
@@ -422,7 +407,7 @@ impl Job<'_> {
                 eprint!("> ");
             }
             let Some(line) = lines.next() else { break };
-            let line = line.map_err(|e| fail(format!("reading stdin: {e}")))?;
+            let line = line.map_err(|e| Failure::new(format!("reading stdin: {e}")))?;
             let line = line.trim();
             if line.is_empty() {
                 continue;
@@ -430,15 +415,9 @@ impl Job<'_> {
             conversation.user(line);
             let ids = self.encode(Some(&conversation.messages), line)?;
             let mut stdout = std::io::stdout();
-            let mut show = |piece: &str| -> Result<(), String> {
-                stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|()| stdout.flush())
-                    .map_err(|e| format!("writing to stdout: {e}"))
-            };
-            let g = generator
-                .generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)
-                .map_err(|e| fail(e.to_string()))?;
+            let mut show = |piece: &str| write_piece(&mut stdout, piece);
+            let g =
+                generator.generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)?;
             println!();
             eprintln!("{}", speed_line(&g));
             // The reply as generated, so that the next prompt starts with the cached tokens.
@@ -449,6 +428,14 @@ impl Job<'_> {
         }
         Ok(())
     }
+}
+
+/// Writes a piece of generated text to stdout at once, so that it streams.
+fn write_piece(stdout: &mut std::io::Stdout, piece: &str) -> Result<(), OutputError> {
+    stdout
+        .write_all(piece.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| format!("writing to stdout: {e}").into())
 }
 
 /// `prefill: N tok, X tok/s; decode: M tok, Y tok/s`.

@@ -1,5 +1,6 @@
 //! `archc stats`: parameter counts, weight and KV-cache sizes and FLOPs of a `.arch` model.
 
+use crate::failure::Failure;
 use archc_spec::stats::{stats, Options};
 use archc_spec::DType;
 use std::path::PathBuf;
@@ -70,25 +71,26 @@ pub fn run(args: Args) -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(rendered) => {
-            eprint!("{rendered}");
-            ExitCode::from(1)
+        Err(f) => {
+            // The message is complete (rendered diagnostics, or an `error:` line).
+            eprint!("{}", f.message);
+            ExitCode::from(f.code)
         }
     }
 }
 
-/// The report for the `.arch` source `src`, or its diagnostics rendered.
+/// The report for the `.arch` source `src`; on failure its diagnostics rendered (exit 1).
 pub fn report(
     name: &str,
     src: &str,
     context: Option<u64>,
     kv_dtype: DType,
     json: bool,
-) -> Result<String, String> {
+) -> Result<String, Failure> {
     let spec = archc_spec::validate::check_source(name, src)
-        .map_err(|diags| archc_spec::diagnostics::render(name, src, &diags))?;
+        .map_err(|diags| Failure::invalid(archc_spec::diagnostics::render(name, src, &diags)))?;
     if context == Some(0) {
-        return Err("error: --context must be at least 1\n".to_string());
+        return Err(Failure::invalid("error: --context must be at least 1\n"));
     }
     let opts = Options {
         context: context.unwrap_or(spec.context),

@@ -12,8 +12,8 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::SplitDelimiterBehavior;
 
 use super::{
-    decode, finish_special, partition, PieceStyle, Result, SpecialIds, TokenAttr, TokenizeError,
-    Tokenizer, TokenizerKind,
+    decode, finish_special, partition, MetadataOrigin, PieceStyle, Result, SpecialIds, TokenAttr,
+    TokenizeError, Tokenizer, TokenizerKind,
 };
 
 /// The `tokenizer.*` part of a GGUF file's metadata, as explicit inputs. Field names follow
@@ -45,26 +45,35 @@ pub struct TokenizerMetadata {
     pub chat_template: Option<String>,
 }
 
-fn key_err(key: &str, expected: &str, found: &serde_json::Value) -> TokenizeError {
+fn key_err(key: &str, expected: &'static str, found: &serde_json::Value) -> TokenizeError {
     let mut shown = found.to_string();
     if shown.len() > 60 {
-        shown.truncate(60);
+        // Cut at a character boundary at or before 60 bytes.
+        let mut cut = 60;
+        while !shown.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        shown.truncate(cut);
         shown.push_str("...");
     }
-    TokenizeError::new(format!(
-        "tokenizer metadata key `{key}`: expected {expected}, found {shown}"
-    ))
+    TokenizeError::KeyType {
+        origin: MetadataOrigin::Json,
+        key: key.to_string(),
+        expected,
+        found: shown,
+    }
 }
 
 impl TokenizerMetadata {
     /// Read from a GGUF file's metadata map (`GgufFile::metadata()`); other keys are ignored.
     pub fn from_gguf(map: &BTreeMap<String, MetaValue>) -> Result<Self> {
-        let mismatch = |k: &str, expected: &str, found: &MetaValue| {
-            TokenizeError::new(format!(
-                "GGUF metadata key `{k}`: expected {expected}, found {}",
-                found.describe()
-            ))
-        };
+        let mismatch =
+            |k: &str, expected: &'static str, found: &MetaValue| TokenizeError::KeyType {
+                origin: MetadataOrigin::Gguf,
+                key: k.to_string(),
+                expected,
+                found: found.describe(),
+            };
         let string = |k: &str| -> Result<Option<String>> {
             map.get(k)
                 .map(|v| {
@@ -109,11 +118,15 @@ impl TokenizerMetadata {
         const TYPES: &str = "tokenizer.ggml.token_type";
         const SCORES: &str = "tokenizer.ggml.scores";
         Ok(Self {
-            model: string("tokenizer.ggml.model")?
-                .ok_or_else(|| TokenizeError::new("GGUF metadata lacks `tokenizer.ggml.model`"))?,
+            model: string("tokenizer.ggml.model")?.ok_or(TokenizeError::MissingKey {
+                origin: MetadataOrigin::Gguf,
+                key: "tokenizer.ggml.model",
+            })?,
             pre: string("tokenizer.ggml.pre")?,
-            tokens: strings("tokenizer.ggml.tokens")?
-                .ok_or_else(|| TokenizeError::new("GGUF metadata lacks `tokenizer.ggml.tokens`"))?,
+            tokens: strings("tokenizer.ggml.tokens")?.ok_or(TokenizeError::MissingKey {
+                origin: MetadataOrigin::Gguf,
+                key: "tokenizer.ggml.tokens",
+            })?,
             token_types: items(TYPES)?
                 .map(|xs| {
                     xs.iter()
@@ -158,9 +171,7 @@ impl TokenizerMetadata {
     /// Read from a JSON object whose keys are the GGUF keys (`tokenizer.ggml.tokens`, ...),
     /// as in a metadata extract; other keys are ignored.
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| TokenizeError::new("tokenizer metadata: expected a JSON object"))?;
+        let obj = value.as_object().ok_or(TokenizeError::NotAnObject)?;
         let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
         let string = |k: &str| -> Result<Option<String>> {
             get(k)
@@ -205,12 +216,14 @@ impl TokenizerMetadata {
                 .transpose()
         };
         Ok(Self {
-            model: string("tokenizer.ggml.model")?.ok_or_else(|| {
-                TokenizeError::new("tokenizer metadata lacks `tokenizer.ggml.model`")
+            model: string("tokenizer.ggml.model")?.ok_or(TokenizeError::MissingKey {
+                origin: MetadataOrigin::Json,
+                key: "tokenizer.ggml.model",
             })?,
             pre: string("tokenizer.ggml.pre")?,
-            tokens: strings("tokenizer.ggml.tokens")?.ok_or_else(|| {
-                TokenizeError::new("tokenizer metadata lacks `tokenizer.ggml.tokens`")
+            tokens: strings("tokenizer.ggml.tokens")?.ok_or(TokenizeError::MissingKey {
+                origin: MetadataOrigin::Json,
+                key: "tokenizer.ggml.tokens",
             })?,
             token_types: list("tokenizer.ggml.token_type")?
                 .map(|items| {
@@ -276,12 +289,7 @@ fn pre_config(pre: Option<&str>) -> Result<PreConfig> {
     };
     Ok(match pre.unwrap_or("default") {
         "default" => cfg(
-            &[
-                r"[\p{P}\$\+<=>\^~\|]+",
-                GPT2,
-                r"\p{N}+",
-                "[0-9][0-9][0-9]",
-            ],
+            &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
             false,
             false,
             true,
@@ -306,11 +314,9 @@ fn pre_config(pre: Option<&str>) -> Result<PreConfig> {
             true,
         ),
         other => {
-            return Err(TokenizeError::new(format!(
-                "unsupported pre-tokenizer `tokenizer.ggml.pre = {other}`; supported: default, \
-                 llama3 (and aliases), dbrx, smaug-bpe, qwen2, stablelm2, smollm, command-r, \
-                 starcoder, refact, codeshell, exaone, minerva, gpt-2, phi-2, mpt, olmo, jais, falcon"
-            )))
+            return Err(TokenizeError::UnsupportedPre {
+                pre: other.to_string(),
+            })
         }
     })
 }
@@ -323,9 +329,7 @@ fn check_id(id: Option<u32>, n: usize) -> Option<u32> {
 pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
     let n = meta.tokens.len();
     if n == 0 {
-        return Err(TokenizeError::new(
-            "tokenizer metadata has an empty `tokenizer.ggml.tokens`",
-        ));
+        return Err(TokenizeError::EmptyVocab);
     }
     let mut attrs: Vec<TokenAttr> = match &meta.token_types {
         Some(types) if types.len() == n => types
@@ -333,10 +337,11 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
             .map(|&t| TokenAttr::from_gguf_type(t))
             .collect(),
         Some(types) => {
-            return Err(TokenizeError::new(format!(
-                "`tokenizer.ggml.token_type` has {} entries, expected one per token ({n})",
-                types.len()
-            )))
+            return Err(TokenizeError::PerTokenCount {
+                key: "tokenizer.ggml.token_type",
+                found: types.len(),
+                expected: n,
+            })
         }
         None => vec![TokenAttr::Normal; n],
     };
@@ -370,9 +375,9 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
                 PieceStyle::Metaspace,
             ),
             other => {
-                return Err(TokenizeError::new(format!(
-            "unsupported tokenizer model `tokenizer.ggml.model = {other}`; expected gpt2 or llama"
-        )))
+                return Err(TokenizeError::UnsupportedModel {
+                    model: other.to_string(),
+                })
             }
         };
     for id in [&mut special.bos, &mut special.eos, &mut special.unk] {
@@ -390,14 +395,16 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
             let pre = pre_config(meta.pre.as_deref())?;
             add_bos = pre.add_bos;
             clean_spaces = pre.clean_spaces;
-            let merges = parse_merges(meta.merges.as_deref().ok_or_else(|| {
-                TokenizeError::new("a gpt2 tokenizer needs `tokenizer.ggml.merges`")
-            })?)?;
+            let merges =
+                parse_merges(meta.merges.as_deref().ok_or(TokenizeError::ModelNeedsKey {
+                    model: "gpt2",
+                    key: "tokenizer.ggml.merges",
+                })?)?;
             let model = BPE::builder()
                 .vocab_and_merges(vocab.clone(), merges)
                 .ignore_merges(pre.ignore_merges)
                 .build()
-                .map_err(|e| TokenizeError::new(format!("building the BPE model failed: {e}")))?;
+                .map_err(TokenizeError::BuildBpe)?;
             let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
             for re in pre.regexes {
                 let split = Split::new(
@@ -405,7 +412,7 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
                     SplitDelimiterBehavior::Isolated,
                     false,
                 )
-                .map_err(|e| TokenizeError::new(format!("pre-tokenizer regex {re:?}: {e}")))?;
+                .map_err(|source| TokenizeError::PreRegex { regex: re, source })?;
                 steps.push(split.into());
             }
             steps.push(ByteLevel::new(false, false, false).into());
@@ -414,16 +421,16 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
             tk
         }
         _ => {
-            let scores = meta.scores.as_deref().ok_or_else(|| {
-                TokenizeError::new(
-                    "a llama (SentencePiece) tokenizer needs `tokenizer.ggml.scores`",
-                )
+            let scores = meta.scores.as_deref().ok_or(TokenizeError::ModelNeedsKey {
+                model: "llama (SentencePiece)",
+                key: "tokenizer.ggml.scores",
             })?;
             if scores.len() != n {
-                return Err(TokenizeError::new(format!(
-                    "`tokenizer.ggml.scores` has {} entries, expected one per token ({n})",
-                    scores.len()
-                )));
+                return Err(TokenizeError::PerTokenCount {
+                    key: "tokenizer.ggml.scores",
+                    found: scores.len(),
+                    expected: n,
+                });
             }
             let merges = spm_merges(&meta.tokens, scores, &vocab);
             let mut builder = BPE::builder()
@@ -434,9 +441,7 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
                     builder = builder.unk_token(t.clone());
                 }
             }
-            let model = builder
-                .build()
-                .map_err(|e| TokenizeError::new(format!("building the BPE model failed: {e}")))?;
+            let model = builder.build().map_err(TokenizeError::BuildBpe)?;
             tokenizers::Tokenizer::new(model)
         }
     };
@@ -497,9 +502,10 @@ fn parse_merges(merges: &[String]) -> Result<Vec<(String, String)>> {
                     let p = first_len + p;
                     Ok((m[..p].to_owned(), m[p + 1..].to_owned()))
                 }
-                None => Err(TokenizeError::new(format!(
-                    "`tokenizer.ggml.merges[{i}]` = {m:?} is not two tokens separated by a space"
-                ))),
+                None => Err(TokenizeError::BadMerge {
+                    index: i,
+                    merge: m.clone(),
+                }),
             }
         })
         .collect()

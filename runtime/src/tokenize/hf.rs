@@ -15,11 +15,16 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| TokenizeError::new(format!("reading {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|source| TokenizeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| TokenizeError::new(format!("parsing {}: {e}", path.display())))
+        .map_err(|source| TokenizeError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -86,8 +91,11 @@ fn decoder_style(decoder: &Value) -> (PieceStyle, bool) {
 
 pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
     let tj_path = dir.join("tokenizer.json");
-    let inner = tokenizers::Tokenizer::from_file(&tj_path)
-        .map_err(|e| TokenizeError::new(format!("loading {}: {e}", tj_path.display())))?;
+    let inner =
+        tokenizers::Tokenizer::from_file(&tj_path).map_err(|source| TokenizeError::Load {
+            path: tj_path.clone(),
+            source,
+        })?;
     let tj = read_json(&tj_path)?.unwrap_or(Value::Null);
     let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
     let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
@@ -160,12 +168,12 @@ pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
     eog.extend(gen_eos.into_iter().filter(|&id| (id as usize) < n));
 
     // Whether the post-processor adds BOS/EOS: ask it.
-    let probe = inner.encode("", true).map_err(|e| {
-        TokenizeError::new(format!(
-            "{}: encoding an empty text failed: {e}",
-            tj_path.display()
-        ))
-    })?;
+    let probe = inner
+        .encode("", true)
+        .map_err(|source| TokenizeError::Probe {
+            path: tj_path.clone(),
+            source,
+        })?;
     let probe = probe.get_ids();
     let add_bos = special.bos.is_some() && probe.first().copied() == special.bos;
     let add_eos = special.eos.is_some()

@@ -8,6 +8,7 @@
 //! detokenization and streaming, and the end-of-generation token set.
 
 mod decode;
+mod error;
 mod gguf;
 mod hf;
 mod partition;
@@ -16,29 +17,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 pub use decode::Decoder;
+pub use error::{MetadataOrigin, TokenizeError};
 pub use gguf::TokenizerMetadata;
-
-/// A tokenizer error: what failed, with the context needed to find the cause.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizeError {
-    message: String,
-}
-
-impl TokenizeError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for TokenizeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for TokenizeError {}
 
 pub type Result<T> = std::result::Result<T, TokenizeError>;
 
@@ -161,10 +141,9 @@ impl Tokenizer {
 
     /// Build from an open GGUF file's `tokenizer.*` metadata.
     pub fn from_gguf(file: &crate::weights::gguf::GgufFile) -> Result<Self> {
-        let meta = TokenizerMetadata::from_gguf(file.metadata())
-            .map_err(|e| TokenizeError::new(format!("{}: {e}", file.path().display())))?;
-        gguf::build(&meta)
-            .map_err(|e| TokenizeError::new(format!("{}: {e}", file.path().display())))
+        let meta =
+            TokenizerMetadata::from_gguf(file.metadata()).map_err(|e| e.in_file(file.path()))?;
+        gguf::build(&meta).map_err(|e| e.in_file(file.path()))
     }
 
     /// Build from an HF model directory: `tokenizer.json`, plus `tokenizer_config.json`
@@ -244,7 +223,7 @@ impl Tokenizer {
             };
             let encoding = pipeline
                 .encode(text, add_special)
-                .map_err(|e| TokenizeError::new(format!("tokenizer.json encode failed: {e}")))?;
+                .map_err(TokenizeError::Encode)?;
             return Ok(encoding.get_ids().to_vec());
         }
 
@@ -257,9 +236,10 @@ impl Tokenizer {
         );
         let mut out = Vec::new();
         if add_special && self.add_bos {
-            let bos = self.special.bos.ok_or_else(|| {
-                TokenizeError::new("the model asks for a BOS token but declares no BOS id")
-            })?;
+            let bos = self
+                .special
+                .bos
+                .ok_or(TokenizeError::MissingSpecial { token: "BOS" })?;
             out.push(bos);
         }
         // SentencePiece prefixes a space to text that starts the input or follows a special token.
@@ -288,9 +268,10 @@ impl Tokenizer {
             }
         }
         if add_special && self.add_eos {
-            let eos = self.special.eos.ok_or_else(|| {
-                TokenizeError::new("the model asks for an EOS token but declares no EOS id")
-            })?;
+            let eos = self
+                .special
+                .eos
+                .ok_or(TokenizeError::MissingSpecial { token: "EOS" })?;
             out.push(eos);
         }
         Ok(out)
@@ -300,12 +281,13 @@ impl Tokenizer {
         if text.is_empty() {
             return Ok(());
         }
-        let encoding = self.inner.encode(text, false).map_err(|e| {
-            TokenizeError::new(format!(
-                "BPE failed on a {}-byte text fragment: {e}",
-                text.len()
-            ))
-        })?;
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|source| TokenizeError::Bpe {
+                bytes: text.len(),
+                source,
+            })?;
         out.extend_from_slice(encoding.get_ids());
         Ok(())
     }
@@ -315,10 +297,10 @@ impl Tokenizer {
     pub fn token_piece(&self, id: u32, render_special: bool) -> Result<&[u8]> {
         let i = id as usize;
         let (Some(attr), Some(piece)) = (self.attrs.get(i), self.pieces.get(i)) else {
-            return Err(TokenizeError::new(format!(
-                "token id {id} is outside the vocabulary (size {})",
-                self.tokens.len()
-            )));
+            return Err(TokenizeError::IdOutsideVocab {
+                id,
+                vocab: self.tokens.len(),
+            });
         };
         if !render_special && attr.is_special() {
             return Ok(&[]);

@@ -13,37 +13,17 @@
 //! [`GgufError`] naming the field; no input panics, reads out of bounds or allocates
 //! more than a small multiple of its own size.
 
+mod error;
+
+pub use error::{FieldProblem, GgufError};
+
+use super::FileAction;
 use crate::quant::{self, ggml_type_name, GgmlType};
 use archc_spec::import::gguf::{MetaType, MetaValue};
 use memmap2::Mmap;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-
-/// What went wrong, in which file, and in which field of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GgufError {
-    pub file: PathBuf,
-    /// The field, e.g. `header.tensor_count`, `metadata["general.alignment"]` or
-    /// `tensor_info[3] "blk.0.attn_q.weight" offset`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for GgufError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}",
-            self.file.display(),
-            self.field,
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for GgufError {}
 
 /// The default and largest accepted `general.alignment`.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
@@ -119,29 +99,26 @@ pub struct Header {
 impl GgufFile {
     /// Opens, maps and validates a file.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let err = |field: &str, message: String| GgufError {
+        let err = |action: FileAction, source: std::io::Error| GgufError::File {
             file: path.to_path_buf(),
-            field: field.to_string(),
-            message,
+            action,
+            source,
         };
-        let file = File::open(path).map_err(|e| err("file", format!("cannot open: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| err("file", format!("cannot stat: {e}")))?
-            .len();
+        let file = File::open(path).map_err(|e| err(FileAction::Open, e))?;
+        let len = file.metadata().map_err(|e| err(FileAction::Stat, e))?.len();
         if len < 24 {
             // Checked here too: an empty file cannot be memory-mapped on every platform.
-            return Err(err(
-                "header",
-                format!("file is {len} bytes, shorter than the 24-byte GGUF header"),
-            ));
+            return Err(GgufError::Field {
+                file: path.to_path_buf(),
+                field: "header".to_string(),
+                problem: FieldProblem::ShortFile { len },
+            });
         }
         // SAFETY: the map is read-only and private to this process. Another process
         // truncating the file while it is mapped would be undefined behaviour; model
         // files are not modified while they are being loaded, the assumption every
         // memory-mapping weight loader makes.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| err("file", format!("cannot map: {e}")))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| err(FileAction::Map, e))?;
         GgufFile::from_image(path, Image::Mapped(map))
     }
 
@@ -151,10 +128,10 @@ impl GgufFile {
     }
 
     fn from_image(path: &Path, image: Image) -> Result<GgufFile, GgufError> {
-        let header = parse(&image).map_err(|(field, message)| GgufError {
+        let header = parse(&image).map_err(|(field, problem)| GgufError::Field {
             file: path.to_path_buf(),
             field,
-            message,
+            problem,
         })?;
         Ok(GgufFile {
             path: path.to_path_buf(),
@@ -201,19 +178,20 @@ impl GgufFile {
 
     /// A tensor's values widened or dequantised to f32, in torch order.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let err = |message: String| GgufError {
+        let info = self.info(name).ok_or_else(|| GgufError::NoSuchTensor {
             file: self.path.clone(),
-            field: format!("tensor {name:?}"),
-            message,
-        };
-        let info = self
-            .info(name)
-            .ok_or_else(|| err("no such tensor".into()))?;
-        quant::dequantize(info.ty, self.bytes(info)).map_err(|e| err(e.to_string()))
+            tensor: name.to_string(),
+        })?;
+        quant::dequantize(info.ty, self.bytes(info)).map_err(|source| GgufError::Dequantize {
+            file: self.path.clone(),
+            tensor: name.to_string(),
+            source,
+        })
     }
 }
 
-type Fail = (String, String);
+/// A parse failure: the field, and what is wrong with it.
+type Fail = (String, FieldProblem);
 
 /// A bounds-checked little-endian reader over the file image.
 struct Cursor<'a> {
@@ -230,11 +208,11 @@ impl<'a> Cursor<'a> {
         if n > self.remaining() as u64 {
             return Err((
                 field(),
-                format!(
-                    "truncated: needs {n} bytes at offset {}, but the file ends at {}",
-                    self.pos,
-                    self.bytes.len()
-                ),
+                FieldProblem::Truncated {
+                    needed: n,
+                    offset: self.pos,
+                    file_len: self.bytes.len(),
+                },
             ));
         }
         let n = n as usize;
@@ -266,11 +244,11 @@ impl<'a> Cursor<'a> {
         if len > self.remaining() as u64 {
             return Err((
                 len_field(),
-                format!(
-                    "{len} bytes at offset {}, but only {} remain in the file",
-                    self.pos,
-                    self.remaining()
-                ),
+                FieldProblem::StringLength {
+                    len,
+                    offset: self.pos,
+                    remaining: self.remaining(),
+                },
             ));
         }
         self.take(len, field)
@@ -281,7 +259,7 @@ impl<'a> Cursor<'a> {
         let at = self.pos;
         let raw = self.raw_string(field)?;
         String::from_utf8(raw.to_vec())
-            .map_err(|e| (field(), format!("not UTF-8 (string at offset {at}): {e}")))
+            .map_err(|source| (field(), FieldProblem::NotUtf8 { offset: at, source }))
     }
 }
 
@@ -304,10 +282,9 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
     if &magic != b"GGUF" {
         return Err((
             "header.magic".into(),
-            format!(
-                "expected \"GGUF\", found {:?}",
-                String::from_utf8_lossy(&magic)
-            ),
+            FieldProblem::Magic {
+                found: String::from_utf8_lossy(&magic).into_owned(),
+            },
         ));
     }
     let version = c.u32(&f("header.version"))?;
@@ -321,7 +298,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         };
         return Err((
             "header.version".into(),
-            format!("unsupported version {version}; expected 2 or 3{hint}"),
+            FieldProblem::Version { version, hint },
         ));
     }
     let tensor_count = c.u64(&f("header.tensor_count"))?;
@@ -331,13 +308,19 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
     if kv_count > rest / 13 {
         return Err((
             "header.metadata_kv_count".into(),
-            format!("{kv_count} entries cannot fit in the {rest} bytes that follow the header"),
+            FieldProblem::KvCount {
+                count: kv_count,
+                rest,
+            },
         ));
     }
     if tensor_count > rest / 24 {
         return Err((
             "header.tensor_count".into(),
-            format!("{tensor_count} tensors cannot fit in the {rest} bytes that follow the header"),
+            FieldProblem::TensorCount {
+                count: tensor_count,
+                rest,
+            },
         ));
     }
     let mut metadata = BTreeMap::new();
@@ -349,12 +332,12 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         let ty = MetaType::from_id(ty_id).ok_or_else(|| {
             (
                 format!("{field} type"),
-                format!("unknown value type {ty_id}"),
+                FieldProblem::UnknownValueType { id: ty_id },
             )
         })?;
         let value = read_value(&mut c, ty, &field, 0, &mut budget)?;
         if metadata.insert(key.clone(), value).is_some() {
-            return Err((field, "duplicate key".into()));
+            return Err((field, FieldProblem::DuplicateKey));
         }
     }
     let alignment = match metadata.get("general.alignment") {
@@ -364,7 +347,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
             if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
                 return Err((
                     "metadata \"general.alignment\"".into(),
-                    format!("{a} is not a power of two between 1 and {MAX_ALIGNMENT}"),
+                    FieldProblem::Alignment { value: a },
                 ));
             }
             a
@@ -372,7 +355,9 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         Some(other) => {
             return Err((
                 "metadata \"general.alignment\"".into(),
-                format!("expected a u32, found {}", other.describe()),
+                FieldProblem::AlignmentType {
+                    found: other.describe(),
+                },
             ))
         }
     };
@@ -382,13 +367,13 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         let name = c.string(&|| format!("tensor_info[{i}] name"))?;
         let field = format!("tensor_info[{i}] {name:?}");
         if !names.insert(name.clone()) {
-            return Err((format!("{field} name"), "duplicate tensor name".into()));
+            return Err((format!("{field} name"), FieldProblem::DuplicateTensor));
         }
         let n_dims = c.u32(&|| format!("{field} n_dims"))?;
         if n_dims == 0 || n_dims > MAX_DIMS {
             return Err((
                 format!("{field} n_dims"),
-                format!("{n_dims} dimensions; expected 1 to {MAX_DIMS}"),
+                FieldProblem::Dims { dims: n_dims },
             ));
         }
         let mut ne = Vec::with_capacity(n_dims as usize);
@@ -398,26 +383,27 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         let ty_id = c.u32(&|| format!("{field} type"))?;
         let offset = c.u64(&|| format!("{field} offset"))?;
         let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
-            let what = match ggml_type_name(ty_id) {
-                Some(n) => format!("tensor type {n} ({ty_id}) is not supported"),
-                None => format!("unknown tensor type {ty_id}"),
-            };
-            let supported: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
             (
                 format!("{field} type"),
-                format!("{what}; supported: {}", supported.join(", ")),
+                FieldProblem::TensorType {
+                    id: ty_id,
+                    name: ggml_type_name(ty_id),
+                },
             )
         })?;
         // Extents are int64 in ggml; the product must fit too.
         let mut numel: u64 = 1;
         for (d, &n) in ne.iter().enumerate() {
             if n > i64::MAX as u64 {
-                return Err((format!("{field} ne[{d}]"), format!("{n} exceeds 2^63 - 1")));
+                return Err((
+                    format!("{field} ne[{d}]"),
+                    FieldProblem::Extent { value: n },
+                ));
             }
             numel = numel.checked_mul(n).ok_or_else(|| {
                 (
                     format!("{field} ne"),
-                    format!("the element count of {ne:?} overflows 64 bits"),
+                    FieldProblem::ElementsOverflow { ne: ne.clone() },
                 )
             })?;
         }
@@ -425,19 +411,26 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         if ne[0] % block != 0 {
             return Err((
                 format!("{field} ne[0]"),
-                format!("{} is not a multiple of the {ty} block size {block}", ne[0]),
+                FieldProblem::Block {
+                    extent: ne[0],
+                    ty,
+                    block,
+                },
             ));
         }
         let size = ty.bytes_for(numel).ok_or_else(|| {
             (
                 format!("{field} ne"),
-                format!("the byte size of {numel} {ty} elements overflows 64 bits"),
+                FieldProblem::BytesOverflow {
+                    elements: numel,
+                    ty,
+                },
             )
         })?;
         if offset % alignment != 0 {
             return Err((
                 format!("{field} offset"),
-                format!("{offset} is not a multiple of the alignment {alignment}"),
+                FieldProblem::Misaligned { offset, alignment },
             ));
         }
         let shape = ne
@@ -445,12 +438,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
             .rev()
             .map(|&n| usize::try_from(n))
             .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| {
-                (
-                    format!("{field} ne"),
-                    "an extent exceeds the address space".into(),
-                )
-            })?;
+            .map_err(|_| (format!("{field} ne"), FieldProblem::AddressSpace))?;
         tensors.push((
             field,
             GgufTensorInfo {
@@ -471,7 +459,10 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
     if !tensors.is_empty() && data_start > file_len {
         return Err((
             "data".into(),
-            format!("the data section would start at {data_start}, past the end of the file ({file_len} bytes)"),
+            FieldProblem::DataPastEnd {
+                data_start,
+                file_len,
+            },
         ));
     }
     let data_len = file_len.saturating_sub(data_start);
@@ -481,10 +472,11 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         let Some(end) = end else {
             return Err((
                 format!("{field} offset"),
-                format!(
-                    "{} bytes at data offset {} run past the end of the data section ({data_len} bytes)",
-                    size, info.offset
-                ),
+                FieldProblem::TensorPastEnd {
+                    size,
+                    offset: info.offset,
+                    data_len,
+                },
             ));
         };
         // Both ends are within the file, whose length is a usize.
@@ -498,10 +490,13 @@ pub fn parse(bytes: &[u8]) -> Result<Header, Fail> {
         if w[1].begin < w[0].end {
             return Err((
                 format!("tensor {:?} offset", w[1].name),
-                format!(
-                    "its data (file bytes {}..{}) overlaps tensor {:?} ({}..{})",
-                    w[1].begin, w[1].end, w[0].name, w[0].begin, w[0].end
-                ),
+                FieldProblem::Overlap {
+                    begin: w[1].begin,
+                    end: w[1].end,
+                    other: w[0].name.clone(),
+                    other_begin: w[0].begin,
+                    other_end: w[0].end,
+                },
             ));
         }
     }
@@ -522,10 +517,7 @@ fn read_value(
     budget: &mut u64,
 ) -> Result<MetaValue, Fail> {
     if *budget == 0 {
-        return Err((
-            field.to_string(),
-            format!("the metadata holds more than {MAX_METADATA_VALUES} values"),
-        ));
+        return Err((field.to_string(), FieldProblem::TooManyValues));
     }
     *budget -= 1;
     let fv = || format!("{field} value");
@@ -545,7 +537,7 @@ fn read_value(
             match b {
                 0 => MetaValue::Bool(false),
                 1 => MetaValue::Bool(true),
-                other => return Err((fv(), format!("bool byte is {other}, expected 0 or 1"))),
+                other => return Err((fv(), FieldProblem::BadBool { byte: other })),
             }
         }
         // Values that are not UTF-8 (some tokenizers' byte tokens) are kept lossily:
@@ -553,16 +545,13 @@ fn read_value(
         MetaType::Str => MetaValue::Str(String::from_utf8_lossy(c.raw_string(&fv)?).into_owned()),
         MetaType::Array => {
             if depth >= MAX_NESTING {
-                return Err((
-                    field.to_string(),
-                    format!("arrays nested deeper than {MAX_NESTING}"),
-                ));
+                return Err((field.to_string(), FieldProblem::Nesting));
             }
             let elem_id = c.u32(&|| format!("{field} array type"))?;
             let elem = MetaType::from_id(elem_id).ok_or_else(|| {
                 (
                     format!("{field} array type"),
-                    format!("unknown value type {elem_id}"),
+                    FieldProblem::UnknownValueType { id: elem_id },
                 )
             })?;
             let count = c.u64(&|| format!("{field} array count"))?;
@@ -570,17 +559,15 @@ fn read_value(
             if count > rest / min_size(elem) {
                 return Err((
                     format!("{field} array count"),
-                    format!(
-                        "{count} {} items cannot fit in the {rest} bytes that remain",
-                        elem.name()
-                    ),
+                    FieldProblem::ArrayCount {
+                        count,
+                        elem: elem.name(),
+                        rest,
+                    },
                 ));
             }
             if count > *budget {
-                return Err((
-                    format!("{field} array count"),
-                    format!("the metadata holds more than {MAX_METADATA_VALUES} values"),
-                ));
+                return Err((format!("{field} array count"), FieldProblem::TooManyValues));
             }
             let mut items = Vec::with_capacity(count as usize);
             for j in 0..count {

@@ -8,7 +8,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use safetensors::{SafetensorsError, SafetensorsFile, TensorInfo};
+pub use safetensors::{IndexProblem, SafetensorsError, SafetensorsFile, TensorInfo};
+
+/// A file operation on a checkpoint that failed (safetensors and GGUF alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAction {
+    Open,
+    Stat,
+    Map,
+}
+
+impl fmt::Display for FileAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FileAction::Open => "cannot open",
+            FileAction::Stat => "cannot stat",
+            FileAction::Map => "cannot map",
+        })
+    }
+}
 
 /// Element type of a checkpoint tensor, as safetensors names it.
 ///
@@ -198,11 +216,9 @@ impl Checkpoint {
             if single.is_file() {
                 return Checkpoint::from_files(vec![SafetensorsFile::open(&single)?]);
             }
-            return Err(SafetensorsError::new(
-                path,
-                None,
-                format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"),
-            ));
+            return Err(SafetensorsError::NoCheckpoint {
+                dir: path.to_path_buf(),
+            });
         }
         if path.file_name().is_some_and(|n| n == INDEX_FILE) {
             return Checkpoint::open_index(path);
@@ -213,37 +229,36 @@ impl Checkpoint {
     /// Opens a sharded checkpoint from its index: every shard must exist and hold
     /// exactly the tensors the index assigns to it.
     pub fn open_index(index: &Path) -> Result<Checkpoint, SafetensorsError> {
-        let text = std::fs::read_to_string(index)
-            .map_err(|e| SafetensorsError::new(index, None, format!("cannot read: {e}")))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| SafetensorsError::new(index, None, format!("invalid JSON: {e}")))?;
+        let err = |tensor: Option<&str>, problem: IndexProblem| SafetensorsError::Index {
+            index: index.to_path_buf(),
+            tensor: tensor.map(str::to_string),
+            problem,
+        };
+        let text = std::fs::read_to_string(index).map_err(|e| err(None, IndexProblem::Read(e)))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(None, IndexProblem::Json(e)))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| {
-                SafetensorsError::new(index, None, "missing object \"weight_map\"".to_string())
-            })?;
+            .ok_or_else(|| err(None, IndexProblem::NoWeightMap))?;
         let dir = index.parent().unwrap_or(Path::new("."));
         // Sorted maps make the first error reported deterministic.
         let mut expected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (tensor, shard) in map {
-            let shard = shard.as_str().ok_or_else(|| {
-                SafetensorsError::new(
-                    index,
-                    Some(tensor),
-                    "weight_map value is not a file name".to_string(),
-                )
-            })?;
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| err(Some(tensor), IndexProblem::NotFileName))?;
             if shard.is_empty()
                 || shard.contains('/')
                 || shard.contains('\\')
                 || shard == "."
                 || shard == ".."
             {
-                return Err(SafetensorsError::new(
-                    index,
+                return Err(err(
                     Some(tensor),
-                    format!("shard {shard:?} is not a plain file name in the model directory"),
+                    IndexProblem::ShardNotPlain {
+                        shard: shard.to_string(),
+                    },
                 ));
             }
             expected
@@ -256,35 +271,37 @@ impl Checkpoint {
             let shard_path = dir.join(shard);
             if !shard_path.is_file() {
                 let first = tensors.iter().next().map(String::as_str);
-                return Err(SafetensorsError::new(
-                    index,
+                return Err(err(
                     first,
-                    format!(
-                        "shard {shard:?} is missing ({} tensor(s) are listed in it)",
-                        tensors.len()
-                    ),
+                    IndexProblem::ShardMissing {
+                        shard: shard.clone(),
+                        tensors: tensors.len(),
+                    },
                 ));
             }
             let file = SafetensorsFile::open(&shard_path)?;
             for tensor in tensors {
                 if file.info(tensor).is_none() {
-                    return Err(SafetensorsError::new(
-                        index,
+                    return Err(err(
                         Some(tensor),
-                        format!("listed in shard {shard:?} but that shard does not hold it"),
+                        IndexProblem::NotInShard {
+                            shard: shard.clone(),
+                        },
                     ));
                 }
             }
             for tensor in file.names() {
                 if !tensors.contains(tensor) {
                     let listed = map.get(tensor).and_then(|v| v.as_str());
-                    let msg = match listed {
-                        Some(other) => {
-                            format!("found in shard {shard:?} but the index lists it in {other:?}")
-                        }
-                        None => format!("found in shard {shard:?} but not listed in the index"),
+                    let shard = shard.clone();
+                    let problem = match listed {
+                        Some(other) => IndexProblem::ListedElsewhere {
+                            shard,
+                            listed: other.to_string(),
+                        },
+                        None => IndexProblem::Unlisted { shard },
                     };
-                    return Err(SafetensorsError::new(index, Some(tensor), msg));
+                    return Err(err(Some(tensor), problem));
                 }
             }
             files.push(file);
@@ -307,11 +324,11 @@ impl Checkpoint {
         for (i, file) in files.iter().enumerate() {
             for name in file.names() {
                 if let Some(prev) = names.insert(name.to_string(), i) {
-                    return Err(SafetensorsError::new(
-                        file.path(),
-                        Some(name),
-                        format!("tensor also present in {}", files[prev].path().display()),
-                    ));
+                    return Err(SafetensorsError::TwoFiles {
+                        file: file.path().to_path_buf(),
+                        tensor: name.to_string(),
+                        other: files[prev].path().to_path_buf(),
+                    });
                 }
             }
         }
@@ -340,14 +357,13 @@ impl Checkpoint {
     pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
         match self.names.get(name) {
             Some(&i) => self.files[i].get(name),
-            None => Err(SafetensorsError::new(
-                self.files
-                    .first()
-                    .map(|f| f.path())
-                    .unwrap_or(Path::new("<empty checkpoint>")),
-                Some(name),
-                "no such tensor".to_string(),
-            )),
+            None => Err(SafetensorsError::NoSuchTensor {
+                file: self.files.first().map_or_else(
+                    || PathBuf::from("<empty checkpoint>"),
+                    |f| f.path().to_path_buf(),
+                ),
+                tensor: name.to_string(),
+            }),
         }
     }
 

@@ -6,42 +6,16 @@
 //! happens at open time, so a [`SafetensorsFile`] that opened hands out only views that
 //! lie inside the file and whose byte size matches their shape.
 
-use super::{Dtype, TensorView};
+mod error;
+
+pub use error::{EntryProblem, HeaderProblem, IndexProblem, SafetensorsError};
+
+use super::{Dtype, FileAction, TensorView};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-
-/// What went wrong, in which file, and for which tensor (when one is involved).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SafetensorsError {
-    pub file: PathBuf,
-    pub tensor: Option<String>,
-    pub message: String,
-}
-
-impl SafetensorsError {
-    pub fn new(file: &Path, tensor: Option<&str>, message: String) -> SafetensorsError {
-        SafetensorsError {
-            file: file.to_path_buf(),
-            tensor: tensor.map(str::to_string),
-            message,
-        }
-    }
-}
-
-impl fmt::Display for SafetensorsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.file.display())?;
-        if let Some(t) = &self.tensor {
-            write!(f, "tensor '{t}': ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SafetensorsError {}
 
 /// One tensor's header entry, checked against the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,24 +62,25 @@ pub struct SafetensorsFile {
 impl SafetensorsFile {
     /// Opens, maps and validates a file.
     pub fn open(path: &Path) -> Result<SafetensorsFile, SafetensorsError> {
-        let err = |tensor: Option<&str>, msg: String| SafetensorsError::new(path, tensor, msg);
-        let file = File::open(path).map_err(|e| err(None, format!("cannot open: {e}")))?;
-        let len = file
-            .metadata()
-            .map_err(|e| err(None, format!("cannot stat: {e}")))?
-            .len();
+        let err = |action: FileAction, source: std::io::Error| SafetensorsError::File {
+            file: path.to_path_buf(),
+            action,
+            source,
+        };
+        let file = File::open(path).map_err(|e| err(FileAction::Open, e))?;
+        let len = file.metadata().map_err(|e| err(FileAction::Stat, e))?.len();
         if len < 8 {
             // Checked here too: an empty file cannot be memory-mapped on every platform.
-            return Err(err(
-                None,
-                format!("file is {len} bytes, too short for the 8-byte header length"),
-            ));
+            return Err(SafetensorsError::Header {
+                file: path.to_path_buf(),
+                problem: HeaderProblem::TooShort { file_len: len },
+            });
         }
         // SAFETY: the map is read-only and private to this process. Another process
         // truncating the file while it is mapped would be undefined behaviour; model
         // checkpoints are not modified while they are being loaded, and that is the
         // same assumption every memory-mapping weight loader makes.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| err(None, format!("cannot map: {e}")))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| err(FileAction::Map, e))?;
         SafetensorsFile::from_image(path, Image::Mapped(map))
     }
 
@@ -116,8 +91,17 @@ impl SafetensorsFile {
     }
 
     fn from_image(path: &Path, map: Image) -> Result<SafetensorsFile, SafetensorsError> {
-        let (data_start, tensors, metadata) =
-            parse(&map).map_err(|(t, m)| SafetensorsError::new(path, t.as_deref(), m))?;
+        let (data_start, tensors, metadata) = parse(&map).map_err(|e| match e {
+            ParseError::Header(problem) => SafetensorsError::Header {
+                file: path.to_path_buf(),
+                problem,
+            },
+            ParseError::Entry(tensor, problem) => SafetensorsError::Entry {
+                file: path.to_path_buf(),
+                tensor,
+                problem,
+            },
+        })?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             map,
@@ -148,18 +132,19 @@ impl SafetensorsFile {
     /// A zero-copy view of a tensor; an error if it is absent or of a dtype the runtime
     /// cannot read.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
-        let info = self.tensors.get(name).ok_or_else(|| {
-            SafetensorsError::new(&self.path, Some(name), "no such tensor".into())
-        })?;
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| SafetensorsError::NoSuchTensor {
+                file: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
         if !info.dtype.is_supported() {
-            return Err(SafetensorsError::new(
-                &self.path,
-                Some(name),
-                format!(
-                    "unsupported dtype {} (supported: F32, F16, BF16)",
-                    info.dtype
-                ),
-            ));
+            return Err(SafetensorsError::UnsupportedDtype {
+                file: self.path.clone(),
+                tensor: name.to_string(),
+                dtype: info.dtype,
+            });
         }
         // In bounds: `parse` checked end <= data length and begin <= end.
         let bytes = &self.map[self.data_start + info.begin..self.data_start + info.end];
@@ -171,8 +156,11 @@ impl SafetensorsFile {
     }
 }
 
-/// A header problem: the tensor it concerns (if any) and the message.
-type ParseError = (Option<String>, String);
+/// A header problem: of the header as a whole, or of one tensor's entry.
+enum ParseError {
+    Header(HeaderProblem),
+    Entry(String, EntryProblem),
+}
 
 type Parsed = (
     usize,
@@ -184,29 +172,24 @@ type Parsed = (
 fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     let file_len = bytes.len();
     let Some((len_bytes, rest)) = bytes.split_first_chunk::<8>() else {
-        return Err((
-            None,
-            format!("file is {file_len} bytes, too short for the 8-byte header length"),
-        ));
+        return Err(ParseError::Header(HeaderProblem::TooShort {
+            file_len: file_len as u64,
+        }));
     };
     let header_len = u64::from_le_bytes(*len_bytes);
     let available = rest.len() as u64;
     if header_len > MAX_HEADER_BYTES {
-        return Err((
-            None,
-            format!(
-                "header length {header_len} is more than the limit of {MAX_HEADER_BYTES} bytes"
-            ),
-        ));
+        return Err(ParseError::Header(HeaderProblem::TooLong {
+            header_len,
+            limit: MAX_HEADER_BYTES,
+        }));
     }
     if header_len > available {
-        return Err((
-            None,
-            format!(
-                "header length {header_len} exceeds the {available} bytes that follow it \
-                 (file is {file_len} bytes)"
-            ),
-        ));
+        return Err(ParseError::Header(HeaderProblem::PastEnd {
+            header_len,
+            available,
+            file_len,
+        }));
     }
     // header_len <= file_len, so it fits in usize.
     let data_start = 8 + header_len as usize;
@@ -219,28 +202,25 @@ fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     for (name, entry) in &entries {
         // A repeated name would let one entry silently shadow another.
         if name == "__metadata__" && seen_metadata {
-            return Err((None, "__metadata__ appears twice in the header".to_string()));
+            return Err(ParseError::Header(HeaderProblem::DuplicateMetadata));
         }
         if tensors.contains_key(name) {
-            return Err((
-                Some(name.clone()),
-                "the name appears twice in the header".to_string(),
-            ));
+            return Err(ParseError::Entry(name.clone(), EntryProblem::Duplicate));
         }
         if name == "__metadata__" {
             seen_metadata = true;
             let m = entry
                 .as_object()
-                .ok_or_else(|| (None, "__metadata__ is not an object".to_string()))?;
+                .ok_or(ParseError::Header(HeaderProblem::MetadataNotObject))?;
             for (k, v) in m {
                 let v = v.as_str().ok_or_else(|| {
-                    (None, format!("__metadata__ value of {k:?} is not a string"))
+                    ParseError::Header(HeaderProblem::MetadataNotString { key: k.clone() })
                 })?;
                 metadata.insert(k.clone(), v.to_string());
             }
             continue;
         }
-        let info = parse_entry(entry, data_len).map_err(|m| (Some(name.clone()), m))?;
+        let info = parse_entry(entry, data_len).map_err(|p| ParseError::Entry(name.clone(), p))?;
         tensors.insert(name.clone(), info);
     }
     // Tensors may leave gaps (padding) but must not share bytes: two views of the same
@@ -251,12 +231,15 @@ fn parse(bytes: &[u8]) -> Result<Parsed, ParseError> {
     for pair in spans.windows(2) {
         let ((a, ta), (b, tb)) = (pair[0], pair[1]);
         if tb.begin < ta.end {
-            return Err((
-                Some(b.clone()),
-                format!(
-                    "data_offsets [{}, {}] overlap those of tensor '{a}' [{}, {}]",
-                    tb.begin, tb.end, ta.begin, ta.end
-                ),
+            return Err(ParseError::Entry(
+                b.clone(),
+                EntryProblem::Overlap {
+                    begin: tb.begin,
+                    end: tb.end,
+                    other: a.clone(),
+                    other_begin: ta.begin,
+                    other_end: ta.end,
+                },
             ));
         }
     }
@@ -288,80 +271,89 @@ fn header_entries(header: &[u8]) -> Result<Vec<(String, serde_json::Value)>, Par
         .map_err(|e| {
             // Keys are strings and values any JSON, so a data error means the top level
             // is not an object.
-            let msg = if e.is_data() {
-                "header is not a JSON object".to_string()
+            ParseError::Header(if e.is_data() {
+                HeaderProblem::NotObject
             } else {
-                format!("header is not valid JSON: {e}")
-            };
-            (None, msg)
+                HeaderProblem::NotJson(e.to_string())
+            })
         })?;
     Ok(entries)
 }
 
-fn parse_entry(entry: &serde_json::Value, data_len: usize) -> Result<TensorInfo, String> {
-    let obj = entry
-        .as_object()
-        .ok_or_else(|| "entry is not an object".to_string())?;
+fn parse_entry(entry: &serde_json::Value, data_len: usize) -> Result<TensorInfo, EntryProblem> {
+    let obj = entry.as_object().ok_or(EntryProblem::NotObject)?;
     for key in obj.keys() {
         if !matches!(key.as_str(), "dtype" | "shape" | "data_offsets") {
-            return Err(format!("unknown field {key:?} in entry"));
+            return Err(EntryProblem::UnknownField { field: key.clone() });
         }
     }
     let dtype_str = obj
         .get("dtype")
         .and_then(|d| d.as_str())
-        .ok_or_else(|| "missing string field \"dtype\"".to_string())?;
-    let dtype = Dtype::from_safetensors(dtype_str).ok_or_else(|| {
-        format!("unsupported dtype {dtype_str:?} (not a safetensors dtype this reader knows)")
+        .ok_or(EntryProblem::MissingDtype)?;
+    let dtype = Dtype::from_safetensors(dtype_str).ok_or_else(|| EntryProblem::UnknownDtype {
+        dtype: dtype_str.to_string(),
     })?;
     let shape_json = obj
         .get("shape")
         .and_then(|s| s.as_array())
-        .ok_or_else(|| "missing array field \"shape\"".to_string())?;
+        .ok_or(EntryProblem::MissingShape)?;
     let mut shape = Vec::with_capacity(shape_json.len());
     for d in shape_json {
         let d = d
             .as_u64()
             .and_then(|d| usize::try_from(d).ok())
-            .ok_or_else(|| format!("shape entry {d} is not a non-negative integer"))?;
+            .ok_or_else(|| EntryProblem::ShapeEntry {
+                value: d.to_string(),
+            })?;
         shape.push(d);
     }
     let offsets = obj
         .get("data_offsets")
         .and_then(|o| o.as_array())
-        .ok_or_else(|| "missing array field \"data_offsets\"".to_string())?;
+        .ok_or(EntryProblem::MissingOffsets)?;
     let [begin, end] = offsets.as_slice() else {
-        return Err(format!(
-            "data_offsets has {} entries, expected 2",
-            offsets.len()
-        ));
+        return Err(EntryProblem::OffsetCount {
+            found: offsets.len(),
+        });
     };
     let to_usize = |v: &serde_json::Value| {
         v.as_u64()
             .and_then(|v| usize::try_from(v).ok())
-            .ok_or_else(|| format!("data_offsets entry {v} is not a non-negative integer"))
+            .ok_or_else(|| EntryProblem::OffsetEntry {
+                value: v.to_string(),
+            })
     };
     let (begin, end) = (to_usize(begin)?, to_usize(end)?);
     if begin > end {
-        return Err(format!("data_offsets [{begin}, {end}]: begin is after end"));
+        return Err(EntryProblem::BeginAfterEnd { begin, end });
     }
     if end > data_len {
-        return Err(format!(
-            "data_offsets [{begin}, {end}] lie outside the data section ({data_len} bytes)"
-        ));
+        return Err(EntryProblem::OutsideData {
+            begin,
+            end,
+            data_len,
+        });
     }
     let numel = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("shape {shape:?} overflows the element count"))?;
+        .ok_or_else(|| EntryProblem::ElementsOverflow {
+            shape: shape.clone(),
+        })?;
     let expected = numel
         .checked_mul(dtype.size())
-        .ok_or_else(|| format!("shape {shape:?} overflows the byte size"))?;
+        .ok_or_else(|| EntryProblem::BytesOverflow {
+            shape: shape.clone(),
+        })?;
     if expected != end - begin {
-        return Err(format!(
-            "shape {shape:?} of {dtype} needs {expected} bytes, data_offsets [{begin}, {end}] hold {}",
-            end - begin
-        ));
+        return Err(EntryProblem::Size {
+            shape,
+            dtype,
+            expected,
+            begin,
+            end,
+        });
     }
     Ok(TensorInfo {
         dtype,

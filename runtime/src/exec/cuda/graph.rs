@@ -10,12 +10,82 @@
 //! itself, for the kernels that read it. Everything else is left as built, so a decode
 //! step typically updates only the attention and cache kernels.
 //!
-//! Every failure is an error the caller answers by launching the kernels one by one; the
-//! driver entry points are looked up first so that an old driver cannot make cudarc
-//! panic on a missing symbol.
+//! Every failure is a [`GraphError`] the caller answers by launching the kernels one by
+//! one; the driver entry points are looked up first so that an old driver cannot make
+//! cudarc panic on a missing symbol.
 
 use cudarc::driver::sys;
 use std::ffi::c_void;
+use std::fmt;
+
+/// The driver call of the graph path that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphCall {
+    Create,
+    /// Adding the kernel node of launch `n`.
+    AddNode(usize),
+    Instantiate,
+    /// Updating the kernel node of launch `n` before a replay.
+    UpdateNode(usize),
+    Launch,
+}
+
+impl fmt::Display for GraphCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphCall::Create => f.write_str("cuGraphCreate"),
+            GraphCall::AddNode(i) => write!(f, "adding kernel node {i}"),
+            GraphCall::Instantiate => f.write_str("cuGraphInstantiateWithFlags"),
+            GraphCall::UpdateNode(i) => write!(f, "updating kernel node {i}"),
+            GraphCall::Launch => f.write_str("cuGraphLaunch"),
+        }
+    }
+}
+
+/// Why a launch sequence could not run as a CUDA graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphError {
+    /// The loaded driver lacks this graph entry point.
+    MissingSymbol(&'static str),
+    /// A driver call returned an error code.
+    Driver {
+        call: GraphCall,
+        result: sys::CUresult,
+    },
+    /// The graph was built for other launches than the call's.
+    Mismatch {
+        nodes: usize,
+        seq: i64,
+        launches: usize,
+    },
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphError::MissingSymbol(name) => write!(f, "the CUDA driver has no `{name}`"),
+            GraphError::Driver { call, result } => write!(f, "{call}: {result:?}"),
+            GraphError::Mismatch {
+                nodes,
+                seq,
+                launches,
+            } => write!(
+                f,
+                "the graph has {nodes} nodes for seq {seq}, the call {launches} launches"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+/// The executor still keeps the reason for a fallback as text; this lets its `?` and its
+/// `replay` collect a graph error there until it keeps the `GraphError` itself.
+impl From<GraphError> for String {
+    fn from(e: GraphError) -> String {
+        e.to_string()
+    }
+}
 
 /// One kernel launch with its arguments: the buffer pointers, then `seq` and `past`.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,11 +125,11 @@ fn missing_symbol() -> Option<&'static str> {
     })
 }
 
-fn check(what: &str, r: sys::CUresult) -> Result<(), String> {
-    if r == sys::CUresult::CUDA_SUCCESS {
+fn check(call: GraphCall, result: sys::CUresult) -> Result<(), GraphError> {
+    if result == sys::CUresult::CUDA_SUCCESS {
         Ok(())
     } else {
-        Err(format!("{what}: {r:?}"))
+        Err(GraphError::Driver { call, result })
     }
 }
 
@@ -141,9 +211,9 @@ impl Drop for LaunchGraph {
 impl LaunchGraph {
     /// Builds and instantiates the graph of `launches`, in order, each node depending on
     /// the previous one. The current context must be the one the functions belong to.
-    pub fn build(launches: &[LaunchArgs]) -> Result<LaunchGraph, String> {
+    pub fn build(launches: &[LaunchArgs]) -> Result<LaunchGraph, GraphError> {
         if let Some(name) = missing_symbol() {
-            return Err(format!("the CUDA driver has no `{name}`"));
+            return Err(GraphError::MissingSymbol(name));
         }
         let seq = launches.first().map_or(0, |l| l.seq);
         let mut g = LaunchGraph {
@@ -154,7 +224,7 @@ impl LaunchGraph {
             seq,
         };
         // SAFETY: `g.graph` receives a new graph, destroyed by `Drop` on every path.
-        check("cuGraphCreate", unsafe {
+        check(GraphCall::Create, unsafe {
             sys::cuGraphCreate(&mut g.graph, 0)
         })?;
         for (i, l) in launches.iter().enumerate() {
@@ -173,7 +243,7 @@ impl LaunchGraph {
             // SAFETY: `params` points into `pointers` and `values`, both alive until the
             // call returns (the driver copies the argument values); `dep_ptr` is null or
             // points at one node of this graph.
-            check(&format!("adding kernel node {i}"), unsafe {
+            check(GraphCall::AddNode(i), unsafe {
                 sys::cuGraphAddKernelNode_v2(&mut node, g.graph, dep_ptr, ndeps, &params)
             })?;
             g.nodes.push(node);
@@ -184,7 +254,7 @@ impl LaunchGraph {
             });
         }
         // SAFETY: `g.graph` is a complete graph; `g.exec` receives its executable form.
-        check("cuGraphInstantiateWithFlags", unsafe {
+        check(GraphCall::Instantiate, unsafe {
             sys::cuGraphInstantiateWithFlags(&mut g.exec, g.graph, 0)
         })?;
         Ok(g)
@@ -197,15 +267,27 @@ impl LaunchGraph {
     }
 
     /// Updates the nodes whose arguments differ from `launches` and launches the graph on
-    /// `stream`. The caller checked `fits`.
-    pub fn replay(&mut self, launches: &[LaunchArgs], stream: sys::CUstream) -> Result<(), String> {
+    /// `stream`. The caller checked `fits`. The error is the caller's type, any that a
+    /// [`GraphError`] converts into.
+    pub fn replay<E: From<GraphError>>(
+        &mut self,
+        launches: &[LaunchArgs],
+        stream: sys::CUstream,
+    ) -> Result<(), E> {
+        self.replay_typed(launches, stream).map_err(E::from)
+    }
+
+    fn replay_typed(
+        &mut self,
+        launches: &[LaunchArgs],
+        stream: sys::CUstream,
+    ) -> Result<(), GraphError> {
         if !self.fits(launches) {
-            return Err(format!(
-                "the graph has {} nodes for seq {}, the call {} launches",
-                self.nodes.len(),
-                self.seq,
-                launches.len()
-            ));
+            return Err(GraphError::Mismatch {
+                nodes: self.nodes.len(),
+                seq: self.seq,
+                launches: launches.len(),
+            });
         }
         for (i, l) in launches.iter().enumerate() {
             let a = &self.applied[i];
@@ -221,7 +303,7 @@ impl LaunchGraph {
             let params = node_params(l, &mut pointers);
             // SAFETY: node `i` is a kernel node of the graph `exec` was instantiated from,
             // with the same function; `params` points at live argument storage.
-            check(&format!("updating kernel node {i}"), unsafe {
+            check(GraphCall::UpdateNode(i), unsafe {
                 sys::cuGraphExecKernelNodeSetParams_v2(self.exec, self.nodes[i], &params)
             })?;
             self.applied[i] = Applied {
@@ -231,7 +313,7 @@ impl LaunchGraph {
             };
         }
         // SAFETY: `exec` is a valid executable graph and `stream` a stream of its context.
-        check("cuGraphLaunch", unsafe {
+        check(GraphCall::Launch, unsafe {
             sys::cuGraphLaunch(self.exec, stream)
         })
     }
