@@ -32,23 +32,14 @@ pub enum MatmulSchedule {
     Lanes,
 }
 
-impl MatmulSchedule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MatmulSchedule::Auto => "auto",
-            MatmulSchedule::RowTiles => "row-tiles",
-            MatmulSchedule::RowBlocked => "row-blocked",
-            MatmulSchedule::Lanes => "lanes",
-        }
-    }
-}
-
 /// A register tile of dot products: `rows` token rows × at most `cols` output columns,
 /// one f32 accumulator each (per weight part: a gated epilogue reduces gate and up
 /// together, so its tiles take half the columns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tile {
+    /// Token rows per tile (left-over rows go one at a time).
     pub rows: i64,
+    /// The most output columns per tile.
     pub cols: i64,
 }
 
@@ -75,7 +66,9 @@ pub struct LanesTile {
 /// loop passes over them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KChunks {
+    /// The longest reduction (in elements) that goes in one pass.
     pub above: u64,
+    /// Elements per chunk of a longer one (the last chunk takes the rest).
     pub len: i64,
 }
 
@@ -86,8 +79,9 @@ pub struct KChunks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Schedule {
     /// Vector width hint of the inner loops over contiguous elements (elementwise, layout,
-    /// norm, RoPE, gather and matmul kernels; attention and MoE keep the widths their
-    /// modules document): SIMD lanes on a CPU, nothing a GPU thread needs.
+    /// norm, RoPE, gather, matmul and row-append kernels; attention and MoE keep the
+    /// widths their modules document): SIMD lanes on a CPU; the PTX target splits vector
+    /// loops over a warp whatever their width.
     pub vector: u32,
     /// Output columns per iteration of a prefill matmul's parallel loop (and of every
     /// quantised matmul's): each iteration streams its own weight rows.

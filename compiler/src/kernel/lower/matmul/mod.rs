@@ -4,10 +4,12 @@
 //! their own files:
 //!
 //! - `matvec.rs`: one token row (decode), parallel over groups of output columns;
-//! - `tiles.rs`: the register tile every float schedule runs (its reduction emitted by
-//!   one function, `accumulate`), its epilogue, and the plain row-tiles prefill schedule;
+//! - `tiles.rs`: the register tile of the matvec, row-tiles and row-blocked schedules and
+//!   of the quantised prefill (its reduction emitted by one function, `accumulate`), the
+//!   epilogue every schedule shares, and the plain row-tiles prefill schedule;
 //! - `blocked.rs`: prefill in blocks of token rows prepared once per thread (CPU);
-//! - `lanes.rs`: prefill with tokens in vector lanes over bf16 weights (CPU);
+//! - `lanes.rs`: prefill with tokens in vector lanes over bf16 weights (CPU), an
+//!   outer-product tile with a reduction of its own;
 //! - `quant.rs`: weights stored as GGML blocks, decoded inside the kernel.
 //!
 //! **The choice.** A weight part stored as blocks takes the quantised schedule. Otherwise

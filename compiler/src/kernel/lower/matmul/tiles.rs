@@ -1,5 +1,6 @@
-//! The register tile that every float matmul schedule runs, and the plain row-tiles
-//! prefill schedule.
+//! The register tile of the float matmul schedules (all but tokens in lanes, whose
+//! outer-product tile is its own), the epilogue of every schedule, and the plain
+//! row-tiles prefill schedule.
 //!
 //! A tile is `rows × tn` outputs (times the parts a column reduces together: gate and up
 //! of a gated epilogue): one f32 accumulator each, all updated in one loop over the
