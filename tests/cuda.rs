@@ -17,7 +17,7 @@ mod common;
 use archc_compiler::interp::{RandomWeights, WeightSource};
 use archc_compiler::ir::Io;
 use archc_compiler::kernel::interp::{run_program, KBufData};
-use archc_compiler::kernel::lower::{program_with, BlockFormat, ParamFormat};
+use archc_compiler::kernel::lower::{program_with, BlockFormat, Lowering, ParamFormat};
 use archc_compiler::kernel::{lower::program, BufferKind, Elem, Program};
 use archc_compiler::passes::optimize;
 use archc_compiler::{lower, testing, Mode};
@@ -394,7 +394,7 @@ fn quantised_decode_on_the_gpu_matches_the_kernel_interpreter() {
             let matrix = n == "embed.tokens" || (n.ends_with(".weight") && !n.contains("norm"));
             matrix.then_some(ParamFormat::Block(fmt))
         };
-        let p = program_with(&optimize(&graph), &blocks)
+        let p = program_with(&optimize(&graph), &Lowering::with_formats(&blocks))
             .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
         let (seq, past) = (1usize, 5usize);
         let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();

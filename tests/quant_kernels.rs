@@ -14,7 +14,7 @@
 use archc_compiler::ir::{DType, Dim, Graph, Mode as GraphMode, Node, NodeId, Op, Output, Param};
 use archc_compiler::ir::{Io, ParamId, Type, Value};
 use archc_compiler::kernel::interp::{run_program, KBufData};
-use archc_compiler::kernel::lower::{program_with, BlockFormat, ParamFormat};
+use archc_compiler::kernel::lower::{program_with, BlockFormat, Lowering, ParamFormat};
 use archc_compiler::kernel::{BufferKind, Elem};
 use archc_runtime::bind::bind_gguf;
 use archc_runtime::exec::cpu::{self, CpuModel, Engine, Phase};
@@ -163,8 +163,11 @@ fn kernels_decode_every_block_format_like_the_reference() {
     {
         let (rows, width) = (5usize, 2 * fmt.block_len() as usize);
         let graph = gather_and_matmul(rows as u64, width as u64, mode);
-        let program = program_with(&graph, &|_| Some(ParamFormat::Block(fmt)))
-            .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
+        let program = program_with(
+            &graph,
+            &Lowering::with_formats(&|_| Some(ParamFormat::Block(fmt))),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
         for name in ["table", "w"] {
             let b = &program.buffers[program.param(name).expect("param")];
             assert_eq!(
@@ -231,8 +234,11 @@ fn kernel_text_of_every_block_format() {
         let mut text = String::new();
         for mode in [GraphMode::Prefill, GraphMode::Decode] {
             let graph = gather_and_matmul(2, fmt.block_len(), mode);
-            let program = program_with(&graph, &|_| Some(ParamFormat::Block(fmt)))
-                .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
+            let program = program_with(
+                &graph,
+                &Lowering::with_formats(&|_| Some(ParamFormat::Block(fmt))),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
             text.push_str(&program.to_string());
             text.push('\n');
         }
@@ -248,8 +254,11 @@ fn readers_that_cannot_decode_keep_the_graph_dtype() {
     // A row width that is not whole blocks cannot be quantised: the program is unchanged.
     let graph = gather_and_matmul(4, 48, GraphMode::Prefill);
     let plain = archc_compiler::kernel::lower::program(&graph).expect("program");
-    let with =
-        program_with(&graph, &|_| Some(ParamFormat::Block(BlockFormat::Q8_0))).expect("program");
+    let with = program_with(
+        &graph,
+        &Lowering::with_formats(&|_| Some(ParamFormat::Block(BlockFormat::Q8_0))),
+    )
+    .expect("program");
     assert_eq!(with, plain);
 }
 

@@ -17,7 +17,7 @@
 
 use crate::codegen::llvm::CodegenError;
 use crate::ir::{Graph, Mode};
-use crate::kernel::lower::{KernelError, KernelOptions, ParamFormat};
+use crate::kernel::lower::{KernelError, KernelOptions, Lowering, ParamFormat, Schedule};
 use crate::kernel::Program;
 use crate::lower::{LowerError, Options as LowerOptions};
 use crate::passes::PassError;
@@ -253,24 +253,35 @@ impl<'a> Driver<'a> {
         Ok(stages.pop().map_or_else(|| graph.clone(), |(_, g)| g))
     }
 
-    /// The kernel lowering options this driver resolves for the program stage.
-    pub fn kernel_options(&self) -> KernelOptions {
-        // Rounding activations to bf16 pays only for bf16 dot products, a CPU schedule;
-        // the matmuls decide per node whether their weights are bf16.
+    /// The kernel lowering this driver resolves for the program stage: the device's
+    /// schedule, the options its precision and cache choices ask for, and the weights'
+    /// formats.
+    pub fn kernel_options(&self) -> Lowering<'_> {
+        let schedule = match self.options.device {
+            Device::Cpu => Schedule::cpu(),
+            Device::Gpu => Schedule::gpu(),
+        };
+        // Rounding activations to bf16 pays only for bf16 dot products, which the CPU
+        // has; the matmuls decide per node whether their weights are bf16.
         let bf16 = self.options.precision == Precision::Bf16 && self.options.device == Device::Cpu;
-        KernelOptions {
-            bf16_activations: bf16,
-            append_in_place: self.options.append_in_place,
+        Lowering {
+            schedule,
+            options: KernelOptions {
+                bf16_activations: bf16,
+                append_in_place: self.options.append_in_place,
+            },
+            formats: &*self.formats,
         }
     }
 
     /// Stage `program`: the kernel program of a fused graph.
     pub fn program_of(&self, fused: &Graph) -> Result<Program, DriverError> {
-        crate::kernel::lower::program_with_options(fused, &*self.formats, &self.kernel_options())
-            .map_err(|error| DriverError::Kernel {
+        crate::kernel::lower::program_with(fused, &self.kernel_options()).map_err(|error| {
+            DriverError::Kernel {
                 mode: fused.mode,
                 error,
-            })
+            }
+        })
     }
 
     /// Stages `graph`, `fused` and `program` for `mode`.

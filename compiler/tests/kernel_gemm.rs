@@ -1,8 +1,10 @@
-//! Prefill matmul kernels with bf16 activations (`KernelOptions::bf16_activations`): the
-//! LLVM code (with `vdpbf16ps` where the host has it, and without it) against the kernel
-//! interpreter on the same kernels in both schedules (tokens in lanes over bf16 weights,
-//! row-blocked otherwise), a hand-built bf16 dot loop against an f64 reference (with a
-//! `k` that leaves a remainder), and which targets get the dot-product instruction.
+//! Prefill matmul kernels in each schedule: the LLVM code (with `vdpbf16ps` where the host
+//! has it, and without it) against the kernel interpreter on the same kernels, for tokens
+//! in lanes and row blocks (bf16 activations, `KernelOptions::bf16_activations`, over bf16
+//! weights; row blocks forced through the `Schedule`, with and without chunked
+//! reductions) and plain row tiles (f32 activations); which schedules the CPU and GPU
+//! schedules pick; a hand-built bf16 dot loop against an f64 reference (with a `k` that
+//! leaves a remainder), and which targets get the dot-product instruction.
 //!
 //! Set `ARCHC_GEMM_BENCH=1` to also print the GFLOP/s of each prefill linear of one
 //! Qwen3-0.6B layer (`ARCHC_GEMM_ARCH=path.arch` for another model's shapes,
@@ -11,7 +13,9 @@
 use archc_compiler::codegen::llvm::{compile_kernels_with, emit_llvm_ir, Options, Target};
 use archc_compiler::kernel::build::*;
 use archc_compiler::kernel::interp::{bf16_to_f32, f32_to_bf16, run_kernel, KBufData};
-use archc_compiler::kernel::lower::{program_opts, KernelOptions};
+use archc_compiler::kernel::lower::{
+    program_with, KernelOptions, Lowering, MatmulSchedule, Schedule,
+};
 use archc_compiler::kernel::{Access, Elem, Kernel, LoopKind, Stmt, Ty};
 use archc_compiler::{passes, testing, Mode};
 
@@ -153,14 +157,42 @@ fn dpbf16ps_only_where_the_target_has_it() {
     assert_eq!(host.contains("dpbf16ps"), host_has_bf16());
 }
 
-/// How a test lowers the linears: f32 activations; bf16 activations over weights that are
-/// f32 when lowered (the row-blocked dot-product schedule, as for f8 weights); bf16
-/// activations over bf16 weights (tokens in SIMD lanes).
+/// How a test lowers the linears: f32 activations (plain row tiles, the automatic choice);
+/// bf16 activations over bf16 weights with plain row tiles forced (what the GPU schedule
+/// takes) or the row-blocked schedule forced (its dot-product tiles are also what the
+/// lanes kernel falls back to below 16 tokens); bf16 activations over bf16 weights
+/// (tokens in SIMD lanes, the automatic choice).
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Schedule {
+enum Case {
     F32,
+    RowTilesBf16,
     Blocked,
     Lanes,
+}
+
+impl Case {
+    /// The spec's dtype and the lowering of this case.
+    fn lowering(self) -> (archc_spec::DType, Lowering<'static>) {
+        let bf16 = self != Case::F32;
+        let schedule = match self {
+            Case::RowTilesBf16 => Schedule::cpu().with_matmul(MatmulSchedule::RowTiles),
+            Case::Blocked => Schedule::cpu().with_matmul(MatmulSchedule::RowBlocked),
+            Case::F32 | Case::Lanes => Schedule::cpu(),
+        };
+        let dtype = match bf16 {
+            true => archc_spec::DType::Bf16,
+            false => archc_spec::DType::F32,
+        };
+        let lowering = Lowering {
+            schedule,
+            options: KernelOptions {
+                bf16_activations: bf16,
+                ..KernelOptions::default()
+            },
+            ..Lowering::default()
+        };
+        (dtype, lowering)
+    }
 }
 
 /// Every linear kernel of prefill programs of 70 and 90 tokens (a whole row block, then
@@ -171,7 +203,7 @@ enum Schedule {
 /// order may differ), on the host (with `vdpbf16ps` where it has AVX512-BF16).
 #[test]
 fn bf16_activation_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(Schedule::Lanes, 48, &Target::host());
+    linears_match_the_kernel_interpreter(Case::Lanes, 48, &Target::host());
 }
 
 /// The same code for a CPU without AVX512-BF16 (x86-64-v4): the bf16 pairs widen to f32
@@ -182,19 +214,27 @@ fn bf16_lanes_without_the_bf16_dot_instruction() {
         eprintln!("skipped: the host has no AVX-512 to run x86-64-v4 code");
         return;
     }
-    linears_match_the_kernel_interpreter(Schedule::Lanes, 48, &Target::x86_64());
+    linears_match_the_kernel_interpreter(Case::Lanes, 48, &Target::x86_64());
 }
 
-/// Weights that are not bf16 when lowered keep the row-blocked schedule.
+/// The row-blocked schedule, forced through the `Schedule` (bf16 activations over bf16
+/// weights would otherwise take tokens in lanes).
 #[test]
 fn bf16_activation_blocked_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(Schedule::Blocked, 48, &Target::host());
+    linears_match_the_kernel_interpreter(Case::Blocked, 48, &Target::host());
 }
 
-/// The same with f32 activations (the default schedule).
+/// Plain row tiles with bf16 activations over bf16 weights (forced on the CPU; the GPU
+/// schedule's only prefill schedule): the rows rounded into bf16 scratch per tile.
+#[test]
+fn bf16_activation_row_tiles_match_the_kernel_interpreter() {
+    linears_match_the_kernel_interpreter(Case::RowTilesBf16, 48, &Target::host());
+}
+
+/// The same with f32 activations (plain row tiles, the default schedule).
 #[test]
 fn f32_activation_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(Schedule::F32, 48, &Target::host());
+    linears_match_the_kernel_interpreter(Case::F32, 48, &Target::host());
 }
 
 /// A feed-forward width above 4096 in the row-blocked schedule: the down projection's
@@ -202,7 +242,74 @@ fn f32_activation_linears_match_the_kernel_interpreter() {
 /// through the output and the residual epilogue on the last chunk only.
 #[test]
 fn chunked_reduction_linears_match_the_kernel_interpreter() {
-    linears_match_the_kernel_interpreter(Schedule::Blocked, 4160, &Target::host());
+    linears_match_the_kernel_interpreter(Case::Blocked, 4160, &Target::host());
+}
+
+/// Which matmul schedule the prefill linears of a bf16 model take with bf16 activations:
+/// tokens in lanes with the CPU schedule, plain row tiles with the GPU schedule (no row
+/// blocks: their scratch outside the parallel loop suits cores, not GPU threads), still
+/// rounding activations to bf16 scratch; a forced schedule where the linears admit it,
+/// and the automatic choice where they do not (tokens in lanes over f32 weights).
+#[test]
+fn each_schedule_takes_its_matmul_schedule() {
+    // Per linear kernel: tokens in lanes, row blocks, bf16 activation scratch.
+    let shapes = |dtype, schedule: Schedule| -> Vec<(bool, bool, bool)> {
+        let mut spec = testing::llama(testing::swiglu(48));
+        spec.dtype = dtype;
+        let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
+        let lowering = Lowering {
+            schedule,
+            options: KernelOptions {
+                bf16_activations: true,
+                ..KernelOptions::default()
+            },
+            ..Lowering::default()
+        };
+        let program = program_with(&passes::optimize(&graph), &lowering).expect("program");
+        let shapes: Vec<(bool, bool, bool)> = program
+            .kernels
+            .iter()
+            .filter(|k| k.name.starts_with("linear"))
+            .map(|k| {
+                let text = k.to_string();
+                let bf16 = k
+                    .bufs
+                    .iter()
+                    .any(|b| b.elem == Elem::Bf16 && matches!(b.access, Access::Scratch { .. }));
+                (
+                    text.contains("vector(16) for l_"),
+                    text.contains("for rb_"),
+                    bf16,
+                )
+            })
+            .collect();
+        assert!(shapes.len() >= 3, "{shapes:?}");
+        shapes
+    };
+    let all = |v: Vec<(bool, bool, bool)>, want: (bool, bool, bool), what: &str| {
+        assert!(v.iter().all(|s| *s == want), "{what}: {v:?}");
+    };
+    let bf16 = archc_spec::DType::Bf16;
+    all(shapes(bf16, Schedule::cpu()), (true, true, true), "cpu");
+    all(shapes(bf16, Schedule::gpu()), (false, false, true), "gpu");
+    let forced = |m| Schedule::cpu().with_matmul(m);
+    all(
+        shapes(bf16, forced(MatmulSchedule::RowBlocked)),
+        (false, true, true),
+        "row blocks",
+    );
+    all(
+        shapes(bf16, forced(MatmulSchedule::RowTiles)),
+        (false, false, true),
+        "row tiles",
+    );
+    // Weights that are not bf16 admit no lanes and take no bf16 activations.
+    let f32 = archc_spec::DType::F32;
+    all(
+        shapes(f32, forced(MatmulSchedule::Lanes)),
+        (false, false, false),
+        "f32 weights",
+    );
 }
 
 /// The tokens-in-lanes tiles become `vdpbf16ps` with a broadcast weight pair on a CPU
@@ -213,11 +320,7 @@ fn lanes_tiles_use_the_bf16_dot_instruction() {
     spec.dtype = archc_spec::DType::Bf16;
     let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
     let fused = passes::optimize(&graph);
-    let opts = KernelOptions {
-        bf16_activations: true,
-        ..KernelOptions::default()
-    };
-    let program = program_opts(&fused, &opts).expect("program");
+    let program = program_with(&fused, &Case::Lanes.lowering().1).expect("program");
     let mut zen4 = Target::x86_64();
     zen4.cpu = "znver4".into();
     for k in program
@@ -240,19 +343,14 @@ fn lanes_tiles_use_the_bf16_dot_instruction() {
     }
 }
 
-fn linears_match_the_kernel_interpreter(schedule: Schedule, ffn: u64, target: &Target) {
-    let bf16 = schedule != Schedule::F32;
+fn linears_match_the_kernel_interpreter(case: Case, ffn: u64, target: &Target) {
+    let bf16 = case != Case::F32;
     let mut spec = testing::llama(testing::swiglu(ffn));
-    if schedule == Schedule::Lanes {
-        spec.dtype = archc_spec::DType::Bf16;
-    }
+    let (dtype, lowering) = case.lowering();
+    spec.dtype = dtype;
     let graph = archc_compiler::lower(&spec, Mode::Prefill).expect("lower");
     let fused = passes::optimize(&graph);
-    let opts = KernelOptions {
-        bf16_activations: bf16,
-        ..KernelOptions::default()
-    };
-    let program = program_opts(&fused, &opts).expect("program");
+    let program = program_with(&fused, &lowering).expect("program");
     let mut linears: Vec<Kernel> = program
         .kernels
         .iter()
@@ -265,15 +363,19 @@ fn linears_match_the_kernel_interpreter(schedule: Schedule, ffn: u64, target: &T
         .any(|k| k.to_string().contains(" in 0..3 {") && k.to_string().contains("for ch_"));
     assert_eq!(
         chunked,
-        schedule == Schedule::Blocked && ffn > 4096,
+        case == Case::Blocked && ffn > 4096,
         "chunked reductions"
     );
     for k in &linears {
         let lanes = k.to_string().contains("vector(16) for l_");
-        assert_eq!(lanes, schedule == Schedule::Lanes, "tokens in lanes: {k}");
+        assert_eq!(lanes, case == Case::Lanes, "tokens in lanes: {k}");
+        // Row blocks: a serial loop over blocks of tokens around the parallel loop.
+        let blocks = k.to_string().contains("for rb_");
+        let blocked = matches!(case, Case::Blocked | Case::Lanes);
+        assert_eq!(blocks, blocked, "row blocks: {k}");
     }
     // Weights (and every other read-only operand after the activations) as bf16, as the
-    // runtime binds a bf16 checkpoint.
+    // runtime binds a bf16 checkpoint (already so for a bf16 spec).
     for k in &mut linears {
         for b in k.bufs.iter_mut().skip(1) {
             if b.access == Access::Read && b.elem == Elem::F32 {
@@ -392,11 +494,14 @@ fn qwen3_prefill_linears() {
         if only_bf16 && !bf16 {
             continue;
         }
-        let opts = KernelOptions {
-            bf16_activations: bf16,
-            ..KernelOptions::default()
+        let lowering = Lowering {
+            options: KernelOptions {
+                bf16_activations: bf16,
+                ..KernelOptions::default()
+            },
+            ..Lowering::default()
         };
-        let program = program_opts(&fused, &opts).expect("program");
+        let program = program_with(&fused, &lowering).expect("program");
         let launches: Vec<_> = program
             .launches
             .iter()
@@ -471,13 +576,17 @@ fn qwen3_prefill_linears() {
 
 /// The prefill logits of `spec` (bf16 weights) for 70 tokens, through the kernel
 /// interpreter, lowered with `opts`.
-fn interp_logits(spec: &archc_spec::Spec, opts: &KernelOptions) -> Vec<f32> {
+fn interp_logits(spec: &archc_spec::Spec, options: KernelOptions) -> Vec<f32> {
     use archc_compiler::kernel::interp::run_program;
     use archc_compiler::kernel::BufferKind;
     use std::collections::BTreeMap;
     let seq = 70usize;
     let graph = archc_compiler::lower(spec, Mode::Prefill).expect("lower");
-    let program = program_opts(&passes::optimize(&graph), opts).expect("program");
+    let lowering = Lowering {
+        options,
+        ..Lowering::default()
+    };
+    let program = program_with(&passes::optimize(&graph), &lowering).expect("program");
     enum Mem {
         F(Vec<f32>),
         B(Vec<u16>),
@@ -534,10 +643,10 @@ fn bf16_activation_logits_stay_close_to_f32_activations() {
     ];
     for (name, mut spec) in models {
         spec.dtype = archc_spec::DType::Bf16;
-        let f32s = interp_logits(&spec, &KernelOptions::default());
+        let f32s = interp_logits(&spec, KernelOptions::default());
         let bf16 = interp_logits(
             &spec,
-            &KernelOptions {
+            KernelOptions {
                 bf16_activations: true,
                 ..KernelOptions::default()
             },

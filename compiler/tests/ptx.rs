@@ -633,7 +633,7 @@ fn sm_names() {
 /// embedding stored in each GGUF block format (the kernels decode the blocks in place,
 /// as `--backend cuda` runs a quantised GGUF), named `<format> <mode>`.
 fn quantised_programs() -> Vec<(String, Program)> {
-    use archc_compiler::kernel::lower::{program_with, BlockFormat, ParamFormat};
+    use archc_compiler::kernel::lower::{program_with, BlockFormat, Lowering, ParamFormat};
     let path = examples_dir().join("qwen3-0.6b.arch");
     let name = path.display().to_string();
     let src = std::fs::read_to_string(&path).expect("example is readable");
@@ -646,7 +646,7 @@ fn quantised_programs() -> Vec<(String, Program)> {
         };
         for mode in [GraphMode::Prefill, GraphMode::Decode] {
             let graph = lower(&spec, mode).expect("lowers");
-            let p = program_with(&optimize(&graph), &blocks)
+            let p = program_with(&optimize(&graph), &Lowering::with_formats(&blocks))
                 .unwrap_or_else(|e| panic!("{} {mode:?}: {e}", fmt.name()));
             assert!(
                 p.buffers.iter().any(|b| b.elem == Elem::U8),

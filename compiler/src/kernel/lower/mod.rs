@@ -1,17 +1,34 @@
-//! Graph IR (after the fusion passes) to kernel IR: one kernel per computing node, buffers
-//! for every value, aliases for reshapes, and the launch sequence.
+//! Graph IR (after the fusion passes) to kernel IR: buffers for every value, aliases for
+//! reshapes, one kernel per computing node, and the launch sequence.
+//!
+//! **One dispatch.** Lowering takes a graph and a [`Lowering`]: the target's [`Schedule`]
+//! (tile shapes, vector hints, which matmul schedules the target may run), the
+//! [`KernelOptions`] (numerics and buffer contracts that the graph does not fix) and how
+//! each parameter is stored ([`ParamFormat`]). The program's buffers are laid out first,
+//! parameters in their stored element type and shape (a block-quantised weight is a `u8`
+//! buffer `[rows, row_bytes]`); then `dispatch::node_kernel` hands each node, with the
+//! schedule, the options and its operands' stored formats, to the generator of its op
+//! family, which returns its kernel. Block-quantised weights are decoded by the kernels
+//! that read them (`matmul/quant.rs`, `gather.rs`); nothing is patched afterwards.
+//!
+//! **Generators**, one file per op family: `layout.rs` (slice, concat, sum, output
+//! copies), `elementwise.rs` (broadcast unary and binary ops, expand, fused elementwise
+//! programs, clamped SwiGLU, the activation math), `norm.rs`, `rope.rs` (+ attention
+//! temperature), `gather.rs`, `matmul/` (the schedule choice in `mod.rs`; `matvec.rs`,
+//! `tiles.rs`, `blocked.rs`, `lanes.rs`, `quant.rs`), `attention/` (flash attention;
+//! norm + RoPE + cache append), `moe.rs` (routers, experts, the fused MoE) and `rows.rs`
+//! (last row, in-place cache appends). They share one builder (`gen.rs`) and the index
+//! folding of `ix.rs`.
 //!
 //! **Convention:** the kernel of node `n` takes one buffer parameter per operand of `n`, in
 //! operand order (node results and parameters alike), then the result buffer, then any
-//! scratch buffers. Kernel generators live in `basic.rs` (layout, elementwise, norms, RoPE,
-//! matmuls), `attention.rs` (attention, norm+RoPE+cache) and `moe.rs` (routers, experts).
-//! Identical kernels (same body and parameters, e.g. the same op in every layer) are emitted
-//! once and launched many times.
+//! scratch buffers. Identical kernels (same body and parameters, e.g. the same op in every
+//! layer) are emitted once and launched many times.
 //!
 //! **Buffers of a program**, in this order:
 //! - one per parameter that some node reads, named `@` + its canonical name, in the
 //!   parameter's stored element type (f32, bf16, f16, f8; kernels read f8 weights in
-//!   place and widen them to f32 in registers);
+//!   place and widen them to f32 in registers; `u8` for GGML blocks);
 //! - one per node, in node order: an `Op::Input` is an `Input` buffer named by the input
 //!   (`tokens`, `positions`, `cache.0.k`; ids and positions are i32); a reshape is an
 //!   `Alias` of the buffer owning its operand's memory (row-major, so no data moves); a
@@ -28,20 +45,32 @@
 //! end of the program, so every output buffer is written by exactly one launch and never
 //! aliases an input or a parameter.
 //!
-//! **Kernel names** are the op kind and eight hex digits of an FNV-1a hash of the kernel's
-//! text with its name and parameter names left out (`linear_3fa2c901`): stable across runs
-//! and machines, equal for equal kernels, and valid C identifiers.
+//! **Kernel names** are the op kind (with the block formats it decodes, `linear_q4_k`)
+//! and eight hex digits of an FNV-1a hash of the kernel's text with its name and parameter
+//! names left out (`linear_3fa2c901`): stable across runs and machines, equal for equal
+//! kernels, and valid C identifiers.
 
 mod attention;
-mod basic;
+mod dispatch;
+mod elementwise;
+mod format;
+mod gather;
+mod gen;
+pub(crate) mod ix;
+mod layout;
+mod matmul;
 mod moe;
-mod quant;
+mod norm;
+mod rope;
 mod rows;
+mod schedule;
 
-pub use quant::{program_with, program_with_options, BlockFormat, ParamFormat};
+pub use format::{BlockFormat, ParamFormat};
+pub use schedule::{KChunks, LanesTile, MatmulSchedule, Schedule, Tile};
 
-use super::{build, Buffer, BufferKind, Elem, Expr, Kernel, Launch, Program};
-use crate::ir::{DType, Dim, Graph, Io, Node, NodeId, Op, Value};
+use super::{Buffer, BufferKind, Elem, Launch, Program};
+use crate::ir::{DType, Dim, Graph, Io, NodeId, Op, Value};
+use format::Stored;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -67,85 +96,80 @@ impl fmt::Display for KernelError {
 
 impl std::error::Error for KernelError {}
 
-/// The kernel that computes node `id`, or `None` for nodes that need none (inputs,
-/// reshapes, which become buffer aliases).
-pub(crate) fn node_kernel(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-    opts: &KernelOptions,
-) -> Result<Option<Kernel>, KernelError> {
-    let node: &Node = &graph.nodes[id.0 as usize];
-    if opts.append_in_place && rows::in_place_append(graph, id).is_some() {
-        return match &node.op {
-            Op::NormRope(_) => attention::norm_rope_in_place(graph, id, name).map(Some),
-            _ => rows::append_rows(graph, id, name).map(Some),
-        };
-    }
-    match &node.op {
-        Op::Input { .. } | Op::Reshape { .. } => Ok(None),
-        Op::Attention(_) | Op::FlashAttention(_) | Op::NormRope(_) => {
-            attention::kernel(graph, id, name).map(Some)
+/// Choices of kernel lowering that the graph does not fix and that are not the target's
+/// schedule: numerics and buffer contracts. The default computes what the graph
+/// interpreter computes, up to f32 summation order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct KernelOptions {
+    /// Matmuls whose weights are all bf16 round their activation rows to bf16 (after the
+    /// norm prologue, where there is one) and multiply them in bf16 pairs accumulated in
+    /// f32, as PyTorch bf16 and llama.cpp do: code generators can then use bf16
+    /// dot-product instructions. Matmuls over other weights are untouched. Which schedule
+    /// a prefill matmul then takes (tokens in lanes, row blocks) is the [`Schedule`]'s
+    /// choice; decode rounds its one row. Changes numerics, so off by default.
+    pub bf16_activations: bool,
+    /// KV-cache appends grow the cache input in place: the grown cache is a
+    /// `BufferKind::Append` of the input (see its contract) and the appending kernels
+    /// write only the new rows, instead of copying the old rows into a new output. Off by
+    /// default until every executor honours `Append`.
+    pub append_in_place: bool,
+}
+
+/// Everything kernel lowering takes besides the graph. `Lowering::default()` is the CPU
+/// schedule, the default options and every parameter in the graph's dtype (what
+/// [`program`] lowers with); set the fields that differ.
+#[derive(Clone, Copy)]
+pub struct Lowering<'a> {
+    /// The target's schedule choices.
+    pub schedule: Schedule,
+    /// Numerics and buffer options.
+    pub options: KernelOptions,
+    /// How each parameter is stored, by canonical name; `None`: the graph's dtype. A
+    /// block format is honoured where every node reading the parameter decodes blocks
+    /// (a `MatMul` or `Linear` weight whose rows are whole blocks, a `Gather` table);
+    /// elsewhere the parameter stays in the graph's dtype and the caller converts it. A
+    /// float format is honoured everywhere (loads widen to f32), and the generators see
+    /// it: a weight stored as bf16 is a bf16 weight for `bf16_activations`.
+    pub formats: &'a dyn Fn(&str) -> Option<ParamFormat>,
+}
+
+/// Every parameter in the graph's dtype.
+fn graph_dtypes(_: &str) -> Option<ParamFormat> {
+    None
+}
+
+impl Default for Lowering<'_> {
+    fn default() -> Self {
+        Lowering {
+            schedule: Schedule::cpu(),
+            options: KernelOptions::default(),
+            formats: &graph_dtypes,
         }
-        Op::ExpertMatMul | Op::RouterSelect(_) | Op::RouterWeights(_) | Op::Moe(_) => {
-            moe::kernel(graph, id, name).map(Some)
-        }
-        Op::LastRow => rows::last_row(graph, id, name).map(Some),
-        // The linear-attention ops (Gated DeltaNet, Kimi Delta) run in the graph
-        // interpreter only so far.
-        Op::TailRows { .. }
-        | Op::DropTailRows { .. }
-        | Op::DepthwiseConv
-        | Op::DecayGate
-        | Op::DeltaRule => Err(KernelError::Unsupported {
-            node: id.0,
-            op: crate::ir::op_text(&node.op),
-        }),
-        _ => basic::kernel(graph, id, name, opts).map(Some),
     }
 }
 
-/// The kind part of a kernel's name.
-fn kind_name(op: &Op) -> &'static str {
-    use crate::ir::{BinaryOp, NormKind};
-    match op {
-        Op::Input { .. } | Op::Reshape { .. } => "copy",
-        Op::Gather => "gather",
-        Op::MatMul => "matmul",
-        Op::ExpertMatMul => "expert_matmul",
-        Op::Unary(_) => "unary",
-        Op::Binary(BinaryOp::Add) => "add",
-        Op::Binary(BinaryOp::Mul) => "mul",
-        Op::Norm(n) => match n.kind {
-            NormKind::Rms => "rmsnorm",
-            NormKind::Layer => "layernorm",
-        },
-        Op::Slice { .. } => "slice",
-        Op::LastRow => "last_row",
-        Op::TailRows { .. } => "tail_rows",
-        Op::DropTailRows { .. } => "drop_tail_rows",
-        Op::DepthwiseConv => "depthwise_conv",
-        Op::DecayGate => "decay_gate",
-        Op::DeltaRule => "delta_rule",
-        Op::Expand { .. } => "expand",
-        Op::Concat { .. } => "concat",
-        Op::Sum { .. } => "sum",
-        Op::Rope(_) => "rope",
-        Op::Attention(_) => "attention",
-        Op::AttnTemperature { .. } => "attn_temperature",
-        Op::RouterSelect(_) => "router_select",
-        Op::RouterWeights(_) => "router_weights",
-        Op::ClampedSwiglu { .. } => "clamped_swiglu",
-        Op::Linear(_) => "linear",
-        Op::Elementwise(_) => "elementwise",
-        Op::NormRope(_) => "norm_rope",
-        Op::FlashAttention(_) => "flash_attention",
-        Op::Moe(_) => "moe",
+impl<'a> Lowering<'a> {
+    /// The default lowering with parameters stored as `formats` says.
+    pub fn with_formats(formats: &'a dyn Fn(&str) -> Option<ParamFormat>) -> Lowering<'a> {
+        Lowering {
+            formats,
+            ..Lowering::default()
+        }
+    }
+}
+
+impl fmt::Debug for Lowering<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lowering")
+            .field("schedule", &self.schedule)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
 /// The element type a graph dtype is stored as. Every dtype has one; f8 (e4m3fn) buffers
-/// are read-only, which [`program`] enforces by refusing nodes that compute an f8 value.
+/// are read-only, which [`program_with`] enforces by refusing nodes that compute an f8
+/// value.
 fn stored(dtype: DType) -> Elem {
     match dtype {
         DType::F32 => Elem::F32,
@@ -156,16 +180,10 @@ fn stored(dtype: DType) -> Elem {
     }
 }
 
-/// [`stored`] in the fallible form the kernel generators call for each operand and result
-/// (`node` and `what` locate a refusal, should a dtype ever have no element type again).
-fn elem(dtype: DType, _node: u32, _what: &str) -> Result<Elem, KernelError> {
-    Ok(stored(dtype))
-}
-
 /// Collects kernels, emitting each distinct one once.
 #[derive(Default)]
 struct Kernels {
-    kernels: Vec<Kernel>,
+    kernels: Vec<super::Kernel>,
     /// Kernel text without names → index.
     by_body: BTreeMap<String, usize>,
     names: BTreeMap<String, usize>,
@@ -173,7 +191,7 @@ struct Kernels {
 
 impl Kernels {
     /// The index of `k` (named `{kind}_{hash}`), adding it if no equal kernel exists.
-    fn add(&mut self, kind: &str, mut k: Kernel) -> usize {
+    fn add(&mut self, kind: &str, mut k: super::Kernel) -> usize {
         // Canonical variables: the text names every variable of the table.
         k.compact_vars();
         let body = crate::kernel::program::content_text(&k, kind);
@@ -200,31 +218,17 @@ impl Kernels {
     }
 }
 
-/// Choices of kernel lowering that the graph does not fix. The default computes what the
-/// graph interpreter computes, up to f32 summation order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct KernelOptions {
-    /// Matmuls whose weights are all bf16 round their activation rows to bf16 (after the
-    /// norm prologue, where there is one) and multiply them in bf16 pairs accumulated in f32, as
-    /// PyTorch bf16 and llama.cpp do: code generators can then use bf16 dot-product
-    /// instructions. Prefill matmuls also switch to row blocks with the rounded rows in
-    /// per-thread scratch (a CPU schedule); decode rounds its one row. Changes numerics,
-    /// so off by default.
-    pub bf16_activations: bool,
-    /// KV-cache appends grow the cache input in place: the grown cache is a
-    /// `BufferKind::Append` of the input (see its contract) and the appending kernels
-    /// write only the new rows, instead of copying the old rows into a new output. Off by
-    /// default until every executor honours `Append`.
-    pub append_in_place: bool,
-}
-
-/// The whole graph as a kernel program (see the module docs for the buffer layout).
+/// The whole graph as a kernel program with the default [`Lowering`]: the CPU schedule,
+/// default options, parameters in the graph's dtype (see the module docs for the layout).
 pub fn program(graph: &Graph) -> Result<Program, KernelError> {
-    program_opts(graph, &KernelOptions::default())
+    program_with(graph, &Lowering::default())
 }
 
-/// [`program`] with lowering options.
-pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, KernelError> {
+/// The whole graph as a kernel program for `lowering`'s schedule, options and parameter
+/// formats.
+pub fn program_with(graph: &Graph, lowering: &Lowering) -> Result<Program, KernelError> {
+    let opts = &lowering.options;
+    let formats = format::param_formats(graph, lowering.formats);
     let mut buffers: Vec<Buffer> = Vec::new();
     // Parameters that some node reads, in parameter order.
     let mut used = vec![false; graph.params.len()];
@@ -237,17 +241,28 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
             }
         }
     }
+    // Parameter buffers in their stored type (and byte shape for blocks), before any
+    // kernel is generated: the generators read the formats from the operands.
     let mut param_buf = vec![usize::MAX; graph.params.len()];
+    let mut param_stored = Vec::with_capacity(graph.params.len());
     for (i, p) in graph.params.iter().enumerate() {
+        let st = Stored::param(p.dtype, formats[i]);
+        param_stored.push(st);
         if !used[i] {
             continue;
         }
-        let e = stored(p.dtype);
+        let shape = match (st.block, p.shape.as_slice()) {
+            (Some(fmt), &[rows, k]) => vec![
+                Dim::c(rows),
+                Dim::c(k / fmt.block_len() * fmt.block_bytes()),
+            ],
+            _ => p.shape.iter().map(|&d| Dim::c(d)).collect(),
+        };
         param_buf[i] = buffers.len();
         buffers.push(Buffer {
             name: format!("@{}", p.name),
-            elem: e,
-            shape: p.shape.iter().map(|&d| Dim::c(d)).collect(),
+            elem: st.elem,
+            shape,
             kind: BufferKind::Param,
         });
     }
@@ -305,7 +320,7 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
                 node: id,
                 op: format!(
                     "an f8 {} result (f8 buffers are read-only weights)",
-                    kind_name(&node.op)
+                    dispatch::kind_name(&node.op)
                 ),
             });
         }
@@ -347,8 +362,16 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
             shape,
             kind,
         });
-        let kind_str = kind_name(&node.op);
-        if let Some(k) = node_kernel(graph, NodeId(id), kind_str, opts)? {
+        let operands: Vec<Stored> = node
+            .inputs
+            .iter()
+            .map(|v| match v {
+                Value::Param(p) => param_stored[p.0 as usize],
+                Value::Node(n) => Stored::of(graph.nodes[n.0 as usize].ty.dtype),
+            })
+            .collect();
+        let k = dispatch::node_kernel(graph, NodeId(id), &lowering.schedule, opts, &operands)?;
+        if let Some((kind, k)) = k {
             let mut bufs: Vec<Option<usize>> = node
                 .inputs
                 .iter()
@@ -368,7 +391,7 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
                     ),
                 });
             }
-            let kernel = kernels.add(kind_str, k);
+            let kernel = kernels.add(&kind, k);
             launches.push(Launch { kernel, bufs });
         }
     }
@@ -384,7 +407,7 @@ pub fn program_opts(graph: &Graph, opts: &KernelOptions) -> Result<Program, Kern
             shape: shape.clone(),
             kind: BufferKind::Output(io.clone()),
         });
-        let k = basic::copy_kernel(e, &shape);
+        let k = layout::copy_kernel(e, &shape);
         let kernel = kernels.add("copy", k);
         launches.push(Launch {
             kernel,
@@ -430,81 +453,5 @@ impl Program {
             }
             _ => false,
         })
-    }
-}
-
-/// Index arithmetic with constant folding, shared by the kernel generators so that
-/// concrete shapes print as plain numbers (`t * 2048 + j`, not `t * (2048 * 1) + j`).
-pub(crate) mod ix {
-    use super::*;
-    use crate::kernel::BinOp;
-
-    fn konst(e: &Expr) -> Option<i64> {
-        match e {
-            Expr::I64(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    pub fn add(a: Expr, b: Expr) -> Expr {
-        match (konst(&a), konst(&b)) {
-            (Some(x), Some(y)) => Expr::I64(x + y),
-            (Some(0), _) => b,
-            (_, Some(0)) => a,
-            _ => build::add(a, b),
-        }
-    }
-
-    pub fn sub(a: Expr, b: Expr) -> Expr {
-        match (konst(&a), konst(&b)) {
-            (Some(x), Some(y)) => Expr::I64(x - y),
-            (_, Some(0)) => a,
-            _ => build::sub(a, b),
-        }
-    }
-
-    pub fn mul(a: Expr, b: Expr) -> Expr {
-        match (konst(&a), konst(&b)) {
-            (Some(x), Some(y)) => Expr::I64(x * y),
-            (Some(0), _) | (_, Some(0)) => Expr::I64(0),
-            (Some(1), _) => b,
-            (_, Some(1)) => a,
-            _ => build::mul(a, b),
-        }
-    }
-
-    pub fn div(a: Expr, b: Expr) -> Expr {
-        match (konst(&a), konst(&b)) {
-            (Some(x), Some(y)) if y != 0 => Expr::I64(x / y),
-            (_, Some(1)) => a,
-            _ => build::div(a, b),
-        }
-    }
-
-    pub fn rem(a: Expr, b: Expr) -> Expr {
-        match (konst(&a), konst(&b)) {
-            (Some(x), Some(y)) if y != 0 => Expr::I64(x % y),
-            (_, Some(1)) => Expr::I64(0),
-            _ => build::bin(BinOp::Rem, a, b),
-        }
-    }
-
-    pub fn min(a: Expr, b: Expr) -> Expr {
-        match (konst(&a), konst(&b)) {
-            (Some(x), Some(y)) => Expr::I64(x.min(y)),
-            _ => build::bin(BinOp::Min, a, b),
-        }
-    }
-
-    /// A dimension as an `I64` expression: `konst + seq * a + past * b`.
-    pub fn dim(d: Dim) -> Expr {
-        let seq = mul(build::seq(), Expr::I64(d.seq as i64));
-        let past = mul(build::past(), Expr::I64(d.past as i64));
-        add(add(past, seq), Expr::I64(d.konst as i64))
-    }
-
-    /// The product of some dimensions (1 for none).
-    pub fn prod(dims: &[Dim]) -> Expr {
-        dims.iter().fold(Expr::I64(1), |acc, d| mul(acc, dim(*d)))
     }
 }

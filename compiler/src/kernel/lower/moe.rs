@@ -15,25 +15,25 @@
 //! every feature, i.e. a second kernel, which is left to the speed milestone.
 //! `ExpertMatMul` runs in parallel over (token, slot, output feature) triples.
 
-use super::attention::{
-    and, dim, exp, gt, invalid, konst, lt, max, min, neg, operands, or, result, scratch, sigmoid,
-    tanh, Gen,
-};
+use super::elementwise::unary_expr;
+use super::gen::{and, exp, gt, invalid, konst, lt, max, min, neg, or, sigmoid};
+use super::gen::{Gen, NodeLowering};
+use super::ix::dim_seq_first as dim;
 use super::KernelError;
-use crate::ir::{ExpertAct, Graph, MoeOp, NodeId, Op, RouterSelectOp, RouterWeightsOp, UnaryOp};
-use crate::kernel::build::{add, div, f, i, load, mul, select, sub, un, var};
-use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Ty, UnOp};
+use crate::ir::{ExpertAct, MoeOp, NodeId, Op, RouterSelectOp, RouterWeightsOp, UnaryOp};
+use crate::kernel::build::{add, div, f, i, load, mul, select, sub, var};
+use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Ty};
 use archc_spec::RouterScore;
 
-pub(super) fn kernel(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
-    let node = graph.node(id);
-    match &node.op {
-        Op::ExpertMatMul => expert_matmul(graph, id, name),
-        Op::RouterSelect(r) => router_select(graph, id, name, *r),
-        Op::RouterWeights(r) => router_weights(graph, id, name, *r),
-        Op::Moe(m) => moe(graph, id, name, m),
+/// The kernels of `ExpertMatMul`, `RouterSelect`, `RouterWeights` and `Moe` nodes.
+pub(super) fn kernel(cx: &NodeLowering) -> Result<Kernel, KernelError> {
+    match &cx.node().op {
+        Op::ExpertMatMul => expert_matmul(cx),
+        Op::RouterSelect(r) => router_select(cx, *r),
+        Op::RouterWeights(r) => router_weights(cx, *r),
+        Op::Moe(m) => moe(cx, m),
         op => Err(KernelError::Unsupported {
-            node: id.0,
+            node: cx.id.0,
             op: crate::ir::op_text(op),
         }),
     }
@@ -60,61 +60,19 @@ fn clamp_index(x: Expr, e: u64) -> Expr {
     min(max(x, i(0)), i(e as i64 - 1))
 }
 
-/// The elementwise activation `u(x)`, as the interpreter computes it (in f32 here).
+/// The elementwise activation `u(x)` of an expert, as the matmul epilogues compute it,
+/// its input bound first.
 fn unary(g: &mut Gen, u: UnaryOp, x: Expr) -> Expr {
     let x = g.let_("ax", Ty::F32, x);
-    match u {
-        UnaryOp::Relu => max(x, f(0.0)),
-        UnaryOp::Sigmoid => sigmoid(x),
-        UnaryOp::Silu => mul(x.clone(), sigmoid(x)),
-        UnaryOp::Scale(c) => mul(x, f(c as f32)),
-        UnaryOp::Softcap(c) => mul(f(c as f32), tanh(div(x, f(c as f32)))),
-        UnaryOp::GeluTanh => {
-            let cube = mul(mul(x.clone(), x.clone()), x.clone());
-            let inner = mul(
-                f((2.0 / std::f64::consts::PI).sqrt() as f32),
-                add(x.clone(), mul(f(0.044_715), cube)),
-            );
-            mul(mul(f(0.5), x), add(f(1.0), tanh(inner)))
-        }
-        UnaryOp::Gelu => {
-            // Abramowitz & Stegun 7.1.26, the interpreter's erf.
-            let z = g.let_(
-                "z",
-                Ty::F32,
-                div(x.clone(), f(std::f64::consts::SQRT_2 as f32)),
-            );
-            let t = g.let_(
-                "t",
-                Ty::F32,
-                div(
-                    f(1.0),
-                    add(f(1.0), mul(f(0.327_591_1), un(UnOp::Abs, z.clone()))),
-                ),
-            );
-            let mut poly = f(1.061_405_4);
-            for c in [-1.453_152, 1.421_413_7, -0.284_496_72, 0.254_829_6] {
-                poly = add(mul(poly, t.clone()), f(c));
-            }
-            let y = g.let_(
-                "erf",
-                Ty::F32,
-                sub(
-                    f(1.0),
-                    mul(mul(poly, t), exp(neg(mul(z.clone(), z.clone())))),
-                ),
-            );
-            let erf = select(bin_ge(z, f(0.0)), y.clone(), neg(y));
-            mul(mul(f(0.5), x), add(f(1.0), erf))
-        }
-    }
+    let (st, y) = unary_expr(&mut g.k, u, x);
+    g.extend(st);
+    y
 }
 
-fn bin_ge(a: Expr, b: Expr) -> Expr {
-    crate::kernel::build::bin(crate::kernel::BinOp::Ge, a, b)
-}
-
-/// GPT-OSS's clamped SwiGLU: `(clamp(u, ±limit) + 1) * g * sigmoid(alpha * g)`, `g = min(gate, limit)`.
+/// GPT-OSS's clamped SwiGLU: `(clamp(u, ±limit) + 1) * g * sigmoid(alpha * g)`, `g =
+/// min(gate, limit)`. The same value as `elementwise::clamped_swiglu_expr`, in the form
+/// the MoE kernels have always printed (changing it would rename every GPT-OSS expert
+/// kernel).
 fn clamped_swiglu(g: &mut Gen, alpha: f64, limit: f64, gate: Expr, up: Expr) -> Expr {
     let lim = f(limit as f32);
     let gv = g.let_("g", Ty::F32, min(gate, lim.clone()));
@@ -181,12 +139,12 @@ struct SelectScratch {
 
 fn select_scratch(g: &mut Gen, r: &RouterSelectOp, e: u64) -> SelectScratch {
     SelectScratch {
-        choice: scratch(g, "choice", Elem::F32, e),
-        taken: scratch(g, "taken", Elem::F32, e),
+        choice: g.scratch("choice", Elem::F32, e),
+        taken: g.scratch("taken", Elem::F32, e),
         groups: r.groups.map(|(count, _)| {
             (
-                scratch(g, "group_score", Elem::F32, count),
-                scratch(g, "group_kept", Elem::F32, count),
+                g.scratch("group_score", Elem::F32, count),
+                g.scratch("group_kept", Elem::F32, count),
             )
         }),
     }
@@ -326,22 +284,17 @@ fn emit_weights(
 }
 
 /// `Op::RouterSelect`: logits `[s, E]`, [correction bias `[E]`] → indices `[s, k]` (i32).
-fn router_select(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-    r: RouterSelectOp,
-) -> Result<Kernel, KernelError> {
-    let mut g = Gen::new(name);
+fn router_select(cx: &NodeLowering, r: RouterSelectOp) -> Result<Kernel, KernelError> {
+    let id = cx.id;
     let names: &[&str] = if r.correction_bias {
         &["logits", "correction_bias"]
     } else {
         &["logits"]
     };
-    let ins = operands(&mut g, graph, id, names)?;
+    let (mut g, ins) = Gen::with_operands(cx, names)?;
     let (s, e) = rank2(id, &ins[0].1, "router logits")?;
     check_router(id, e, r.top_k, r.groups)?;
-    let out = result(&mut g, graph, id)?;
+    let out = g.out;
     let sc = select_scratch(&mut g, &r, e);
     let (lb, bias) = (ins[0].0, r.correction_bias.then(|| ins[1].0));
     let k = r.top_k as i64;
@@ -375,19 +328,14 @@ fn check_router(id: NodeId, e: u64, k: u64, groups: Option<(u64, u64)>) -> Resul
 }
 
 /// `Op::RouterWeights`: logits `[s, E]`, indices `[s, k]` → weights `[s, k]`.
-fn router_weights(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-    r: RouterWeightsOp,
-) -> Result<Kernel, KernelError> {
-    let mut g = Gen::new(name);
-    let ins = operands(&mut g, graph, id, &["logits", "idx"])?;
+fn router_weights(cx: &NodeLowering, r: RouterWeightsOp) -> Result<Kernel, KernelError> {
+    let id = cx.id;
+    let (mut g, ins) = Gen::with_operands(cx, &["logits", "idx"])?;
     let (s, e) = rank2(id, &ins[0].1, "router logits")?;
     let (_, k) = rank2(id, &ins[1].1, "expert indices")?;
     let (lb, ib) = (ins[0].0, ins[1].0);
-    let out = result(&mut g, graph, id)?;
-    let wt = scratch(&mut g, "weights", Elem::F32, k);
+    let out = g.out;
+    let wt = g.scratch("weights", Elem::F32, k);
     let kk = i(k as i64);
     g.for_("t", i(0), dim(s), 1, LoopKind::Parallel, |g, t| {
         let base = g.let_("lbase", Ty::I64, mul(t.clone(), i(e as i64)));
@@ -408,9 +356,9 @@ fn router_weights(
 
 /// `Op::ExpertMatMul`: x `[s, k]` or `[s, slots, k]`, weights `[E, n, k]`, indices
 /// `[s, slots]` → `[s, slots, n]`; parallel over every output element.
-fn expert_matmul(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
-    let mut g = Gen::new(name);
-    let ins = operands(&mut g, graph, id, &["x", "w", "idx"])?;
+fn expert_matmul(cx: &NodeLowering) -> Result<Kernel, KernelError> {
+    let id = cx.id;
+    let (mut g, ins) = Gen::with_operands(cx, &["x", "w", "idx"])?;
     let (xb, wb, ib) = (ins[0].0, ins[1].0, ins[2].0);
     let (s, slots) = rank2(id, &ins[2].1, "expert indices")?;
     let (e, n, kd) = match ins[1].1.shape.as_slice() {
@@ -427,7 +375,7 @@ fn expert_matmul(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, Kernel
         }
     };
     let per_slot = ins[0].1.shape.len() == 3;
-    let out = result(&mut g, graph, id)?;
+    let out = g.out;
     let total = mul(mul(dim(s), i(slots as i64)), i(n as i64));
     g.for_("q", i(0), total, 1, LoopKind::Parallel, |g, q| {
         let rs = g.let_("rs", Ty::I64, div(q.clone(), i(n as i64)));
@@ -459,8 +407,8 @@ fn expert_matmul(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, Kernel
 /// weights into scratch, run each chosen expert's up (and gate) projection and activation
 /// into `act[slot, I]`, then every output feature sums the chosen experts' down
 /// projections (weighted unless `weight_input`) in slot order.
-fn moe(graph: &Graph, id: NodeId, name: &str, op: &MoeOp) -> Result<Kernel, KernelError> {
-    let mut g = Gen::new(name);
+fn moe(cx: &NodeLowering, op: &MoeOp) -> Result<Kernel, KernelError> {
+    let id = cx.id;
     let mut names = vec!["x", "logits"];
     if op.select.correction_bias {
         names.push("correction_bias");
@@ -479,7 +427,7 @@ fn moe(graph: &Graph, id: NodeId, name: &str, op: &MoeOp) -> Result<Kernel, Kern
         };
         names.extend_from_slice(biases);
     }
-    let ins = operands(&mut g, graph, id, &names)?;
+    let (mut g, ins) = Gen::with_operands(cx, &names)?;
     let (s, hidden) = rank2(id, &ins[0].1, "moe input")?;
     let (_, e) = rank2(id, &ins[1].1, "router logits")?;
     let k = op.select.top_k;
@@ -507,11 +455,11 @@ fn moe(graph: &Graph, id: NodeId, name: &str, op: &MoeOp) -> Result<Kernel, Kern
     let b_up = op.bias.then(|| ins[w0 + m].0);
     let b_gate = (op.bias && op.gated()).then(|| ins[w0 + m + 1].0);
     let b_down = op.bias.then(|| ins[w0 + 2 * m - 1].0);
-    let out = result(&mut g, graph, id)?;
+    let out = g.out;
     let sc = select_scratch(&mut g, &op.select, e);
-    let sel = scratch(&mut g, "selected", Elem::I32, k);
-    let wt = scratch(&mut g, "weights", Elem::F32, k);
-    let act = scratch(&mut g, "act", Elem::F32, k * inter);
+    let sel = g.scratch("selected", Elem::I32, k);
+    let wt = g.scratch("weights", Elem::F32, k);
+    let act = g.scratch("act", Elem::F32, k * inter);
     let (h, ii) = (i(hidden as i64), i(inter as i64));
 
     g.for_("t", i(0), dim(s), 1, LoopKind::Parallel, |g, t| {

@@ -4,50 +4,30 @@
 //! cache that grows in place (`BufferKind::Append`), and `in_place_append` says which
 //! nodes grow a cache that way.
 
-use super::{ix, stored, KernelError};
+use super::gen::{invalid, lp, Gen, NodeLowering};
+use super::{ix, KernelError};
 use crate::ir::{Graph, Io, NodeId, Op, Value};
 use crate::kernel::build::{self, i, load};
-use crate::kernel::{Access, Expr, Kernel, LoopKind, Stmt, Ty};
+use crate::kernel::{Expr, Kernel, LoopKind, Stmt, Ty};
 
 /// `out[j] = x[(n - 1) * inner + j]` for `j < inner`, parallel over `j`.
-pub(super) fn last_row(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
-    let node = graph.node(id);
-    let invalid = |message: String| KernelError::Invalid {
-        node: id.0,
-        message,
-    };
-    let [x] = node.inputs.as_slice() else {
-        return Err(invalid(format!(
-            "`last_row` takes 1 operand, found {}",
-            node.inputs.len()
-        )));
-    };
-    let ty = graph
-        .value_type(*x)
-        .ok_or_else(|| invalid("the operand of `last_row` has no type".into()))?;
+pub(super) fn last_row(cx: &NodeLowering) -> Result<Kernel, KernelError> {
+    let (mut g, ins) = Gen::with_operands(cx, &["x"])?;
+    let ty = &ins[0].1;
     let Some((&rows, rest)) = ty.shape.split_first() else {
-        return Err(invalid(format!("`last_row` of a scalar {ty}")));
+        return Err(invalid(cx.id, format!("`last_row` of a scalar {ty}")));
     };
     let inner = ix::prod(rest);
-    let mut k = Kernel::new(name);
-    let xb = k.buf("x", stored(ty.dtype), Access::Read);
-    let out = k.buf("out", stored(node.ty.dtype), Access::Write);
-    let j = k.var("j", Ty::I64);
+    let (xb, out) = (ins[0].0, g.out);
+    let j = g.var("j", Ty::I64);
     let start = ix::mul(ix::sub(ix::dim(rows), i(1)), inner.clone());
     let copy = Stmt::Store {
         buf: out,
         index: build::var(j),
         value: load(xb, ix::add(start, build::var(j))),
     };
-    k.body.push(Stmt::Loop {
-        var: j,
-        start: i(0),
-        end: inner,
-        step: 1,
-        kind: LoopKind::Parallel,
-        body: vec![copy],
-    });
-    Ok(k)
+    g.push(lp(j, i(0), inner, LoopKind::Parallel, vec![copy]));
+    Ok(g.finish())
 }
 
 /// The cache input that node `id` grows in place when lowered with
@@ -75,36 +55,18 @@ pub(super) fn in_place_append(graph: &Graph, id: NodeId) -> Option<NodeId> {
 /// `concat` along axis 0 of a cache `[past, ...]` and new rows `[n, ...]` into a result
 /// that is the cache's memory grown in place (`BufferKind::Append`): only the new rows are
 /// written, `out[(past + r) * inner + j] = new[r * inner + j]`, parallel over `r`.
-pub(super) fn append_rows(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
-    let node = graph.node(id);
-    let invalid = |message: String| KernelError::Invalid {
-        node: id.0,
-        message,
-    };
-    let [a, b] = node.inputs.as_slice() else {
-        return Err(invalid(format!(
-            "an appending `concat` takes 2 operands, found {}",
-            node.inputs.len()
-        )));
-    };
-    let ty = |v: &Value| {
-        graph
-            .value_type(*v)
-            .ok_or_else(|| invalid("an operand of `concat` has no type".into()))
-    };
-    let (ta, tb) = (ty(a)?, ty(b)?);
+pub(super) fn append_rows(cx: &NodeLowering) -> Result<Kernel, KernelError> {
+    let (mut g, ins) = Gen::with_operands(cx, &["cache", "new"])?;
+    let (ta, tb) = (&ins[0].1, &ins[1].1);
     let (Some((&old_rows, rest)), Some((&new_rows, _))) =
         (ta.shape.split_first(), tb.shape.split_first())
     else {
-        return Err(invalid("`concat` of scalars".into()));
+        return Err(invalid(cx.id, "`concat` of scalars"));
     };
     let inner = ix::prod(rest);
-    let mut k = Kernel::new(name);
-    let _cache = k.buf("cache", stored(ta.dtype), Access::Read);
-    let new = k.buf("new", stored(tb.dtype), Access::Read);
-    let out = k.buf("out", stored(node.ty.dtype), Access::Write);
-    let r = k.var("r", Ty::I64);
-    let j = k.var("j", Ty::I64);
+    let (new, out) = (ins[1].0, g.out);
+    let r = g.var("r", Ty::I64);
+    let j = g.var("j", Ty::I64);
     let row = |base: Expr| ix::mul(base, inner.clone());
     let copy = Stmt::Store {
         buf: out,
@@ -114,28 +76,21 @@ pub(super) fn append_rows(graph: &Graph, id: NodeId, name: &str) -> Result<Kerne
         ),
         value: load(new, ix::add(row(build::var(r)), build::var(j))),
     };
-    let inner_loop = Stmt::Loop {
-        var: j,
-        start: i(0),
-        end: inner.clone(),
-        step: 1,
-        kind: LoopKind::Vector(16),
-        body: vec![copy],
-    };
-    k.body.push(Stmt::Loop {
-        var: r,
-        start: i(0),
-        end: ix::dim(new_rows),
-        step: 1,
-        kind: LoopKind::Parallel,
-        body: vec![inner_loop],
-    });
-    Ok(k)
+    let vector = LoopKind::Vector(g.schedule.vector);
+    let inner_loop = lp(j, i(0), inner.clone(), vector, vec![copy]);
+    g.push(lp(
+        r,
+        i(0),
+        ix::dim(new_rows),
+        LoopKind::Parallel,
+        vec![inner_loop],
+    ));
+    Ok(g.finish())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{program_opts, KernelOptions};
+    use super::super::{program_with, KernelOptions, Lowering};
     use crate::ir::{Io, Mode};
     use crate::kernel::interp::{run_program, KBufData, KData};
     use crate::kernel::verify::elem_count;
@@ -183,12 +138,15 @@ mod tests {
     fn programs(spec: &Spec, mode: Mode) -> (Program, Program) {
         let g = lower_with(spec, mode, &Options::default()).expect("lowers");
         let g = crate::passes::optimize(&g);
-        let copy = program_opts(&g, &KernelOptions::default()).expect("kernels");
-        let opts = KernelOptions {
-            append_in_place: true,
-            ..KernelOptions::default()
+        let copy = program_with(&g, &Lowering::default()).expect("kernels");
+        let in_place = Lowering {
+            options: KernelOptions {
+                append_in_place: true,
+                ..KernelOptions::default()
+            },
+            ..Lowering::default()
         };
-        let in_place = program_opts(&g, &opts).expect("kernels in place");
+        let in_place = program_with(&g, &in_place).expect("kernels in place");
         (copy, in_place)
     }
 
@@ -249,7 +207,7 @@ mod tests {
         let last = lower_with(&spec, Mode::Prefill, &last).expect("lowers");
         crate::verify(&last).expect("verifies");
         assert!(last.to_string().contains("last_row"));
-        let p = |g| program_opts(&crate::passes::optimize(g), &KernelOptions::default());
+        let p = |g| program_with(&crate::passes::optimize(g), &Lowering::default());
         let (full, last) = (p(&full).expect("kernels"), p(&last).expect("kernels"));
         let (a, b) = (
             run(&full, 4, 0)["logits"].to_f32(),

@@ -1,29 +1,35 @@
-//! Kernel generators for attention (`Op::Attention`, `Op::FlashAttention`) and the fused
-//! QK-norm + RoPE + KV-cache append (`Op::NormRope`); see `mod.rs` for the buffer
-//! convention. Also the small statement builder and expression helpers that `moe.rs`
-//! shares.
+//! Attention kernels (`Op::Attention`, `Op::FlashAttention`) and, in `norm_rope.rs`, the
+//! fused QK-norm + RoPE + KV-cache append (`Op::NormRope`); see `mod.rs` of `lower` for
+//! the buffer convention.
 //!
 //! Attention runs one online softmax per (query row, head) pair over the visible key range
 //! only, a block of `BLOCK` keys at a time, like the interpreter's `flash_attention` (but
 //! accumulating in f32). Pairs are tiled — a few rows times the heads of one GQA group —
 //! so every key and value row loaded serves the whole tile; the tiles are the parallel
 //! axis. MLA's absorbed form over the latent cache is a parameter of the same generator (a
-//! query prologue and an output epilogue per pair), not a second kernel.
+//! query prologue and an output epilogue per pair), not a second kernel. The block size,
+//! the tile and the vector widths here are the attention algorithm's own constants (the
+//! block is the interpreter's), not the target's schedule.
 
+mod norm_rope;
+
+pub(super) use norm_rope::{norm_rope, norm_rope_in_place};
+
+use super::gen::{and, eq, exp, ge, konst, lt, max, min, rem, sigmoid, tanh};
+use super::gen::{invalid, Gen, NodeLowering};
+use super::ix::dim_seq_first as dim;
 use super::KernelError;
-use crate::ir::{AttnOp, DType, Dim, Graph, NodeId, NormKind, NormRopeOp, Op, Type};
-use crate::kernel::build::{add, bin, div, f, i, load, mul, past, select, seq, sub, un, var};
-use crate::kernel::{Access, BinOp, BufId, Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp, VarId};
-use archc_spec::Pairing;
+use crate::ir::{AttnOp, Dim, NodeId, Op, Type};
+use crate::kernel::build::{add, div, f, i, load, mul, select, sub, var};
+use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Ty, VarId};
 
-pub(super) fn kernel(graph: &Graph, id: NodeId, name: &str) -> Result<Kernel, KernelError> {
-    let node = graph.node(id);
-    match &node.op {
-        Op::Attention(a) => attention(graph, id, name, *a, false),
-        Op::FlashAttention(fa) => attention(graph, id, name, fa.attn, fa.gate),
-        Op::NormRope(n) => norm_rope(graph, id, name, n),
+/// The kernel of an `Attention` or `FlashAttention` node.
+pub(super) fn kernel(cx: &NodeLowering) -> Result<Kernel, KernelError> {
+    match &cx.node().op {
+        Op::Attention(a) => attention(cx, *a, false),
+        Op::FlashAttention(fa) => attention(cx, fa.attn, fa.gate),
         op => Err(KernelError::Unsupported {
-            node: id.0,
+            node: cx.id.0,
             op: crate::ir::op_text(op),
         }),
     }
@@ -36,247 +42,8 @@ const BLOCK: u64 = 16;
 /// infinities out of the kernels (`exp(MIN - m)` is 0 for every finite logit `m`).
 const NO_MAX: f32 = f32::MIN;
 
-// ---------------------------------------------------------------------------------------
-// Shared helpers (also used by `moe.rs`).
-
-/// A kernel under construction: statements go into the innermost open block.
-pub(super) struct Gen {
-    pub k: Kernel,
-    blocks: Vec<Vec<Stmt>>,
-}
-
-impl Gen {
-    pub fn new(name: &str) -> Gen {
-        Gen {
-            k: Kernel::new(name),
-            blocks: vec![Vec::new()],
-        }
-    }
-
-    fn push(&mut self, s: Stmt) {
-        if let Some(b) = self.blocks.last_mut() {
-            b.push(s);
-        }
-    }
-
-    /// `let name = e`, returned as an expression.
-    pub fn let_(&mut self, name: &str, ty: Ty, value: Expr) -> Expr {
-        let v = self.k.var(name, ty);
-        self.push(Stmt::Let { var: v, value });
-        var(v)
-    }
-
-    /// `local name: ty = init`.
-    pub fn local(&mut self, name: &str, ty: Ty, init: Expr) -> VarId {
-        let v = self.k.var(name, ty);
-        self.push(Stmt::Local { var: v, init });
-        v
-    }
-
-    pub fn set(&mut self, v: VarId, value: Expr) {
-        self.push(Stmt::Set { var: v, value });
-    }
-
-    pub fn store(&mut self, buf: BufId, index: Expr, value: Expr) {
-        self.push(Stmt::Store { buf, index, value });
-    }
-
-    /// `for name in start..end step step { body }`; `body` gets the loop variable.
-    pub fn for_(
-        &mut self,
-        name: &str,
-        start: Expr,
-        end: Expr,
-        step: u64,
-        kind: LoopKind,
-        body: impl FnOnce(&mut Gen, Expr),
-    ) {
-        let v = self.k.var(name, Ty::I64);
-        self.blocks.push(Vec::new());
-        body(self, var(v));
-        let body = self.blocks.pop().unwrap_or_default();
-        self.push(Stmt::Loop {
-            var: v,
-            start,
-            end,
-            step,
-            kind,
-            body,
-        });
-    }
-
-    /// `for name in 0..n` (serial, step 1).
-    pub fn range(&mut self, name: &str, n: Expr, body: impl FnOnce(&mut Gen, Expr)) {
-        self.for_(name, i(0), n, 1, LoopKind::Serial, body);
-    }
-
-    pub fn if_(&mut self, cond: Expr, then: impl FnOnce(&mut Gen), els: impl FnOnce(&mut Gen)) {
-        self.blocks.push(Vec::new());
-        then(self);
-        let then = self.blocks.pop().unwrap_or_default();
-        self.blocks.push(Vec::new());
-        els(self);
-        let els = self.blocks.pop().unwrap_or_default();
-        self.push(Stmt::If { cond, then, els });
-    }
-
-    /// `sum_{c < len} a(c) * b(c)` accumulated in f32 in a vector loop.
-    pub fn dot(
-        &mut self,
-        name: &str,
-        len: u64,
-        a: impl FnOnce(Expr) -> Expr,
-        b: impl FnOnce(Expr) -> Expr,
-    ) -> Expr {
-        let acc = self.local(name, Ty::F32, f(0.0));
-        self.for_("c", i(0), i(len as i64), 1, LoopKind::Vector(8), |g, c| {
-            let term = mul(a(c.clone()), b(c));
-            g.set(acc, add(var(acc), term));
-        });
-        var(acc)
-    }
-
-    pub fn finish(mut self) -> Kernel {
-        self.k.body = self.blocks.pop().unwrap_or_default();
-        self.k
-    }
-}
-
-pub(super) fn max(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Max, a, b)
-}
-pub(super) fn min(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Min, a, b)
-}
-pub(super) fn lt(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Lt, a, b)
-}
-pub(super) fn gt(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Gt, a, b)
-}
-pub(super) fn eq(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Eq, a, b)
-}
-pub(super) fn and(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::And, a, b)
-}
-pub(super) fn or(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Or, a, b)
-}
-pub(super) fn rem(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Rem, a, b)
-}
-pub(super) fn exp(a: Expr) -> Expr {
-    un(UnOp::Exp, a)
-}
-pub(super) fn neg(a: Expr) -> Expr {
-    un(UnOp::Neg, a)
-}
-pub(super) fn tanh(a: Expr) -> Expr {
-    un(UnOp::Tanh, a)
-}
-pub(super) fn to_f32(a: Expr) -> Expr {
-    un(UnOp::ToF32, a)
-}
-
-/// `1 / (1 + exp(-x))`, as the interpreter writes it.
-pub(super) fn sigmoid(x: Expr) -> Expr {
-    div(f(1.0), add(f(1.0), exp(neg(x))))
-}
-
-/// A symbolic dim as an `I64` expression of `seq` and `past`.
-pub(super) fn dim(d: Dim) -> Expr {
-    let mut e: Option<Expr> = None;
-    let mut term = |t: Expr| {
-        e = Some(match e.take() {
-            Some(acc) => add(acc, t),
-            None => t,
-        });
-    };
-    if d.seq != 0 {
-        term(if d.seq == 1 {
-            seq()
-        } else {
-            mul(i(d.seq as i64), seq())
-        });
-    }
-    if d.past != 0 {
-        term(if d.past == 1 {
-            past()
-        } else {
-            mul(i(d.past as i64), past())
-        });
-    }
-    if d.konst != 0 {
-        term(i(d.konst as i64));
-    }
-    e.unwrap_or(i(0))
-}
-
-pub(super) fn invalid(id: NodeId, message: impl Into<String>) -> KernelError {
-    KernelError::Invalid {
-        node: id.0,
-        message: message.into(),
-    }
-}
-
-/// The buffer element type of a graph dtype (f8 only ever as a read-only weight: the
-/// program refuses nodes that compute f8).
-pub(super) fn elem(id: NodeId, t: DType) -> Result<Elem, KernelError> {
-    super::elem(t, id.0, "operand")
-}
-
-/// A constant dim, or an error naming what it is.
-pub(super) fn konst(id: NodeId, d: Dim, what: &str) -> Result<u64, KernelError> {
-    d.as_const()
-        .ok_or_else(|| invalid(id, format!("{what} must be a concrete dim, found {d}")))
-}
-
-/// Declare the node's operands as read buffers named by their roles (`names`, one per
-/// operand: a kernel is shared by every launch, so it names roles, not program buffers)
-/// and return them with their types.
-pub(super) fn operands(
-    g: &mut Gen,
-    graph: &Graph,
-    id: NodeId,
-    names: &[&str],
-) -> Result<Vec<(BufId, Type)>, KernelError> {
-    let node = graph.node(id);
-    if node.inputs.len() != names.len() {
-        return Err(invalid(
-            id,
-            format!(
-                "{} expects {} operands ({}), found {}",
-                crate::ir::op_text(&node.op),
-                names.len(),
-                names.join(", "),
-                node.inputs.len()
-            ),
-        ));
-    }
-    let mut out = Vec::with_capacity(names.len());
-    for (n, (v, name)) in node.inputs.iter().zip(names).enumerate() {
-        let ty = graph
-            .value_type(*v)
-            .ok_or_else(|| invalid(id, format!("operand {n} ({name}) does not exist")))?;
-        let b = g.k.buf(*name, elem(id, ty.dtype)?, Access::Read);
-        out.push((b, ty));
-    }
-    Ok(out)
-}
-
-/// Declare the node's result buffer (`out`).
-pub(super) fn result(g: &mut Gen, graph: &Graph, id: NodeId) -> Result<BufId, KernelError> {
-    let ty = &graph.node(id).ty;
-    Ok(g.k.buf("out", elem(id, ty.dtype)?, Access::Write))
-}
-
-pub(super) fn scratch(g: &mut Gen, name: &str, elem: Elem, len: u64) -> BufId {
-    g.k.buf(name, elem, Access::Scratch { len: len.max(1) })
-}
-
 /// The shape of a rank-3 operand as (dim 0, const dim 1, const dim 2).
-fn rank3(id: NodeId, t: &Type, what: &str) -> Result<(Dim, u64, u64), KernelError> {
+pub(super) fn rank3(id: NodeId, t: &Type, what: &str) -> Result<(Dim, u64, u64), KernelError> {
     match t.shape.as_slice() {
         [a, b, c] => Ok((
             *a,
@@ -286,9 +53,6 @@ fn rank3(id: NodeId, t: &Type, what: &str) -> Result<(Dim, u64, u64), KernelErro
         _ => Err(invalid(id, format!("{what} must have rank 3, found {t}"))),
     }
 }
-
-// ---------------------------------------------------------------------------------------
-// Attention.
 
 /// Query (row, head) pairs per tile at most: they share every key and value row that the
 /// tile loads, and each keeps one running dot product per key in a vector register.
@@ -342,10 +106,6 @@ struct Pair {
     wbase: Option<Expr>,
 }
 
-fn ge(a: Expr, b: Expr) -> Expr {
-    bin(BinOp::Ge, a, b)
-}
-
 /// `start` plus the products `terms` as two chains of additions (`start + t0 + t2 + ...`
 /// and `t1 + t3 + ...`) joined at the end: inside a vector loop each addition of a product
 /// may fuse into one FMA, and two chains halve the wait on FMA latency.
@@ -391,14 +151,8 @@ fn fma_chains(start: Expr, terms: Vec<Expr>) -> Expr {
 /// the block's keys unrolled into two chains of multiply-adds. Row
 /// tiles are numbered from both ends alternately, so contiguous chunks of tiles carry
 /// equal causal work. With fewer than `rb` query rows (decode) the tile is one row.
-fn attention(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-    at: AttnOp,
-    gated: bool,
-) -> Result<Kernel, KernelError> {
-    let mut g = Gen::new(name);
+fn attention(cx: &NodeLowering, at: AttnOp, gated: bool) -> Result<Kernel, KernelError> {
+    let id = cx.id;
     let mut names = match at.mla {
         Some(_) => vec!["q", "kv", "w_kv_b", "positions"],
         None => vec!["q", "k", "v", "positions"],
@@ -409,7 +163,7 @@ fn attention(
     if gated {
         names.push("gate");
     }
-    let ins = operands(&mut g, graph, id, &names)?;
+    let (mut g, ins) = Gen::with_operands(cx, &names)?;
     let (qb, kb, vb, pb) = (ins[0].0, ins[1].0, ins[2].0, ins[3].0);
     let sinks = at.sinks.then(|| ins[4].0);
     let gate = gated.then(|| ins[4 + at.sinks as usize].0);
@@ -447,7 +201,7 @@ fn attention(
         }
     };
     let group = h / kvh;
-    let out = result(&mut g, graph, id)?;
+    let out = g.out;
     // The heads of a tile: the largest divisor of the group that fits; the rest of the
     // pairs are rows.
     let hg = (1..=group.clamp(1, PAIRS))
@@ -456,12 +210,12 @@ fn attention(
         .unwrap_or(1);
     let rb = (PAIRS / hg).max(1);
     let pairs = rb * hg;
-    let acc = scratch(&mut g, "acc", Elem::F32, pairs * dacc);
-    let sc = scratch(&mut g, "scores", Elem::F32, pairs * BLOCK);
-    let half = scratch(&mut g, "half", Elem::F32, BLOCK / 2);
+    let acc = g.scratch("acc", Elem::F32, pairs * dacc);
+    let sc = g.scratch("scores", Elem::F32, pairs * BLOCK);
+    let half = g.scratch("half", Elem::F32, BLOCK / 2);
     let qlat = at
         .mla
-        .map(|m| scratch(&mut g, "q_lat", Elem::F32, pairs * m.rank));
+        .map(|m| g.scratch("q_lat", Elem::F32, pairs * m.rank));
     let a = Att {
         at,
         s,
@@ -922,252 +676,4 @@ impl Att {
             }),
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Norm + RoPE + cache append.
-
-/// Element `c` of one head after the norm (the identity when `inv` is `None`).
-struct NormAt {
-    xb: BufId,
-    base: Expr,
-    mean: Option<Expr>,
-    inv: Option<Expr>,
-    weight: Option<BufId>,
-    bias: Option<BufId>,
-    plus_one: bool,
-}
-
-impl NormAt {
-    fn at(&self, c: Expr) -> Expr {
-        let x = load(self.xb, add(self.base.clone(), c.clone()));
-        let Some(inv) = &self.inv else {
-            return x;
-        };
-        let mut y = match &self.mean {
-            Some(m) => mul(sub(x, m.clone()), inv.clone()),
-            None => mul(x, inv.clone()),
-        };
-        if let Some(wb) = self.weight {
-            let wv = load(wb, c.clone());
-            y = mul(y, if self.plus_one { add(f(1.0), wv) } else { wv });
-        }
-        if let Some(bb) = self.bias {
-            y = add(y, load(bb, c));
-        }
-        y
-    }
-}
-
-/// `Op::NormRope`: operands x `[s, heads, d]`, positions `[s]`, the norm weight and bias
-/// when the norm has them, the cache `[past, heads, d]` when appending. The parallel axis
-/// is the result's rows: with `append`, rows below `past` copy the cache and the others
-/// are the new rows `[past + t]`.
-///
-/// The inverse frequencies are the interpreter's table (`ir::rope::inv_freq`) as f32
-/// literals, stored into a scratch table once per thread; angles are `inv_freq * p` in
-/// f32 and cos/sin are multiplied by the attention factor, as the interpreter does.
-fn norm_rope(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-    op: &NormRopeOp,
-) -> Result<Kernel, KernelError> {
-    norm_rope_with(graph, id, name, op, false)
-}
-
-/// `Op::NormRope` with `append` whose result is a `BufferKind::Append` of its cache
-/// operand: the result's rows below `past` are the cache's own memory, so the kernel
-/// writes only the `seq` new rows `[past + t]` and never reads the cache (no O(past) copy
-/// per token).
-pub(super) fn norm_rope_in_place(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-) -> Result<Kernel, KernelError> {
-    match &graph.node(id).op {
-        Op::NormRope(op) if op.append => norm_rope_with(graph, id, name, op, true),
-        _ => Err(invalid(
-            id,
-            "an in-place append needs a norm_rope that appends",
-        )),
-    }
-}
-
-fn norm_rope_with(
-    graph: &Graph,
-    id: NodeId,
-    name: &str,
-    op: &NormRopeOp,
-    in_place: bool,
-) -> Result<Kernel, KernelError> {
-    let mut g = Gen::new(name);
-    let mut names = vec!["x", "positions"];
-    if op.norm.is_some_and(|n| n.weight) {
-        names.push("norm_w");
-    }
-    if op.norm.is_some_and(|n| n.bias) {
-        names.push("norm_b");
-    }
-    if op.append {
-        names.push("cache");
-    }
-    let ins = operands(&mut g, graph, id, &names)?;
-    let (xb, pb) = (ins[0].0, ins[1].0);
-    let (s, heads, d) = rank3(id, &ins[0].1, "x")?;
-    let mut next = 2;
-    let mut take = |has: bool| {
-        has.then(|| {
-            next += 1;
-            ins[next - 1].0
-        })
-    };
-    let nw = take(op.norm.is_some_and(|n| n.weight));
-    let nb = take(op.norm.is_some_and(|n| n.bias));
-    let cache = take(op.append);
-    let (inv_freq, factor) = crate::ir::rope::inv_freq(&op.rope);
-    let half = inv_freq.len() as u64;
-    if 2 * half > d {
-        return Err(invalid(
-            id,
-            format!("rope rotates {} dims of heads of {d}", op.rope.dims),
-        ));
-    }
-    let out = result(&mut g, graph, id)?;
-    let rows_out = graph.node(id).ty.shape.first().copied().unwrap_or(s);
-    let freq = scratch(&mut g, "inv_freq", Elem::F32, half);
-    let cos = scratch(&mut g, "cos", Elem::F32, half);
-    let sin = scratch(&mut g, "sin", Elem::F32, half);
-    for (n, fr) in inv_freq.iter().enumerate() {
-        g.store(freq, i(n as i64), f(*fr as f32));
-    }
-    let width = heads * d;
-    let w = i(width as i64);
-
-    let new_row = |g: &mut Gen, r: Expr, t: Expr| {
-        let p = g.let_("p", Ty::F32, to_f32(load(pb, t.clone())));
-        g.range("f", i(half as i64), |g, k| {
-            let ang = g.let_("ang", Ty::F32, mul(load(freq, k.clone()), p));
-            let (mut c, mut sn) = (un(UnOp::Cos, ang.clone()), un(UnOp::Sin, ang));
-            if factor != 1.0 {
-                c = mul(c, f(factor as f32));
-                sn = mul(sn, f(factor as f32));
-            }
-            g.store(cos, k.clone(), c);
-            g.store(sin, k, sn);
-        });
-        g.range("hd", i(heads as i64), |g, hd| {
-            let xbase = g.let_(
-                "xbase",
-                Ty::I64,
-                mul(add(mul(t, i(heads as i64)), hd.clone()), i(d as i64)),
-            );
-            let obase = g.let_(
-                "obase",
-                Ty::I64,
-                mul(add(mul(r, i(heads as i64)), hd), i(d as i64)),
-            );
-            let mut na = NormAt {
-                xb,
-                base: xbase.clone(),
-                mean: None,
-                inv: None,
-                weight: nw,
-                bias: nb,
-                plus_one: op.norm.is_some_and(|n| n.plus_one),
-            };
-            if let Some(n) = op.norm {
-                let dn = f(d as f32);
-                if n.kind == NormKind::Layer {
-                    let sum = g.local("sum", Ty::F32, f(0.0));
-                    g.for_("c", i(0), i(d as i64), 1, LoopKind::Vector(8), |g, c| {
-                        g.set(sum, add(var(sum), load(xb, add(xbase.clone(), c))));
-                    });
-                    na.mean = Some(g.let_("mean", Ty::F32, div(var(sum), dn.clone())));
-                }
-                let ss = g.local("ss", Ty::F32, f(0.0));
-                g.for_("c", i(0), i(d as i64), 1, LoopKind::Vector(8), |g, c| {
-                    let x = load(xb, add(xbase.clone(), c));
-                    let v = match &na.mean {
-                        Some(m) => sub(x, m.clone()),
-                        None => x,
-                    };
-                    let v = g.let_("v", Ty::F32, v);
-                    g.set(ss, add(var(ss), mul(v.clone(), v)));
-                });
-                na.inv = Some(g.let_(
-                    "inv",
-                    Ty::F32,
-                    div(
-                        f(1.0),
-                        un(UnOp::Sqrt, add(div(var(ss), dn), f(n.eps as f32))),
-                    ),
-                ));
-            }
-            let nv = |c: Expr| na.at(c);
-            g.range("k", i(half as i64), |g, k| {
-                let (i1, i2) = match op.rope.pairing {
-                    Pairing::Half => (k.clone(), add(k.clone(), i(half as i64))),
-                    Pairing::Interleaved => (mul(k.clone(), i(2)), add(mul(k.clone(), i(2)), i(1))),
-                };
-                let i1 = g.let_("i1", Ty::I64, i1);
-                let i2 = g.let_("i2", Ty::I64, i2);
-                let x1 = g.let_("x1", Ty::F32, nv(i1.clone()));
-                let x2 = g.let_("x2", Ty::F32, nv(i2.clone()));
-                let c = g.let_("cs", Ty::F32, load(cos, k.clone()));
-                let sn = g.let_("sn", Ty::F32, load(sin, k));
-                g.store(
-                    out,
-                    add(obase.clone(), i1),
-                    sub(mul(x1.clone(), c.clone()), mul(x2.clone(), sn.clone())),
-                );
-                g.store(out, add(obase.clone(), i2), add(mul(x2, c), mul(x1, sn)));
-            });
-            if 2 * half < d {
-                g.for_(
-                    "c",
-                    i(2 * half as i64),
-                    i(d as i64),
-                    1,
-                    LoopKind::Serial,
-                    |g, c| {
-                        g.store(out, add(obase, c.clone()), nv(c));
-                    },
-                );
-            }
-        });
-    };
-
-    if in_place {
-        g.for_("t", i(0), dim(s), 1, LoopKind::Parallel, |g, t| {
-            let r = g.let_("r", Ty::I64, add(past(), t.clone()));
-            new_row(g, r, t);
-        });
-        return Ok(g.finish());
-    }
-    g.for_(
-        "r",
-        i(0),
-        dim(rows_out),
-        1,
-        LoopKind::Parallel,
-        |g, r| match cache {
-            Some(cb) => g.if_(
-                lt(r.clone(), past()),
-                |g| {
-                    let base = g.let_("base", Ty::I64, mul(r.clone(), w.clone()));
-                    g.for_("c", i(0), w.clone(), 1, LoopKind::Vector(8), |g, c| {
-                        let at = add(base, c);
-                        g.store(out, at.clone(), load(cb, at));
-                    });
-                },
-                |g| {
-                    let t = g.let_("t", Ty::I64, sub(r.clone(), past()));
-                    new_row(g, r.clone(), t);
-                },
-            ),
-            None => new_row(g, r.clone(), r),
-        },
-    );
-    Ok(g.finish())
 }

@@ -1,0 +1,186 @@
+//! How parameters are stored in memory, as the kernels read them: a float type (loads
+//! widen to f32 whatever it is) or GGML blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) that
+//! stay raw bytes and are decoded inside the kernels that read them.
+//!
+//! The graph stays dtype-agnostic: how each parameter is stored is a property of the bound
+//! weights, given to lowering as a function of the parameter's name
+//! ([`super::Lowering::formats`]). [`param_formats`] decides, once per program, which of
+//! those formats the program honours; the program's parameter buffers take them before any
+//! kernel is generated, and the dispatch hands each generator its operands' [`Stored`].
+
+use super::stored;
+use crate::ir::{DType, Graph, Op, Value};
+use crate::kernel::Elem;
+
+/// A GGML block format: `block_len` elements stored in `block_bytes` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlockFormat {
+    /// f16 `d`, 16 bytes of nibbles; `x = (q - 8) * d`.
+    Q4_0,
+    /// f16 `d`, f16 `m`, 16 bytes of nibbles; `x = d * q + m`.
+    Q4_1,
+    /// f16 `d`, 32 signed bytes; `x = q * d`.
+    Q8_0,
+    /// 8 sub-blocks of 32 with 6-bit scales and mins, 4-bit quants.
+    Q4K,
+    /// Q4_K with a fifth bit per element.
+    Q5K,
+    /// 16 sub-blocks of 16 with signed 8-bit scales, 6-bit quants.
+    Q6K,
+}
+
+impl BlockFormat {
+    pub const ALL: [BlockFormat; 6] = [
+        BlockFormat::Q8_0,
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q4K,
+        BlockFormat::Q5K,
+        BlockFormat::Q6K,
+    ];
+
+    pub fn block_len(self) -> u64 {
+        match self {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => 32,
+            BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => 256,
+        }
+    }
+
+    pub fn block_bytes(self) -> u64 {
+        match self {
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+            BlockFormat::Q4K => 144,
+            BlockFormat::Q5K => 176,
+            BlockFormat::Q6K => 210,
+        }
+    }
+
+    /// llama.cpp's name of the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockFormat::Q4_0 => "Q4_0",
+            BlockFormat::Q4_1 => "Q4_1",
+            BlockFormat::Q8_0 => "Q8_0",
+            BlockFormat::Q4K => "Q4_K",
+            BlockFormat::Q5K => "Q5_K",
+            BlockFormat::Q6K => "Q6_K",
+        }
+    }
+
+    /// The lower-case name used in kernel names (`linear_q4_k_...`).
+    pub(super) fn tag(self) -> &'static str {
+        match self {
+            BlockFormat::Q4_0 => "q4_0",
+            BlockFormat::Q4_1 => "q4_1",
+            BlockFormat::Q8_0 => "q8_0",
+            BlockFormat::Q4K => "q4_k",
+            BlockFormat::Q5K => "q5_k",
+            BlockFormat::Q6K => "q6_k",
+        }
+    }
+}
+
+/// How a parameter is stored in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamFormat {
+    F32,
+    F16,
+    Bf16,
+    Block(BlockFormat),
+}
+
+impl ParamFormat {
+    /// The element type of the parameter's program buffer.
+    pub fn elem(self) -> Elem {
+        match self {
+            ParamFormat::F32 => Elem::F32,
+            ParamFormat::F16 => Elem::F16,
+            ParamFormat::Bf16 => Elem::Bf16,
+            ParamFormat::Block(_) => Elem::U8,
+        }
+    }
+}
+
+/// How one operand of a node is stored, as its program buffer holds it: the element type,
+/// and the block format when the bytes are GGML blocks (`elem` is then `U8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stored {
+    pub elem: Elem,
+    pub block: Option<BlockFormat>,
+}
+
+impl Stored {
+    /// A value in the graph's dtype (node results, parameters without a format).
+    pub fn of(dtype: DType) -> Stored {
+        Stored {
+            elem: stored(dtype),
+            block: None,
+        }
+    }
+
+    /// A parameter of `dtype` stored as `format` says (`None`: the graph's dtype).
+    pub fn param(dtype: DType, format: Option<ParamFormat>) -> Stored {
+        match format {
+            Some(ParamFormat::Block(b)) => Stored {
+                elem: Elem::U8,
+                block: Some(b),
+            },
+            Some(float) => Stored {
+                elem: float.elem(),
+                block: None,
+            },
+            None => Stored::of(dtype),
+        }
+    }
+}
+
+/// The formats a program honours, per parameter id, from what `format` says of each name.
+///
+/// A block format is honoured where every node reading the parameter can decode it: the
+/// weight of a `MatMul` or a `Linear` part (2-D, rows a whole number of blocks) and the
+/// table of a `Gather`. Any other reader (expert weights, say) keeps the parameter in the
+/// graph's dtype, so the caller converts it as before. A float format is honoured
+/// everywhere: loads widen to f32 whatever the stored float type.
+pub(super) fn param_formats(
+    graph: &Graph,
+    format: &dyn Fn(&str) -> Option<ParamFormat>,
+) -> Vec<Option<ParamFormat>> {
+    let mut formats: Vec<Option<ParamFormat>> =
+        graph.params.iter().map(|p| format(&p.name)).collect();
+    for (pi, p) in graph.params.iter().enumerate() {
+        if let Some(ParamFormat::Block(fmt)) = formats[pi] {
+            let fits = p.shape.len() == 2 && p.shape[1] % fmt.block_len() == 0;
+            if !fits {
+                formats[pi] = None;
+            }
+        }
+    }
+    for node in &graph.nodes {
+        for (j, v) in node.inputs.iter().enumerate() {
+            if let Value::Param(p) = v {
+                let pi = p.0 as usize;
+                if matches!(formats.get(pi), Some(Some(ParamFormat::Block(_))))
+                    && !decodes_blocks(&node.op, j)
+                {
+                    formats[pi] = None;
+                }
+            }
+        }
+    }
+    formats
+}
+
+/// Whether operand `j` of `op` may be block-quantised: some generator decodes it.
+pub(super) fn decodes_blocks(op: &Op, j: usize) -> bool {
+    match op {
+        Op::Gather => j == 0,
+        Op::MatMul => j == 1,
+        Op::Linear(l) => {
+            let w = l.layout().weights;
+            (w..w + l.parts()).contains(&j)
+        }
+        _ => false,
+    }
+}
