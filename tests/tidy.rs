@@ -125,7 +125,8 @@ fn code_in(dir: &str) -> Vec<PathBuf> {
 }
 
 /// The code generators are siblings: the CPU target (`codegen/llvm`) and the GPU target
-/// (`codegen/ptx`) share the body emitter and never import each other.
+/// (`codegen/ptx`) share the body emitter (`codegen/body`), which imports neither, and
+/// never import each other.
 #[test]
 fn targets_do_not_import_each_other() {
     let cpu = offending_lines(
@@ -138,6 +139,11 @@ fn targets_do_not_import_each_other() {
         &["codegen::llvm", "super::llvm", "super::super::llvm"],
     );
     assert_none("codegen/ptx does not import codegen/llvm", gpu);
+    let body = offending_lines(
+        &code_in("compiler/src/codegen/body"),
+        &["codegen::llvm", "codegen::ptx", "super::llvm", "super::ptx"],
+    );
+    assert_none("the body emitter imports no target", body);
 }
 
 /// The executors are siblings too: the CUDA executor shares the program analysis with

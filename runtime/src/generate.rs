@@ -12,9 +12,9 @@ use crate::exec::cuda::{CudaKv, CudaModel, CudaOptions};
 use crate::exec::ExecError;
 use crate::sample::Sampler;
 use crate::tokenize::{TokenizeError, Tokenizer};
+use archc_compiler::driver::Driver;
 use archc_compiler::interp::{Interpreter, KvCache};
-use archc_compiler::lower::lower_with;
-use archc_compiler::{lower, Graph, Mode};
+use archc_compiler::{Graph, Mode};
 use archc_spec::Spec;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -292,16 +292,15 @@ pub struct Graphs {
 
 impl Graphs {
     pub fn lower(spec: &Spec) -> Result<Graphs, ExecError> {
-        let last = archc_compiler::lower::Options {
+        // The graph stage of the driver, the last position's logits only.
+        let last = Options {
             logits: Logits::Last,
+            ..Options::default()
         };
-        let failed = |mode: &str, e: archc_compiler::LowerError| ExecError::Compile {
-            stage: format!("lowering ({mode})"),
-            message: e.to_string(),
-        };
+        let driver = Driver::for_spec(spec, last);
         Ok(Graphs {
-            prefill: lower_with(spec, Mode::Prefill, &last).map_err(|e| failed("prefill", e))?,
-            decode: lower(spec, Mode::Decode).map_err(|e| failed("decode", e))?,
+            prefill: driver.graph(Mode::Prefill)?,
+            decode: driver.graph(Mode::Decode)?,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! it and prints its text form. Exit status: 0 on success, 1 when the file is invalid or
 //! cannot be lowered, 2 when it cannot be read.
 
-use archc_compiler::{lower, verify, Mode};
+use archc_compiler::driver::{Driver, Logits, Options};
+use archc_compiler::{verify, Mode};
 use archc_spec::diagnostics::{render, render_colored};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -50,7 +51,12 @@ pub fn run(args: Args) -> ExitCode {
         ModeArg::Prefill => Mode::Prefill,
         ModeArg::Decode => Mode::Decode,
     };
-    let graph = match lower(&spec, mode) {
+    // The driver's graph stage, every position's logits (as `archc logits` runs it).
+    let options = Options {
+        logits: Logits::All,
+        ..Options::default()
+    };
+    let graph = match Driver::for_spec(&spec, options).graph(mode) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("archc lower: {name}: {e}");
