@@ -565,8 +565,105 @@ impl Machine<'_, '_> {
                     self.block(els)?;
                 }
             }
+            Stmt::Tile(t) => self.tile(t)?,
         }
         Ok(())
+    }
+
+    /// A tile (see `kernel::tile`): every sum in f32, adding products in the order of the
+    /// reduction (pairs added as a pair first when the rows come in lanes, as the
+    /// bf16 pair instructions do), into new sums or stored.
+    fn tile(&mut self, t: &Tile) -> Result<(), String> {
+        let (start, end) = (self.int(&t.start)?, self.int(&t.end)?);
+        let lanes = i64::from(t.lanes);
+        let mut row_base = Vec::with_capacity(t.rows.len());
+        for r in &t.rows {
+            row_base.push(self.int(&r.base)?);
+        }
+        let mut col_base = Vec::with_capacity(t.cols.len());
+        for c in &t.cols {
+            col_base.push(self.int(&c.base)?);
+        }
+        let n = t.cols.len();
+        let mut sums = vec![0f32; t.m() * n];
+        let at = |g: usize, l: i64, k: i64| -> i64 {
+            if lanes == 1 {
+                row_base[g] + k
+            } else {
+                row_base[g] + (k / 2) * 2 * lanes + 2 * l + k % 2
+            }
+        };
+        for g in 0..t.rows.len() {
+            for l in 0..lanes {
+                let r = g * lanes as usize + l as usize;
+                for (c, cb) in col_base.iter().enumerate() {
+                    let (rb, cbuf) = (t.rows[g].buf, t.cols[c].buf);
+                    let mut acc = 0f32;
+                    let mut kk = start;
+                    while kk < end {
+                        if lanes == 1 {
+                            let p =
+                                self.load_f32(rb, at(g, l, kk))? * self.load_f32(cbuf, cb + kk)?;
+                            acc += p;
+                            kk += 1;
+                        } else {
+                            let p0 =
+                                self.load_f32(rb, at(g, l, kk))? * self.load_f32(cbuf, cb + kk)?;
+                            let p1 = self.load_f32(rb, at(g, l, kk + 1))?
+                                * self.load_f32(cbuf, cb + kk + 1)?;
+                            acc += p0 + p1;
+                            kk += 2;
+                        }
+                    }
+                    sums[r * n + c] = acc;
+                }
+            }
+        }
+        match &t.out {
+            TileOut::Sums(vars) => {
+                for (v, x) in vars.iter().zip(sums) {
+                    self.vars[v.0 as usize] = Val::F(x);
+                }
+            }
+            TileOut::Store { buf, bases } => {
+                let (slot, len) = self.params[buf.0 as usize];
+                for g in 0..t.rows.len() {
+                    for c in 0..n {
+                        let base = self.int(&bases[g * n + c])?;
+                        for l in 0..lanes {
+                            let r = g * lanes as usize + l as usize;
+                            let i = self.check_index(*buf, base + l, len, || {
+                                format!("tile store to `{}`", self.buf_name(*buf))
+                            })?;
+                            let name = self.buf_name(*buf).to_string();
+                            self.mem[slot]
+                                .set(i, Val::F(sums[r * n + c]))
+                                .map_err(|e| format!("tile store to `{name}`[{i}]: {e}"))?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Element `i` of buffer `buf` as f32, bounds checked.
+    fn load_f32(&self, buf: BufId, i: i64) -> Result<f32, String> {
+        let (slot, len) = self.params[buf.0 as usize];
+        let idx = self.check_index(buf, i, len, || {
+            format!("tile load from `{}`", self.buf_name(buf))
+        })?;
+        match self.mem[slot].get(idx) {
+            Some(Val::F(x)) => Ok(x),
+            Some(v) => Err(format!(
+                "tile load from `{}`[{idx}] is {v:?}, not f32",
+                self.buf_name(buf)
+            )),
+            None => Err(format!(
+                "tile load from `{}`: no memory",
+                self.buf_name(buf)
+            )),
+        }
     }
 
     fn buf_name(&self, b: BufId) -> &str {

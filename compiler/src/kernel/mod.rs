@@ -24,10 +24,12 @@ pub mod lower;
 mod parse;
 mod print;
 pub mod program;
+pub mod tile;
 pub mod vars;
 pub mod verify;
 
 pub use parse::{parse_kernel, parse_program, ParseError};
+pub use tile::{Tile, TileOut, TileRef};
 
 use crate::ir::{Dim, Io};
 use serde::{Deserialize, Serialize};
@@ -236,6 +238,9 @@ pub enum Stmt {
         then: Vec<Stmt>,
         els: Vec<Stmt>,
     },
+    /// A block of dot products over one reduction, with its operands' layout stated: the
+    /// matmul tile that each target lowers itself (see [`Tile`]).
+    Tile(Box<Tile>),
 }
 
 /// Whether a kernel reads or writes a buffer parameter; `Scratch` is private per-thread

@@ -194,6 +194,41 @@ impl Kernel {
                 }
                 writeln!(out, "{pad}}}")
             }
+            Stmt::Tile(t) => {
+                let lanes = if t.lanes == 1 {
+                    String::new()
+                } else {
+                    format!(" lanes {}", t.lanes)
+                };
+                writeln!(
+                    out,
+                    "{pad}tile {}..{}{lanes} {{",
+                    self.expr(&t.start),
+                    self.expr(&t.end)
+                )?;
+                let refs = |rs: &[TileRef]| -> String {
+                    rs.iter()
+                        .map(|r| format!("{}[{}]", self.buf_name(r.buf), self.expr(&r.base)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                writeln!(out, "{pad}  rows {}", refs(&t.rows))?;
+                writeln!(out, "{pad}  cols {}", refs(&t.cols))?;
+                match &t.out {
+                    TileOut::Sums(vars) => {
+                        let names: Vec<String> = vars.iter().map(|v| self.var_name(*v)).collect();
+                        writeln!(out, "{pad}  sums {}", names.join(", "))?;
+                    }
+                    TileOut::Store { buf, bases } => {
+                        let at: Vec<String> = bases
+                            .iter()
+                            .map(|b| format!("{}[{}]", self.buf_name(*buf), self.expr(b)))
+                            .collect();
+                        writeln!(out, "{pad}  store {}", at.join(", "))?;
+                    }
+                }
+                writeln!(out, "{pad}}}")
+            }
             Stmt::If { cond, then, els } => {
                 writeln!(out, "{pad}if {} {{", self.expr(cond))?;
                 for s in then {

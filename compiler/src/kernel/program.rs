@@ -211,6 +211,17 @@ pub fn body_uses_past(body: &[Stmt]) -> bool {
         Stmt::If { cond, then, els } => {
             expr_uses_past(cond) || body_uses_past(then) || body_uses_past(els)
         }
+        Stmt::Tile(t) => {
+            let outs = match &t.out {
+                super::TileOut::Sums(_) => &[][..],
+                super::TileOut::Store { bases, .. } => bases.as_slice(),
+            };
+            [&t.start, &t.end]
+                .into_iter()
+                .chain(t.rows.iter().chain(&t.cols).map(|r| &r.base))
+                .chain(outs)
+                .any(expr_uses_past)
+        }
     })
 }
 

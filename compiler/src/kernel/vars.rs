@@ -3,10 +3,11 @@
 //! so the text form names every variable of the table (`acc_3` is variable 3), and the
 //! kernel IR parser can rebuild the table from the text alone.
 
-use super::{Expr, Kernel, Stmt, VarId};
+use super::{Expr, Kernel, Stmt, TileOut, VarId};
 
 /// Calls `f` on every variable mention of `body`, in text order (a statement's defined
-/// variable before its expressions; a loop's bounds before its variable).
+/// variable before its expressions; a loop's variable before its bounds; a tile's sums
+/// after its operands).
 pub fn for_each_var(body: &[Stmt], f: &mut dyn FnMut(VarId)) {
     for s in body {
         match s {
@@ -38,6 +39,17 @@ pub fn for_each_var(body: &[Stmt], f: &mut dyn FnMut(VarId)) {
                 expr_vars(cond, f);
                 for_each_var(then, f);
                 for_each_var(els, f);
+            }
+            Stmt::Tile(t) => {
+                expr_vars(&t.start, f);
+                expr_vars(&t.end, f);
+                for r in t.rows.iter().chain(&t.cols) {
+                    expr_vars(&r.base, f);
+                }
+                match &t.out {
+                    TileOut::Sums(vars) => vars.iter().for_each(|v| f(*v)),
+                    TileOut::Store { bases, .. } => bases.iter().for_each(|e| expr_vars(e, f)),
+                }
             }
         }
     }
@@ -93,6 +105,19 @@ pub fn rename_vars(body: &mut [Stmt], map: &dyn Fn(VarId) -> VarId) {
                 rename_expr(cond, map);
                 rename_vars(then, map);
                 rename_vars(els, map);
+            }
+            Stmt::Tile(t) => {
+                rename_expr(&mut t.start, map);
+                rename_expr(&mut t.end, map);
+                for r in t.rows.iter_mut().chain(t.cols.iter_mut()) {
+                    rename_expr(&mut r.base, map);
+                }
+                match &mut t.out {
+                    TileOut::Sums(vars) => vars.iter_mut().for_each(|v| *v = map(*v)),
+                    TileOut::Store { bases, .. } => {
+                        bases.iter_mut().for_each(|e| rename_expr(e, map))
+                    }
+                }
             }
         }
     }

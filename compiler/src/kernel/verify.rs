@@ -4,6 +4,7 @@
 //!
 //! Backends may assume a verified kernel; they do not re-check these rules.
 
+use super::tile::MAX_LANES;
 use super::*;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -309,6 +310,20 @@ fn store_outside_parallel(k: &Kernel, body: &[Stmt]) -> Option<String> {
                     return Some(m);
                 }
             }
+            Stmt::Tile(t) => {
+                if let TileOut::Store { buf, .. } = &t.out {
+                    let scratch = k
+                        .bufs
+                        .get(buf.0 as usize)
+                        .is_some_and(|b| matches!(b.access, Access::Scratch { .. }));
+                    if !scratch {
+                        return Some(format!(
+                            "a tile stores into `{}` outside the parallel loop, so every thread would run it",
+                            buf_name(k, *buf)
+                        ));
+                    }
+                }
+            }
             Stmt::Let { .. } | Stmt::Local { .. } | Stmt::Set { .. } => {}
         }
     }
@@ -568,6 +583,111 @@ impl Checker<'_> {
                 self.block(then)?;
                 self.block(els)?;
             }
+            Stmt::Tile(t) => self.tile(t, introduced)?,
+        }
+        Ok(())
+    }
+
+    /// A tile's rules (see `kernel::tile`): operands in range and readable as floats,
+    /// integer bounds and bases, even constant bounds for lanes, and one new f32 sum per
+    /// row and column, or writable float memory and one base per row group and column.
+    fn tile(&mut self, t: &Tile, introduced: &mut Vec<usize>) -> Result<(), String> {
+        let k = self.k;
+        let text = format!("tile {}..{}", k.expr(&t.start), k.expr(&t.end));
+        let bad = |m: String| Err(format!("`{text}`: {m}"));
+        if t.rows.is_empty() || t.cols.is_empty() {
+            return bad("a tile needs at least one row and one column".into());
+        }
+        if t.lanes == 0 || t.lanes > MAX_LANES || !t.lanes.is_power_of_two() {
+            return bad(format!(
+                "{} lanes; a tile has a power of two up to {MAX_LANES}",
+                t.lanes
+            ));
+        }
+        for (what, e) in [("start", &t.start), ("end", &t.end)] {
+            let ty = self.expr(e)?;
+            if ty != Ty::I64 {
+                return bad(format!("the {what} is {}, not i64", ty.as_str()));
+            }
+            if t.lanes > 1 && !matches!(e, Expr::I64(v) if v % 2 == 0 && *v >= 0) {
+                return bad(format!(
+                    "with lanes the {what} must be an even constant, not `{}`",
+                    k.expr(e)
+                ));
+            }
+        }
+        for r in t.rows.iter().chain(&t.cols) {
+            let kb = self.buf(r.buf)?;
+            if kb.access == Access::Write {
+                return bad(format!("buffer `{}` is write-only", kb.name));
+            }
+            if load_ty(kb.elem) != Ty::F32 {
+                return bad(format!(
+                    "buffer `{}` holds {}, not floats",
+                    kb.name,
+                    kb.elem.as_str()
+                ));
+            }
+            let ty = self.expr(&r.base)?;
+            if ty != Ty::I64 {
+                return bad(format!(
+                    "the base `{}` is {}, not i64",
+                    k.expr(&r.base),
+                    ty.as_str()
+                ));
+            }
+        }
+        let cells = t.rows.len() * t.cols.len();
+        match &t.out {
+            TileOut::Sums(vars) => {
+                if t.lanes != 1 {
+                    return bad("a tile with lanes stores its sums; it declares none".into());
+                }
+                if vars.len() != t.m() * t.n() {
+                    return bad(format!(
+                        "{} sums for {} rows and {} columns",
+                        vars.len(),
+                        t.m(),
+                        t.n()
+                    ));
+                }
+                for &v in vars {
+                    if self.var(v)?.ty != Ty::F32 {
+                        return bad(format!("sum `{}` is not f32", var_name(k, v)));
+                    }
+                    self.define(v, &format!("`{text}`"))?;
+                    introduced.push(v.0 as usize);
+                }
+            }
+            TileOut::Store { buf, bases } => {
+                let kb = self.buf(*buf)?;
+                if kb.access == Access::Read || kb.elem == Elem::F8 || load_ty(kb.elem) != Ty::F32 {
+                    return bad(format!(
+                        "buffer `{}` ({} {}) cannot take the sums",
+                        kb.name,
+                        kb.elem.as_str(),
+                        access_name(kb.access)
+                    ));
+                }
+                if bases.len() != cells {
+                    return bad(format!(
+                        "{} store bases for {} row groups and {} columns",
+                        bases.len(),
+                        t.rows.len(),
+                        t.cols.len()
+                    ));
+                }
+                for b in bases {
+                    let ty = self.expr(b)?;
+                    if ty != Ty::I64 {
+                        return bad(format!(
+                            "the store base `{}` is {}, not i64",
+                            k.expr(b),
+                            ty.as_str()
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -716,8 +836,26 @@ fn mark_locals(body: &[Stmt], locals: &mut [bool]) {
                 mark_locals(then, locals);
                 mark_locals(els, locals);
             }
+            Stmt::Tile(t) => {
+                if let TileOut::Sums(vars) = &t.out {
+                    for v in vars {
+                        if let Some(l) = locals.get_mut(v.0 as usize) {
+                            *l = true;
+                        }
+                    }
+                }
+            }
             Stmt::Let { .. } | Stmt::Set { .. } | Stmt::Store { .. } => {}
         }
+    }
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::ReadWrite => "readwrite",
+        Access::Scratch { .. } => "scratch",
     }
 }
 

@@ -49,6 +49,8 @@ fn loops_in(s: &Stmt) -> usize {
     match s {
         Stmt::Loop { body, .. } => 1 + all(body),
         Stmt::If { then, els, .. } => all(then) + all(els),
+        // A target lowers a tile itself, or it was expanded into loops before emission.
+        Stmt::Tile(_) => 0,
         Stmt::Let { .. } | Stmt::Local { .. } | Stmt::Set { .. } | Stmt::Store { .. } => 0,
     }
 }
@@ -106,6 +108,9 @@ impl<'ctx> Emitter<'ctx, '_> {
                 r
             }
             Stmt::Store { buf, index, value } => self.store(*buf, index, value),
+            Stmt::Tile(_) => Err(self.err(
+                "a tile that the target neither lowers nor expands into loops".into(),
+            )),
             Stmt::If { cond, then, els } => {
                 let c = match self.expr(cond)? {
                     Val::B(c) => c,

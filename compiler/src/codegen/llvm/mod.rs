@@ -173,7 +173,9 @@ fn build_module<'ctx>(
     };
     let cpu = cpu::Cpu::new(&attrs);
     for (i, k) in kernels.iter().enumerate() {
-        body::emit_kernel(ctx, &module, i, k, &cpu)?;
+        // Tiles become their plain loops, whose shapes the CPU idioms recognise.
+        let k = crate::kernel::tile::expand_tiles(k);
+        body::emit_kernel(ctx, &module, i, &k, &cpu)?;
     }
     module.verify().map_err(|e| CodegenError::Llvm {
         stage: "verifier",

@@ -21,6 +21,7 @@ pub use plan::{Home, KernelPlan, LaunchShape, Mode, Scratch, Trips};
 
 use super::body::{self, new_context};
 use super::CodegenError;
+use crate::kernel::tile::expand_tiles;
 use crate::kernel::{Access, Kernel};
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
@@ -182,6 +183,10 @@ pub fn emit_llvm_ir(
     sm: Sm,
     optimized: bool,
 ) -> Result<String, CodegenError> {
+    // The GPU lowers a tile as its plain loops, whose reductions the plan spreads over a
+    // warp.
+    let expanded = expand_tiles(k);
+    let k = &expanded;
     let tm = machine(sm)?;
     let ctx = new_context();
     let plan = plan_of(k)?;
@@ -231,6 +236,8 @@ fn optimize(module: &Module<'_>, tm: &TargetMachine) -> Result<(), CodegenError>
 
 /// Compiles kernel `index` (its position in the program's kernel list) to PTX.
 pub fn emit_kernel(index: usize, k: &Kernel, sm: Sm) -> Result<PtxKernel, CodegenError> {
+    let expanded = expand_tiles(k);
+    let k = &expanded;
     let tm = machine(sm)?;
     let ctx = new_context();
     let plan = plan_of(k)?;

@@ -222,6 +222,9 @@ pub struct KernelPlan {
 
 /// Plans `k`. Fails only when a scratch array is too large to index.
 pub fn plan(k: &Kernel) -> Result<KernelPlan, String> {
+    // Tiles are planned as the loops they expand to (see `emit_kernel`).
+    let expanded = crate::kernel::tile::expand_tiles(k);
+    let k = &expanded;
     let mut distributed = BTreeMap::new();
     let mut counter = 0usize;
     find_distributable(k, &k.body, &mut counter, &mut distributed);
@@ -555,5 +558,8 @@ fn reads_outside_update(body: &[Stmt], v: VarId) -> bool {
         Stmt::If { cond, then, els } => {
             mentions(cond, v) || reads_outside_update(then, v) || reads_outside_update(els, v)
         }
+        // Tiles are expanded into loops before a kernel is planned; one left here counts
+        // as a read, which only keeps a reduction from being distributed.
+        Stmt::Tile(_) => true,
     })
 }
