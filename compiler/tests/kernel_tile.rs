@@ -337,3 +337,21 @@ fn the_verifier_knows_the_rules_of_tiles() {
         e.message
     );
 }
+
+#[test]
+fn tiles_read_back_from_their_text() {
+    use archc_compiler::kernel::parse_kernel;
+    for k in [
+        rows_kernel(3, 6, 37, Elem::Bf16),
+        rows_kernel(1, 2, 5, Elem::F32),
+        lanes_kernel(2, 3, 40),
+    ] {
+        assert!(k.has_compact_vars(), "{}", k.name);
+        let text = k.to_string();
+        assert_eq!(parse_kernel(&text).as_ref(), Ok(&k), "{text}");
+    }
+    // Where the text goes wrong, the error says where.
+    let bad = "kernel t(a: f32 read, out: f32 write) {\n  tile 0..4 {\n    rows a[0]\n    cols a[0]\n    keep acc_0\n  }\n}\n";
+    let e = parse_kernel(bad).expect_err("`keep` is not an output");
+    assert_eq!(e.to_string(), "5:5: expected `sums` or `store`");
+}

@@ -108,9 +108,9 @@ impl<'ctx> Emitter<'ctx, '_> {
                 r
             }
             Stmt::Store { buf, index, value } => self.store(*buf, index, value),
-            Stmt::Tile(_) => Err(self.err(
-                "a tile that the target neither lowers nor expands into loops".into(),
-            )),
+            Stmt::Tile(_) => {
+                Err(self.err("a tile that the target neither lowers nor expands into loops".into()))
+            }
             Stmt::If { cond, then, els } => {
                 let c = match self.expr(cond)? {
                     Val::B(c) => c,

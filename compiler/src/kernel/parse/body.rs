@@ -7,6 +7,10 @@
 //!          | VAR '=' expr                                  -- assignment to a local
 //!          | KIND? 'for' VAR 'in' expr '..' expr ('step' N)? '{' NL stmt* '}'
 //!          | 'if' expr '{' NL stmt* '}' ('else' '{' NL stmt* '}')?
+//!          | 'tile' expr '..' expr ('lanes' N)? '{' NL              -- a matmul tile
+//!              'rows' REF (',' REF)* NL 'cols' REF (',' REF)* NL
+//!              ('sums' VAR (',' VAR)* | 'store' REF (',' REF)*) NL '}'
+//! REF     := BNAME '[' expr ']'
 //! KIND    := 'parallel' | 'vector' '(' N ')' | 'unroll' '(' N ')'
 //! expr    := operand (BINOP operand)?                      -- operators never chain
 //! operand := '-' operand | '!' operand | '(' expr ')' | LITERAL | 'seq' | 'past'
@@ -25,12 +29,14 @@
 //! ([`Kernel::compact_vars`](crate::kernel::Kernel::compact_vars)), so the ids count up
 //! from 0 in the order the text first mentions them, and a variable's first mention
 //! defines it: `for` makes an i64, `local` declares its type, `let` takes its
-//! expression's type.
+//! expression's type, a tile's `sums` are f32.
 
 use super::is_param_name;
 use crate::ir::parse::{is_ident, Cursor, Result};
 use crate::kernel::verify::load_ty;
-use crate::kernel::{BinOp, BufId, DimVar, Expr, KBuf, KVar, LoopKind, Stmt, Ty, UnOp, VarId};
+use crate::kernel::{
+    BinOp, BufId, DimVar, Expr, KBuf, KVar, LoopKind, Stmt, Tile, TileOut, TileRef, Ty, UnOp, VarId,
+};
 
 /// A kernel body being read: the cursor, the kernel's parameters and the variables met.
 pub(super) struct Body<'c, 'a> {
@@ -139,12 +145,102 @@ impl<'c, 'a> Body<'c, 'a> {
                 };
                 Ok(Stmt::If { cond, then, els })
             }
+            "tile" => self.tile(),
             "" => Err(self.c.expected("a statement")),
             _ => {
                 let (var, _) = self.use_var(word, start, "assigned")?;
                 self.c.lit("=")?;
                 let (value, _) = self.expr()?;
                 Ok(Stmt::Set { var, value })
+            }
+        }
+    }
+
+    /// The rest of a tile after `tile` (see `kernel::tile`); its closing `}` is the last
+    /// thing read.
+    fn tile(&mut self) -> Result<Stmt> {
+        let (start, _) = self.expr()?;
+        self.c.lit("..")?;
+        let (end, _) = self.expr()?;
+        self.c.spaces();
+        let lanes = if self.c.eat_word("lanes") {
+            self.c.u32("a lane count")?
+        } else {
+            1
+        };
+        self.c.lit("{")?;
+        self.c.end_line("`{`")?;
+        self.c.spaces();
+        self.c.word("rows")?;
+        let rows = self.refs()?;
+        self.c.end_line("the tile's rows")?;
+        self.c.spaces();
+        self.c.word("cols")?;
+        let cols = self.refs()?;
+        self.c.end_line("the tile's columns")?;
+        self.c.spaces();
+        let at = self.c.pos;
+        let out = match self.c.take_while(is_param_name) {
+            "sums" => {
+                let mut vars = Vec::new();
+                loop {
+                    let (var, at) = self.define_var()?;
+                    self.check_redefinition(var, Ty::F32, at)?;
+                    self.set_type(var, Ty::F32);
+                    vars.push(var);
+                    self.c.spaces();
+                    if !self.c.eat(",") {
+                        break;
+                    }
+                }
+                TileOut::Sums(vars)
+            }
+            "store" => {
+                let refs = self.refs()?;
+                let buf = refs.first().map_or(BufId(0), |r| r.buf);
+                if refs.iter().any(|r| r.buf != buf) {
+                    return Err(self
+                        .c
+                        .error_at(at, "a tile stores all its sums into one buffer"));
+                }
+                TileOut::Store {
+                    buf,
+                    bases: refs.into_iter().map(|r| r.base).collect(),
+                }
+            }
+            _ => return Err(self.c.error_at(at, "expected `sums` or `store`")),
+        };
+        self.c.end_line("where the tile's sums go")?;
+        self.c.spaces();
+        self.c.lit("}")?;
+        Ok(Stmt::Tile(Box::new(Tile {
+            start,
+            end,
+            lanes,
+            rows,
+            cols,
+            out,
+        })))
+    }
+
+    /// `NAME[base], NAME[base], ...`: at least one.
+    fn refs(&mut self) -> Result<Vec<TileRef>> {
+        let mut out = Vec::new();
+        loop {
+            self.c.spaces();
+            let at = self.c.pos;
+            let name = self.c.take_while(is_param_name);
+            if name.is_empty() {
+                return Err(self.c.expected("a buffer element `NAME[index]`"));
+            }
+            let buf = self.buf(name, at)?;
+            self.c.lit("[")?;
+            let (base, _) = self.expr()?;
+            self.c.lit("]")?;
+            out.push(TileRef { buf, base });
+            self.c.spaces();
+            if !self.c.eat(",") {
+                return Ok(out);
             }
         }
     }
