@@ -461,7 +461,7 @@ fn precision_and_logits_choose_what_runs() {
         "--logits",
         "all",
     ]);
-    let lanes = |t: &str| t.contains("vector(16) for l_");
+    let lanes = |t: &str| t.contains(" lanes 16 {");
     assert!(lanes(&run), "the run program has no tokens-in-lanes tile");
     assert!(!lanes(&logits), "f32 activations use the lanes tiles");
     assert!(

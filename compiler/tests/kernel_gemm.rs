@@ -16,7 +16,7 @@ use archc_compiler::kernel::interp::{bf16_to_f32, f32_to_bf16, run_kernel, KBufD
 use archc_compiler::kernel::lower::{
     program_with, KernelOptions, Lowering, MatmulSchedule, Schedule,
 };
-use archc_compiler::kernel::{Access, Elem, Kernel, LoopKind, Stmt, Ty};
+use archc_compiler::kernel::{Access, Elem, Kernel, LoopKind, Stmt, Tile, TileOut, TileRef, Ty};
 use archc_compiler::{passes, testing, Mode};
 
 /// Deterministic pseudo-random values in `[-1, 1)`.
@@ -39,8 +39,8 @@ fn host_has_bf16() -> bool {
         .any(|f| f == "+avx512bf16")
 }
 
-/// `out[m, o] = sum_k x[m, k] * w[o, k]`, both bf16: the row loop parallel, the dot
-/// product a Vector(16) loop of the form the bf16 dot-product path recognises.
+/// `out[m, o] = 0.5 + sum_k x[m, k] * w[o, k]`, both bf16: the row loop parallel, the
+/// dot product a one-by-one tile, which a CPU with AVX512-BF16 runs with `vdpbf16ps`.
 fn dot_kernel(kdim: i64, odim: i64) -> Kernel {
     let mut k = Kernel::new("dot_bf16");
     let x = k.buf("x", Elem::Bf16, Access::Read);
@@ -48,10 +48,21 @@ fn dot_kernel(kdim: i64, odim: i64) -> Kernel {
     let out = k.buf("out", Elem::F32, Access::Write);
     let m = k.var("m", Ty::I64);
     let o = k.var("o", Ty::I64);
-    let kk = k.var("kk", Ty::I64);
-    let xv = k.var("xv", Ty::F32);
-    let wv = k.var("wv", Ty::F32);
     let acc = k.var("acc", Ty::F32);
+    let tile = Tile {
+        start: i(0),
+        end: i(kdim),
+        lanes: 1,
+        rows: vec![TileRef {
+            buf: x,
+            base: mul(var(m), i(kdim)),
+        }],
+        cols: vec![TileRef {
+            buf: w,
+            base: mul(var(o), i(kdim)),
+        }],
+        out: TileOut::Sums(vec![acc]),
+    };
     k.body = vec![Stmt::Loop {
         var: m,
         start: i(0),
@@ -65,35 +76,11 @@ fn dot_kernel(kdim: i64, odim: i64) -> Kernel {
             step: 1,
             kind: LoopKind::Serial,
             body: vec![
-                Stmt::Local {
-                    var: acc,
-                    init: f(0.5),
-                },
-                Stmt::Loop {
-                    var: kk,
-                    start: i(0),
-                    end: i(kdim),
-                    step: 1,
-                    kind: LoopKind::Vector(16),
-                    body: vec![
-                        Stmt::Let {
-                            var: xv,
-                            value: load(x, add(mul(var(m), i(kdim)), var(kk))),
-                        },
-                        Stmt::Let {
-                            var: wv,
-                            value: load(w, add(mul(var(o), i(kdim)), var(kk))),
-                        },
-                        Stmt::Set {
-                            var: acc,
-                            value: add(var(acc), mul(var(xv), var(wv))),
-                        },
-                    ],
-                },
+                Stmt::Tile(Box::new(tile)),
                 Stmt::Store {
                     buf: out,
                     index: add(mul(var(m), i(odim)), var(o)),
-                    value: var(acc),
+                    value: add(var(acc), f(0.5)),
                 },
             ],
         }],
@@ -276,11 +263,7 @@ fn each_schedule_takes_its_matmul_schedule() {
                     .bufs
                     .iter()
                     .any(|b| b.elem == Elem::Bf16 && matches!(b.access, Access::Scratch { .. }));
-                (
-                    text.contains("vector(16) for l_"),
-                    text.contains("for rb_"),
-                    bf16,
-                )
+                (text.contains(" lanes 16 {"), text.contains("for rb_"), bf16)
             })
             .collect();
         assert!(shapes.len() >= 3, "{shapes:?}");
@@ -329,7 +312,7 @@ fn lanes_tiles_use_the_bf16_dot_instruction() {
         .filter(|k| k.name.starts_with("linear"))
     {
         let text = k.to_string();
-        assert!(text.contains("vector(16) for l_"), "{text}");
+        assert!(text.contains(" lanes 16 {"), "{text}");
         let ir = emit_llvm_ir(std::slice::from_ref(k), &zen4, true).expect("emit");
         assert!(
             ir.contains("lanes.body"),
@@ -367,7 +350,7 @@ fn linears_match_the_kernel_interpreter(case: Case, ffn: u64, target: &Target) {
         "chunked reductions"
     );
     for k in &linears {
-        let lanes = k.to_string().contains("vector(16) for l_");
+        let lanes = k.to_string().contains(" lanes 16 {");
         assert_eq!(lanes, case == Case::Lanes, "tokens in lanes: {k}");
         // Row blocks: a serial loop over blocks of tokens around the parallel loop.
         let blocks = k.to_string().contains("for rb_");

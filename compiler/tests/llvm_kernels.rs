@@ -10,7 +10,9 @@ use archc_compiler::codegen::llvm::{
 };
 use archc_compiler::kernel::build::*;
 use archc_compiler::kernel::interp::KData;
-use archc_compiler::kernel::{Access, BinOp, Elem, Kernel, LoopKind, Stmt, Ty, UnOp};
+use archc_compiler::kernel::{
+    Access, BinOp, Elem, Kernel, LoopKind, Stmt, Tile, TileOut, TileRef, Ty, UnOp,
+};
 use common::*;
 
 // ---------------------------------------------------------------- against the kernel interpreter
@@ -281,9 +283,9 @@ fn vector_exp_is_inline_vector_code() {
     );
 }
 
-/// `out[r*ROWS + o] = sum_j w[(r*ROWS + o)*n + j] * x[j]`: `ROWS` dot products sharing
-/// the `x` load in one Vector(16) loop (the form the f32 dot plan runs as one vector
-/// accumulator each, with one butterfly at the end), row blocks parallel.
+/// `out[r*ROWS + o] = sum_j w[(r*ROWS + o)*n + j] * x[j]`: a tile of `ROWS` rows of `w`
+/// and the one column `x` (dot products sharing the `x` load, which the CPU target runs
+/// as one vector accumulator each with one butterfly at the end), row blocks parallel.
 fn rows_dot(n: i64) -> Kernel {
     const ROWS: i64 = 6;
     let mut k = Kernel::new("rows_dot");
@@ -291,40 +293,22 @@ fn rows_dot(n: i64) -> Kernel {
     let w = k.buf("w", Elem::F32, Access::Read);
     let out = k.buf("out", Elem::F32, Access::Write);
     let r = k.var("r", Ty::I64);
-    let j = k.var("j", Ty::I64);
-    let xv = k.var("xv", Ty::F32);
     let accs: Vec<_> = (0..ROWS).map(|_| k.var("acc", Ty::F32)).collect();
-    let wvs: Vec<_> = (0..ROWS).map(|_| k.var("wv", Ty::F32)).collect();
     let row = |o: i64| add(mul(var(r), i(ROWS)), i(o));
-    let mut inner = vec![Stmt::Let {
-        var: xv,
-        value: load(x, var(j)),
-    }];
-    for (o, (&acc, &wv)) in accs.iter().zip(&wvs).enumerate() {
-        inner.push(Stmt::Let {
-            var: wv,
-            value: load(w, add(mul(row(o as i64), i(n)), var(j))),
-        });
-        inner.push(Stmt::Set {
-            var: acc,
-            value: add(var(acc), mul(var(wv), var(xv))),
-        });
-    }
-    let mut body: Vec<Stmt> = accs
-        .iter()
-        .map(|&acc| Stmt::Local {
-            var: acc,
-            init: f(0.0),
-        })
-        .collect();
-    body.push(Stmt::Loop {
-        var: j,
+    let tile = Tile {
         start: i(0),
         end: i(n),
-        step: 1,
-        kind: LoopKind::Vector(16),
-        body: inner,
-    });
+        lanes: 1,
+        rows: (0..ROWS)
+            .map(|o| TileRef {
+                buf: w,
+                base: mul(row(o), i(n)),
+            })
+            .collect(),
+        cols: vec![TileRef { buf: x, base: i(0) }],
+        out: TileOut::Sums(accs.clone()),
+    };
+    let mut body = vec![Stmt::Tile(Box::new(tile))];
     for (o, &acc) in accs.iter().enumerate() {
         body.push(Stmt::Store {
             buf: out,

@@ -245,17 +245,23 @@ fn rem(a: Expr, b: Expr) -> Expr {
 /// `k` with every tile replaced by its [`Tile::expand`]ed statements, for targets that
 /// lower tiles as plain loops.
 pub fn expand_tiles(k: &Kernel) -> Kernel {
+    expand_tiles_where(k, &|_| true)
+}
+
+/// `k` with the tiles `expand` picks replaced by their expansion; the others stay, for
+/// a target that lowers some tiles itself and the rest as loops.
+pub fn expand_tiles_where(k: &Kernel, expand: &dyn Fn(&Tile) -> bool) -> Kernel {
     let mut out = k.clone();
     let body = std::mem::take(&mut out.body);
-    out.body = expand_block(body, &mut out);
+    out.body = expand_block(body, &mut out, expand);
     out
 }
 
-fn expand_block(body: Vec<Stmt>, k: &mut Kernel) -> Vec<Stmt> {
+fn expand_block(body: Vec<Stmt>, k: &mut Kernel, pick: &dyn Fn(&Tile) -> bool) -> Vec<Stmt> {
     let mut out = Vec::with_capacity(body.len());
     for s in body {
         match s {
-            Stmt::Tile(t) => out.extend(t.expand(k)),
+            Stmt::Tile(t) if pick(&t) => out.extend(t.expand(k)),
             Stmt::Loop {
                 var,
                 start,
@@ -269,12 +275,12 @@ fn expand_block(body: Vec<Stmt>, k: &mut Kernel) -> Vec<Stmt> {
                 end,
                 step,
                 kind,
-                body: expand_block(body, k),
+                body: expand_block(body, k, pick),
             }),
             Stmt::If { cond, then, els } => out.push(Stmt::If {
                 cond,
-                then: expand_block(then, k),
-                els: expand_block(els, k),
+                then: expand_block(then, k, pick),
+                els: expand_block(els, k, pick),
             }),
             other => out.push(other),
         }

@@ -18,9 +18,9 @@ use std::process::Command;
 const CODEGEN_SOURCE: &[&str] = &[
     include_str!("mod.rs"),
     include_str!("cpu.rs"),
-    include_str!("idioms/mod.rs"),
-    include_str!("idioms/dot.rs"),
-    include_str!("idioms/lanes.rs"),
+    include_str!("tiles/mod.rs"),
+    include_str!("tiles/dot.rs"),
+    include_str!("tiles/lanes.rs"),
     include_str!("math.rs"),
     include_str!("jit.rs"),
     include_str!("target.rs"),
@@ -31,6 +31,8 @@ const CODEGEN_SOURCE: &[&str] = &[
     include_str!("../body/hints.rs"),
     include_str!("../body/expr.rs"),
     include_str!("../body/memory.rs"),
+    // What a tile the target does not lower becomes.
+    include_str!("../../kernel/tile.rs"),
 ];
 
 /// Where the cache lives, from the environment.

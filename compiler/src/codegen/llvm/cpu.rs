@@ -2,8 +2,8 @@
 //! convention that loads the buffer pointers and sizes once and calls an internal,
 //! always-inlined body function whose buffer parameters are `noalias`; a thread's
 //! contiguous chunk of the parallel loop; scratch on the stack or from `malloc`; the
-//! inline vector math of `math.rs`; vectorize and unroll hints; and the loop idioms of
-//! `idioms/`.
+//! inline vector math of `math.rs`; vectorize and unroll hints; and the matmul tiles of
+//! `tiles/`.
 //!
 //! **Aliasing contract:** every non-scratch buffer parameter of the body is `noalias`, and
 //! read-only ones are also `readonly`. That is sound because a launch binds the same
@@ -12,8 +12,8 @@
 //! through. The inliner turns these into scoped alias metadata, so loads of weights can be
 //! hoisted and vectorized across stores to the output.
 
-use super::idioms;
 use super::math::Math;
+use super::tiles;
 use crate::codegen::body::{
     self, param_bufs, symbol, Bounds, Declared, Emitter, HintArg, Loop, Lowered, MathFn, Scratch,
 };
@@ -62,7 +62,7 @@ impl CpuAttrs {
 /// The CPU target for the kernels of one module.
 pub(super) struct Cpu<'a> {
     attrs: &'a CpuAttrs,
-    /// Whether bf16 dot-product loops may use `vdpbf16ps` (see `idioms`).
+    /// Whether bf16 tiles may use `vdpbf16ps` (see `tiles`).
     bf16_dot: bool,
 }
 
@@ -72,6 +72,12 @@ impl<'a> Cpu<'a> {
             attrs,
             bf16_dot: attrs.has_avx512bf16(),
         }
+    }
+
+    /// `k` as this target emits it: the tiles it lowers itself stay, every other tile
+    /// becomes its plain loops (`Tile::expand`), which LLVM vectorizes.
+    pub(super) fn prepare(&self, k: &Kernel) -> Kernel {
+        crate::kernel::tile::expand_tiles_where(k, &|t| !tiles::lowers(t, k, self.bf16_dot))
     }
 
     /// `nounwind` and the CPU's name and features.
@@ -385,14 +391,20 @@ impl<'ctx> body::Target<'ctx> for Cpu<'_> {
         }
     }
 
-    /// The loop idioms of `idioms/`.
+    /// The matmul tiles of `tiles/` (the others were expanded by `prepare`).
     fn lower_stmt(
         &self,
         e: &mut Emitter<'ctx, '_>,
         s: &Stmt,
         _first_loop: usize,
     ) -> Result<Lowered, CodegenError> {
-        idioms::lower_loop(e, s, self.bf16_dot)
+        match s {
+            Stmt::Tile(t) => {
+                tiles::lower_tile(e, t, self.bf16_dot)?;
+                Ok(Lowered::Handled)
+            }
+            _ => Ok(Lowered::NotMine),
+        }
     }
 
     fn store(

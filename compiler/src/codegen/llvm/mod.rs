@@ -5,8 +5,8 @@
 //! Every kernel becomes `void archc_k{index}_{name}(ptr bufs, ptr dims, i64 thread, i64
 //! threads)`, the kernel IR's calling convention (see `crate::kernel`). The body emitter
 //! (`codegen::body`) writes the kernels; `cpu.rs` is the CPU's `body::Target` (entry,
-//! thread chunks, scratch, math, loop hints), with the loop idioms it lowers itself in
-//! `idioms/`. The module verifier runs on every generated module before optimization;
+//! thread chunks, scratch, math, loop hints), with the matmul tiles it lowers itself in
+//! `tiles/`. The module verifier runs on every generated module before optimization;
 //! its complaints are errors, not panics.
 //!
 //! **Invariant:** the generated code only depends on the kernels and the `Target`, so
@@ -14,10 +14,10 @@
 
 mod cache;
 mod cpu;
-mod idioms;
 mod jit;
 mod math;
 mod target;
+mod tiles;
 
 pub use super::CodegenError;
 pub use cache::{cache_key, CacheSettings};
@@ -173,8 +173,7 @@ fn build_module<'ctx>(
     };
     let cpu = cpu::Cpu::new(&attrs);
     for (i, k) in kernels.iter().enumerate() {
-        // Tiles become their plain loops, whose shapes the CPU idioms recognise.
-        let k = crate::kernel::tile::expand_tiles(k);
+        let k = cpu.prepare(k);
         body::emit_kernel(ctx, &module, i, &k, &cpu)?;
     }
     module.verify().map_err(|e| CodegenError::Llvm {

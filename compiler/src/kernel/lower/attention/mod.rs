@@ -21,7 +21,7 @@ use super::ix::dim_seq_first as dim;
 use super::KernelError;
 use crate::ir::{AttnOp, Dim, NodeId, Op, Type};
 use crate::kernel::build::{add, div, f, i, load, mul, select, sub, var};
-use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Ty, VarId};
+use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Stmt, Tile, TileOut, TileRef, Ty, VarId};
 
 /// The kernel of an `Attention` or `FlashAttention` node.
 pub(super) fn kernel(cx: &NodeLowering) -> Result<Kernel, KernelError> {
@@ -464,49 +464,56 @@ impl Att {
         let a = *self;
         g.for_("j", jb.clone(), je.clone(), 1, LoopKind::Serial, |g, j| {
             let kbase = g.let_("kbase", Ty::I64, a.kbase_of(kv, j.clone()));
-            let sums: Vec<VarId> = ps.iter().map(|_| g.local("dot", Ty::F32, f(0.0))).collect();
-            // Dot products of `len` key elements from `koff` with each pair's query.
-            let dots = |g: &mut Gen, len: u64, koff: u64, q: &dyn Fn(&Pair, Expr) -> Expr| {
-                g.for_(
-                    "c",
-                    i(0),
-                    i(len as i64),
-                    1,
-                    LoopKind::Vector(LANES),
-                    |g, c| {
-                        // Loads bound to names and plain `acc + q * k` updates: the form
-                        // a target may run as one vector accumulator per pair with a
-                        // single combined lane reduction at the end.
-                        let kx = g.let_(
-                            "kx",
-                            Ty::F32,
-                            load(a.kb, add(add(kbase.clone(), i(koff as i64)), c.clone())),
-                        );
-                        for (p, &acc) in ps.iter().zip(&sums) {
-                            let qx = g.let_("qx", Ty::F32, q(p, c.clone()));
-                            g.set(acc, add(var(acc), mul(qx, kx.clone())));
-                        }
-                    },
-                );
+            // Dot products of `len` key elements from `koff` with each pair's query, one
+            // explicit tile: the key row is loaded once for every pair, and each target
+            // runs the reduction its own way (a CPU as one vector accumulator per pair).
+            let dots = |g: &mut Gen, len: u64, koff: u64, q: &dyn Fn(&Pair) -> (BufId, Expr)| {
+                let sums: Vec<VarId> = ps.iter().map(|_| g.var("dot", Ty::F32)).collect();
+                let tile = Tile {
+                    start: i(0),
+                    end: i(len as i64),
+                    lanes: 1,
+                    rows: ps
+                        .iter()
+                        .map(|p| {
+                            let (buf, base) = q(p);
+                            TileRef { buf, base }
+                        })
+                        .collect(),
+                    cols: vec![TileRef {
+                        buf: a.kb,
+                        base: add(kbase.clone(), i(koff as i64)),
+                    }],
+                    out: TileOut::Sums(sums.clone()),
+                };
+                g.push(Stmt::Tile(Box::new(tile)));
+                sums
             };
-            match (a.at.mla, a.qlat) {
+            let sums: Vec<Expr> = match (a.at.mla, a.qlat) {
                 (Some(ml), Some(qlat)) => {
-                    dots(g, ml.rank, 0, &|p, c| {
-                        load(qlat, add(i(p.slot * ml.rank as i64), c))
-                    });
+                    let lat = dots(g, ml.rank, 0, &|p| (qlat, i(p.slot * ml.rank as i64)));
                     let rope = a.d - ml.nope;
                     if rope > 0 {
-                        dots(g, rope, ml.rank, &|p, c| {
-                            load(a.qb, add(add(p.qbase.clone(), i(ml.nope as i64)), c))
+                        let r = dots(g, rope, ml.rank, &|p| {
+                            (a.qb, add(p.qbase.clone(), i(ml.nope as i64)))
                         });
+                        lat.iter()
+                            .zip(&r)
+                            .map(|(x, y)| add(var(*x), var(*y)))
+                            .collect()
+                    } else {
+                        lat.iter().map(|x| var(*x)).collect()
                     }
                 }
-                _ => dots(g, a.d, 0, &|p, c| load(a.qb, add(p.qbase.clone(), c))),
-            }
+                _ => dots(g, a.d, 0, &|p| (a.qb, p.qbase.clone()))
+                    .iter()
+                    .map(|x| var(*x))
+                    .collect(),
+            };
             let jj = g.let_("jj", Ty::I64, sub(j, jb.clone()));
-            for (p, &acc) in ps.iter().zip(&sums) {
+            for (p, dot) in ps.iter().zip(sums) {
                 let at = add(i(p.slot * BLOCK as i64), jj.clone());
-                g.store(a.sc, at, mul(var(acc), f(a.at.scale as f32)));
+                g.store(a.sc, at, mul(dot, f(a.at.scale as f32)));
             }
         });
     }

@@ -15,7 +15,7 @@ use super::tiles::Parts;
 use super::{Gen, Lin};
 use crate::ir::Epilogue;
 use crate::kernel::build::{self, bin, f, i, load};
-use crate::kernel::{Access, BinOp, BufId, Elem, Expr, LoopKind, Stmt, Ty};
+use crate::kernel::{Access, BinOp, BufId, Elem, Expr, LoopKind, Stmt, Tile, TileOut, TileRef, Ty};
 
 /// Where a tile of the tokens-in-lanes matmul sits: the scratch of packed activations
 /// and of the tile's sums, its first group of tokens and how many groups, its columns,
@@ -234,67 +234,44 @@ impl Gen {
         let lw = self.schedule.lanes.lanes;
         let k = lin.k_const() as i64;
         let np = parts.len() as i64;
-        let l = self.var("l", Ty::I64);
-        let kp = self.var("kp", Ty::I64);
-        let mut lane = Vec::new();
-        let mut inner = Vec::new();
-        // The activations of each group: pair `kp` of token `l`.
-        let mut xv = Vec::new();
-        for x in 0..geo.nx {
-            let at = ix::add(
-                ix::add(
-                    ix::mul(ix::add(geo.g0.clone(), i(x)), i(lw * k)),
-                    ix::mul(build::var(kp), i(2 * lw)),
-                ),
-                ix::mul(build::var(l), i(2)),
-            );
-            let (st, a) = self.bind("xa", Ty::F32, load(geo.xs, at.clone()));
-            inner.push(st);
-            let (st, b) = self.bind("xb", Ty::F32, load(geo.xs, ix::add(at, i(1))));
-            inner.push(st);
-            xv.push((a, b));
-        }
-        // accs[x][j][p]
-        let mut accs = vec![vec![Vec::new(); geo.nc as usize]; geo.nx as usize];
+        // One tile of `nx` groups of `lw` tokens (their pairs interleaved in `xs`) by the
+        // `nc` columns of every part, its sums stored into `ct` as `[x][j][p][lane]`.
+        let rows = (0..geo.nx)
+            .map(|x| TileRef {
+                buf: geo.xs,
+                base: ix::mul(ix::add(geo.g0.clone(), i(x)), i(lw * k)),
+            })
+            .collect();
+        let mut cols = Vec::new();
         for j in 0..geo.nc {
-            for (p, (w, _)) in parts.iter().enumerate() {
-                let at = ix::add(
-                    ix::mul(ix::add(o.clone(), i(j)), lin.k.clone()),
-                    ix::mul(build::var(kp), i(2)),
-                );
-                let (st, wa) = self.bind("wa", Ty::F32, load(*w, at.clone()));
-                inner.push(st);
-                let (st, wb) = self.bind("wb", Ty::F32, load(*w, ix::add(at, i(1))));
-                inner.push(st);
-                for (x, (xa, xb)) in xv.iter().enumerate() {
-                    let acc = self.var("acc", Ty::F32);
-                    lane.push(Stmt::Local {
-                        var: acc,
-                        init: f(0.0),
-                    });
-                    inner.push(Stmt::Set {
-                        var: acc,
-                        value: build::add(
-                            build::var(acc),
-                            build::add(
-                                build::mul(xa.clone(), wa.clone()),
-                                build::mul(xb.clone(), wb.clone()),
-                            ),
-                        ),
-                    });
-                    accs[x][j as usize].push((acc, ((x as i64 * geo.nc + j) * np + p as i64) * lw));
+            for (w, _) in parts {
+                cols.push(TileRef {
+                    buf: *w,
+                    base: ix::mul(ix::add(o.clone(), i(j)), lin.k.clone()),
+                });
+            }
+        }
+        // accs[x][j]: the `ct` offset of each part's sums.
+        let mut accs = vec![vec![Vec::new(); geo.nc as usize]; geo.nx as usize];
+        let mut bases = Vec::new();
+        for (x, row) in accs.iter_mut().enumerate() {
+            for (j, slots) in row.iter_mut().enumerate() {
+                for p in 0..np {
+                    let at = ((x as i64 * geo.nc + j as i64) * np + p) * lw;
+                    slots.push(at);
+                    bases.push(i(at));
                 }
             }
         }
-        lane.push(lp(kp, i(0), i(k / 2), LoopKind::Serial, inner));
-        for acc in accs.iter().flatten().flatten() {
-            lane.push(Stmt::Store {
-                buf: geo.ct,
-                index: ix::add(i(acc.1), build::var(l)),
-                value: build::var(acc.0),
-            });
-        }
-        let mut out = vec![lp(l, i(0), i(lw), LoopKind::Vector(lw as u32), lane)];
+        let tile = Tile {
+            start: i(0),
+            end: i(k),
+            lanes: lw as u32,
+            rows,
+            cols,
+            out: TileOut::Store { buf: geo.ct, bases },
+        };
+        let mut out = vec![Stmt::Tile(Box::new(tile))];
         // The epilogue, token by token (tokens past the block's end were padding).
         for (x, cols) in accs.iter().enumerate() {
             let tl = self.var("tl", Ty::I64);
@@ -312,7 +289,7 @@ impl Gen {
             let mut each = Vec::new();
             for (j, slots) in cols.iter().enumerate() {
                 let mut vals = Vec::new();
-                for &(_, at) in slots {
+                for &at in slots {
                     let v = self.var("s", Ty::F32);
                     each.push(Stmt::Local {
                         var: v,

@@ -14,7 +14,9 @@ use super::super::{ix, KernelError};
 use super::{Gen, Lin};
 use crate::ir::Epilogue;
 use crate::kernel::build::{self, bin, f, i, load, select};
-use crate::kernel::{Access, BinOp, BufId, Elem, Expr, LoopKind, Stmt, Ty, VarId};
+use crate::kernel::{
+    Access, BinOp, BufId, Elem, Expr, LoopKind, Stmt, Tile, TileOut, TileRef, Ty, VarId,
+};
 
 /// A slice `[start, end)` of a matmul's reduction computed by one pass of its tiles;
 /// `first` and `last` (`Bool`) say whether it is the first or the last slice.
@@ -236,59 +238,53 @@ impl Gen {
         out
     }
 
-    /// The reduction of a register tile, the one place every float matmul schedule emits
-    /// it: `xs.len() × ws.len()` dot products over `k0..k1` (times the parts of each
-    /// column), row `r` reading `xs[r].0[xs[r].1 + kk]` and part `p` of column `j` reading
-    /// `ws[j][p].0[ws[j][p].1 + kk]`. One f32 accumulator per (row, column, part),
-    /// declared before the loop; one vector loop over `kk` loads each activation and each
-    /// weight once and updates every accumulator with `acc + x * w`. Returns the
-    /// statements (the accumulators, then the loop) and the accumulators as
-    /// `[row][column][part]`.
+    /// The reduction of a register tile: `xs.len()` rows × `ws.len()` columns (each
+    /// column `ws[j]` the parts reduced together), `k` over `k0..k1`, as one explicit
+    /// tile (`Stmt::Tile`, see `kernel::tile`): row `r` reads `xs[r].0[xs[r].1 + kk]` and
+    /// part `p` of column `j` reads `ws[j][p].0[ws[j][p].1 + kk]`, and every
+    /// (row, column, part) gets a new f32 sum, which later statements read (and the
+    /// chunked reduction assigns). Each target lowers the tile in its own way. Returns
+    /// the statement and the sums as `[row][column][part]`.
     pub(super) fn accumulate(
         &mut self,
         xs: &[(BufId, Expr)],
         ws: &[Vec<(BufId, Expr)>],
         (k0, k1): (Expr, Expr),
     ) -> (Vec<Stmt>, Vec<Vec<Vec<VarId>>>) {
-        let mut out = Vec::new();
-        let kk = self.var("kk", Ty::I64);
-        let mut inner = Vec::new();
-        let mut xv = Vec::new();
-        for (src, base) in xs {
-            let (st, v) = self.bind(
-                "xv",
-                Ty::F32,
-                load(*src, ix::add(base.clone(), build::var(kk))),
-            );
-            inner.push(st);
-            xv.push(v);
-        }
+        let cols: Vec<TileRef> = ws
+            .iter()
+            .flatten()
+            .map(|(buf, base)| TileRef {
+                buf: *buf,
+                base: base.clone(),
+            })
+            .collect();
         let mut accs: Vec<Vec<Vec<VarId>>> = vec![vec![Vec::new(); ws.len()]; xs.len()];
-        for (j, col) in ws.iter().enumerate() {
-            for (w, base) in col {
-                let (st, wv) = self.bind(
-                    "wv",
-                    Ty::F32,
-                    load(*w, ix::add(base.clone(), build::var(kk))),
-                );
-                inner.push(st);
-                for (rr, x) in xv.iter().enumerate() {
+        let mut sums = Vec::with_capacity(xs.len() * cols.len());
+        for row in accs.iter_mut() {
+            for (j, col) in ws.iter().enumerate() {
+                for _ in col {
                     let acc = self.var("acc", Ty::F32);
-                    out.push(Stmt::Local {
-                        var: acc,
-                        init: f(0.0),
-                    });
-                    inner.push(Stmt::Set {
-                        var: acc,
-                        value: build::add(build::var(acc), build::mul(x.clone(), wv.clone())),
-                    });
-                    accs[rr][j].push(acc);
+                    sums.push(acc);
+                    row[j].push(acc);
                 }
             }
         }
-        let vector = LoopKind::Vector(self.schedule.vector);
-        out.push(lp(kk, k0, k1, vector, inner));
-        (out, accs)
+        let tile = Tile {
+            start: k0,
+            end: k1,
+            lanes: 1,
+            rows: xs
+                .iter()
+                .map(|(buf, base)| TileRef {
+                    buf: *buf,
+                    base: base.clone(),
+                })
+                .collect(),
+            cols,
+            out: TileOut::Sums(sums),
+        };
+        (vec![Stmt::Tile(Box::new(tile))], accs)
     }
 
     /// The epilogue of output `(t, c + j)` from its accumulators `accs` (one per part;
