@@ -560,3 +560,111 @@ fn emitted_programs_are_the_ones_that_run() {
         assert_eq!(model.program(phase).to_string(), emitted, "{mode}");
     }
 }
+
+/// Runs `archc emit` and returns stdout, failing the test with stderr otherwise.
+fn emit_ok(args: &[&str]) -> String {
+    let mut full = vec!["emit"];
+    full.extend_from_slice(args);
+    let out = archc(&full);
+    assert!(out.status.success(), "archc {full:?}: {}", shown(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// IR text is a model too: the kernel program a spec compiles to, written out and read
+/// back, gives the same LLVM IR and PTX as compiling from the spec (for a bf16 model with
+/// tokens-in-lanes tiles, a GGUF model whose weights are blocks, and both modes); the
+/// graph written out gives the same fused graph and program.
+#[test]
+fn ir_text_compiles_to_what_the_spec_compiles_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_str().expect("utf-8");
+    for model in [
+        "examples/smollm2-135m.arch",
+        "tests/data/gguf/tiny_quant/q4_k.gguf",
+        "tests/data/lower/tiny-llama.arch",
+    ] {
+        for mode in ["prefill", "decode"] {
+            let base = [model, "--mode", mode];
+            let with = |extra: &[&str]| -> Vec<String> {
+                base.iter()
+                    .chain(extra)
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+            };
+            let run = |args: Vec<String>| {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                emit_ok(&refs)
+            };
+            // The CPU program compiles to LLVM; the GPU program (`--sm`) to PTX.
+            let cpu = format!("{out}/cpu");
+            let gpu = format!("{out}/gpu");
+            run(with(&["--stage", "kernel", "-o", &cpu]));
+            run(with(&["--stage", "kernel", "--sm", "90", "-o", &gpu]));
+            for (stage, dir, extra) in [
+                ("llvm", &cpu, &[][..]),
+                ("llvm", &cpu, &["--target", "znver4"][..]),
+                ("ptx", &gpu, &[][..]),
+            ] {
+                let kernel = format!("{dir}/kernel.txt");
+                let mut from_spec = vec!["--stage", stage];
+                from_spec.extend_from_slice(extra);
+                let mut from_text = vec![kernel.as_str(), "--stage", stage];
+                from_text.extend_from_slice(extra);
+                assert_eq!(
+                    run(with(&from_spec)),
+                    emit_ok(&from_text),
+                    "{model} {mode}: --stage {stage} {extra:?} from the kernel text"
+                );
+            }
+            if model.ends_with(".arch") {
+                run(with(&["--stage", "graph", "-o", out]));
+                let graph = format!("{out}/graph.txt");
+                for stage in ["fused", "kernel"] {
+                    assert_eq!(
+                        run(with(&["--stage", stage])),
+                        emit_ok(&[&graph, "--stage", stage]),
+                        "{model} {mode}: --stage {stage} from the graph text"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// IR text states its own pass and stage: a contradicting `--mode`, or a stage before
+/// the text's, is a usage error; text that does not parse says where.
+#[test]
+fn ir_text_errors_say_what_and_where() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().to_str().expect("utf-8");
+    emit_ok(&[
+        "tests/data/lower/tiny-llama.arch",
+        "--stage",
+        "kernel",
+        "-o",
+        out,
+    ]);
+    let kernel = format!("{out}/kernel.txt");
+    let mut messages = String::new();
+    for args in [
+        vec![kernel.as_str(), "--stage", "llvm", "--mode", "decode"],
+        vec![kernel.as_str(), "--stage", "fused"],
+    ] {
+        let mut full = vec!["emit"];
+        full.extend_from_slice(&args);
+        let o = archc(&full);
+        assert_eq!(o.status.code(), Some(2), "{}", shown(&o));
+        messages.push_str(&String::from_utf8_lossy(&o.stderr).replace(out, "DIR"));
+    }
+    let text = std::fs::read_to_string(&kernel).expect("written");
+    let broken = text.replacen("launch ", "lunch ", 1);
+    let bad = format!("{out}/broken.txt");
+    std::fs::write(&bad, broken).expect("writes");
+    let o = archc(&["emit", &bad, "--stage", "llvm"]);
+    assert_eq!(o.status.code(), Some(1), "{}", shown(&o));
+    messages.push_str(&String::from_utf8_lossy(&o.stderr).replace(out, "DIR"));
+    let snaps = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/emit");
+    insta::with_settings!({snapshot_path => &snaps, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!("ir_text_errors", messages);
+    });
+}

@@ -2,12 +2,16 @@
 //! in order, each named (as Triton's `add_stages` and Cranelift's `Context::optimize`):
 //!
 //! ```text
-//! graph    Spec ──lower(mode, logits)──▶ Graph IR
-//! fused    Graph ──passes::PIPELINE──▶ fused Graph IR
-//! program  fused Graph ──kernel::lower(schedule, formats, precision)──▶ kernel Program
-//! llvm     Program ──codegen::llvm (CPU target)──▶ LLVM IR / object / machine code
-//! ptx      Program ──codegen::ptx (GPU target)──▶ PTX and a launch manifest
+//! graph    Spec ──lower(mode, logits)──▶ Graph IR                  Driver::graph
+//! fused    Graph ──passes::PIPELINE──▶ fused Graph IR              Driver::fused
+//! program  fused Graph ──kernel::lower──▶ kernel Program           Driver::program_of
+//! llvm     Program ──codegen::llvm──▶ LLVM IR / object / machine   llvm_ir, object, native
+//! ptx      Program ──codegen::ptx──▶ PTX and launch shapes          ptx
 //! ```
+//!
+//! A driver starts from a spec (`Driver::new`, `Driver::for_spec`) or from a graph read
+//! from its text (`Driver::for_graph`, the stages after `graph`); the code generation
+//! stages take a program, from either or from kernel IR text.
 //!
 //! Every verb that compiles (`emit`, `logits`, `run`, `bench`, `build`) calls this driver;
 //! none of them puts stages together itself, so what `archc emit` shows is what runs. The
@@ -138,9 +142,20 @@ impl Options {
 /// handle yet); pass and codegen errors are compiler bugs, reported rather than panicking.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DriverError {
-    Lower { mode: Mode, error: LowerError },
-    Pass { mode: Mode, error: PassError },
-    Kernel { mode: Mode, error: KernelError },
+    /// The graph stage of a driver made for a graph (it has no spec to lower).
+    NoSpec,
+    Lower {
+        mode: Mode,
+        error: LowerError,
+    },
+    Pass {
+        mode: Mode,
+        error: PassError,
+    },
+    Kernel {
+        mode: Mode,
+        error: KernelError,
+    },
     Codegen(CodegenError),
 }
 
@@ -148,7 +163,7 @@ impl DriverError {
     /// The stage that failed.
     pub fn stage(&self) -> Stage {
         match self {
-            DriverError::Lower { .. } => Stage::Graph,
+            DriverError::NoSpec | DriverError::Lower { .. } => Stage::Graph,
             DriverError::Pass { .. } => Stage::Fused,
             DriverError::Kernel { .. } => Stage::Program,
             DriverError::Codegen(_) => Stage::Llvm,
@@ -159,6 +174,7 @@ impl DriverError {
 impl fmt::Display for DriverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DriverError::NoSpec => f.write_str("no spec to lower: the input is a graph already"),
             DriverError::Lower { mode, error } => {
                 write!(f, "lowering ({}): {error}", mode.as_str())
             }
@@ -188,20 +204,19 @@ impl From<CodegenError> for DriverError {
 /// How each parameter is stored, by canonical name; `None` means the graph's dtype.
 pub type Formats<'a> = Box<dyn Fn(&str) -> Option<ParamFormat> + 'a>;
 
-/// The pipeline for one spec, one set of weight formats and one set of options.
+/// The pipeline for one spec (or a graph read from its text), one set of weight formats
+/// and one set of options.
 pub struct Driver<'a> {
-    spec: &'a Spec,
+    /// `None` when the pipeline starts from a graph (IR text), past the graph stage.
+    spec: Option<&'a Spec>,
     formats: Formats<'a>,
     options: Options,
-    /// Verify the graph after every pass (a compiler bug becomes an error, not a wrong
-    /// answer); on in `emit` and in tests, cheap next to the rest.
-    verify: bool,
 }
 
 impl fmt::Debug for Driver<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Driver")
-            .field("model", &self.spec.name)
+            .field("model", &self.spec.map(|s| s.name.as_str()))
             .field("options", &self.options)
             .finish()
     }
@@ -211,10 +226,9 @@ impl<'a> Driver<'a> {
     /// A driver over `spec` whose parameters have the formats `formats` gives.
     pub fn new(spec: &'a Spec, formats: Formats<'a>, options: Options) -> Driver<'a> {
         Driver {
-            spec,
+            spec: Some(spec),
             formats,
             options,
-            verify: true,
         }
     }
 
@@ -223,11 +237,22 @@ impl<'a> Driver<'a> {
         Driver::new(spec, Box::new(|_| None), options)
     }
 
+    /// A driver for a graph that is already built (Graph IR text): the stages after
+    /// `graph`, every parameter in the graph's dtype.
+    pub fn for_graph(options: Options) -> Driver<'a> {
+        Driver {
+            spec: None,
+            formats: Box::new(|_| None),
+            options,
+        }
+    }
+
     pub fn options(&self) -> &Options {
         &self.options
     }
 
-    pub fn spec(&self) -> &Spec {
+    /// The spec, unless the driver starts from a graph.
+    pub fn spec(&self) -> Option<&Spec> {
         self.spec
     }
 
@@ -236,15 +261,14 @@ impl<'a> Driver<'a> {
         let options = LowerOptions {
             logits: self.options.logits,
         };
-        crate::lower::lower_with(self.spec, mode, &options)
+        let spec = self.spec.ok_or(DriverError::NoSpec)?;
+        crate::lower::lower_with(spec, mode, &options)
             .map_err(|error| DriverError::Lower { mode, error })
     }
 
-    /// Stage `fused`: the graph after the fusion pipeline.
+    /// Stage `fused`: the graph after the fusion pipeline, verified after every pass (a
+    /// compiler bug becomes an error, not a wrong answer; cheap next to the rest).
     pub fn fused(&self, graph: &Graph) -> Result<Graph, DriverError> {
-        if !self.verify {
-            return Ok(crate::passes::optimize(graph));
-        }
         let mut stages =
             crate::passes::optimize_verified(graph).map_err(|error| DriverError::Pass {
                 mode: graph.mode,
@@ -295,4 +319,49 @@ impl<'a> Driver<'a> {
     pub fn programs(&self) -> Result<[Program; 2], DriverError> {
         Ok([self.program(Mode::Prefill)?, self.program(Mode::Decode)?])
     }
+}
+
+/// Stage `llvm`: the LLVM IR of a program's kernels for a CPU, as generated or (with
+/// `optimized`) after the `O3` pipeline that runs before machine code.
+pub fn llvm_ir(
+    program: &Program,
+    target: &crate::codegen::llvm::Target,
+    optimized: bool,
+) -> Result<String, DriverError> {
+    Ok(crate::codegen::llvm::emit_llvm_ir(
+        &program.kernels,
+        target,
+        optimized,
+    )?)
+}
+
+/// Stage `llvm`, to machine code: a relocatable object of the program's kernels for a
+/// CPU (what ahead-of-time builds link).
+pub fn object(
+    program: &Program,
+    target: &crate::codegen::llvm::Target,
+) -> Result<Vec<u8>, DriverError> {
+    Ok(crate::codegen::llvm::emit_object(&program.kernels, target)?)
+}
+
+/// Stage `llvm`, to machine code loaded in this process (the JIT, or a library from the
+/// disk cache that `options` names): what the CPU executor runs.
+pub fn native(
+    program: &Program,
+    target: &crate::codegen::llvm::Target,
+    options: &crate::codegen::llvm::Options,
+) -> Result<crate::codegen::llvm::CompiledProgram, DriverError> {
+    Ok(crate::codegen::llvm::compile_kernels_with(
+        &program.kernels,
+        target,
+        options,
+    )?)
+}
+
+/// Stage `ptx`: every kernel of a program as PTX for `sm`, with its launch shape.
+pub fn ptx(
+    program: &Program,
+    sm: crate::codegen::ptx::Sm,
+) -> Result<Vec<crate::codegen::ptx::PtxKernel>, DriverError> {
+    Ok(crate::codegen::ptx::emit_kernels(&program.kernels, sm)?)
 }

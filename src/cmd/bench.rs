@@ -290,7 +290,7 @@ fn prepare(args: &Args, threads: usize) -> Result<(Spec, BenchWeights), Failure>
     let spec = match &args.spec {
         Some(path) => load_arch(path)?,
         None if is_arch => load_arch(model)?,
-        None if is_gguf(model) => gguf_spec(model).map_err(Failure::new)?,
+        None if is_gguf(model) => gguf_spec(model)?,
         None => archc_spec::import::from_path(model)?,
     };
     args.prompt_len
@@ -307,7 +307,7 @@ fn prepare(args: &Args, threads: usize) -> Result<(Spec, BenchWeights), Failure>
         let seed = args.seed.unwrap_or(0);
         BenchWeights::Random(RandomWeights::for_spec(&spec, dtype, seed, threads)?)
     } else {
-        BenchWeights::Checkpoint(load_weights(&spec, model).map_err(Failure::new)?)
+        BenchWeights::Checkpoint(load_weights(&spec, model)?)
     };
     Ok((spec, weights))
 }

@@ -3,19 +3,24 @@
 //! default) or `archc logits` (`--logits all --precision f32`) builds what it runs, or
 //! writes it to `-o DIR` (atomically: a temporary file renamed into place).
 //!
-//! MODEL is a `.arch` file, an HF `config.json`, an HF model directory or a `.gguf` file.
-//! For a model directory or a GGUF file the weights are opened (memory-mapped, as `run`
-//! opens them) so that the kernels read each parameter in its stored format: GGUF blocks
-//! stay blocks and get their fused dequantise kernels. Exit status: 0 on success, 1 when
+//! MODEL is a `.arch` file, an HF `config.json`, an HF model directory, a `.gguf` file,
+//! or the text of a stage (Graph IR or kernel IR, as `emit` prints it), which is parsed
+//! and carried on from its own stage: kernel IR text compiles to the same LLVM IR or PTX
+//! as the spec it came from. For a model directory or a GGUF file the weights are opened
+//! (memory-mapped, as `run` opens them) so that the kernels read each parameter in its
+//! stored format: GGUF blocks stay blocks and get their fused dequantise kernels. Exit
+//! status: 0 on success, 1 when
 //! the model is invalid or cannot be compiled, 2 when a file cannot be read or written or
 //! the arguments do not fit together.
 
 use super::lower::ModeArg;
 use super::model::{gguf_spec, is_gguf, load_weights};
-use archc_compiler::codegen::llvm::{emit_llvm_ir, Target};
+use crate::failure::Failure;
+use archc_compiler::codegen::llvm::Target;
 use archc_compiler::codegen::ptx;
 use archc_compiler::driver::{Device, Driver, Logits, Options};
 use archc_compiler::kernel::Program;
+use archc_compiler::Graph;
 use archc_compiler::Mode;
 use archc_runtime::bind::BoundWeights;
 use archc_spec::diagnostics::{render, render_colored};
@@ -115,14 +120,15 @@ pub enum LogitsArg {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A .arch file, an HF config.json, an HF model directory or a .gguf file.
+    /// A .arch file, an HF config.json, an HF model directory, a .gguf file, or Graph IR
+    /// or kernel IR text.
     pub model: PathBuf,
     /// Which stage to print.
     #[arg(long, value_enum)]
     pub stage: Stage,
-    /// Which forward pass to build.
-    #[arg(long, value_enum, default_value = "prefill")]
-    pub mode: ModeArg,
+    /// Which forward pass to build (default prefill; IR text states its own).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
     /// Which logits a prefill computes: `last` as `archc run` does, `all` as `archc logits`.
     #[arg(long, value_enum, default_value = "last")]
     pub logits: LogitsArg,
@@ -148,36 +154,16 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-/// A failure with its exit status; the message is printed after `archc emit: `.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
 fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 2,
-        message: message.into(),
-    }
+    Failure::new(message)
 }
 
 fn invalid(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 1,
-        message: message.into(),
-    }
+    Failure::invalid(message)
 }
 
 pub fn run(args: Args) -> ExitCode {
-    match run_inner(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            if !f.message.is_empty() {
-                eprintln!("archc emit: {}", f.message);
-            }
-            ExitCode::from(f.code)
-        }
-    }
+    crate::failure::exit(run_inner(&args), "emit")
 }
 
 fn run_inner(args: &Args) -> Result<(), Failure> {
@@ -194,7 +180,6 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             args.stage.name()
         )));
     }
-    let model = open(&args.model, args.stage.has_program())?;
     let device = if args.stage == Stage::Ptx || args.sm.is_some() {
         Device::Gpu
     } else {
@@ -209,75 +194,152 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         device,
         append_in_place: true,
     };
-    let driver = match &model.weights {
-        Some(w) => archc_runtime::exec::cpu::driver(&model.spec, w, options),
-        None => Driver::for_spec(&model.spec, options),
-    };
-    let mode = match args.mode {
-        ModeArg::Prefill => Mode::Prefill,
-        ModeArg::Decode => Mode::Decode,
-    };
-    let name = args.model.display();
+    let name = args.model.display().to_string();
     let failed = |e: archc_compiler::driver::DriverError| invalid(format!("{name}: {e}"));
-    let graph = driver.graph(mode).map_err(failed)?;
-    if args.stage == Stage::Graph {
-        return output(args, graph.to_string());
-    }
+    let input = open(&args.model, args.stage.has_program())?;
+    let (driver, graph) = match &input {
+        Input::Spec { spec, weights } => {
+            let mode = match args.mode.unwrap_or(ModeArg::Prefill) {
+                ModeArg::Prefill => Mode::Prefill,
+                ModeArg::Decode => Mode::Decode,
+            };
+            let driver = match weights {
+                Some(w) => archc_runtime::exec::driver(spec, w, options),
+                None => Driver::for_spec(spec, options),
+            };
+            let graph = driver.graph(mode).map_err(failed)?;
+            if args.stage == Stage::Graph {
+                return output(args, graph.to_string());
+            }
+            (driver, graph)
+        }
+        Input::Graph(graph) => {
+            check_mode(args, Some(graph.mode))?;
+            if args.stage == Stage::Graph {
+                return output(args, graph.to_string());
+            }
+            (Driver::for_graph(options), graph.clone())
+        }
+        Input::Program(program) => {
+            check_mode(args, program_mode(program))?;
+            return program_stages(args, program);
+        }
+    };
     let fused = driver.fused(&graph).map_err(failed)?;
     if args.stage == Stage::Fused {
         return output(args, fused.to_string());
     }
     let program = driver.program_of(&fused).map_err(failed)?;
+    program_stages(args, &program)
+}
+
+/// The stages from a kernel program on: its text, its document, LLVM IR or PTX.
+fn program_stages(args: &Args, program: &Program) -> Result<(), Failure> {
+    let name = args.model.display();
     match args.stage {
         Stage::Kernel => output(args, program.to_string()),
         Stage::Program => output(args, program.doc().to_json()),
         Stage::Llvm => {
             let target = args.target.unwrap_or(TargetArg::X86_64).target();
-            let text = emit_llvm_ir(&program.kernels, &target, args.optimized)
+            let text = archc_compiler::driver::llvm_ir(program, &target, args.optimized)
                 .map_err(|e| invalid(format!("{name}: internal error: {e}")))?;
             output(args, text)
         }
-        Stage::Ptx => ptx_stage(args, &program),
-        // Printed above, before the program was built.
-        Stage::Graph | Stage::Fused => Ok(()),
+        Stage::Ptx => ptx_stage(args, program),
+        Stage::Graph | Stage::Fused => Err(usage(format!(
+            "{name} is kernel IR: --stage {} comes before the kernel program",
+            args.stage.name()
+        ))),
     }
 }
 
-/// A model as `emit` reads it: its spec, and its weights when the stage needs their
-/// formats and the model has any.
-struct Model {
-    spec: Spec,
-    weights: Option<BoundWeights>,
+/// `--mode` must agree with the mode IR text states, when it is given.
+fn check_mode(args: &Args, mode: Option<Mode>) -> Result<(), Failure> {
+    let asked = args.mode.map(|m| match m {
+        ModeArg::Prefill => Mode::Prefill,
+        ModeArg::Decode => Mode::Decode,
+    });
+    match (asked, mode) {
+        (Some(a), Some(m)) if a != m => Err(usage(format!(
+            "{} is the {} pass; --mode {} does not apply",
+            args.model.display(),
+            m.as_str(),
+            a.as_str()
+        ))),
+        _ => Ok(()),
+    }
 }
 
-/// Opens MODEL: a `.arch` file (diagnostics printed, exit 1 when invalid), an HF
-/// `config.json`, an HF model directory or a `.gguf` file; binds the weights of the last
-/// two when `weights` (the program's stages read their stored formats).
-fn open(path: &Path, weights: bool) -> Result<Model, Failure> {
+/// The mode a program's name states (`NAME.prefill`, `NAME.decode`), if it does.
+fn program_mode(p: &Program) -> Option<Mode> {
+    match p.name.rsplit_once('.') {
+        Some((_, "prefill")) => Some(Mode::Prefill),
+        Some((_, "decode")) => Some(Mode::Decode),
+        _ => None,
+    }
+}
+
+/// What `emit` reads: a spec (with its weights when the stage needs their formats and the
+/// model has any), or IR text.
+enum Input {
+    Spec {
+        spec: Spec,
+        weights: Option<BoundWeights>,
+    },
+    Graph(Graph),
+    Program(Program),
+}
+
+/// Opens MODEL: an HF model directory or a `.gguf` file (its weights bound when
+/// `weights`: the program's stages read their stored formats), an HF `config.json`,
+/// Graph IR or kernel IR text (a file that starts with `graph "`, `program ` or
+/// `kernel `), or a `.arch` file (diagnostics printed, exit 1 when invalid).
+fn open(path: &Path, weights: bool) -> Result<Input, Failure> {
     let shown = path.display().to_string();
     if path.is_dir() || is_gguf(path) {
         let spec = if is_gguf(path) {
-            gguf_spec(path)
+            gguf_spec(path)?
         } else {
-            archc_spec::import::from_path(path).map_err(|e| e.to_string())
-        }
-        .map_err(usage)?;
+            archc_spec::import::from_path(path)?
+        };
         let weights = if weights {
-            Some(load_weights(&spec, path).map_err(usage)?)
+            Some(load_weights(&spec, path)?)
         } else {
             None
         };
-        return Ok(Model { spec, weights });
+        return Ok(Input::Spec { spec, weights });
     }
     if path.extension().is_some_and(|e| e == "json") {
         let spec = archc_spec::import::from_path(path).map_err(|e| usage(e.to_string()))?;
-        return Ok(Model {
+        return Ok(Input::Spec {
             spec,
             weights: None,
         });
     }
     let src =
         std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+    let head = src.trim_start();
+    let ir = |e: archc_compiler::ir::ParseError| invalid(format!("{shown}:{e}"));
+    if head.starts_with("graph \"") {
+        return archc_compiler::ir::parse(&src)
+            .map(Input::Graph)
+            .map_err(ir);
+    }
+    if head.starts_with("program ") {
+        return archc_compiler::kernel::parse_program(&src)
+            .map(Input::Program)
+            .map_err(ir);
+    }
+    if head.starts_with("kernel ") {
+        // One kernel: a program of it alone, for the code generation stages.
+        let k = archc_compiler::kernel::parse_kernel(&src).map_err(ir)?;
+        return Ok(Input::Program(Program {
+            name: k.name.clone(),
+            buffers: Vec::new(),
+            kernels: vec![k],
+            launches: Vec::new(),
+        }));
+    }
     let spec = archc_spec::validate::check_source(&shown, &src).map_err(|diags| {
         let text = if std::io::stderr().is_terminal() {
             render_colored(&shown, &src, &diags)
@@ -287,7 +349,7 @@ fn open(path: &Path, weights: bool) -> Result<Model, Failure> {
         eprint!("{text}");
         invalid("")
     })?;
-    Ok(Model {
+    Ok(Input::Spec {
         spec,
         weights: None,
     })
@@ -310,7 +372,7 @@ fn output(args: &Args, text: String) -> Result<(), Failure> {
 fn ptx_stage(args: &Args, program: &Program) -> Result<(), Failure> {
     let sm =
         ptx::Sm::by_name(args.sm.as_deref().unwrap_or("90")).map_err(|e| usage(e.to_string()))?;
-    let kernels = ptx::emit_kernels(&program.kernels, sm)
+    let kernels = archc_compiler::driver::ptx(program, sm)
         .map_err(|e| invalid(format!("{}: internal error: {e}", args.model.display())))?;
     let manifest = ptx::manifest(&program.name, &kernels);
     let Some(dir) = &args.out else {

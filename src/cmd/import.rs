@@ -36,7 +36,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
 /// Imports SRC: a `.gguf` file through the GGUF reader, anything else as an HF config.
 fn import(src: &Path) -> Result<archc_spec::Spec, Failure> {
     if is_gguf(src) {
-        gguf_spec(src).map_err(Failure::new)
+        gguf_spec(src)
     } else {
         Ok(archc_spec::import::from_path(src)?)
     }

@@ -94,11 +94,11 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     }
     let spec = match &args.spec {
         Some(path) => load_arch(path)?,
-        None if is_gguf(&args.model) => gguf_spec(&args.model).map_err(Failure::new)?,
+        None if is_gguf(&args.model) => gguf_spec(&args.model)?,
         None => archc_spec::import::from_path(&args.model)?,
     };
     let tokens = parse_tokens(&args.tokens, spec.vocab)?;
-    let weights = load_weights(&spec, &args.model).map_err(Failure::new)?;
+    let weights = load_weights(&spec, &args.model)?;
     let mode = match args.mode {
         ModeArg::Prefill => exec::Mode::Prefill,
         ModeArg::Decode => exec::Mode::Decode,

@@ -1,6 +1,7 @@
 //! Model files as the commands that run models (`logits`, `run`, `bench`) and `import`
 //! open them: GGUF detection, the Spec of a GGUF file, and binding a checkpoint's weights.
 
+use crate::failure::Failure;
 use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
 use archc_runtime::weights::gguf::GgufFile;
 use archc_runtime::weights::Checkpoint;
@@ -15,26 +16,30 @@ pub fn is_gguf(path: &Path) -> bool {
 
 /// The Spec of an opened `.gguf` file at `path`, imported from its metadata and tensor
 /// names.
-pub fn gguf_spec_of(file: &GgufFile, path: &Path) -> Result<Spec, String> {
+pub fn gguf_spec_of(file: &GgufFile, path: &Path) -> Result<Spec, Failure> {
     let shown = path.display().to_string();
-    archc_spec::import::gguf::from_gguf_metadata(file.metadata(), &file.names(), &shown)
-        .map_err(|e| e.to_string())
+    Ok(archc_spec::import::gguf::from_gguf_metadata(
+        file.metadata(),
+        &file.names(),
+        &shown,
+    )?)
 }
 
 /// The Spec of the `.gguf` file at `path`.
-pub fn gguf_spec(path: &Path) -> Result<Spec, String> {
-    let file = GgufFile::open(path).map_err(|e| e.to_string())?;
+pub fn gguf_spec(path: &Path) -> Result<Spec, Failure> {
+    let file = GgufFile::open(path)?;
     gguf_spec_of(&file, path)
 }
 
 /// Binds the weights of an HF model directory or a `.gguf` file to `spec`; errors name
 /// the model.
-pub fn load_weights(spec: &Spec, model: &Path) -> Result<BoundWeights, String> {
+pub fn load_weights(spec: &Spec, model: &Path) -> Result<BoundWeights, Failure> {
     let shown = model.display();
+    let named = |e: &dyn std::fmt::Display| Failure::new(format!("{shown}: {e}"));
     if is_gguf(model) {
-        let file = GgufFile::open(model).map_err(|e| e.to_string())?;
-        return bind_gguf(spec, file).map_err(|e| format!("{shown}: {e}"));
+        let file = GgufFile::open(model)?;
+        return bind_gguf(spec, file).map_err(|e| named(&e));
     }
-    let checkpoint = Checkpoint::open(model).map_err(|e| e.to_string())?;
-    bind(spec, checkpoint).map_err(|e| format!("{shown}: {e}"))
+    let checkpoint = Checkpoint::open(model)?;
+    bind(spec, checkpoint).map_err(|e| named(&e))
 }

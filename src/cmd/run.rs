@@ -279,7 +279,7 @@ fn load(path: &Path) -> Result<Loaded, Failure> {
         let file = GgufFile::open(path)?;
         let tokenizer =
             Tokenizer::from_gguf(&file).map_err(|e| Failure::new(format!("tokenizer: {e}")))?;
-        let spec = gguf_spec_of(&file, path).map_err(Failure::new)?;
+        let spec = gguf_spec_of(&file, path)?;
         let weights = bind_gguf(&spec, file).map_err(|e| Failure::new(format!("{shown}: {e}")))?;
         return Ok(Loaded {
             spec,

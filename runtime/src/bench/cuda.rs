@@ -99,7 +99,7 @@ pub fn time_cuda(
         peak_device_bytes: peak,
         held_bytes: cache.device_bytes(),
         graph_replays: ws.graph_replays(),
-        graph_error: ws.graph_error().map(str::to_string),
+        graph_error: ws.graph_error().map(ToString::to_string),
     })
 }
 

@@ -1,9 +1,7 @@
 //! How the executor runs "kernel i of a program on thread t": the `Kernels` trait, with one
 //! implementation per engine (compiled native code, or the kernel IR interpreter).
 
-use archc_compiler::codegen::llvm::{
-    compile_kernels_with, CompiledProgram, Options, Origin, Target,
-};
+use archc_compiler::codegen::llvm::{CompiledProgram, Options, Origin, Target};
 use archc_compiler::kernel::interp::{run_kernel, KBufData};
 use archc_compiler::kernel::{Access, Elem, Kernel, Program};
 
@@ -62,7 +60,7 @@ impl Native {
             stage: "llvm".into(),
             message,
         };
-        let code = compile_kernels_with(&program.kernels, &Target::host(), options)
+        let code = archc_compiler::driver::native(program, &Target::host(), options)
             .map_err(|e| compile(e.to_string()))?;
         if code.kernels().len() != program.kernels.len() {
             return Err(compile(format!(

@@ -21,6 +21,8 @@ use std::fmt;
 /// The driver call of the graph path that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphCall {
+    /// Making the stream's context current on the calling thread.
+    BindContext,
     Create,
     /// Adding the kernel node of launch `n`.
     AddNode(usize),
@@ -33,6 +35,7 @@ pub enum GraphCall {
 impl fmt::Display for GraphCall {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            GraphCall::BindContext => f.write_str("binding the context"),
             GraphCall::Create => f.write_str("cuGraphCreate"),
             GraphCall::AddNode(i) => write!(f, "adding kernel node {i}"),
             GraphCall::Instantiate => f.write_str("cuGraphInstantiateWithFlags"),
@@ -78,14 +81,6 @@ impl fmt::Display for GraphError {
 }
 
 impl std::error::Error for GraphError {}
-
-/// The executor still keeps the reason for a fallback as text; this lets its `?` and its
-/// `replay` collect a graph error there until it keeps the `GraphError` itself.
-impl From<GraphError> for String {
-    fn from(e: GraphError) -> String {
-        e.to_string()
-    }
-}
 
 /// One kernel launch with its arguments: the buffer pointers, then `seq` and `past`.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,6 +32,7 @@ use archc_compiler::kernel::analysis::{analyze, ProgramInfo};
 use archc_compiler::kernel::{BufferKind, Elem, Program};
 use cudarc::driver::PushKernelArg;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+pub use graph::{GraphCall, GraphError};
 use graph::{LaunchArgs, LaunchGraph};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -314,7 +315,7 @@ pub struct Workspace {
     pub(crate) bufs: Vec<DevBuf>,
     graph: Option<LaunchGraph>,
     /// Why the graph path was given up, once it failed (then plain launches are used).
-    graph_error: Option<String>,
+    graph_error: Option<GraphError>,
     /// Calls that ran as a graph replay.
     graph_replays: u64,
 }
@@ -326,8 +327,8 @@ impl Workspace {
     }
 
     /// Why this workspace launches kernels one by one although graphs were asked for.
-    pub fn graph_error(&self) -> Option<&str> {
-        self.graph_error.as_deref()
+    pub fn graph_error(&self) -> Option<&GraphError> {
+        self.graph_error.as_ref()
     }
 
     /// How many calls ran as a graph replay.
@@ -440,7 +441,7 @@ impl CudaProgram {
             message: format!("program `{}`: {e}", program.name),
         })?;
         let compiled =
-            ptx::emit_kernels(&program.kernels, sm).map_err(|e| failed("PTX generation", e))?;
+            archc_compiler::driver::ptx(&program, sm).map_err(|e| failed("PTX generation", e))?;
         let mut kernels = Vec::with_capacity(compiled.len());
         // The shared memory a block may opt in to (227 KiB on sm_90, 163 KiB on sm_80),
         // asked for only when some kernel needs more than the default 48 KiB.
@@ -679,19 +680,19 @@ impl CudaProgram {
 
     /// Replays the workspace's graph for `launches`, building it first when there is none
     /// for this shape.
-    fn replay(&self, ws: &mut Workspace, launches: &[LaunchArgs]) -> Result<(), String> {
+    fn replay(&self, ws: &mut Workspace, launches: &[LaunchArgs]) -> Result<(), GraphError> {
         self.stream
             .context()
             .bind_to_thread()
-            .map_err(|e| format!("binding the context: {e}"))?;
-        if !ws.graph.as_ref().is_some_and(|g| g.fits(launches)) {
-            ws.graph = None;
-            ws.graph = Some(LaunchGraph::build(launches)?);
-        }
-        match ws.graph.as_mut() {
-            Some(g) => g.replay(launches, self.stream.cu_stream()),
-            None => Err("no graph".into()),
-        }
+            .map_err(|e| GraphError::Driver {
+                call: GraphCall::BindContext,
+                result: e.0,
+            })?;
+        let graph = match ws.graph.take() {
+            Some(g) if g.fits(launches) => ws.graph.insert(g),
+            _ => ws.graph.insert(LaunchGraph::build(launches)?),
+        };
+        graph.replay(launches, self.stream.cu_stream())
     }
 
     /// Runs every launch for `seq` new tokens after `past` cached ones. `inputs` holds the
