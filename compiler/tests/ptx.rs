@@ -1,13 +1,15 @@
-//! PTX code generation: snapshots of every example spec's kernels for `sm_90` (manifest
-//! and PTX), determinism, the plan of hand-built kernels (warp or thread mode, which
-//! vector loops a warp shares, launch grids), errors, and `ptxas` on every emitted file
-//! for `sm_90` and `sm_80` with register and spill counts, the quantised (GGUF block)
-//! kernels of a real model shape included. Every kernel of every example (bf16) and of
-//! the quantised Qwen3-0.6B variants is planned and stays within the GPU's memory
-//! bounds: no register spills, at most `MAX_STACK_BYTES` of local memory per thread
-//! (ptxas's stack frame), and shared memory (static plus dynamic) within the sm_90 and
-//! sm_80 opt-in limits; scratch too large for shared memory lives in per-warp global
-//! slices (`scratch_homes`).
+//! PTX code generation over whole models: every kernel of every example spec (prefill and
+//! decode, bf16) and of the quantised Qwen3-0.6B variants is generated, assembles with
+//! `ptxas` for `sm_90` and `sm_80`, and stays within the GPU's memory bounds (no register
+//! spills, at most `MAX_STACK_BYTES` of local memory per thread, shared memory within the
+//! opt-in limits; scratch too large for shared memory lives in per-warp global slices,
+//! `scratch_homes`); generation is deterministic; and the plans of hand-built kernels
+//! (warp or thread mode, which vector loops a warp shares, launch grids) and the errors.
+//!
+//! The examples' PTX is not kept whole: `examples_sm90` snapshots a digest per example,
+//! one line per kernel (symbol, launch shape, instruction count, a hash of the PTX), so
+//! that a change shows which kernels it touches. The PTX of each kernel family is read
+//! and reviewed in the file tests (`tests/filetests/ptx/`).
 //!
 //! Bless with `INSTA_UPDATE=always cargo test -p archc-compiler --test ptx`, then read the
 //! snapshots in `tests/data/ptx/`. The ptxas tests need `ptxas`: `export
@@ -78,8 +80,12 @@ fn example_programs(mode: GraphMode) -> (Vec<(String, Program)>, String) {
 }
 
 fn snapshot(name: &str, text: &str) {
+    snapshot_in(&data_dir(), name, text);
+}
+
+fn snapshot_in(dir: &Path, name: &str, text: &str) {
     insta::with_settings!({
-        snapshot_path => data_dir(),
+        snapshot_path => dir,
         prepend_module_to_snapshot => false,
         omit_expression => true,
     }, {
@@ -87,18 +93,54 @@ fn snapshot(name: &str, text: &str) {
     });
 }
 
-/// The manifest, then each kernel's PTX under a header line naming its file.
-fn render(program_name: &str, kernels: &[PtxKernel]) -> String {
-    let mut s = manifest(program_name, kernels);
+/// Instructions of a PTX text: the lines of entry bodies that end in `;` and are not
+/// declarations (`.reg`, `.shared`, ...).
+fn instructions(ptx: &str) -> usize {
+    let mut in_body = false;
+    let mut n = 0;
+    for line in ptx.lines().map(str::trim) {
+        match line {
+            "{" => in_body = true,
+            "}" => in_body = false,
+            _ if in_body && line.ends_with(';') && !line.starts_with('.') => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// 64-bit FNV-1a: a hash of the PTX that is the same on every machine and run.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One line per kernel: its symbol, launch shape, instruction count and PTX hash.
+fn digest(kernels: &[PtxKernel]) -> String {
+    let mut s = String::new();
     for k in kernels {
-        s.push_str(&format!("\n//// {}\n", k.file_name()));
-        s.push_str(&k.ptx);
+        let l = &k.plan.launch;
+        s.push_str(&format!(
+            "{}: {} mode, block {}, {} per block, {} B shared, {} B dynamic shared, scratch {}, {} instructions, ptx {:016x}\n",
+            k.symbol,
+            l.mode.as_str(),
+            l.block,
+            l.per_block,
+            l.shared_bytes,
+            l.dynamic_shared_bytes,
+            k.plan.scratch.home.as_str(),
+            instructions(&k.ptx),
+            fnv1a(&k.ptx)
+        ));
     }
     s
 }
 
-// ---------------------------------------------------------------- snapshots
+// ---------------------------------------------------------------- examples
 
+/// Every kernel of every example's prefill is generated for sm_90, and its digest is
+/// snapshotted in `tests/data/ptx/sm90/` (`ptxas_sm90` assembles them).
 #[test]
 fn examples_sm90() {
     let (programs, missing) = example_programs(GraphMode::Prefill);
@@ -108,7 +150,11 @@ fn examples_sm90() {
     for (stem, p) in &programs {
         let kernels = emit_kernels(&p.kernels, Sm::Sm90)
             .unwrap_or_else(|e| panic!("{stem}: PTX generation failed: {e}"));
-        snapshot(stem, &render(&p.name, &kernels));
+        assert_eq!(kernels.len(), p.kernels.len(), "{stem}");
+        if let Some(k) = kernels.iter().find(|k| instructions(&k.ptx) == 0) {
+            panic!("{stem}: {} has no instructions", k.symbol);
+        }
+        snapshot_in(&data_dir().join("sm90"), stem, &digest(&kernels));
     }
 }
 
@@ -116,9 +162,18 @@ fn examples_sm90() {
 fn ptx_is_deterministic() {
     let (programs, _) = example_programs(GraphMode::Decode);
     let (_, p) = &programs[0];
-    let a = render(&p.name, &emit_kernels(&p.kernels, Sm::Sm90).expect("emits"));
-    let b = render(&p.name, &emit_kernels(&p.kernels, Sm::Sm90).expect("emits"));
+    let a = emit_kernels(&p.kernels, Sm::Sm90).expect("emits");
+    let b = emit_kernels(&p.kernels, Sm::Sm90).expect("emits");
     assert_eq!(a, b);
+    assert_eq!(manifest(&p.name, &a), manifest(&p.name, &b));
+}
+
+#[test]
+fn digests_count_instructions() {
+    let ptx = ".visible .entry k(\n)\n{\n\t.reg .b32 %r<2>;\n\tmov.u32 %r1, 0;\n$L__BB0_1:\n\t@%p1 bra $L__BB0_1;\n\tret;\n}\n";
+    assert_eq!(instructions(ptx), 3);
+    assert_ne!(fnv1a("a"), fnv1a("b"));
+    assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
 }
 
 // ---------------------------------------------------------------- plans
