@@ -1,7 +1,8 @@
 //! `archc emit` snapshots: for every examples/*.arch, the fused graph (`--stage fused`,
 //! tests/data/emit/), the kernel IR program (`--stage kernel`, tests/data/emit/kernel/)
-//! and the LLVM IR of its kernels for the fixed x86-64-v4 CPU (`--stage llvm`,
-//! tests/data/emit/llvm/), or the error a user sees (f8 weights and linear-attention
+//! and a digest of the LLVM IR of its kernels for the fixed x86-64-v4 CPU (`--stage
+//! llvm`, tests/data/emit/llvm/: one line per kernel; smollm2-135m's module is kept in
+//! full), or the error a user sees (f8 weights and linear-attention
 //! mixers have no kernels yet), all with the options `archc run` uses (the last
 //! position's logits, bf16 activations); the kernels of real weight files (GGUF blocks,
 //! tests/data/emit/weights/); the program document (`--stage program`). Each run is
@@ -52,6 +53,11 @@ fn examples() -> Vec<PathBuf> {
 /// Runs `archc emit examples/<name>.arch <args>` twice for every example and snapshots
 /// what a user sees into `tests/data/<dir>/<name>.snap`.
 fn snapshot_every_example(args: &[&str], dir: &str) {
+    snapshot_every_example_as(args, dir, shown);
+}
+
+/// As [`snapshot_every_example`], snapshotting `view` of each run.
+fn snapshot_every_example_as(args: &[&str], dir: &str, view: impl Fn(&Output) -> String) {
     let snaps = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(dir);
@@ -76,7 +82,7 @@ fn snapshot_every_example(args: &[&str], dir: &str) {
             "{name}: errors differ between runs"
         );
         insta::with_settings!({snapshot_path => &snaps, prepend_module_to_snapshot => false, omit_expression => true}, {
-            insta::assert_snapshot!(name, shown(&first));
+            insta::assert_snapshot!(name, view(&first));
         });
     }
 }
@@ -204,11 +210,22 @@ fn kernel_stage_in_decode_mode() {
 
 /// `--stage llvm`: the unoptimized LLVM IR (what archc generates, before `O3`) of every
 /// example for the default target, the fixed x86-64-v4 CPU, so the snapshots do not
-/// depend on the machine. Each module is a few hundred KB at most (the kernels are
-/// deduplicated), small enough to keep in full.
+/// depend on the machine. A whole module is about a megabyte, so each example's snapshot
+/// is a digest line per kernel (instructions, vector instructions, a hash of its text:
+/// any change shows and names the kernel); the kernels themselves are read in the file
+/// tests (compiler/tests/filetests/llvm/), and one whole module, smollm2-135m's, is kept
+/// in full.
 #[test]
 fn llvm_ir_of_every_example() {
-    snapshot_every_example(&["--stage", "llvm"], "emit/llvm");
+    snapshot_every_example_as(&["--stage", "llvm"], "emit/llvm", |out| {
+        if out.status.success() {
+            digest_lines(&String::from_utf8_lossy(&out.stdout))
+        } else {
+            shown(out)
+        }
+    });
+    let whole = emit_twice(&["examples/smollm2-135m.arch", "--stage", "llvm"]);
+    snapshot("smollm2-135m.whole", &whole);
 }
 
 /// Runs `archc emit` twice and returns stdout, checking that it succeeded and that both
@@ -247,7 +264,7 @@ fn llvm_ir_for_aarch64() {
             && arm.contains("\"target-cpu\"=\"neoverse-v1\""),
         "not aarch64 code"
     );
-    snapshot("smollm2-135m.aarch64", &arm);
+    snapshot("smollm2-135m.aarch64", &digest_lines(&arm));
 }
 
 /// `--optimized`: the module after `O3`, what actually runs. Its full text is about
@@ -280,6 +297,22 @@ fn optimized_llvm_ir_digest() {
 /// The target lines, one digest line per defined function, then the smallest function
 /// whose symbol contains `_linear_`, in full.
 fn digest(ir: &str) -> String {
+    let functions = functions(ir);
+    let smallest_linear = functions
+        .iter()
+        .filter(|f| f.name.contains("_linear_"))
+        .min_by_key(|f| (f.instructions, f.name.clone()))
+        .expect("a linear kernel");
+    format!(
+        "{}\n; the smallest linear kernel in full:\n{}",
+        digest_lines(ir),
+        smallest_linear.text
+    )
+}
+
+/// The target lines, then one line per defined function: its name, instructions, vector
+/// instructions and the FNV-1a hash of its text.
+fn digest_lines(ir: &str) -> String {
     let mut out =
         String::from("; one line per function: instructions, vector instructions, FNV-1a hash\n");
     for line in ir.lines().filter(|l| l.starts_with("target ")) {
@@ -297,15 +330,6 @@ fn digest(ir: &str) -> String {
             fnv1a(f.text.as_bytes())
         ));
     }
-    let smallest_linear = functions
-        .iter()
-        .filter(|f| f.name.contains("_linear_"))
-        .min_by_key(|f| (f.instructions, f.name.clone()))
-        .expect("a linear kernel");
-    out.push_str(&format!(
-        "\n; the smallest linear kernel in full:\n{}",
-        smallest_linear.text
-    ));
     out
 }
 

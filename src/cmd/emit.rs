@@ -283,7 +283,7 @@ fn program_mode(p: &Program) -> Option<Mode> {
 /// model has any), or IR text.
 enum Input {
     Spec {
-        spec: Spec,
+        spec: Box<Spec>,
         weights: Option<BoundWeights>,
     },
     Graph(Graph),
@@ -307,12 +307,15 @@ fn open(path: &Path, weights: bool) -> Result<Input, Failure> {
         } else {
             None
         };
-        return Ok(Input::Spec { spec, weights });
+        return Ok(Input::Spec {
+            spec: Box::new(spec),
+            weights,
+        });
     }
     if path.extension().is_some_and(|e| e == "json") {
         let spec = archc_spec::import::from_path(path).map_err(|e| usage(e.to_string()))?;
         return Ok(Input::Spec {
-            spec,
+            spec: Box::new(spec),
             weights: None,
         });
     }
@@ -350,7 +353,7 @@ fn open(path: &Path, weights: bool) -> Result<Input, Failure> {
         invalid("")
     })?;
     Ok(Input::Spec {
-        spec,
+        spec: Box::new(spec),
         weights: None,
     })
 }
