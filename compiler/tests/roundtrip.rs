@@ -9,7 +9,7 @@
 //! read the snapshots.
 
 use archc_compiler::ir::{self, parse, Graph, Io, Op, UnaryOp};
-use archc_compiler::kernel::lower::{program, program_with, KernelOptions, Lowering};
+use archc_compiler::kernel::lower::{program, program_with, KernelOptions, Lowering, Schedule};
 use archc_compiler::kernel::{parse_kernel, parse_program, Expr, Program, Stmt};
 use archc_compiler::passes::optimize;
 use archc_compiler::testing;
@@ -179,7 +179,8 @@ fn tiny_models() -> Vec<(&'static str, Spec)> {
     ]
 }
 
-/// Every tiny model, both modes, every combination of kernel options: the graphs and
+/// Every tiny model, both modes, the CPU and GPU schedules, every combination of kernel
+/// options: the graphs and
 /// programs read back exactly, and printing what was read gives the same text.
 #[test]
 fn every_tiny_model_round_trips_with_every_kernel_option() {
@@ -190,19 +191,22 @@ fn every_tiny_model_round_trips_with_every_kernel_option() {
             graph_round_trips(&what, &g);
             let fused = optimize(&g);
             graph_round_trips(&format!("{what} fused"), &fused);
-            for bf16_activations in [false, true] {
-                for append_in_place in [false, true] {
-                    let opts = KernelOptions {
-                        bf16_activations,
-                        append_in_place,
-                    };
-                    let lowering = Lowering {
-                        options: opts,
-                        ..Lowering::default()
-                    };
-                    let p = program_with(&fused, &lowering)
-                        .unwrap_or_else(|e| panic!("{what} {opts:?}: {e}"));
-                    program_round_trips(&format!("{what} {opts:?}"), &p);
+            for (device, schedule) in [("cpu", Schedule::cpu()), ("gpu", Schedule::gpu())] {
+                for bf16_activations in [false, true] {
+                    for append_in_place in [false, true] {
+                        let opts = KernelOptions {
+                            bf16_activations,
+                            append_in_place,
+                        };
+                        let lowering = Lowering {
+                            options: opts,
+                            schedule,
+                            ..Lowering::default()
+                        };
+                        let p = program_with(&fused, &lowering)
+                            .unwrap_or_else(|e| panic!("{what} {device} {opts:?}: {e}"));
+                        program_round_trips(&format!("{what} {device} {opts:?}"), &p);
+                    }
                 }
             }
         }
