@@ -13,7 +13,7 @@
 //! from its text (`Driver::for_graph`, the stages after `graph`); the code generation
 //! stages take a program, from either or from kernel IR text.
 //!
-//! Every verb that compiles (`emit`, `logits`, `run`, `bench`, `build`) calls this driver;
+//! Every verb that compiles (`emit`, `logits`, `run`, `bench`) calls this driver;
 //! none of them puts stages together itself, so what `archc emit` shows is what runs. The
 //! program stage resolves its options here: from the target (the CPU and GPU schedules),
 //! from the stored formats of the weights (block-quantised parameters stay blocks, float
@@ -156,7 +156,11 @@ pub enum DriverError {
         mode: Mode,
         error: KernelError,
     },
-    Codegen(CodegenError),
+    /// Code generation for the CPU (`Stage::Llvm`) or a GPU (`Stage::Ptx`).
+    Codegen {
+        stage: Stage,
+        error: CodegenError,
+    },
 }
 
 impl DriverError {
@@ -166,7 +170,7 @@ impl DriverError {
             DriverError::NoSpec | DriverError::Lower { .. } => Stage::Graph,
             DriverError::Pass { .. } => Stage::Fused,
             DriverError::Kernel { .. } => Stage::Program,
-            DriverError::Codegen(_) => Stage::Llvm,
+            DriverError::Codegen { stage, .. } => *stage,
         }
     }
 }
@@ -188,17 +192,18 @@ impl fmt::Display for DriverError {
             DriverError::Kernel { mode, error } => {
                 write!(f, "kernel program ({}): {error}", mode.as_str())
             }
-            DriverError::Codegen(e) => write!(f, "code generation: {e}"),
+            DriverError::Codegen { stage, error } => {
+                write!(f, "code generation ({}): {error}", stage.as_str())
+            }
         }
     }
 }
 
 impl std::error::Error for DriverError {}
 
-impl From<CodegenError> for DriverError {
-    fn from(e: CodegenError) -> DriverError {
-        DriverError::Codegen(e)
-    }
+/// A code generation error of `stage`.
+fn codegen(stage: Stage) -> impl Fn(CodegenError) -> DriverError {
+    move |error| DriverError::Codegen { stage, error }
 }
 
 /// How each parameter is stored, by canonical name; `None` means the graph's dtype.
@@ -328,11 +333,8 @@ pub fn llvm_ir(
     target: &crate::codegen::llvm::Target,
     optimized: bool,
 ) -> Result<String, DriverError> {
-    Ok(crate::codegen::llvm::emit_llvm_ir(
-        &program.kernels,
-        target,
-        optimized,
-    )?)
+    crate::codegen::llvm::emit_llvm_ir(&program.kernels, target, optimized)
+        .map_err(codegen(Stage::Llvm))
 }
 
 /// Stage `llvm`, to machine code: a relocatable object of the program's kernels for a
@@ -341,7 +343,7 @@ pub fn object(
     program: &Program,
     target: &crate::codegen::llvm::Target,
 ) -> Result<Vec<u8>, DriverError> {
-    Ok(crate::codegen::llvm::emit_object(&program.kernels, target)?)
+    crate::codegen::llvm::emit_object(&program.kernels, target).map_err(codegen(Stage::Llvm))
 }
 
 /// Stage `llvm`, to machine code loaded in this process (the JIT, or a library from the
@@ -351,11 +353,8 @@ pub fn native(
     target: &crate::codegen::llvm::Target,
     options: &crate::codegen::llvm::Options,
 ) -> Result<crate::codegen::llvm::CompiledProgram, DriverError> {
-    Ok(crate::codegen::llvm::compile_kernels_with(
-        &program.kernels,
-        target,
-        options,
-    )?)
+    crate::codegen::llvm::compile_kernels_with(&program.kernels, target, options)
+        .map_err(codegen(Stage::Llvm))
 }
 
 /// Stage `ptx`: every kernel of a program as PTX for `sm`, with its launch shape.
@@ -363,5 +362,5 @@ pub fn ptx(
     program: &Program,
     sm: crate::codegen::ptx::Sm,
 ) -> Result<Vec<crate::codegen::ptx::PtxKernel>, DriverError> {
-    Ok(crate::codegen::ptx::emit_kernels(&program.kernels, sm)?)
+    crate::codegen::ptx::emit_kernels(&program.kernels, sm).map_err(codegen(Stage::Ptx))
 }

@@ -457,6 +457,16 @@ fn errors() {
     let e = emit_kernel(0, &k, Sm::Sm90).expect_err("too much scratch");
     let bad_sm = Sm::by_name("75").expect_err("unknown sm");
     snapshot("errors", &format!("{e}\n{bad_sm}"));
+    // Through the driver, the error names the stage that failed: PTX, not the CPU's.
+    let p = Program {
+        name: "one".into(),
+        buffers: Vec::new(),
+        kernels: vec![k],
+        launches: Vec::new(),
+    };
+    let e = archc_compiler::driver::ptx(&p, Sm::Sm90).expect_err("too much scratch");
+    assert_eq!(e.stage(), archc_compiler::driver::Stage::Ptx);
+    assert!(e.to_string().starts_with("code generation (ptx): "), "{e}");
 }
 
 // ---------------------------------------------------------------- ptxas
