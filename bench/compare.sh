@@ -5,11 +5,13 @@
 # bench/README.md.
 #
 #   bench/compare.sh [--threads N] [--prompt-len N] [--gen N] [--rounds N] [--models "a b"]
-#                    [--only build|models|run]
+#                    [--engines "archc base llama torch"] [--only build|models|run]
 #
 # Everything it downloads or builds lives under bench/.work/ (gitignored). Set PYTHON to a
 # Python that already has torch, transformers, safetensors, tokenizers and numpy to skip the venv,
-# and ARCHC to a built archc binary to time it instead of building this checkout.
+# and ARCHC to a built archc binary to time it instead of building this checkout. ARCHC_BASE
+# names another archc build (say, of the previous main) to time as the engine `base`, right
+# after archc in every round; the table then adds archc/base.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +22,7 @@ GEN=128
 ROUNDS=3
 MODELS="qwen3-0.6b llama-3.2-1b smollm2-135m-q4_1"
 ONLY=""
+ENGINES=""
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 
 while [ $# -gt 0 ]; do
@@ -30,10 +33,26 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS="$2"; shift 2 ;;
         --models) MODELS="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --engines) ENGINES="$2"; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
+
+if [ -z "$ENGINES" ]; then
+    ENGINES="archc${ARCHC_BASE:+ base} llama torch"
+fi
+for e in $ENGINES; do
+    case "$e" in
+        archc|llama|torch) ;;
+        base) [ -x "${ARCHC_BASE:-}" ] || {
+            echo "compare.sh: the engine base needs ARCHC_BASE, an archc binary (found '${ARCHC_BASE:-}')" >&2
+            exit 2
+        } ;;
+        *) echo "compare.sh: --engines takes archc, base, llama and torch (found '$e')" >&2; exit 2 ;;
+    esac
+done
+engine() { case " $ENGINES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 mkdir -p "$WORK"
 log() { echo "[compare.sh $(date +%H:%M:%S)] $*" >&2; }
@@ -156,6 +175,10 @@ run_all() {
     flags="$(for f in avx2 fma avx512f avx512_bf16; do grep -m1 -qw "$f" /proc/cpuinfo && printf '%s ' "$f"; done)"
     echo "# cpu: $(field 'model name') (family $(field 'cpu family'), model $(field 'model')), $(nproc) cores, ${flags% }"
     echo "# archc: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    if engine base; then
+        echo "# base: $ARCHC_BASE"
+    fi
+    echo "# engines: $ENGINES"
     echo "# llama.cpp: from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION; torch $("$PY" -c 'import torch; print(torch.__version__)')"
     echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     # One round runs every engine once on every model; the table is the median over rounds.
@@ -171,14 +194,24 @@ run_all() {
                     exit 1
                 }
             fi
-            log "round $r/$ROUNDS $m: archc"
-            "$ARCHC" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
-                --threads "$THREADS" --repeat 1 --json >"$RAW/archc.$m.$r.json"
-            log "round $r/$ROUNDS $m: llama.cpp"
-            "$LLAMA_BENCH" -m "$gguf" -p "$PROMPT" -n "$GEN" -t "$THREADS" \
-                -r 1 -o json >"$RAW/llama.$m.$r.json" 2>"$RAW/llama.$m.$r.log"
+            if engine archc; then
+                log "round $r/$ROUNDS $m: archc"
+                "$ARCHC" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
+                    --threads "$THREADS" --repeat 1 --json >"$RAW/archc.$m.$r.json"
+            fi
+            if engine base; then
+                log "round $r/$ROUNDS $m: base ($ARCHC_BASE)"
+                "$ARCHC_BASE" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
+                    --threads "$THREADS" --repeat 1 --json >"$RAW/base.$m.$r.json"
+            fi
+            if engine llama; then
+                log "round $r/$ROUNDS $m: llama.cpp"
+                "$LLAMA_BENCH" -m "$gguf" -p "$PROMPT" -n "$GEN" -t "$THREADS" \
+                    -r 1 -o json >"$RAW/llama.$m.$r.json" 2>"$RAW/llama.$m.$r.log"
+            fi
             # PyTorch has no Q4_1 kernels: the real model is archc against llama.cpp only.
             is_real "$m" && continue
+            engine torch || continue
             log "round $r/$ROUNDS $m: PyTorch eager"
             "$PY" "$ROOT/bench/torch_bench.py" "$WORK/models/$m" --prompt-len "$PROMPT" \
                 --gen "$GEN" --threads "$THREADS" --repeat 1 >"$RAW/torch.$m.$r.json" \

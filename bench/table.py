@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Summarise the raw results of bench/compare.sh as a Markdown table.
 
-Reads RAW_DIR/{archc,llama,torch}.<model>.<round>.json and prints, per model, the median
-over rounds of each engine's prefill and decode tokens per second with the ratios
+Reads RAW_DIR/{archc,base,llama,torch}.<model>.<round>.json and prints, per model, the
+median over rounds of each engine's prefill and decode tokens per second with the ratios
 archc/llama.cpp and archc/PyTorch, the same for each engine's best round, then archc's own
-numbers: compile times, peak memory and
-the roofline fractions (see `archc bench --help` for their definitions).
+numbers: compile times, peak memory and the roofline fractions (see `archc bench --help`
+for their definitions). Where a baseline archc (`base`, see ARCHC_BASE in compare.sh) ran,
+a table of archc against it: both medians, their ratio, and the median and range of the
+per-round ratios (each round runs the two back to back, so a round's ratio sees one load).
 
 Usage: table.py RAW_DIR --models "a b" [--threads N --prompt-len N --gen N]
 """
@@ -75,8 +77,33 @@ def main() -> None:
         "| model | decode roofline | prefill roofline | compile cold | compile cached | peak RSS / (weights + KV) | bandwidth | FMA peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    against_base = [
+        "| model | test | archc | base | archc/base (medians) | per-round archc/base: median (min–max) | rounds |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for m in args.models.split():
         archc = [d for d in (load(f) for f in sorted(args.raw.glob(f"archc.{m}.*.json"))) if d]
+        by_round = lambda engine: {
+            f.name.split(".")[-2]: load(f) for f in sorted(args.raw.glob(f"{engine}.{m}.*.json"))
+        }
+        base_rounds, archc_rounds = by_round("base"), by_round("archc")
+        for test, key, n in (("prefill", "prefill_tok_s", p), ("decode", "decode_tok_s", g)):
+            if not base_rounds:
+                break
+            paired = [
+                archc_rounds[r][key] / base_rounds[r][key]
+                for r in sorted(base_rounds)
+                if archc_rounds.get(r) and base_rounds[r]
+                and archc_rounds[r].get(key) and base_rounds[r].get(key)
+            ]
+            a = med(d.get(key) for d in archc_rounds.values() if d)
+            b = med(d.get(key) for d in base_rounds.values() if d)
+            spread = (
+                f"{med(paired):.3f}x ({min(paired):.3f}–{max(paired):.3f})" if paired else "n/a"
+            )
+            against_base.append(
+                f"| {m} | {test} {n} tok/s | {fmt(a)} | {fmt(b)} | {ratio(a, b)} | {spread} | {len(paired)} |"
+            )
         torch = [d for d in (load(f) for f in sorted(args.raw.glob(f"torch.{m}.*.json"))) if d]
         llama = [llama_rates(load(f), p, g) for f in sorted(args.raw.glob(f"llama.{m}.*.json"))]
         rounds = max(len(archc), len(torch), len(llama))
@@ -106,6 +133,9 @@ def main() -> None:
     print("\n".join(fastest))
     print("\narchc's own measurements, median over rounds:\n")
     print("\n".join(own))
+    if len(against_base) > 2:
+        print("\narchc against the baseline build (base), median over rounds:\n")
+        print("\n".join(against_base))
 
 
 if __name__ == "__main__":
