@@ -8,6 +8,7 @@
 
 pub mod codegen;
 pub mod driver;
+pub mod floats;
 pub mod interp;
 pub mod ir;
 pub mod kernel;

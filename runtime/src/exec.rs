@@ -2,7 +2,6 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod encode;
 
 use crate::bind::BoundWeights;
 use archc_compiler::driver::{Driver, Options};

@@ -48,23 +48,7 @@ pub struct BlockView<'a> {
     pub bytes: &'a [u8],
 }
 
-/// IEEE half to f32.
-pub fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let bits = match exp {
-        0 if mant == 0 => sign,
-        0 => {
-            // Subnormal: value = mant * 2^-24.
-            let v = mant as f32 * (1.0 / 16_777_216.0);
-            return if sign != 0 { -v } else { v };
-        }
-        0x1f => sign | 0x7f80_0000 | (mant << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (mant << 13),
-    };
-    f32::from_bits(bits)
-}
+pub use crate::floats::f16_to_f32;
 
 /// Convert `out.len()` elements starting at element `start` of a view.
 pub fn convert_into(w: &WeightView<'_>, start: usize, out: &mut [f32]) {

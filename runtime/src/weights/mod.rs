@@ -167,29 +167,7 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     }
 }
 
-/// bfloat16 is the top half of an f32, so widening is a shift.
-pub fn bf16_to_f32(bits: u16) -> f32 {
-    f32::from_bits(u32::from(bits) << 16)
-}
-
-/// IEEE half to single, exact for every input (subnormals, infinities and NaN included).
-pub fn f16_to_f32(bits: u16) -> f32 {
-    let sign = u32::from(bits >> 15) << 31;
-    let exp = u32::from((bits >> 10) & 0x1f);
-    let mant = u32::from(bits & 0x3ff);
-    let out = match (exp, mant) {
-        (0, 0) => sign,
-        (0, _) => {
-            // A subnormal half is mant * 2^-24, which is a normal f32: scale exactly.
-            let v = mant as f32 * f32::from_bits(0x3380_0000);
-            return if sign != 0 { -v } else { v };
-        }
-        (0x1f, 0) => sign | 0x7f80_0000,
-        (0x1f, _) => sign | 0x7f80_0000 | (mant << 13),
-        _ => sign | ((exp + 127 - 15) << 23) | (mant << 13),
-    };
-    f32::from_bits(out)
-}
+pub use archc_compiler::floats::{bf16_to_f32, f16_to_f32};
 
 /// The shard file names `model.safetensors.index.json` refers to, and where each tensor lives.
 const INDEX_FILE: &str = "model.safetensors.index.json";

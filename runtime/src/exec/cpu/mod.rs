@@ -20,10 +20,10 @@ mod params;
 mod plan;
 mod pool;
 
-pub use crate::exec::encode::{f32_to_bf16, f32_to_f16};
 pub use crate::exec::{driver, formats, Phase};
 pub use archc_compiler::codegen::llvm::{Options as LlvmOptions, Origin};
 pub use archc_compiler::driver::{Device, Logits, Options, Precision};
+pub use archc_compiler::floats::{f32_to_bf16, f32_to_f16};
 pub use kernels::{Call, Interpreted, Kernels, Native};
 pub use params::ParamStats;
 pub use pool::Pool;

@@ -3,9 +3,9 @@
 //! read (zero copy) and converted into an aligned buffer otherwise.
 
 use super::aligned::AlignedBuf;
-use crate::exec::encode::{f32_to_bf16, f32_to_f16};
 use crate::exec::ExecError;
 use crate::weights::{decode_f32, Dtype};
+use archc_compiler::floats::{f32_to_bf16, f32_to_f16};
 use archc_compiler::interp::{WeightDType, WeightSource};
 use archc_compiler::kernel::Elem;
 use std::collections::BTreeMap;

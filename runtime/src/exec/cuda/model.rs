@@ -16,10 +16,10 @@ use super::{
     elem_bytes, failed, mem_info, probe, CudaError, CudaProgram, DevBuf, DeviceInfo, DeviceParams,
     Workspace,
 };
-use crate::exec::encode::{f32_to_bf16, f32_to_f16};
 use crate::exec::{driver, Phase};
 use crate::weights::{decode_f32, Dtype};
 use archc_compiler::driver::{Device, Logits, Options};
+use archc_compiler::floats::{f32_to_bf16, f32_to_f16};
 use archc_compiler::interp::{WeightDType, WeightSource};
 use archc_compiler::ir::Io;
 use archc_compiler::kernel::{BufferKind, Elem, Program};
