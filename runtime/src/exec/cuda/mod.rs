@@ -48,6 +48,9 @@ pub enum CudaError {
     NoDevice { message: String },
     /// The device is older than the code generator supports.
     Unsupported { message: String },
+    /// A parameter cannot be uploaded as the program reads it (missing, mis-shaped, or of
+    /// a type no checkpoint stores).
+    Param { name: String, message: String },
     /// Code generation, module loading, memory or a launch failed.
     Failed { message: String },
 }
@@ -61,6 +64,7 @@ impl fmt::Display for CudaError {
             ),
             CudaError::NoDevice { message } => write!(f, "no CUDA device: {message}"),
             CudaError::Unsupported { message } => write!(f, "unsupported GPU: {message}"),
+            CudaError::Param { name, message } => write!(f, "parameter `{name}`: {message}"),
             CudaError::Failed { message } => write!(f, "CUDA: {message}"),
         }
     }

@@ -113,32 +113,34 @@ fn param_bytes<'w>(
     name: &str,
     elem: Elem,
     shape: &[usize],
-) -> Result<Cow<'w, [u8]>, String> {
+) -> Result<Cow<'w, [u8]>, CudaError> {
+    let bad = |message: String| CudaError::Param {
+        name: name.to_string(),
+        message,
+    };
     if elem == Elem::U8 {
         // Quantised blocks (GGUF), which the kernels decode in place: uploaded as stored.
         let blocks = weights.blocks(name).ok_or_else(|| {
-            format!(
-                "parameter `{name}`: the program reads quantised blocks, the checkpoint has none"
-            )
+            bad("the program reads quantised blocks, the checkpoint has none".into())
         })?;
         let want: usize = shape.iter().product();
         if blocks.bytes.len() != want {
-            return Err(format!(
-                "parameter `{name}`: {} bytes of {} blocks stored, the program reads {want}",
+            return Err(bad(format!(
+                "{} bytes of {} blocks stored, the program reads {want}",
                 blocks.bytes.len(),
                 blocks.format.name()
-            ));
+            )));
         }
         return Ok(Cow::Borrowed(blocks.bytes));
     }
     let view = weights
         .get(name)
-        .ok_or_else(|| format!("parameter `{name}` is not bound to a checkpoint tensor"))?;
+        .ok_or_else(|| bad("not bound to a checkpoint tensor".into()))?;
     if view.shape != shape {
-        return Err(format!(
-            "parameter `{name}` has shape {:?} in the checkpoint, the program expects {shape:?}",
+        return Err(bad(format!(
+            "shape {:?} in the checkpoint, the program expects {shape:?}",
             view.shape
-        ));
+        )));
     }
     let numel: usize = shape.iter().product();
     let (stored, dtype) = match view.dtype {
@@ -149,13 +151,13 @@ fn param_bytes<'w>(
     if stored == elem && view.bytes.len() == numel * elem.bytes() {
         return Ok(Cow::Borrowed(view.bytes));
     }
-    let values = decode_f32(dtype, view.bytes)
-        .ok_or_else(|| format!("parameter `{name}`: cannot read dtype {dtype}"))?;
+    let values =
+        decode_f32(dtype, view.bytes).ok_or_else(|| bad(format!("cannot read dtype {dtype}")))?;
     if values.len() != numel {
-        return Err(format!(
-            "parameter `{name}`: {} elements stored, {numel} expected",
+        return Err(bad(format!(
+            "{} elements stored, {numel} expected",
             values.len()
-        ));
+        )));
     }
     let bytes: Vec<u8> = match elem {
         Elem::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -168,17 +170,13 @@ fn param_bytes<'w>(
             .flat_map(|&v| f32_to_f16(v).to_le_bytes())
             .collect(),
         Elem::I32 => {
-            return Err(format!(
-                "parameter `{name}`: the program reads it as i32, which no checkpoint stores"
+            return Err(bad(
+                "the program reads it as i32, which no checkpoint stores".into(),
             ))
         }
         // Quantised blocks returned above.
-        Elem::U8 => return Err(format!("parameter `{name}`: quantised blocks expected")),
-        Elem::F8 => {
-            return Err(format!(
-                "parameter `{name}`: f8 weights are not uploaded to the GPU yet"
-            ))
-        }
+        Elem::U8 => return Err(bad("quantised blocks expected".into())),
+        Elem::F8 => return Err(bad("f8 weights are not uploaded to the GPU yet".into())),
     };
     Ok(Cow::Owned(bytes))
 }
@@ -206,8 +204,7 @@ fn upload_params(
                 })?;
             shape.push(n);
         }
-        let bytes = param_bytes(weights, name, b.elem, &shape)
-            .map_err(|message| CudaError::Failed { message })?;
+        let bytes = param_bytes(weights, name, b.elem, &shape)?;
         params.upload(stream, &b.name, b.elem, &bytes)?;
     }
     Ok(())
