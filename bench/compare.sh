@@ -176,7 +176,7 @@ run_all() {
     echo "# cpu: $(field 'model name') (family $(field 'cpu family'), model $(field 'model')), $(nproc) cores, ${flags% }"
     echo "# archc: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
     if engine base; then
-        echo "# base: $ARCHC_BASE"
+        echo "# base: ${ARCHC_BASE#"$ROOT"/}"
     fi
     echo "# engines: $ENGINES"
     echo "# llama.cpp: from llama-cpp-python $LLAMA_CPP_PYTHON_VERSION; torch $("$PY" -c 'import torch; print(torch.__version__)')"
