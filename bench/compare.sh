@@ -194,16 +194,17 @@ run_all() {
                     exit 1
                 }
             fi
-            if engine archc; then
-                log "round $r/$ROUNDS $m: archc"
-                "$ARCHC" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
-                    --threads "$THREADS" --repeat 1 --json >"$RAW/archc.$m.$r.json"
-            fi
-            if engine base; then
-                log "round $r/$ROUNDS $m: base ($ARCHC_BASE)"
-                "$ARCHC_BASE" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
-                    --threads "$THREADS" --repeat 1 --json >"$RAW/base.$m.$r.json"
-            fi
+            # archc and base swap places every round, so neither always runs first.
+            local pair="archc base"
+            [ $((r % 2)) = 0 ] && pair="base archc"
+            for e in $pair; do
+                engine "$e" || continue
+                local bin="$ARCHC"
+                [ "$e" = base ] && bin="$ARCHC_BASE"
+                log "round $r/$ROUNDS $m: $e"
+                "$bin" bench "$archc_model" --prompt-len "$PROMPT" --gen "$GEN" \
+                    --threads "$THREADS" --repeat 1 --json >"$RAW/$e.$m.$r.json"
+            done
             if engine llama; then
                 log "round $r/$ROUNDS $m: llama.cpp"
                 "$LLAMA_BENCH" -m "$gguf" -p "$PROMPT" -n "$GEN" -t "$THREADS" \
@@ -233,9 +234,10 @@ run_all() {
         --prompt-len "$PROMPT" --gen "$GEN"
     echo
     echo "## raw results"
+    # Paths under the checkout or the home directory are shown relative to them.
     for f in "$RAW"/*.json; do
         echo "### $(basename "$f")"
-        cat "$f"
+        sed -e "s|$ROOT/||g" -e "s|$HOME/|~/|g" "$f"
         echo
     done
 }
