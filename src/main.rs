@@ -26,6 +26,10 @@ enum Command {
     Import(cmd::import::Args),
     /// Compare two architectures side by side.
     Diff(cmd::diff::Args),
+    /// Draw the block diagram of one model, or of several side by side (SVG or PNG).
+    Draw(cmd::draw::Args),
+    /// Write one HTML page with the figure, statistics and facts of the models.
+    Report(cmd::report::Args),
     /// Lower a .arch file to the Graph IR and print it.
     Lower(cmd::lower::Args),
     /// Print a stage of the compilation (graph, fused, kernel, llvm).
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
         Command::Stats(args) => cmd::stats::run(args),
         Command::Import(args) => cmd::import::run(args),
         Command::Diff(args) => cmd::diff::run(args),
+        Command::Draw(args) => cmd::draw::run(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::Lower(args) => cmd::lower::run(args),
         Command::Emit(args) => cmd::emit::run(args),
         Command::Logits(args) => cmd::logits::run(args),

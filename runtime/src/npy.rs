@@ -217,7 +217,9 @@ pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError>
     })
 }
 
-/// Writes `bytes` to a sibling temporary file, syncs it and renames it onto `path`.
+/// Writes `bytes` to a sibling temporary file, syncs it and renames it onto `path`, so a
+/// reader never sees half a file and a failed write (a full disk) leaves the old file as it
+/// was. A file that is replaced keeps its permissions.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -234,6 +236,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        if let Ok(meta) = fs::metadata(path) {
+            fs::set_permissions(&tmp, meta.permissions())?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

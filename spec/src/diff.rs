@@ -114,15 +114,15 @@ pub fn render(left_name: &str, right_name: &str, rows: &[Row]) -> String {
 }
 
 /// One fact about one model.
-struct Fact {
-    section: &'static str,
-    label: &'static str,
-    value: String,
+pub(crate) struct Fact {
+    pub(crate) section: &'static str,
+    pub(crate) label: &'static str,
+    pub(crate) value: String,
 }
 
 /// The fixed list of facts about a model. Both sides of a diff produce the same labels in
 /// the same order; a fact that does not apply reads "—" (or "none").
-fn describe(spec: &Spec, params: Option<ParamCounts>) -> Vec<Fact> {
+pub(crate) fn describe(spec: &Spec, params: Option<ParamCounts>) -> Vec<Fact> {
     let mut facts = Vec::new();
     let mut push = |section: &'static str, label: &'static str, value: String| {
         facts.push(Fact {
@@ -350,7 +350,7 @@ fn per_layer(spec: &Spec, f: &dyn Fn(&Block) -> String) -> String {
 }
 
 /// A set of layers (sorted, non-empty) in the words of the schedule language.
-fn selector(layers: &[u64], total: u64) -> String {
+pub(crate) fn selector(layers: &[u64], total: u64) -> String {
     let (first, last) = (layers[0], layers[layers.len() - 1]);
     let contiguous = last - first + 1 == layers.len() as u64;
     if contiguous {
@@ -438,7 +438,7 @@ fn qk_norm(q: &QkNorm) -> String {
     }
 }
 
-fn norm(n: &Norm) -> String {
+pub(crate) fn norm(n: &Norm) -> String {
     match n.kind {
         NormKind::RmsNorm => {
             let plus = if n.plus_one { ", (1 + w)" } else { "" };
@@ -461,7 +461,7 @@ fn placement(p: Placement) -> String {
     .to_string()
 }
 
-fn rope_scaling(s: &RopeScaling) -> String {
+pub(crate) fn rope_scaling(s: &RopeScaling) -> String {
     match s {
         RopeScaling::None => "none".to_string(),
         RopeScaling::Linear { factor } => format!("linear ×{}", num(*factor)),
@@ -508,7 +508,7 @@ fn rope_scaling(s: &RopeScaling) -> String {
     }
 }
 
-fn activation(act: Activation, gated: bool) -> String {
+pub(crate) fn activation(act: Activation, gated: bool) -> String {
     match (act, gated) {
         (Activation::ClampedSwiglu { alpha, limit }, _) => {
             format!("clamped SwiGLU (α {}, limit {})", num(alpha), num(limit))
@@ -524,7 +524,7 @@ fn activation(act: Activation, gated: bool) -> String {
     }
 }
 
-fn router(m: &Moe) -> String {
+pub(crate) fn router(m: &Moe) -> String {
     let r = &m.router;
     let mut parts = vec![match r.score {
         RouterScore::Softmax => "softmax",
@@ -564,7 +564,7 @@ fn opt(v: Option<String>) -> String {
 }
 
 /// An integer with thousands separators: `128,256`.
-fn group(n: u64) -> String {
+pub(crate) fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -604,7 +604,7 @@ fn root(x: f64, power: f64) -> String {
 }
 
 /// Six significant digits, trailing zeros dropped.
-fn sig(x: f64) -> String {
+pub(crate) fn sig(x: f64) -> String {
     if x.fract() == 0.0 {
         return num(x);
     }
@@ -614,7 +614,7 @@ fn sig(x: f64) -> String {
 }
 
 /// A float as short as it reads exactly: `500000`, `0.1`, `1.702`.
-fn num(x: f64) -> String {
+pub(crate) fn num(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{}", x as i64)
     } else {

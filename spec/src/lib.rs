@@ -6,6 +6,7 @@
 pub mod ast;
 pub mod diagnostics;
 pub mod diff;
+pub mod figure;
 pub mod fmt;
 pub mod import;
 pub mod naming;

@@ -397,9 +397,5 @@ fn ptx_stage(args: &Args, program: &Program) -> Result<(), Failure> {
 /// reader never sees half a file.
 fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{file}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, dir.join(file)).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    archc_runtime::npy::write_atomic(&dir.join(file), text.as_bytes())
 }

@@ -74,7 +74,7 @@ fn one_file(path: &Path, check: bool) -> u8 {
         println!("{name} would be reformatted");
         return 1;
     }
-    match write_atomic(path, &text) {
+    match archc_runtime::npy::write_atomic(path, text.as_bytes()) {
         Ok(()) => {
             println!("formatted {name}");
             0
@@ -84,30 +84,4 @@ fn one_file(path: &Path, check: bool) -> u8 {
             2
         }
     }
-}
-
-/// Writes next to the target and renames over it, so a crash never leaves half a file.
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.fmt-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

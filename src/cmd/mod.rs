@@ -3,11 +3,14 @@
 pub mod bench;
 pub mod check;
 pub mod diff;
+pub mod draw;
 pub mod emit;
 pub mod fmt;
 pub mod import;
+pub mod load;
 pub mod logits;
 pub mod lower;
 pub mod model;
+pub mod report;
 pub mod run;
 pub mod stats;
