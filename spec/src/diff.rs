@@ -578,7 +578,12 @@ pub(crate) fn group(n: u64) -> String {
 
 /// A parameter count in billions (millions below one billion), with the exact count.
 fn billions(n: u64) -> String {
-    let short = if n >= 1_000_000_000_000 {
+    format!("{} ({})", short_count(n), group(n))
+}
+
+/// A count in short form: `671.03B`, `1.20T`, `135.0M`, `12.3K`.
+pub(crate) fn short_count(n: u64) -> String {
+    if n >= 1_000_000_000_000 {
         format!("{:.2}T", n as f64 / 1e12)
     } else if n >= 1_000_000_000 {
         format!("{:.2}B", n as f64 / 1e9)
@@ -586,8 +591,7 @@ fn billions(n: u64) -> String {
         format!("{:.1}M", n as f64 / 1e6)
     } else {
         format!("{:.1}K", n as f64 / 1e3)
-    };
-    format!("{short} ({})", group(n))
+    }
 }
 
 /// A factor that is often a square root (`sqrt(hidden)`, `1/sqrt(168)`) reads as one when

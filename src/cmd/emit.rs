@@ -23,9 +23,8 @@ use archc_compiler::kernel::Program;
 use archc_compiler::Graph;
 use archc_compiler::Mode;
 use archc_runtime::bind::BoundWeights;
-use archc_spec::diagnostics::{render, render_colored};
 use archc_spec::Spec;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -344,12 +343,7 @@ fn open(path: &Path, weights: bool) -> Result<Input, Failure> {
         }));
     }
     let spec = archc_spec::validate::check_source(&shown, &src).map_err(|diags| {
-        let text = if std::io::stderr().is_terminal() {
-            render_colored(&shown, &src, &diags)
-        } else {
-            render(&shown, &src, &diags)
-        };
-        eprint!("{text}");
+        super::load::print_diagnostics(&shown, &src, &diags);
         invalid("")
     })?;
     Ok(Input::Spec {

@@ -33,12 +33,7 @@ pub fn spec(path: &Path, verb: &str) -> Result<Spec, u8> {
         2
     })?;
     archc_spec::validate::check_source(&name, &src).map_err(|diags| {
-        let text = if std::io::stderr().is_terminal() {
-            render_colored(&name, &src, &diags)
-        } else {
-            render(&name, &src, &diags)
-        };
-        eprint!("{text}");
+        print_diagnostics(&name, &src, &diags);
         1
     })
 }
@@ -56,4 +51,14 @@ pub fn specs(paths: &[impl AsRef<Path>], verb: &str) -> Result<Vec<Spec>, u8> {
         Some(code) => Err(code),
         None => Ok(loaded.into_iter().flatten().collect()),
     }
+}
+
+/// Prints the diagnostics of a `.arch` source on stderr, in colour on a terminal.
+pub fn print_diagnostics(name: &str, src: &str, diags: &[archc_spec::diagnostics::Diagnostic]) {
+    let text = if std::io::stderr().is_terminal() {
+        render_colored(name, src, diags)
+    } else {
+        render(name, src, diags)
+    };
+    eprint!("{text}");
 }

@@ -10,9 +10,7 @@ use super::model::{gguf_spec, is_gguf, load_weights};
 use crate::failure::{self, Failure};
 use archc_runtime::exec::{self, Backend};
 use archc_runtime::npy;
-use archc_spec::diagnostics::{render, render_colored};
 use archc_spec::Spec;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -123,12 +121,7 @@ fn load_arch(path: &Path) -> Result<Spec, Failure> {
     let src = std::fs::read_to_string(path)
         .map_err(|e| Failure::new(format!("cannot read {name}: {e}")))?;
     archc_spec::validate::check_source(&name, &src).map_err(|diags| {
-        let text = if std::io::stderr().is_terminal() {
-            render_colored(&name, &src, &diags)
-        } else {
-            render(&name, &src, &diags)
-        };
-        eprint!("{text}");
+        super::load::print_diagnostics(&name, &src, &diags);
         let errors = diags.iter().filter(|d| d.is_error()).count();
         Failure::invalid(format!(
             "{name}: {errors} error{}",

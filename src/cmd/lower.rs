@@ -4,8 +4,7 @@
 
 use archc_compiler::driver::{Driver, Logits, Options};
 use archc_compiler::{verify, Mode};
-use archc_spec::diagnostics::{render, render_colored};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,12 +37,7 @@ pub fn run(args: Args) -> ExitCode {
     let spec = match archc_spec::validate::check_source(&name, &src) {
         Ok(spec) => spec,
         Err(diags) => {
-            let text = if std::io::stderr().is_terminal() {
-                render_colored(&name, &src, &diags)
-            } else {
-                render(&name, &src, &diags)
-            };
-            eprint!("{text}");
+            super::load::print_diagnostics(&name, &src, &diags);
             return ExitCode::from(1);
         }
     };

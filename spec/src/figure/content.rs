@@ -386,8 +386,8 @@ pub fn variant_kind(block: &Block, learned_positions: bool) -> String {
 pub fn numbers(spec: &Spec) -> Vec<(&'static str, String)> {
     let s = stats::stats(spec, stats::Options::for_spec(spec));
     let mut rows = vec![
-        ("parameters", short(s.params_total)),
-        ("active", short(s.params_active)),
+        ("parameters", diff::short_count(s.params_total)),
+        ("active", diff::short_count(s.params_active)),
         (
             "KV cache",
             format!("{}/token (bf16)", bytes(s.kv_bytes_per_token)),
@@ -419,19 +419,6 @@ pub fn panel(rows: &[(&'static str, String)], differs: &BTreeSet<&'static str>) 
     let mut b = TextBox::new(Tone::Panel, lines).left();
     b.differs = !differs.is_empty();
     b
-}
-
-/// A count in short form: `671.03B`, `135.0M`.
-fn short(n: u64) -> String {
-    if n >= 1_000_000_000_000 {
-        format!("{:.2}T", n as f64 / 1e12)
-    } else if n >= 1_000_000_000 {
-        format!("{:.2}B", n as f64 / 1e9)
-    } else if n >= 1_000_000 {
-        format!("{:.1}M", n as f64 / 1e6)
-    } else {
-        group(n)
-    }
 }
 
 /// Bytes in binary units: `68.6 KiB`.
