@@ -156,6 +156,27 @@ fn check_case(case: &str, engine: Engine) {
 
     let mut two = model(case, &f.spec, &w, engine, 2);
     let ours2 = prefill(case, &mut two, &f.tokens);
+    if engine == Engine::Cranelift {
+        // The Cranelift tier computes what the kernel interpreter computes, operation for
+        // operation, and its threads split the work without changing a sum's order.
+        let interp = prefill(
+            case,
+            &mut model(case, &f.spec, &w, Engine::KernelInterp, 1),
+            &f.tokens,
+        );
+        check(
+            case,
+            "prefill vs kernel interpreter",
+            &ours,
+            &interp,
+            f.vocab,
+            1e-5,
+        );
+        assert!(
+            bits(&ours2) == bits(&ours),
+            "{case}: 2 threads give other bits than 1"
+        );
+    }
     check(
         case,
         "prefill, 2 threads vs 1",
@@ -230,6 +251,21 @@ fn check_case(case: &str, engine: Engine) {
             BF16_ENGINES
         },
     );
+    if engine == Engine::Cranelift {
+        let interp16 = prefill(
+            case,
+            &mut bf16_model(case, &spec16, &w16, Engine::KernelInterp),
+            &f.tokens,
+        );
+        check(
+            case,
+            "bf16 activations, Cranelift vs kernel interpreter",
+            &act16,
+            &interp16,
+            f.vocab,
+            1e-5,
+        );
+    }
     if engine == Engine::Llvm {
         let interp16 = prefill(
             case,
@@ -259,6 +295,11 @@ fn check_case(case: &str, engine: Engine) {
 }
 
 /// A model whose prefill rounds activations to bf16 before its bf16-weight matmuls.
+/// The bits of every value, so that equal means identical, NaNs included.
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
 fn bf16_model<'w>(case: &str, spec: &Spec, w: &'w BoundWeights, engine: Engine) -> CpuModel<'w> {
     let options = Options {
         precision: Precision::Bf16,
@@ -332,6 +373,15 @@ macro_rules! backend_cases {
             )*
         }
 
+        mod cranelift {
+            $(
+                #[test]
+                fn $case() {
+                    super::check_case(stringify!($case), super::Engine::Cranelift);
+                }
+            )*
+        }
+
         mod kernel_interp {
             $(
                 #[test]
@@ -362,7 +412,7 @@ fn interpreter_only_fixtures_are_refused_by_name() {
         let f = fixture(case);
         let w = load(case, &f.spec, &f.dir);
         assert_eq!(common::refused_op(case), *op);
-        for engine in [Engine::Llvm, Engine::KernelInterp] {
+        for engine in [Engine::Llvm, Engine::Cranelift, Engine::KernelInterp] {
             let built = CpuModel::from_spec_options(
                 &f.spec,
                 &w,

@@ -790,3 +790,60 @@ fn archc_run_usage_errors() {
     }
     snapshot("cli_errors", &out);
 }
+
+/// `--tier` picks the compiled code: every tier generates the same greedy tokens on the
+/// tiny model, and `--tier` with a backend that compiles nothing is refused.
+#[test]
+fn archc_run_tiers_generate_the_same_tokens() {
+    let dir = tiny_model_dir();
+    let model = dir.path().to_str().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    for tier in ["llvm", "cranelift", "tiered"] {
+        let args = [
+            model,
+            "--prompt",
+            "Hi there",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "10",
+            "--json",
+            "--tier",
+            tier,
+        ];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_archc"));
+        let out = cmd
+            .arg("run")
+            .args(args)
+            .env("ARCHC_MODEL_DIR", "/nonexistent/archc-models")
+            .env("ARCHC_CACHE_DIR", cache.path().join(tier))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "--tier {tier}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let first = v["first_token_s"].as_f64().unwrap();
+        let load = v["load_s"].as_f64().unwrap();
+        assert!(first >= load && load > 0.0, "--tier {tier}: {v}");
+        seen.push(v["tokens"].clone());
+    }
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+    let (code, _, stderr) = archc_run(
+        &[
+            model,
+            "--prompt",
+            "Hi",
+            "--backend",
+            "interp",
+            "--tier",
+            "llvm",
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--tier chooses compiled code for --backend llvm"),
+        "{stderr}"
+    );
+}

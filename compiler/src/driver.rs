@@ -38,15 +38,18 @@ pub enum Stage {
     Program,
     Llvm,
     Ptx,
+    /// Cranelift's CLIF: the fast compile tier for the CPU.
+    Clif,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Graph,
         Stage::Fused,
         Stage::Program,
         Stage::Llvm,
         Stage::Ptx,
+        Stage::Clif,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Stage {
             Stage::Program => "program",
             Stage::Llvm => "llvm",
             Stage::Ptx => "ptx",
+            Stage::Clif => "clif",
         }
     }
 }
@@ -156,7 +160,7 @@ pub enum DriverError {
         mode: Mode,
         error: KernelError,
     },
-    /// Code generation for the CPU (`Stage::Llvm`) or a GPU (`Stage::Ptx`).
+    /// Code generation for the CPU (`Stage::Llvm`, `Stage::Clif`) or a GPU (`Stage::Ptx`).
     Codegen {
         stage: Stage,
         error: CodegenError,
@@ -355,6 +359,26 @@ pub fn native(
 ) -> Result<crate::codegen::llvm::CompiledProgram, DriverError> {
     crate::codegen::llvm::compile_kernels_with(&program.kernels, target, options)
         .map_err(codegen(Stage::Llvm))
+}
+
+/// Stage `llvm` from the disk cache only: the program's code when the cache `options`
+/// names holds it, `None` when it would have to be compiled.
+pub fn native_cached(
+    program: &Program,
+    target: &crate::codegen::llvm::Target,
+    options: &crate::codegen::llvm::Options,
+) -> Option<crate::codegen::llvm::CompiledProgram> {
+    crate::codegen::llvm::load_cached(&program.kernels, target, options)
+}
+
+/// Stage `clif`: the CLIF of every kernel, as the Cranelift tier compiles it.
+pub fn clif_text(program: &Program) -> Result<String, DriverError> {
+    crate::codegen::clif::emit_clif(&program.kernels).map_err(codegen(Stage::Clif))
+}
+
+/// Stage `clif`, to machine code in this process: the fast tier the CPU executor runs.
+pub fn clif(program: &Program) -> Result<crate::codegen::clif::ClifProgram, DriverError> {
+    crate::codegen::clif::compile(&program.kernels).map_err(codegen(Stage::Clif))
 }
 
 /// Stage `ptx`: every kernel of a program as PTX for `sm`, with its launch shape.

@@ -38,6 +38,8 @@
 //!   PTX (`codegen::ptx::emit_kernel`, sm_90 by default). Every kernel is assembled by
 //!   ptxas (`ARCHC_PTXAS` or PATH) where it is installed; without it the assembly is
 //!   skipped with a note, and fails the test under `CI=true`.
+//! - `clif`: a kernel, or a program's kernels → `codegen::clif::emit_clif`, the CLIF the
+//!   Cranelift tier compiles for this machine (x86-64 System V here).
 //! - `verify`: a graph, a program or a kernel → `ok`, `error: ...` from its verifier, or
 //!   `parse error: LINE:COL: ...`.
 //!
@@ -64,7 +66,7 @@ fn root() -> PathBuf {
 
 /// The folders of file tests, one per command (`passes/` for both pass commands); each
 /// has its test below, so that the suites run in parallel.
-const CATEGORIES: [&str; 5] = ["passes", "kernel", "llvm", "ptx", "verify"];
+const CATEGORIES: [&str; 6] = ["passes", "kernel", "llvm", "ptx", "clif", "verify"];
 
 #[test]
 fn passes() {
@@ -84,6 +86,11 @@ fn llvm() {
 #[test]
 fn ptx() {
     run_dir(&root().join("ptx"), Mode::from_env());
+}
+
+#[test]
+fn clif() {
+    run_dir(&root().join("clif"), Mode::from_env());
 }
 
 #[test]

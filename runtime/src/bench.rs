@@ -8,16 +8,19 @@
 //! - `timing`: wall-clock timing of prefill and decode, peak resident memory.
 //! - `random`: random weights at a Spec's real shapes, for timing without a checkpoint.
 //! - `cpu`, `cuda`: the two benchmarks end to end.
+//! - `compile`: the LLVM and Cranelift tiers compiling the same programs, side by side.
 //!
 //! Every program a benchmark runs is built by the compiler driver exactly as generation
 //! builds it ([`Options::generation`](crate::exec::cpu::Options::generation)).
 
+mod compile;
 mod cpu;
 mod cuda;
 mod probe;
 mod random;
 mod timing;
 
+pub use compile::{bench_compile, CompileBench};
 pub use cpu::{bench_cpu, CpuBench, CpuConfig};
 pub use cuda::{bench_cuda, cuda_device, time_cuda, CudaBench, CudaConfig, CudaRun};
 pub use probe::{

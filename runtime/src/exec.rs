@@ -51,6 +51,8 @@ pub enum Backend {
     Interp,
     /// Kernel programs compiled to native code by LLVM, on the CPU thread pool.
     Llvm,
+    /// Kernel programs compiled by Cranelift (fast to compile, scalar), on the thread pool.
+    Cranelift,
     /// Kernel programs run by the kernel IR interpreter on the CPU executor (debugging).
     KernelInterp,
     /// Kernel programs compiled to PTX and run on CUDA device 0 (choose the device with
@@ -179,6 +181,7 @@ pub fn logits_with_threads(
     let engine = match backend {
         Backend::Interp => None,
         Backend::Llvm => Some(cpu::Engine::Llvm),
+        Backend::Cranelift => Some(cpu::Engine::Cranelift),
         Backend::KernelInterp => Some(cpu::Engine::KernelInterp),
         Backend::Cuda => {
             return cuda_logits(spec, weights, tokens, mode)

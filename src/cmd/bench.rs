@@ -117,12 +117,18 @@ pub struct Args {
     /// With --backend cuda: also time decode with every step replayed as one CUDA graph.
     #[arg(long)]
     pub cuda_graph: bool,
+    /// Time only the compile: both programs' kernels compiled from scratch by LLVM and by
+    /// Cranelift, alternating, --repeat rounds (MODEL may be any model file; no weights).
+    #[arg(long)]
+    pub compile_only: bool,
 }
 
 /// Where `archc bench` runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchBackend {
     Llvm,
+    /// The Cranelift tier (fast to compile; scalar code).
+    Cranelift,
     Cuda,
 }
 
@@ -153,8 +159,11 @@ impl WeightType {
 }
 
 pub fn run(args: Args) -> ExitCode {
+    if args.compile_only {
+        return super::bench_compile::run(&args);
+    }
     let report = match args.backend {
-        BenchBackend::Llvm => {
+        BenchBackend::Llvm | BenchBackend::Cranelift => {
             run_cpu(&args).map(|(name, b)| (cpu_json(&name, &b), cpu_table(&name, &b)))
         }
         BenchBackend::Cuda => run_cuda(&args).map(|r| (cuda_json(&r), cuda_table(&r))),
@@ -202,6 +211,11 @@ fn run_cpu(args: &Args) -> Result<(String, CpuBench), Failure> {
         repeat: args.repeat,
         probe_bytes,
         precision: args.precision.precision(),
+        engine: if args.backend == BenchBackend::Cranelift {
+            cpu::Engine::Cranelift
+        } else {
+            cpu::Engine::Llvm
+        },
     };
     let measured = bench::bench_cpu(&spec, &weights, &config)?;
     Ok((display_name(&args.model), measured))

@@ -43,6 +43,9 @@ pub enum Stage {
     Llvm,
     /// PTX of each kernel for `--sm`, with a manifest of launch shapes.
     Ptx,
+    /// Cranelift's CLIF of each kernel: what the fast tier (`--backend cranelift`)
+    /// compiles for this machine.
+    Clif,
 }
 
 impl Stage {
@@ -55,6 +58,7 @@ impl Stage {
             Stage::Program => "program.json",
             Stage::Llvm => "llvm.ll",
             Stage::Ptx => "manifest.json",
+            Stage::Clif => "kernels.clif",
         }
     }
 
@@ -66,6 +70,7 @@ impl Stage {
             Stage::Program => "program",
             Stage::Llvm => "llvm",
             Stage::Ptx => "ptx",
+            Stage::Clif => "clif",
         }
     }
 
@@ -245,6 +250,11 @@ fn program_stages(args: &Args, program: &Program) -> Result<(), Failure> {
             output(args, text)
         }
         Stage::Ptx => ptx_stage(args, program),
+        Stage::Clif => {
+            let text = archc_compiler::driver::clif_text(program)
+                .map_err(|e| invalid(format!("{name}: internal error: {e}")))?;
+            output(args, text)
+        }
         Stage::Graph | Stage::Fused => Err(usage(format!(
             "{name} is kernel IR: --stage {} comes before the kernel program",
             args.stage.name()

@@ -26,6 +26,8 @@ pub enum ModeArg {
 pub enum BackendArg {
     /// Native kernels compiled by LLVM, run on a thread pool over every core.
     Llvm,
+    /// Native kernels compiled by Cranelift (milliseconds to compile; scalar code).
+    Cranelift,
     /// The reference interpreter over the Graph IR.
     Interp,
     /// The kernel IR interpreter on the CPU executor (slow; for debugging kernels).
@@ -104,6 +106,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     let backend = match args.backend {
         BackendArg::Interp => Backend::Interp,
         BackendArg::Llvm => Backend::Llvm,
+        BackendArg::Cranelift => Backend::Cranelift,
         BackendArg::KernelInterp => Backend::KernelInterp,
         BackendArg::Cuda => Backend::Cuda,
     };

@@ -1,6 +1,7 @@
 //! Subcommands of the `archc` binary, one file each.
 
 pub mod bench;
+pub mod bench_compile;
 pub mod check;
 pub mod diff;
 pub mod draw;

@@ -88,6 +88,13 @@ pub struct Args {
     /// `cuda` runs PTX kernels on CUDA device 0.
     #[arg(long, value_enum, default_value = "llvm")]
     pub backend: BackendArg,
+    /// With `--backend llvm`, which compiled code runs: `llvm` (compile with LLVM before
+    /// the first token), `cranelift` (the fast tier only), `tiered` (start on Cranelift
+    /// code, switch each program to its LLVM code between decode steps once a background
+    /// compile finishes). Default: `llvm` when the kernel cache holds the model's code,
+    /// else `tiered`.
+    #[arg(long, value_enum)]
+    pub tier: Option<TierArg>,
     /// Worker threads for the kernel backends (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -99,7 +106,9 @@ pub struct Args {
     /// Print one JSON object on stdout at the end instead of streaming the text:
     /// `tokens` (generated ids, without the end-of-generation token), `text`,
     /// `prefill_tok_s`, `decode_tok_s`, and `prefill_tokens`, `decode_tokens`, `stop`
-    /// (`eog`, `max_tokens` or `context`) and `seed`. Needs --prompt.
+    /// (`eog`, `max_tokens` or `context`), `seed`, `load_s` (compiling and binding the
+    /// model) and `first_token_s` (loading plus the prefill: the time to the first
+    /// token). Needs --prompt.
     #[arg(long, conflicts_with = "chat")]
     pub json: bool,
     /// Download the default model into the model cache if it is not there, check its
@@ -191,6 +200,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     };
     let job = Job {
         args,
+        started: std::time::Instant::now(),
         tokenizer: &tokenizer,
         template: template.as_ref(),
         limits: &limits,
@@ -203,6 +213,8 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         _ => "preparing the model",
     });
     let threads = args.threads.unwrap_or_else(cpu::default_threads);
+    // Refuse a --tier that would be ignored before anything loads.
+    engine(args)?;
     match args.backend {
         BackendArg::Interp => {
             let graphs = Graphs::lower(&spec);
@@ -220,12 +232,8 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
-        BackendArg::Llvm | BackendArg::KernelInterp => {
-            let engine = if args.backend == BackendArg::Llvm {
-                Engine::Llvm
-            } else {
-                Engine::KernelInterp
-            };
+        BackendArg::Llvm | BackendArg::Cranelift | BackendArg::KernelInterp => {
+            let engine = engine(args)?;
             let options = cpu::Options {
                 precision: args.precision.precision(),
                 ..cpu::Options::generation()
@@ -235,6 +243,36 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
         }
+    }
+}
+
+/// The CPU engine of `--backend` and `--tier`.
+fn engine(args: &Args) -> Result<Engine, Failure> {
+    Ok(match (args.backend, args.tier) {
+        (BackendArg::Llvm, None) => Engine::Auto,
+        (BackendArg::Llvm, Some(TierArg::Llvm)) => Engine::Llvm,
+        (BackendArg::Llvm, Some(TierArg::Tiered)) => Engine::Tiered,
+        (BackendArg::Llvm | BackendArg::Cranelift, Some(TierArg::Cranelift))
+        | (BackendArg::Cranelift, None) => Engine::Cranelift,
+        (BackendArg::KernelInterp, None) => Engine::KernelInterp,
+        (backend @ (BackendArg::KernelInterp | BackendArg::Interp | BackendArg::Cuda), Some(_))
+        | (backend @ BackendArg::Cranelift, Some(_)) => {
+            return Err(Failure::new(format!(
+                "--tier chooses compiled code for --backend llvm, not --backend {}",
+                backend_name(backend)
+            )))
+        }
+        (_, None) => Engine::Auto,
+    })
+}
+
+fn backend_name(b: BackendArg) -> &'static str {
+    match b {
+        BackendArg::Llvm => "llvm",
+        BackendArg::Cranelift => "cranelift",
+        BackendArg::Interp => "interp",
+        BackendArg::KernelInterp => "kernel-interp",
+        BackendArg::Cuda => "cuda",
     }
 }
 
@@ -305,8 +343,18 @@ fn load(path: &Path) -> Result<Loaded, Failure> {
 }
 
 /// What to generate and how to show it.
+/// `--tier` of `archc run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TierArg {
+    Llvm,
+    Cranelift,
+    Tiered,
+}
+
 struct Job<'a> {
     args: &'a Args,
+    /// When the model started to load: the time to the first token counts from here.
+    started: std::time::Instant,
     tokenizer: &'a Tokenizer,
     template: Option<&'a ChatTemplate>,
     limits: &'a Limits,
@@ -363,6 +411,11 @@ impl Job<'_> {
             write_piece(&mut stdout, piece)
         };
         let g = generator.generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)?;
+        // Loading (compiling, binding) ended where generation began; the first token is
+        // sampled right after the prefill.
+        let load_s = (self.started.elapsed())
+            .saturating_sub(g.prefill.time + g.decode.time)
+            .as_secs_f64();
         if json {
             let obj = serde_json::json!({
                 "tokens": g.tokens,
@@ -373,6 +426,8 @@ impl Job<'_> {
                 "decode_tokens": g.decode.tokens,
                 "stop": g.stop.as_str(),
                 "seed": self.seed,
+                "load_s": load_s,
+                "first_token_s": load_s + g.prefill.time.as_secs_f64(),
             });
             println!("{obj}");
         } else {

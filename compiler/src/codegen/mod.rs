@@ -2,17 +2,32 @@
 //! kernel's statements and expressions to LLVM IR and knows no machine, and each target
 //! is a sibling folder that implements `body::Target` for what does depend on the
 //! machine. `llvm` compiles for CPUs (x86-64, aarch64) through LLVM 19; `ptx` compiles
-//! for NVIDIA GPUs through LLVM's NVPTX target.
+//! for NVIDIA GPUs through LLVM's NVPTX target. `clif` is the fast tier: the same kernels
+//! to machine code through Cranelift, in milliseconds, with the same calling convention
+//! (`KernelFn`) and the same parallel split as `llvm`.
 //!
-//! **Invariant:** `llvm` and `ptx` never import each other; what both need lives in
-//! `body` (or here, as `CodegenError` does).
+//! **Invariant:** `llvm`, `ptx` and `clif` never import each other; what they share lives
+//! in `body` (or here, as `CodegenError` and `KernelFn` do).
 
 pub(crate) mod body;
+pub mod clif;
 pub mod llvm;
 pub mod ptx;
 
 use inkwell::builder::BuilderError;
 use std::fmt;
+
+/// A compiled kernel: `bufs` points to one pointer per kernel buffer parameter (scratch
+/// entries are ignored), `dims` to `[seq, past]`, and the call runs chunk `thread` of
+/// `threads` of the kernel's parallel loop.
+///
+/// # Safety
+/// Every buffer must be valid for all the elements the kernel touches at these sizes,
+/// and two parameters may share memory only if the kernel reads both (the LLVM
+/// target marks them `noalias`); parameters written by the kernel must not be touched by other threads
+/// except through calls with the same arguments and another `thread`.
+pub type KernelFn =
+    unsafe extern "C" fn(bufs: *const *mut u8, dims: *const i64, thread: i64, threads: i64);
 
 /// Why code generation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +36,11 @@ pub enum CodegenError {
     Kernel { kernel: String, message: String },
     /// LLVM refused: the verifier, the pass pipeline, the JIT or the object writer.
     Llvm {
+        stage: &'static str,
+        message: String,
+    },
+    /// Cranelift refused: the verifier, the code generator or the JIT.
+    Cranelift {
         stage: &'static str,
         message: String,
     },
@@ -33,6 +53,9 @@ impl fmt::Display for CodegenError {
         match self {
             CodegenError::Kernel { kernel, message } => write!(f, "kernel `{kernel}`: {message}"),
             CodegenError::Llvm { stage, message } => write!(f, "LLVM {stage}: {message}"),
+            CodegenError::Cranelift { stage, message } => {
+                write!(f, "Cranelift {stage}: {message}")
+            }
             CodegenError::Target { message } => write!(f, "target: {message}"),
         }
     }

@@ -10,6 +10,25 @@ use archc_compiler::kernel::build::*;
 use archc_compiler::kernel::interp::{run_kernel, KBufData, KData};
 use archc_compiler::kernel::{Access, BinOp, Elem, Kernel, LoopKind, Stmt, Ty, UnOp};
 
+/// Compiled kernels a test can call: LLVM's or Cranelift's.
+pub trait Callable {
+    /// # Safety
+    /// See `KernelFn`.
+    unsafe fn call_kernel(&self, index: usize, bufs: &[*mut u8], dims: [i64; 2], t: i64, n: i64);
+}
+
+impl Callable for CompiledProgram {
+    unsafe fn call_kernel(&self, index: usize, bufs: &[*mut u8], dims: [i64; 2], t: i64, n: i64) {
+        unsafe { self.call(index, bufs, dims, t, n) }
+    }
+}
+
+impl Callable for archc_compiler::codegen::clif::ClifProgram {
+    unsafe fn call_kernel(&self, index: usize, bufs: &[*mut u8], dims: [i64; 2], t: i64, n: i64) {
+        unsafe { self.call(index, bufs, dims, t, n) }
+    }
+}
+
 pub fn jit(kernels: &[Kernel]) -> CompiledProgram {
     match compile_kernels_with(kernels, &Target::host(), &Options::no_cache()) {
         Ok(p) => p,
@@ -75,7 +94,7 @@ pub fn assert_close(got: f32, want: f32, rel: f32, what: &str) {
 /// calls on copies of `bufs` (`None` for scratch parameters), and compares every buffer:
 /// bit for bit when `rel` is 0, else within `rel` relative.
 pub fn check_against_interpreter(
-    prog: &CompiledProgram,
+    prog: &impl Callable,
     index: usize,
     k: &Kernel,
     bufs: &[Option<KData>],
@@ -105,7 +124,7 @@ pub fn check_against_interpreter(
         })
         .collect();
     for t in 0..threads {
-        unsafe { prog.call(index, &ptrs, [seq, 0], t, threads) };
+        unsafe { prog.call_kernel(index, &ptrs, [seq, 0], t, threads) };
     }
     for (p, (w, g)) in want.iter().zip(&got).enumerate() {
         let (Some(w), Some(g)) = (w, g) else { continue };

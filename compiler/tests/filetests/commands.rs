@@ -36,6 +36,8 @@ pub enum Command {
     Ptx {
         sm: Sm,
     },
+    /// Cranelift's CLIF of each kernel, as the fast tier compiles it.
+    Clif,
     Verify,
 }
 
@@ -77,6 +79,7 @@ impl Command {
                 Ok(Command::Pass { name, pass: *pass })
             }
             "passes" => none(Command::Passes),
+            "clif" => none(Command::Clif),
             "verify" => none(Command::Verify),
             "kernel" => kernel_setup(&options).map(Command::Kernel),
             "llvm" => {
@@ -108,7 +111,7 @@ impl Command {
                 Ok(Command::Ptx { sm })
             }
             other => Err(format!(
-                "unknown command `{other}`; expected pass, passes, kernel, llvm, ptx or verify"
+                "unknown command `{other}`; expected pass, passes, kernel, llvm, ptx, clif or verify"
             )),
         }
     }
@@ -120,6 +123,7 @@ impl Command {
             Command::Kernel(_) => "kernel",
             Command::Llvm { .. } => "llvm",
             Command::Ptx { .. } => "ptx",
+            Command::Clif => "clif",
             Command::Verify => "verify",
         }
     }
@@ -151,6 +155,8 @@ impl Command {
                 emit_llvm_ir(&kernels, target, *optimized).map_err(|e| e.to_string())
             }
             Command::Ptx { sm } => ptx(&kernels_in(input)?, *sm),
+            Command::Clif => archc_compiler::codegen::clif::emit_clif(&kernels_in(input)?)
+                .map_err(|e| e.to_string()),
             Command::Verify => Ok(verify(input)),
         }
     }

@@ -27,6 +27,8 @@ pub struct CpuConfig {
     /// The activations' precision; the programs are otherwise what generation runs
     /// ([`Options::generation`]).
     pub precision: Precision,
+    /// What compiles the kernels: LLVM (the default), or the Cranelift tier.
+    pub engine: Engine,
 }
 
 /// Everything one CPU benchmark measured, with the model facts the ratios need.
@@ -198,7 +200,7 @@ fn measure(
         let model = CpuModel::from_spec_options(
             spec,
             weights,
-            Engine::Llvm,
+            config.engine,
             config.threads,
             llvm,
             &options,

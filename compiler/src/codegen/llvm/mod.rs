@@ -32,17 +32,7 @@ use inkwell::targets::{FileType, TargetMachine};
 use std::fmt;
 use std::path::PathBuf;
 
-/// A compiled kernel: `bufs` points to one pointer per kernel buffer parameter (scratch
-/// entries are ignored), `dims` to `[seq, past]`, and the call runs chunk `thread` of
-/// `threads` of the kernel's parallel loop.
-///
-/// # Safety
-/// Every buffer must be valid for all the elements the kernel touches at these sizes,
-/// and two parameters may share memory only if the kernel reads both (they are
-/// `noalias`); parameters written by the kernel must not be touched by other threads
-/// except through calls with the same arguments and another `thread`.
-pub type KernelFn =
-    unsafe extern "C" fn(bufs: *const *mut u8, dims: *const i64, thread: i64, threads: i64);
+pub use super::KernelFn;
 
 /// Where the code of a `CompiledProgram` came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +302,29 @@ pub fn compile_kernels_with(
         warnings,
         _code: Code::Jit(jit),
     })
+}
+
+/// The kernels' code from the disk cache, when `options` names a cache that holds a
+/// complete entry for them and `target` runs here; `None` otherwise (nothing compiles).
+pub fn load_cached(
+    kernels: &[Kernel],
+    target: &Target,
+    options: &Options,
+) -> Option<CompiledProgram> {
+    let dir = options.cache.as_ref()?;
+    if !target.runs_here() {
+        return None;
+    }
+    let key = cache_key(kernels, target);
+    match cache::load(dir, &key, &symbols(kernels)) {
+        Ok(Some((lib, fns))) => Some(CompiledProgram {
+            fns,
+            origin: Origin::Cache,
+            warnings: Vec::new(),
+            _code: Code::Library(lib),
+        }),
+        _ => None,
+    }
 }
 
 fn warn(warnings: &mut Vec<String>, message: String) {

@@ -44,6 +44,20 @@ pub trait Kernels: Send + Sync {
     fn origin(&self) -> Option<Origin> {
         None
     }
+
+    /// The code tier the calls run now: `llvm`, `cranelift` or `kernel-interp`.
+    fn tier(&self) -> &'static str;
+
+    /// Between two calls of the program: switches to faster code if it has become ready
+    /// (see [`Tiered`]); whether it switched.
+    fn upgrade(&mut self) -> bool {
+        false
+    }
+
+    /// Waits for faster code that is being built and switches to it; whether it switched.
+    fn finish_upgrade(&mut self) -> bool {
+        false
+    }
 }
 
 /// Kernels compiled to native code for this machine by the LLVM code generator (loaded
@@ -71,6 +85,13 @@ impl Native {
         }
         Ok(Native { code })
     }
+
+    /// The program's code from the disk cache `options` names, without compiling; `None`
+    /// when the cache does not hold it.
+    pub fn cached(program: &Program, options: &Options) -> Option<Native> {
+        let code = archc_compiler::driver::native_cached(program, &Target::host(), options)?;
+        (code.kernels().len() == program.kernels.len()).then_some(Native { code })
+    }
 }
 
 impl Kernels for Native {
@@ -95,6 +116,170 @@ impl Kernels for Native {
 
     fn origin(&self) -> Option<Origin> {
         Some(self.code.origin())
+    }
+
+    fn tier(&self) -> &'static str {
+        "llvm"
+    }
+}
+
+/// Kernels compiled by the Cranelift tier for this machine, in this process.
+#[derive(Debug)]
+pub struct Clif {
+    code: archc_compiler::codegen::clif::ClifProgram,
+}
+
+impl Clif {
+    pub fn new(program: &Program) -> Result<Clif, ExecError> {
+        let code = archc_compiler::driver::clif(program).map_err(|e| ExecError::Compile {
+            stage: "cranelift".into(),
+            message: e.to_string(),
+        })?;
+        if code.kernels().len() != program.kernels.len() {
+            return Err(ExecError::Compile {
+                stage: "cranelift".into(),
+                message: format!(
+                    "{} functions for {} kernels",
+                    code.kernels().len(),
+                    program.kernels.len()
+                ),
+            });
+        }
+        Ok(Clif { code })
+    }
+}
+
+impl Kernels for Clif {
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError> {
+        let f = self
+            .code
+            .kernel(kernel)
+            .ok_or_else(|| ExecError::Program(format!("no compiled kernel {kernel}")))?;
+        let dims = call.dims;
+        // SAFETY: as for `Native`: the `Kernels::run` contract is the `KernelFn` contract.
+        unsafe {
+            f(
+                call.bufs.as_ptr(),
+                dims.as_ptr(),
+                call.thread as i64,
+                call.threads as i64,
+            )
+        };
+        Ok(())
+    }
+
+    fn tier(&self) -> &'static str {
+        "cranelift"
+    }
+}
+
+/// Tiered kernels: Cranelift code at once, while LLVM compiles the same program on a
+/// background thread; `upgrade`, called by the executor between two calls of the program
+/// (never within one), switches to the LLVM code once it is ready. Both compute the same
+/// program; their results differ by summation order and fused multiply-adds (well within
+/// the parity tolerance). An LLVM build that fails leaves the Cranelift code running and
+/// is reported by `llvm_error`.
+pub struct Tiered {
+    current: Box<dyn Kernels>,
+    /// The LLVM build's result, when it has not been taken yet (a `Mutex` only so that
+    /// `Tiered` is `Sync`; it is touched by `&mut self` methods alone).
+    pending: Option<std::sync::Mutex<std::sync::mpsc::Receiver<Result<Native, ExecError>>>>,
+    failed: Option<ExecError>,
+}
+
+impl std::fmt::Debug for Tiered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiered")
+            .field("tier", &self.current.tier())
+            .field("pending", &self.pending.is_some())
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl Tiered {
+    /// Compiles `program` with Cranelift and starts its LLVM build (cached as `options`
+    /// says) on a thread of its own.
+    pub fn new(program: &Program, options: &Options) -> Result<Tiered, ExecError> {
+        let fast = Clif::new(program)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (program, options) = (program.clone(), options.clone());
+        std::thread::Builder::new()
+            .name("archc-llvm-tier".into())
+            .spawn(move || {
+                // The receiver may be gone (the model was dropped first): nothing to do.
+                let _ = tx.send(Native::new(&program, &options));
+            })
+            .map_err(|e| ExecError::Compile {
+                stage: "tiered".into(),
+                message: format!("cannot start the LLVM compile thread: {e}"),
+            })?;
+        Ok(Tiered {
+            current: Box::new(fast),
+            pending: Some(std::sync::Mutex::new(rx)),
+            failed: None,
+        })
+    }
+
+    /// Why the LLVM build failed, if it did (the Cranelift code keeps running).
+    pub fn llvm_error(&self) -> Option<&ExecError> {
+        self.failed.as_ref()
+    }
+
+    fn take(&mut self, built: Result<Result<Native, ExecError>, ()>) -> bool {
+        self.pending = None;
+        match built {
+            Ok(Ok(native)) => {
+                self.current = Box::new(native);
+                true
+            }
+            Ok(Err(e)) => {
+                self.failed = Some(e);
+                false
+            }
+            Err(()) => {
+                self.failed = Some(ExecError::Compile {
+                    stage: "tiered".into(),
+                    message: "the LLVM compile thread ended without a result".into(),
+                });
+                false
+            }
+        }
+    }
+}
+
+impl Kernels for Tiered {
+    unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError> {
+        // SAFETY: forwarded; the same contract.
+        unsafe { self.current.run(kernel, call) }
+    }
+
+    fn origin(&self) -> Option<Origin> {
+        self.current.origin()
+    }
+
+    fn tier(&self) -> &'static str {
+        self.current.tier()
+    }
+
+    fn upgrade(&mut self) -> bool {
+        use std::sync::mpsc::TryRecvError;
+        let Some(rx) = self.pending.as_mut().and_then(|m| m.get_mut().ok()) else {
+            return false;
+        };
+        match rx.try_recv() {
+            Ok(built) => self.take(Ok(built)),
+            Err(TryRecvError::Empty) => false,
+            Err(TryRecvError::Disconnected) => self.take(Err(())),
+        }
+    }
+
+    fn finish_upgrade(&mut self) -> bool {
+        let Some(rx) = self.pending.as_mut().and_then(|m| m.get_mut().ok()) else {
+            return false;
+        };
+        let built = rx.recv().map_err(|_| ());
+        self.take(built)
     }
 }
 
@@ -192,6 +377,10 @@ impl Kernels for Interpreted {
 
     fn concurrent(&self) -> bool {
         false
+    }
+
+    fn tier(&self) -> &'static str {
+        "kernel-interp"
     }
 }
 

@@ -24,7 +24,7 @@ pub use crate::exec::{driver, formats, Phase};
 pub use archc_compiler::codegen::llvm::{Options as LlvmOptions, Origin};
 pub use archc_compiler::driver::{Device, Logits, Options, Precision};
 pub use archc_compiler::floats::{f32_to_bf16, f32_to_f16};
-pub use kernels::{Call, Interpreted, Kernels, Native};
+pub use kernels::{Call, Clif, Interpreted, Kernels, Native, Tiered};
 pub use params::ParamStats;
 pub use pool::Pool;
 
@@ -162,6 +162,19 @@ impl<'w> CpuModel<'w> {
         [self.prefill.kernels.origin(), self.decode.kernels.origin()]
     }
 
+    /// The code tier each program runs now (`llvm`, `cranelift`, `kernel-interp`).
+    pub fn tiers(&self) -> [&'static str; 2] {
+        [self.prefill.kernels.tier(), self.decode.kernels.tier()]
+    }
+
+    /// Waits for tiered kernels' LLVM builds and switches both programs to them; whether
+    /// either switched.
+    pub fn finish_upgrade(&mut self) -> bool {
+        let a = self.prefill.kernels.finish_upgrade();
+        let b = self.decode.kernels.finish_upgrade();
+        a || b
+    }
+
     pub fn param_stats(&self) -> ParamStats {
         self.params.stats()
     }
@@ -231,6 +244,8 @@ impl<'w> CpuModel<'w> {
             Phase::Prefill => &mut self.prefill,
             Phase::Decode => &mut self.decode,
         };
+        // Between calls, never within one: every launch of a call runs one tier's code.
+        loaded.kernels.upgrade();
         execute(
             loaded,
             &self.params,
@@ -593,6 +608,15 @@ fn execute(
 pub enum Engine {
     /// Native code from the LLVM code generator.
     Llvm,
+    /// Native code from Cranelift: compiled in milliseconds, scalar, computing what the
+    /// kernel IR interpreter computes.
+    Cranelift,
+    /// Cranelift code first, switched to LLVM code between calls once a background
+    /// compile finishes (`Tiered`).
+    Tiered,
+    /// LLVM code when the disk cache holds it (warm), else `Tiered` (cold): what
+    /// `archc run` uses by default.
+    Auto,
     /// The kernel IR interpreter (slow, bounds-checked; for debugging).
     KernelInterp,
 }
@@ -602,6 +626,9 @@ impl Engine {
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Llvm => "llvm",
+            Engine::Cranelift => "cranelift",
+            Engine::Tiered => "tiered",
+            Engine::Auto => "auto",
             Engine::KernelInterp => "kernel-interp",
         }
     }
@@ -625,6 +652,12 @@ pub fn kernels(
     match engine {
         Engine::KernelInterp => Ok(Box::new(Interpreted::new(program))),
         Engine::Llvm => Ok(Box::new(Native::new(program, llvm)?)),
+        Engine::Cranelift => Ok(Box::new(Clif::new(program)?)),
+        Engine::Tiered => Ok(Box::new(Tiered::new(program, llvm)?)),
+        Engine::Auto => match Native::cached(program, llvm) {
+            Some(native) => Ok(Box::new(native)),
+            None => Ok(Box::new(Tiered::new(program, llvm)?)),
+        },
     }
 }
 

@@ -171,6 +171,10 @@ fn chunk(n: usize, thread: usize, threads: usize) -> std::ops::Range<usize> {
 }
 
 impl Kernels for Fake {
+    fn tier(&self) -> &'static str {
+        "fake"
+    }
+
     unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), ExecError> {
         let (seq, past) = (c.dims[0] as usize, c.dims[1] as usize);
         // SAFETY: per the `Kernels` contract; the rows each thread writes are disjoint.
@@ -405,6 +409,10 @@ fn program_in_place() -> Program {
 struct FakeInPlace;
 
 impl Kernels for FakeInPlace {
+    fn tier(&self) -> &'static str {
+        "fake"
+    }
+
     unsafe fn run(&self, kernel: usize, c: &Call<'_>) -> Result<(), ExecError> {
         if kernel != 1 {
             // SAFETY: forwarded under the same contract.
