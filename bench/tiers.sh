@@ -7,7 +7,9 @@
 #  2. the speed of Cranelift code as a fraction of LLVM code's: `archc bench` prefill and
 #     decode tokens per second with --backend cranelift and --backend llvm, alternating.
 # A script for people, not part of CI. Models: the SmolLM2-135M GGUF of `archc run` (fetched
-# on first use) and the random-weight HF directories bench/compare.sh makes, where present.
+# on first use) for both; for the speeds also the random-weight Qwen3-0.6B directory that
+# bench/compare.sh makes, where present (its tokenizer is not the model's, so `run` cannot
+# use it).
 #
 #   bench/tiers.sh [--rounds N] [--threads N]        (ARCHC: a built archc binary)
 set -euo pipefail
@@ -27,9 +29,9 @@ if [ -z "${ARCHC:-}" ]; then
     ARCHC="$ROOT/target/release/archc"
 fi
 SMOL="$("$ARCHC" run --fetch-only)"
-MODELS="$SMOL"
+BENCH_MODELS="$SMOL"
 for m in qwen3-0.6b; do
-    [ -d "$ROOT/bench/.work/models/$m" ] && MODELS="$MODELS $ROOT/bench/.work/models/$m"
+    if [ -d "$ROOT/bench/.work/models/$m" ]; then BENCH_MODELS="$BENCH_MODELS $ROOT/bench/.work/models/$m"; fi
 done
 mkdir -p "$ROOT/bench/results"
 RAW="$ROOT/bench/results/$(date -u +%Y-%m-%d-%H%M)-tiers.jsonl"
@@ -41,14 +43,16 @@ field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 
 echo "| model | tier | first token s (median of $ROUNDS, cold cache) | / llvm | decode tok/s |"
 echo "|---|---|---:|---:|---:|"
-for model in $MODELS; do
+for model in $SMOL; do
     declare -A FIRST=() DECODE=()
     for round in $(seq 1 "$ROUNDS"); do
         for tier in llvm tiered cranelift; do
             cache="$(mktemp -d)"
-            line="$(ARCHC_CACHE_DIR="$cache" "$ARCHC" run "$model" --prompt "$PROMPT" --max-tokens 32 \
-                --temperature 0 --json --tier "$tier" --threads "$THREADS" 2>/dev/null)"
-            rm -rf "$cache"
+            if ! line="$(ARCHC_CACHE_DIR="$cache" "$ARCHC" run "$model" --prompt "$PROMPT" --max-tokens 32 \
+                --temperature 0 --json --tier "$tier" --threads "$THREADS" 2>"$cache.err")"; then
+                echo "bench/tiers.sh: archc run --tier $tier failed:" >&2; cat "$cache.err" >&2; exit 1
+            fi
+            rm -rf "$cache" "$cache.err"
             echo "{\"model\": \"$(basename "$model")\", \"tier\": \"$tier\", \"round\": $round, \"run\": $line}" >> "$RAW"
             FIRST[$tier]="${FIRST[$tier]:-} $(field "$line" first_token_s)"
             DECODE[$tier]="${DECODE[$tier]:-} $(field "$line" decode_tok_s)"
@@ -63,14 +67,17 @@ for model in $MODELS; do
 done
 
 echo
-echo "| model | Cranelift/LLVM prefill 64 | Cranelift/LLVM decode 16 | LLVM prefill, decode tok/s |"
+echo "| model | Cranelift/LLVM prefill 32 | Cranelift/LLVM decode 8 | LLVM prefill, decode tok/s |"
 echo "|---|---:|---:|---:|"
-for model in $MODELS; do
+for model in $BENCH_MODELS; do
     P=(); D=(); LP=(); LD=()
     for round in $(seq 1 "$ROUNDS"); do
         for backend in llvm cranelift; do
-            line="$("$ARCHC" bench "$model" --backend "$backend" --prompt-len 64 --gen 16 --repeat 1 \
-                --threads "$THREADS" --json 2>/dev/null)"
+            if ! line="$("$ARCHC" bench "$model" --backend "$backend" --prompt-len 32 --gen 8 --repeat 1 \
+                --threads "$THREADS" --json 2>/tmp/archc-tiers-bench.err)"; then
+                echo "bench/tiers.sh: archc bench --backend $backend failed:" >&2
+                cat /tmp/archc-tiers-bench.err >&2; exit 1
+            fi
             echo "{\"model\": \"$(basename "$model")\", \"backend\": \"$backend\", \"round\": $round, \"bench\": $line}" >> "$RAW"
             p="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prefill_tok_s"])' "$line")"
             d="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["decode_tok_s"])' "$line")"

@@ -158,7 +158,8 @@ fn check_case(case: &str, engine: Engine) {
     let ours2 = prefill(case, &mut two, &f.tokens);
     if engine == Engine::Cranelift {
         // The Cranelift tier computes what the kernel interpreter computes, operation for
-        // operation, and its threads split the work without changing a sum's order.
+        // operation outside the matmul tiles (whose sums it reassociates in four lanes),
+        // and its threads split the work without changing a sum's order.
         let interp = prefill(
             case,
             &mut model(case, &f.spec, &w, Engine::KernelInterp, 1),
@@ -251,22 +252,7 @@ fn check_case(case: &str, engine: Engine) {
             BF16_ENGINES
         },
     );
-    if engine == Engine::Cranelift {
-        let interp16 = prefill(
-            case,
-            &mut bf16_model(case, &spec16, &w16, Engine::KernelInterp),
-            &f.tokens,
-        );
-        check(
-            case,
-            "bf16 activations, Cranelift vs kernel interpreter",
-            &act16,
-            &interp16,
-            f.vocab,
-            1e-5,
-        );
-    }
-    if engine == Engine::Llvm {
+    if engine != Engine::KernelInterp {
         let interp16 = prefill(
             case,
             &mut bf16_model(case, &spec16, &w16, Engine::KernelInterp),
@@ -277,7 +263,7 @@ fn check_case(case: &str, engine: Engine) {
         // kernel is checked tightly on equal inputs in compiler/tests/kernel_gemm.rs.
         close_in_std(
             case,
-            "bf16 activations, LLVM vs kernel interpreter",
+            "bf16 activations, compiled vs kernel interpreter",
             (&act16, &interp16),
             (f.tokens.len(), f.vocab),
             BF16_ENGINES,

@@ -718,7 +718,9 @@ fn archc_run_json_gives_the_generators_tokens() {
                 "prefill_tokens",
                 "decode_tokens",
                 "stop",
-                "seed"
+                "seed",
+                "load_s",
+                "first_token_s"
             ]
         );
         // Without --json the text streams to stdout and the speeds go to stderr.

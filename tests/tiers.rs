@@ -1,7 +1,6 @@
 //! The compile tiers at run time: tiered kernels start on Cranelift code and switch to
 //! LLVM code between calls, giving logits within the parity tolerance of LLVM's all along;
-//! the default engine takes LLVM code from a warm cache and tiers on a cold one; and two
-//! processes compiling into one cache at once leave it intact.
+//! and two processes compiling into one cache at once leave it intact.
 
 mod common;
 
@@ -66,41 +65,6 @@ fn tiered_kernels_switch_to_llvm_between_decode_steps() {
     );
     // Nothing is left to switch to.
     assert!(!tiered.finish_upgrade());
-}
-
-#[test]
-fn the_default_engine_tiers_on_a_cold_cache_and_loads_a_warm_one() {
-    let f = fixture("qwen3");
-    let w = load("qwen3", &f.spec, &f.dir);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cold = model(&f, &w, Engine::Auto, dir.path());
-    assert_eq!(cold.tiers(), ["cranelift", "cranelift"]);
-    let mut cache = cold.new_cache();
-    let first = cold
-        .run(Phase::Prefill, &mut cache, &f.tokens)
-        .expect("prefill");
-    // The background builds store the LLVM code in the cache.
-    assert!(cold.finish_upgrade() || cold.tiers() == ["llvm", "llvm"]);
-    assert_eq!(cold.tiers(), ["llvm", "llvm"]);
-    drop(cold);
-    let mut warm = model(&f, &w, Engine::Auto, dir.path());
-    assert_eq!(warm.tiers(), ["llvm", "llvm"]);
-    assert!(warm
-        .origins()
-        .iter()
-        .all(|o| *o == Some(archc_compiler::codegen::llvm::Origin::Cache)));
-    let mut cache = warm.new_cache();
-    let again = warm
-        .run(Phase::Prefill, &mut cache, &f.tokens)
-        .expect("prefill");
-    check(
-        "qwen3 (auto)",
-        "warm LLVM vs cold Cranelift",
-        &again,
-        &first,
-        f.vocab,
-        1e-4,
-    );
 }
 
 /// Two processes compile the same kernels into one empty cache at the same time: both

@@ -361,16 +361,6 @@ pub fn native(
         .map_err(codegen(Stage::Llvm))
 }
 
-/// Stage `llvm` from the disk cache only: the program's code when the cache `options`
-/// names holds it, `None` when it would have to be compiled.
-pub fn native_cached(
-    program: &Program,
-    target: &crate::codegen::llvm::Target,
-    options: &crate::codegen::llvm::Options,
-) -> Option<crate::codegen::llvm::CompiledProgram> {
-    crate::codegen::llvm::load_cached(&program.kernels, target, options)
-}
-
 /// Stage `clif`: the CLIF of every kernel, as the Cranelift tier compiles it.
 pub fn clif_text(program: &Program) -> Result<String, DriverError> {
     crate::codegen::clif::emit_clif(&program.kernels).map_err(codegen(Stage::Clif))

@@ -1,6 +1,7 @@
 //! The kernel IR's matmul tile (`Stmt::Tile`): what it computes (the kernel interpreter
 //! against a plain Rust reference and against its own expansion into loops), what every
-//! target makes of it (LLVM for the host and a fixed CPU, PTX), and the verifier's rules.
+//! target makes of it (LLVM for the host and a fixed CPU, PTX, Cranelift), and the
+//! verifier's rules.
 
 use archc_compiler::codegen::llvm::{compile_kernels_with, Options, Target};
 use archc_compiler::kernel::build::*;
@@ -131,6 +132,13 @@ fn run_native(k: &Kernel, ptrs: &[*mut u8]) {
     unsafe { prog.call(0, ptrs, [1, 0], 0, 1) };
 }
 
+/// Runs `k` compiled by the Cranelift tier with one pointer per buffer.
+fn run_clif(k: &Kernel, ptrs: &[*mut u8]) {
+    let prog = archc_compiler::codegen::clif::compile(std::slice::from_ref(k)).expect("compiles");
+    // SAFETY: every buffer is as large as the kernel indexes at these sizes.
+    unsafe { prog.call(0, ptrs, [1, 0], 0, 1) };
+}
+
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
     a.len() == b.len()
         && a.iter()
@@ -191,6 +199,10 @@ fn row_tiles_compute_their_dot_products_on_every_engine() {
             &[a.as_ptr() as *mut u8, wptr, native.as_mut_ptr().cast()],
         );
         assert!(close(&native, &want, 1e-5), "llvm {welem:?} k={kd}");
+        // Cranelift lowers this tile itself, four elements a step and a scalar remainder.
+        let mut clif = vec![f32::NAN; (m * n) as usize];
+        run_clif(&k, &[a.as_ptr() as *mut u8, wptr, clif.as_mut_ptr().cast()]);
+        assert!(close(&clif, &want, 1e-5), "cranelift {welem:?} k={kd}");
     }
 }
 
@@ -243,6 +255,17 @@ fn lanes_tiles_compute_outer_products_on_every_engine() {
         ],
     );
     assert!(close(&native, &want, 1e-5), "llvm");
+    // Cranelift lowers a lanes tile with f32x4 pairs of lanes.
+    let mut clif = vec![f32::NAN; want.len()];
+    run_clif(
+        &k,
+        &[
+            xb.as_ptr() as *mut u8,
+            wb.as_ptr() as *mut u8,
+            clif.as_mut_ptr().cast(),
+        ],
+    );
+    assert!(close(&clif, &want, 1e-5), "cranelift");
     let ptx =
         archc_compiler::codegen::ptx::emit_kernel(0, &k, archc_compiler::codegen::ptx::Sm::Sm90)
             .expect("PTX");

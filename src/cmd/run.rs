@@ -88,11 +88,10 @@ pub struct Args {
     /// `cuda` runs PTX kernels on CUDA device 0.
     #[arg(long, value_enum, default_value = "llvm")]
     pub backend: BackendArg,
-    /// With `--backend llvm`, which compiled code runs: `llvm` (compile with LLVM before
-    /// the first token), `cranelift` (the fast tier only), `tiered` (start on Cranelift
-    /// code, switch each program to its LLVM code between decode steps once a background
-    /// compile finishes). Default: `llvm` when the kernel cache holds the model's code,
-    /// else `tiered`.
+    /// With `--backend llvm`, which compiled code runs: `llvm` (the default: LLVM code,
+    /// from the kernel cache or compiled before the first token), `cranelift` (the fast
+    /// compile tier only), `tiered` (start on Cranelift code, switch each program to its
+    /// LLVM code between decode steps once a background compile finishes).
     #[arg(long, value_enum)]
     pub tier: Option<TierArg>,
     /// Worker threads for the kernel backends (default: every core).
@@ -249,8 +248,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
 /// The CPU engine of `--backend` and `--tier`.
 fn engine(args: &Args) -> Result<Engine, Failure> {
     Ok(match (args.backend, args.tier) {
-        (BackendArg::Llvm, None) => Engine::Auto,
-        (BackendArg::Llvm, Some(TierArg::Llvm)) => Engine::Llvm,
+        (BackendArg::Llvm, None | Some(TierArg::Llvm)) => Engine::Llvm,
         (BackendArg::Llvm, Some(TierArg::Tiered)) => Engine::Tiered,
         (BackendArg::Llvm | BackendArg::Cranelift, Some(TierArg::Cranelift))
         | (BackendArg::Cranelift, None) => Engine::Cranelift,
@@ -262,7 +260,7 @@ fn engine(args: &Args) -> Result<Engine, Failure> {
                 backend_name(backend)
             )))
         }
-        (_, None) => Engine::Auto,
+        (_, None) => Engine::Llvm,
     })
 }
 

@@ -3,13 +3,16 @@
 //!
 //! Where LLVM spends its time making fast code (vectorising, unrolling, the matmul tiles
 //! of `codegen/llvm/tiles`), this tier translates each kernel literally (`translate.rs`)
-//! and lets Cranelift's own optimizer do the rest: tiles are expanded into their loops,
-//! loops run scalar in the order written, and the math functions are calls to the same
-//! Rust functions the kernel IR interpreter uses (`helpers.rs`). The code it makes therefore
-//! computes what the interpreter computes. The text of `archc emit --stage clif` is the
+//! and lets Cranelift's own optimizer do the rest: loops run scalar in the order written,
+//! and the math functions are calls to the same Rust functions the kernel IR interpreter
+//! uses (`helpers.rs`), so outside matmul tiles the code computes what the interpreter
+//! computes, bit for bit. The one place it uses SIMD is the dot-product tile over f32 or
+//! bf16 operands (`tile.rs`: `f32x4` accumulators, sums reassociated as a tile allows);
+//! other tiles are expanded into their loops. The text of `archc emit --stage clif` is the
 //! CLIF each kernel's function is compiled from.
 
 mod helpers;
+mod tile;
 mod translate;
 
 use super::{CodegenError, KernelFn};
@@ -127,7 +130,7 @@ fn build(
     let mut ctx = module.make_context();
     let mut fb = FunctionBuilderContext::new();
     for (i, k) in kernels.iter().enumerate() {
-        let k = crate::kernel::tile::expand_tiles(k);
+        let k = crate::kernel::tile::expand_tiles_where(k, &|t| !tile::lowers(t, k));
         ctx.func = Function::with_name_signature(UserFuncName::user(0, i as u32), sig.clone());
         let imports = declared.import(module, &mut ctx.func, &k);
         let b = FunctionBuilder::new(&mut ctx.func, &mut fb);

@@ -3,7 +3,8 @@
 //!
 //! The translation is literal: statements run in the order written, `Vector` and `Unroll`
 //! loops run as plain loops, and no product is fused into an addition, so a kernel computes
-//! what the kernel IR interpreter computes, operation for operation (the math functions
+//! what the kernel IR interpreter computes, operation for operation, except in the matmul
+//! tiles `tile.rs` lowers with SIMD (the math functions
 //! are the same Rust functions the interpreter calls). The `Parallel` loop is split into
 //! the same contiguous chunks as on the LLVM CPU target. Integer division or remainder by
 //! zero yields 0, as the LLVM targets define it, where the interpreter reports an error.
@@ -27,8 +28,8 @@ pub(super) const MAX_STACK_SCRATCH: u64 = 256 * 1024;
 
 /// The state of one kernel's translation.
 pub(super) struct Translator<'a, 'f> {
-    k: &'a Kernel,
-    b: FunctionBuilder<'f>,
+    pub(super) k: &'a Kernel,
+    pub(super) b: FunctionBuilder<'f>,
     imports: &'a Imports,
     vars: Vec<Variable>,
     /// The base address of every buffer parameter, by buffer index.
@@ -52,7 +53,7 @@ fn ty_of(t: Ty) -> Type {
 
 /// Memory the kernel calling convention makes valid: aligned for the element type, and
 /// in bounds wherever the kernel IR indexes it.
-fn mem() -> MemFlagsData {
+pub(super) fn mem() -> MemFlagsData {
     MemFlagsData::trusted()
 }
 
@@ -115,7 +116,7 @@ impl<'a, 'f> Translator<'a, 'f> {
         Ok(t)
     }
 
-    fn err(&self, message: impl Into<String>) -> CodegenError {
+    pub(super) fn err(&self, message: impl Into<String>) -> CodegenError {
         CodegenError::Kernel {
             kernel: self.k.name.clone(),
             message: message.into(),
@@ -200,7 +201,7 @@ impl<'a, 'f> Translator<'a, 'f> {
         body.iter().try_for_each(|s| self.stmt(s))
     }
 
-    fn var(&self, v: VarId) -> Result<(Variable, Ty), CodegenError> {
+    pub(super) fn var(&self, v: VarId) -> Result<(Variable, Ty), CodegenError> {
         let i = v.0 as usize;
         match (self.vars.get(i), self.k.vars.get(i)) {
             (Some(&var), Some(kv)) => Ok((var, kv.ty)),
@@ -271,7 +272,7 @@ impl<'a, 'f> Translator<'a, 'f> {
                 };
                 self.counted(*var, lo, hi, step, body)
             }
-            Stmt::Tile(_) => Err(self.err("a tile left unexpanded")),
+            Stmt::Tile(t) => self.tile(t),
         }
     }
 
@@ -336,7 +337,7 @@ impl<'a, 'f> Translator<'a, 'f> {
         (b.ins().iadd(lo, first), b.ins().iadd(lo, last))
     }
 
-    fn buf(&self, buf: BufId) -> Result<(Value, Elem, Access), CodegenError> {
+    pub(super) fn buf(&self, buf: BufId) -> Result<(Value, Elem, Access), CodegenError> {
         let i = buf.0 as usize;
         match (self.bases.get(i).copied().flatten(), self.k.bufs.get(i)) {
             (Some(base), Some(p)) => Ok((base, p.elem, p.access)),
@@ -352,6 +353,18 @@ impl<'a, 'f> Translator<'a, 'f> {
     }
 
     fn store(&mut self, buf: BufId, index: &Expr, value: &Expr) -> Result<(), CodegenError> {
+        let elem = self.buf(buf)?.1;
+        let want = match elem {
+            Elem::I32 | Elem::U8 => Ty::I64,
+            _ => Ty::F32,
+        };
+        let v = self.typed(value, want, "a stored value")?;
+        let i = self.typed(index, Ty::I64, "an index")?;
+        self.store_at(buf, i, v)
+    }
+
+    /// `buf[i] = v`, `v` already of the type the buffer stores (f32 or i64).
+    pub(super) fn store_at(&mut self, buf: BufId, i: Value, v: Value) -> Result<(), CodegenError> {
         let (base, elem, access) = self.buf(buf)?;
         if access == Access::Read || elem == Elem::F8 {
             return Err(self.err(format!(
@@ -359,12 +372,8 @@ impl<'a, 'f> Translator<'a, 'f> {
                 self.k.bufs[buf.0 as usize].name
             )));
         }
-        let want = match elem {
-            Elem::I32 | Elem::U8 => Ty::I64,
-            _ => Ty::F32,
-        };
-        let v = self.typed(value, want, "a stored value")?;
-        let p = self.addr(base, elem, index)?;
+        let off = self.b.ins().imul_imm_s(i, elem.bytes() as i64);
+        let p = self.b.ins().iadd(base, off);
         match elem {
             Elem::F32 => {
                 self.b.ins().store(mem(), v, p, 0);
@@ -428,7 +437,7 @@ impl<'a, 'f> Translator<'a, 'f> {
         })
     }
 
-    fn typed(&mut self, e: &Expr, want: Ty, what: &str) -> Result<Value, CodegenError> {
+    pub(super) fn typed(&mut self, e: &Expr, want: Ty, what: &str) -> Result<Value, CodegenError> {
         let (v, ty) = self.expr(e)?;
         if ty != want {
             return Err(self.err(format!(
@@ -441,7 +450,7 @@ impl<'a, 'f> Translator<'a, 'f> {
         Ok(v)
     }
 
-    fn expr(&mut self, e: &Expr) -> Result<(Value, Ty), CodegenError> {
+    pub(super) fn expr(&mut self, e: &Expr) -> Result<(Value, Ty), CodegenError> {
         Ok(match e {
             Expr::F32(x) => (self.b.ins().f32const(*x), Ty::F32),
             Expr::I64(x) => (self.b.ins().iconst(types::I64, *x), Ty::I64),

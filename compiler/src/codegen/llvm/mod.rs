@@ -304,29 +304,6 @@ pub fn compile_kernels_with(
     })
 }
 
-/// The kernels' code from the disk cache, when `options` names a cache that holds a
-/// complete entry for them and `target` runs here; `None` otherwise (nothing compiles).
-pub fn load_cached(
-    kernels: &[Kernel],
-    target: &Target,
-    options: &Options,
-) -> Option<CompiledProgram> {
-    let dir = options.cache.as_ref()?;
-    if !target.runs_here() {
-        return None;
-    }
-    let key = cache_key(kernels, target);
-    match cache::load(dir, &key, &symbols(kernels)) {
-        Ok(Some((lib, fns))) => Some(CompiledProgram {
-            fns,
-            origin: Origin::Cache,
-            warnings: Vec::new(),
-            _code: Code::Library(lib),
-        }),
-        _ => None,
-    }
-}
-
 fn warn(warnings: &mut Vec<String>, message: String) {
     eprintln!("warning: {message}; compiling in memory instead");
     warnings.push(message);

@@ -85,13 +85,6 @@ impl Native {
         }
         Ok(Native { code })
     }
-
-    /// The program's code from the disk cache `options` names, without compiling; `None`
-    /// when the cache does not hold it.
-    pub fn cached(program: &Program, options: &Options) -> Option<Native> {
-        let code = archc_compiler::driver::native_cached(program, &Target::host(), options)?;
-        (code.kernels().len() == program.kernels.len()).then_some(Native { code })
-    }
 }
 
 impl Kernels for Native {
@@ -174,7 +167,9 @@ impl Kernels for Clif {
 }
 
 /// Tiered kernels: Cranelift code at once, while LLVM compiles the same program on a
-/// background thread; `upgrade`, called by the executor between two calls of the program
+/// background thread (at the same priority as the model: at the lowest, measured, it
+/// barely delayed the first token less but starved while decode kept the cores busy, so
+/// the switch never came); `upgrade`, called by the executor between two calls of the program
 /// (never within one), switches to the LLVM code once it is ready. Both compute the same
 /// program; their results differ by summation order and fused multiply-adds (well within
 /// the parity tolerance). An LLVM build that fails leaves the Cranelift code running and

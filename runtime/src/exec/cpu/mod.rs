@@ -614,9 +614,7 @@ pub enum Engine {
     /// Cranelift code first, switched to LLVM code between calls once a background
     /// compile finishes (`Tiered`).
     Tiered,
-    /// LLVM code when the disk cache holds it (warm), else `Tiered` (cold): what
-    /// `archc run` uses by default.
-    Auto,
+
     /// The kernel IR interpreter (slow, bounds-checked; for debugging).
     KernelInterp,
 }
@@ -628,7 +626,6 @@ impl Engine {
             Engine::Llvm => "llvm",
             Engine::Cranelift => "cranelift",
             Engine::Tiered => "tiered",
-            Engine::Auto => "auto",
             Engine::KernelInterp => "kernel-interp",
         }
     }
@@ -654,10 +651,6 @@ pub fn kernels(
         Engine::Llvm => Ok(Box::new(Native::new(program, llvm)?)),
         Engine::Cranelift => Ok(Box::new(Clif::new(program)?)),
         Engine::Tiered => Ok(Box::new(Tiered::new(program, llvm)?)),
-        Engine::Auto => match Native::cached(program, llvm) {
-            Some(native) => Ok(Box::new(native)),
-            None => Ok(Box::new(Tiered::new(program, llvm)?)),
-        },
     }
 }
 
