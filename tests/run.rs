@@ -627,10 +627,16 @@ fn tiny_model_dir() -> tempfile::TempDir {
 }
 
 fn archc_run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    archc_run_env(args, stdin, &[])
+}
+
+/// `archc_run` with more environment variables.
+fn archc_run_env(args: &[&str], stdin: &str, env: &[(&str, PathBuf)]) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_archc"))
         .arg("run")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         // The model cache points at nothing, so no test can download anything.
         .env("ARCHC_MODEL_DIR", "/nonexistent/archc-models")
         .stdin(std::process::Stdio::piped())
@@ -814,17 +820,10 @@ fn archc_run_tiers_generate_the_same_tokens() {
             "--tier",
             tier,
         ];
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_archc"));
-        let out = cmd
-            .arg("run")
-            .args(args)
-            .env("ARCHC_MODEL_DIR", "/nonexistent/archc-models")
-            .env("ARCHC_CACHE_DIR", cache.path().join(tier))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "--tier {tier}: {stderr}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let cache_dir = cache.path().join(tier);
+        let (code, stdout, stderr) = archc_run_env(&args, "", &[("ARCHC_CACHE_DIR", cache_dir)]);
+        assert_eq!(code, 0, "--tier {tier}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         let first = v["first_token_s"].as_f64().unwrap();
         let load = v["load_s"].as_f64().unwrap();
         assert!(first >= load && load > 0.0, "--tier {tier}: {v}");

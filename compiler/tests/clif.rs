@@ -7,7 +7,6 @@ mod common;
 
 use archc_compiler::codegen::clif;
 use archc_compiler::driver::{self, Driver, Options, Precision};
-use archc_compiler::kernel::interp::KData;
 use archc_compiler::kernel::Elem;
 use archc_compiler::Mode;
 use common::*;
@@ -15,92 +14,12 @@ use std::path::Path;
 
 #[test]
 fn compiled_kernels_give_the_kernel_interpreters_bits() {
-    let (mathk, _) = math();
-    let ks = vec![
-        row_sum(),
-        matmul_bf16(67, 37),
-        convert("f32_to_bf16", Elem::F32, Elem::Bf16),
-        convert("f32_to_f16", Elem::F32, Elem::F16),
-        convert("f16_to_f32", Elem::F16, Elem::F32),
-        gather(),
-        select_if(),
-        reverse_rows("rev_heap", 100_000, Elem::F32),
-        mathk,
-    ];
+    let ks = standard_kernels();
     let prog = clif::compile(&ks).expect("Cranelift compiles the kernels");
     assert_eq!(prog.kernels().len(), ks.len());
-    let poison = |n: usize| Some(KData::F32(vec![f32::NAN; n]));
-    let f32s = |n: usize, seed: u64| Some(KData::F32(values(n, seed, -2.0, 2.0)));
-    for threads in [1i64, 2, 3] {
-        // Bit for bit: the tier computes operation for operation what the interpreter does.
-        let run = |i: usize, bufs: &[Option<KData>], seq: usize| {
-            check_against_interpreter(&prog, i, &ks[i], bufs, seq as i64, threads, 0.0)
-        };
-        run(
-            0,
-            &[Some(KData::F32(values(5000, 10, 0.0, 1.0))), poison(5)],
-            5,
-        );
-        run(
-            1,
-            &[
-                Some(KData::F32(values(3 * 67, 11, 0.0, 1.0))),
-                Some(bf16s(values(37 * 67, 12, 0.0, 1.0))),
-                poison(3 * 37),
-            ],
-            3,
-        );
-        run(2, &[f32s(999, 13), Some(KData::Bf16(vec![0; 999]))], 999);
-        run(
-            3,
-            &[
-                Some(KData::F32(values(999, 14, -70000.0, 70000.0))),
-                Some(KData::F16(vec![0; 999])),
-            ],
-            999,
-        );
-        run(
-            4,
-            &[Some(KData::F16((0..=u16::MAX).collect())), poison(65536)],
-            65536,
-        );
-        run(
-            5,
-            &[
-                f32s(16, 15),
-                Some(KData::I32(vec![-4, 11, 0, -1, 5])),
-                poison(5),
-            ],
-            5,
-        );
-        let d: Vec<i32> = (0..64)
-            .map(|v| (v % 7) - 3)
-            .map(|v| if v == 0 { 5 } else { v })
-            .collect();
-        run(
-            6,
-            &[
-                f32s(64, 16),
-                Some(KData::I32(d)),
-                poison(64),
-                poison(64),
-                Some(KData::I32(vec![0; 128])),
-            ],
-            64,
-        );
-        run(7, &[f32s(7 * 16, 17), poison(7 * 16), None], 7);
-        let n = 1000;
-        let (_, names) = math();
-        run(
-            8,
-            &[
-                f32s(n, 18),
-                Some(KData::F32(values(n, 19, -3.0, 3.0))),
-                poison(names.len() * n),
-            ],
-            n,
-        );
-    }
+    // Bit for bit: outside matmul tiles the tier computes operation for operation what
+    // the interpreter does.
+    check_standard_kernels(&prog, &ks, 0.0);
 }
 
 fn examples() -> Vec<std::path::PathBuf> {

@@ -143,6 +143,113 @@ pub fn check_against_interpreter(
     }
 }
 
+/// The kernels every code generator is checked on against the kernel interpreter: every
+/// operation and element type, a heap scratch, the math functions.
+pub fn standard_kernels() -> Vec<Kernel> {
+    let (mathk, _) = math();
+    vec![
+        row_sum(),
+        matmul_bf16(67, 37),
+        convert("f32_to_bf16", Elem::F32, Elem::Bf16),
+        convert("f32_to_f16", Elem::F32, Elem::F16),
+        convert("f16_to_f32", Elem::F16, Elem::F32),
+        gather(),
+        select_if(),
+        reverse_rows("rev_heap", 100_000, Elem::F32),
+        mathk,
+    ]
+}
+
+/// Runs `standard_kernels` compiled as `prog` against the interpreter on 1, 2 and 3
+/// threads: the kernels whose sums a target may reassociate within `sum_rel` relative,
+/// the others bit for bit.
+pub fn check_standard_kernels(prog: &impl Callable, ks: &[Kernel], sum_rel: f32) {
+    let (_, names) = math();
+    let poison = |n: usize| Some(KData::F32(vec![f32::NAN; n]));
+    let f32s = |n: usize, seed: u64| Some(KData::F32(values(n, seed, -2.0, 2.0)));
+    for threads in [1i64, 2, 3] {
+        let run = |i: usize, bufs: &[Option<KData>], seq: usize, rel: f32| {
+            check_against_interpreter(prog, i, &ks[i], bufs, seq as i64, threads, rel)
+        };
+        // Sums may be reassociated in Vector loops: relative, with positive terms.
+        run(
+            0,
+            &[Some(KData::F32(values(5000, 10, 0.0, 1.0))), poison(5)],
+            5,
+            sum_rel,
+        );
+        run(
+            1,
+            &[
+                Some(KData::F32(values(3 * 67, 11, 0.0, 1.0))),
+                Some(bf16s(values(37 * 67, 12, 0.0, 1.0))),
+                poison(3 * 37),
+            ],
+            3,
+            sum_rel,
+        );
+        run(
+            2,
+            &[f32s(999, 13), Some(KData::Bf16(vec![0; 999]))],
+            999,
+            0.0,
+        );
+        run(
+            3,
+            &[
+                Some(KData::F32(values(999, 14, -70000.0, 70000.0))),
+                Some(KData::F16(vec![0; 999])),
+            ],
+            999,
+            0.0,
+        );
+        run(
+            4,
+            &[Some(KData::F16((0..=u16::MAX).collect())), poison(65536)],
+            65536,
+            0.0,
+        );
+        run(
+            5,
+            &[
+                f32s(16, 15),
+                Some(KData::I32(vec![-4, 11, 0, -1, 5])),
+                poison(5),
+            ],
+            5,
+            0.0,
+        );
+        let d: Vec<i32> = (0..64)
+            .map(|v| (v % 7) - 3)
+            .map(|v| if v == 0 { 5 } else { v })
+            .collect();
+        run(
+            6,
+            &[
+                f32s(64, 16),
+                Some(KData::I32(d)),
+                poison(64),
+                poison(64),
+                Some(KData::I32(vec![0; 128])),
+            ],
+            64,
+            0.0,
+        );
+        run(7, &[f32s(7 * 16, 17), poison(7 * 16), None], 7, 0.0);
+        let n = 1000;
+        run(
+            8,
+            &[
+                f32s(n, 18),
+                Some(KData::F32(values(n, 19, -3.0, 3.0))),
+                poison(names.len() * n),
+            ],
+            n,
+            sum_rel,
+        );
+    }
+}
+
 pub fn bf16s(v: Vec<f32>) -> KData {
     KData::Bf16(v.into_iter().map(f32_to_bf16).collect())
 }

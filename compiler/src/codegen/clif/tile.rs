@@ -15,7 +15,6 @@
 use super::translate::Translator;
 use crate::codegen::CodegenError;
 use crate::kernel::{Elem, Expr, Kernel, Tile, TileOut, Ty};
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::Variable;
 
@@ -71,6 +70,25 @@ impl Translator<'_, '_> {
         }
     }
 
+    /// Every row's and column's start address and element type.
+    #[allow(clippy::type_complexity)]
+    fn operands(
+        &mut self,
+        t: &Tile,
+    ) -> Result<(Vec<(Value, Elem)>, Vec<(Value, Elem)>), CodegenError> {
+        let rows = t
+            .rows
+            .iter()
+            .map(|r| self.operand(r))
+            .collect::<Result<_, _>>()?;
+        let cols = t
+            .cols
+            .iter()
+            .map(|c| self.operand(c))
+            .collect::<Result<_, _>>()?;
+        Ok((rows, cols))
+    }
+
     /// The address of element 0 of a row or column, and its element type.
     fn operand(&mut self, r: &crate::kernel::TileRef) -> Result<(Value, Elem), CodegenError> {
         let (base, elem, _) = self.buf(r.buf)?;
@@ -88,29 +106,40 @@ impl Translator<'_, '_> {
         body: &mut dyn FnMut(&mut Self, Value) -> Result<(), CodegenError>,
     ) -> Result<(), CodegenError> {
         let v = self.b.declare_var(types::I64);
-        self.b.def_var(v, lo);
-        let (head, inner, done) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        self.b.ins().jump(head, &[]);
-        self.b.switch_to_block(head);
-        let i = self.b.use_var(v);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
-        self.b.ins().brif(more, inner, &[], done, &[]);
-        self.b.seal_block(inner);
-        self.b.switch_to_block(inner);
-        let i = self.b.use_var(v);
-        body(self, i)?;
-        let i = self.b.use_var(v);
-        let next = self.b.ins().iadd_imm_s(i, step);
-        self.b.def_var(v, next);
-        self.b.ins().jump(head, &[]);
-        self.b.seal_block(head);
-        self.b.seal_block(done);
-        self.b.switch_to_block(done);
-        Ok(())
+        self.loop_on(v, lo, hi, step, body)
+    }
+
+    /// One step of a dot-product tile at element `k`: `width` (4 or 1) elements of every
+    /// row and column, each product added to its accumulator in `accs` (row-major).
+    fn dot_step(
+        &mut self,
+        rows: &[(Value, Elem)],
+        cols: &[(Value, Elem)],
+        accs: &[Variable],
+        k: Value,
+        width: i64,
+    ) {
+        let n = cols.len();
+        let at = |t: &mut Self, (p, e): (Value, Elem)| {
+            let off = t.b.ins().imul_imm_s(k, e.bytes() as i64);
+            let a = t.b.ins().iadd(p, off);
+            if width == STEP {
+                t.load4(a, e)
+            } else {
+                t.load1(a, e)
+            }
+        };
+        let xs: Vec<Value> = rows.iter().map(|&r| at(self, r)).collect();
+        for (c, &col) in cols.iter().enumerate() {
+            let w = at(self, col);
+            for (r, &x) in xs.iter().enumerate() {
+                let acc = accs[r * n + c];
+                let prod = self.b.ins().fmul(x, w);
+                let cur = self.b.use_var(acc);
+                let next = self.b.ins().fadd(cur, prod);
+                self.b.def_var(acc, next);
+            }
+        }
     }
 
     /// `[b(k), b(k + 1), b(k), b(k + 1)]` of the column at `p` (element `k`).
@@ -146,16 +175,7 @@ impl Translator<'_, '_> {
             return Err(self.err("a lanes tile without constant bounds and stores"));
         };
         let lanes = i64::from(t.lanes);
-        let rows: Vec<(Value, Elem)> = t
-            .rows
-            .iter()
-            .map(|r| self.operand(r))
-            .collect::<Result<_, _>>()?;
-        let cols: Vec<(Value, Elem)> = t
-            .cols
-            .iter()
-            .map(|c| self.operand(c))
-            .collect::<Result<_, _>>()?;
+        let (rows, cols) = self.operands(t)?;
         let n = cols.len();
         if bases.len() != rows.len() * n {
             return Err(self.err("a lanes tile whose stores do not match its rows and columns"));
@@ -233,16 +253,7 @@ impl Translator<'_, '_> {
         }
         let start = self.typed(&t.start, Ty::I64, "a tile start")?;
         let end = self.typed(&t.end, Ty::I64, "a tile end")?;
-        let rows: Vec<(Value, Elem)> = t
-            .rows
-            .iter()
-            .map(|r| self.operand(r))
-            .collect::<Result<_, _>>()?;
-        let cols: Vec<(Value, Elem)> = t
-            .cols
-            .iter()
-            .map(|c| self.operand(c))
-            .collect::<Result<_, _>>()?;
+        let (rows, cols) = self.operands(t)?;
         let (m, n) = (rows.len(), cols.len());
 
         // Vector accumulators and the loop counter, as variables across the loops' blocks.
@@ -255,56 +266,16 @@ impl Translator<'_, '_> {
                 v
             })
             .collect();
-        let kv = self.b.declare_var(types::I64);
         let span = self.b.ins().isub(end, start);
         let zero_i = self.b.ins().iconst(types::I64, 0);
         let span = self.b.ins().smax(span, zero_i);
         let whole = self.b.ins().band_imm_s(span, !(STEP - 1));
         let vend = self.b.ins().iadd(start, whole);
-
-        // Main loop: k in start..vend by 4.
-        self.b.def_var(kv, start);
-        let (head, body, tail) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        self.b.ins().jump(head, &[]);
-        self.b.switch_to_block(head);
-        let k = self.b.use_var(kv);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, k, vend);
-        self.b.ins().brif(more, body, &[], tail, &[]);
-        self.b.seal_block(body);
-        self.b.switch_to_block(body);
-        let k = self.b.use_var(kv);
-        let xs: Vec<Value> = rows
-            .iter()
-            .map(|&(p, e)| {
-                let off = self.b.ins().imul_imm_s(k, e.bytes() as i64);
-                let a = self.b.ins().iadd(p, off);
-                self.load4(a, e)
-            })
-            .collect();
-        for (c, &(p, e)) in cols.iter().enumerate() {
-            let off = self.b.ins().imul_imm_s(k, e.bytes() as i64);
-            let a = self.b.ins().iadd(p, off);
-            let w = self.load4(a, e);
-            for (r, &x) in xs.iter().enumerate() {
-                let acc = accs[r * n + c];
-                let prod = self.b.ins().fmul(x, w);
-                let cur = self.b.use_var(acc);
-                let next = self.b.ins().fadd(cur, prod);
-                self.b.def_var(acc, next);
-            }
-        }
-        let next = self.b.ins().iadd_imm_s(k, STEP);
-        self.b.def_var(kv, next);
-        self.b.ins().jump(head, &[]);
-        self.b.seal_block(head);
-        self.b.seal_block(tail);
-        self.b.switch_to_block(tail);
-
-        // The pairwise sum of each accumulator, then the remaining elements one by one.
+        // Four elements a step up to `vend`, then the pairwise sums, then one by one.
+        self.range(start, vend, STEP, &mut |t, k| {
+            t.dot_step(&rows, &cols, &accs, k, STEP);
+            Ok(())
+        })?;
         let sums: Vec<Variable> = accs
             .iter()
             .map(|&acc| {
@@ -318,45 +289,10 @@ impl Translator<'_, '_> {
                 var
             })
             .collect();
-        let (head, body, done) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        self.b.ins().jump(head, &[]);
-        self.b.switch_to_block(head);
-        let k = self.b.use_var(kv);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, k, end);
-        self.b.ins().brif(more, body, &[], done, &[]);
-        self.b.seal_block(body);
-        self.b.switch_to_block(body);
-        let k = self.b.use_var(kv);
-        let xs: Vec<Value> = rows
-            .iter()
-            .map(|&(p, e)| {
-                let off = self.b.ins().imul_imm_s(k, e.bytes() as i64);
-                let a = self.b.ins().iadd(p, off);
-                self.load1(a, e)
-            })
-            .collect();
-        for (c, &(p, e)) in cols.iter().enumerate() {
-            let off = self.b.ins().imul_imm_s(k, e.bytes() as i64);
-            let a = self.b.ins().iadd(p, off);
-            let w = self.load1(a, e);
-            for (r, &x) in xs.iter().enumerate() {
-                let s = sums[r * n + c];
-                let prod = self.b.ins().fmul(x, w);
-                let cur = self.b.use_var(s);
-                let next = self.b.ins().fadd(cur, prod);
-                self.b.def_var(s, next);
-            }
-        }
-        let next = self.b.ins().iadd_imm_s(k, 1);
-        self.b.def_var(kv, next);
-        self.b.ins().jump(head, &[]);
-        self.b.seal_block(head);
-        self.b.seal_block(done);
-        self.b.switch_to_block(done);
+        self.range(vend, end, 1, &mut |t, k| {
+            t.dot_step(&rows, &cols, &sums, k, 1);
+            Ok(())
+        })?;
 
         match &t.out {
             TileOut::Sums(vars) => {

@@ -289,6 +289,19 @@ impl<'a, 'f> Translator<'a, 'f> {
         if ty != Ty::I64 {
             return Err(self.err("a loop variable that is not i64"));
         }
+        self.loop_on(v, lo, hi, step, &mut |t, _| t.block(body))
+    }
+
+    /// `for v in lo..hi step step { body(v) }` over the i64 variable `v`: a header that
+    /// tests, the body, the increment, and the exit block the builder is left in.
+    pub(super) fn loop_on(
+        &mut self,
+        v: Variable,
+        lo: Value,
+        hi: Value,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self, Value) -> Result<(), CodegenError>,
+    ) -> Result<(), CodegenError> {
         let (head, inner, done): (Block, Block, Block) = (
             self.b.create_block(),
             self.b.create_block(),
@@ -302,7 +315,8 @@ impl<'a, 'f> Translator<'a, 'f> {
         self.b.ins().brif(more, inner, &[], done, &[]);
         self.b.seal_block(inner);
         self.b.switch_to_block(inner);
-        self.block(body)?;
+        let i = self.b.use_var(v);
+        body(self, i)?;
         let i = self.b.use_var(v);
         let next = self.b.ins().iadd_imm_s(i, step);
         self.b.def_var(v, next);

@@ -89,22 +89,8 @@ impl Native {
 
 impl Kernels for Native {
     unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError> {
-        let f = self
-            .code
-            .kernel(kernel)
-            .ok_or_else(|| ExecError::Program(format!("no compiled kernel {kernel}")))?;
-        let dims = call.dims;
-        // SAFETY: the `Kernels::run` contract is the `KernelFn` contract; `Plan::new`
-        // checked that no kernel writes read-only memory.
-        unsafe {
-            f(
-                call.bufs.as_ptr(),
-                dims.as_ptr(),
-                call.thread as i64,
-                call.threads as i64,
-            )
-        };
-        Ok(())
+        // SAFETY: forwarded; `Plan::new` checked that no kernel writes read-only memory.
+        unsafe { call_compiled(self.code.kernel(kernel), kernel, call) }
     }
 
     fn origin(&self) -> Option<Origin> {
@@ -114,6 +100,29 @@ impl Kernels for Native {
     fn tier(&self) -> &'static str {
         "llvm"
     }
+}
+
+/// Calls compiled kernel `kernel` (`f`, if the code has it) for one thread of a launch.
+///
+/// # Safety
+/// The `Kernels::run` contract, which is the `KernelFn` contract.
+unsafe fn call_compiled(
+    f: Option<archc_compiler::codegen::KernelFn>,
+    kernel: usize,
+    call: &Call<'_>,
+) -> Result<(), ExecError> {
+    let f = f.ok_or_else(|| ExecError::Program(format!("no compiled kernel {kernel}")))?;
+    let dims = call.dims;
+    // SAFETY: the caller's contract.
+    unsafe {
+        f(
+            call.bufs.as_ptr(),
+            dims.as_ptr(),
+            call.thread as i64,
+            call.threads as i64,
+        )
+    };
+    Ok(())
 }
 
 /// Kernels compiled by the Cranelift tier for this machine, in this process.
@@ -144,21 +153,8 @@ impl Clif {
 
 impl Kernels for Clif {
     unsafe fn run(&self, kernel: usize, call: &Call<'_>) -> Result<(), ExecError> {
-        let f = self
-            .code
-            .kernel(kernel)
-            .ok_or_else(|| ExecError::Program(format!("no compiled kernel {kernel}")))?;
-        let dims = call.dims;
-        // SAFETY: as for `Native`: the `Kernels::run` contract is the `KernelFn` contract.
-        unsafe {
-            f(
-                call.bufs.as_ptr(),
-                dims.as_ptr(),
-                call.thread as i64,
-                call.threads as i64,
-            )
-        };
-        Ok(())
+        // SAFETY: forwarded.
+        unsafe { call_compiled(self.code.kernel(kernel), kernel, call) }
     }
 
     fn tier(&self) -> &'static str {
