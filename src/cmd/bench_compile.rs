@@ -3,7 +3,7 @@
 
 use super::bench::Args;
 use crate::failure::Failure;
-use archc_compiler::driver::{Options, Precision};
+use archc_compiler::driver::Options;
 use archc_runtime::bench::{bench_compile, CompileBench};
 use std::process::ExitCode;
 
@@ -13,10 +13,7 @@ pub fn run(args: &Args) -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     let options = Options {
-        precision: match args.precision {
-            super::logits::PrecisionArg::Bf16 => Precision::Bf16,
-            super::logits::PrecisionArg::F32 => Precision::F32,
-        },
+        precision: args.precision.precision(),
         ..Options::generation()
     };
     let result = bench_compile(&spec, options, args.repeat)

@@ -29,6 +29,17 @@ use std::fmt;
 pub type KernelFn =
     unsafe extern "C" fn(bufs: *const *mut u8, dims: *const i64, thread: i64, threads: i64);
 
+/// Calls compiled kernel `f` with `bufs` (one pointer per kernel parameter) at sizes
+/// `dims = [seq, past]`, as chunk `thread` of `threads`: the one place every tier's
+/// code is entered.
+///
+/// # Safety
+/// See `KernelFn`: the buffers must be large enough and correctly typed for the kernel.
+pub unsafe fn invoke(f: KernelFn, bufs: &[*mut u8], dims: [i64; 2], thread: i64, threads: i64) {
+    // SAFETY: forwarded to the caller.
+    unsafe { f(bufs.as_ptr(), dims.as_ptr(), thread, threads) }
+}
+
 /// Why code generation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodegenError {

@@ -132,9 +132,8 @@ impl CompiledProgram {
         thread: i64,
         threads: i64,
     ) {
-        let f = self.fns[index];
         // SAFETY: forwarded to the caller.
-        unsafe { f(bufs.as_ptr(), dims.as_ptr(), thread, threads) }
+        unsafe { super::invoke(self.fns[index], bufs, dims, thread, threads) }
     }
 }
 

@@ -76,13 +76,7 @@ impl Native {
         };
         let code = archc_compiler::driver::native(program, &Target::host(), options)
             .map_err(|e| compile(e.to_string()))?;
-        if code.kernels().len() != program.kernels.len() {
-            return Err(compile(format!(
-                "{} functions for {} kernels",
-                code.kernels().len(),
-                program.kernels.len()
-            )));
-        }
+        check_count("llvm", code.kernels().len(), program)?;
         Ok(Native { code })
     }
 }
@@ -112,17 +106,24 @@ unsafe fn call_compiled(
     call: &Call<'_>,
 ) -> Result<(), ExecError> {
     let f = f.ok_or_else(|| ExecError::Program(format!("no compiled kernel {kernel}")))?;
-    let dims = call.dims;
+    let (thread, threads) = (call.thread as i64, call.threads as i64);
     // SAFETY: the caller's contract.
-    unsafe {
-        f(
-            call.bufs.as_ptr(),
-            dims.as_ptr(),
-            call.thread as i64,
-            call.threads as i64,
-        )
-    };
+    unsafe { archc_compiler::codegen::invoke(f, call.bufs, call.dims, thread, threads) };
     Ok(())
+}
+
+/// Compiled code must have a function for every kernel of the program.
+fn check_count(stage: &str, functions: usize, program: &Program) -> Result<(), ExecError> {
+    if functions == program.kernels.len() {
+        return Ok(());
+    }
+    Err(ExecError::Compile {
+        stage: stage.into(),
+        message: format!(
+            "{functions} functions for {} kernels",
+            program.kernels.len()
+        ),
+    })
 }
 
 /// Kernels compiled by the Cranelift tier for this machine, in this process.
@@ -137,16 +138,7 @@ impl Clif {
             stage: "cranelift".into(),
             message: e.to_string(),
         })?;
-        if code.kernels().len() != program.kernels.len() {
-            return Err(ExecError::Compile {
-                stage: "cranelift".into(),
-                message: format!(
-                    "{} functions for {} kernels",
-                    code.kernels().len(),
-                    program.kernels.len()
-                ),
-            });
-        }
+        check_count("cranelift", code.kernels().len(), program)?;
         Ok(Clif { code })
     }
 }
