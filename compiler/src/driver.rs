@@ -19,7 +19,7 @@
 //! from the stored formats of the weights (block-quantised parameters stay blocks, float
 //! parameters keep their stored type), and from the requested precision.
 
-use crate::codegen::llvm::CodegenError;
+use crate::codegen::CodegenError;
 use crate::ir::{Graph, Mode};
 use crate::kernel::lower::{KernelError, KernelOptions, Lowering, ParamFormat, Schedule};
 use crate::kernel::Program;
@@ -206,6 +206,7 @@ impl fmt::Display for DriverError {
 impl std::error::Error for DriverError {}
 
 /// A code generation error of `stage`.
+#[cfg(feature = "codegen")]
 fn codegen(stage: Stage) -> impl Fn(CodegenError) -> DriverError {
     move |error| DriverError::Codegen { stage, error }
 }
@@ -330,6 +331,7 @@ impl<'a> Driver<'a> {
     }
 }
 
+#[cfg(feature = "codegen")]
 /// Stage `llvm`: the LLVM IR of a program's kernels for a CPU, as generated or (with
 /// `optimized`) after the `O3` pipeline that runs before machine code.
 pub fn llvm_ir(
@@ -341,6 +343,7 @@ pub fn llvm_ir(
         .map_err(codegen(Stage::Llvm))
 }
 
+#[cfg(feature = "codegen")]
 /// Stage `llvm`, to machine code: a relocatable object of the program's kernels for a
 /// CPU (what ahead-of-time builds link).
 pub fn object(
@@ -350,6 +353,41 @@ pub fn object(
     crate::codegen::llvm::emit_object(&program.kernels, target).map_err(codegen(Stage::Llvm))
 }
 
+/// The kernels of several programs as one list for an ahead-of-time build, equal
+/// kernels once: the list, and for every program the index in it of each of its
+/// kernels.
+pub fn shared_kernels(programs: &[&Program]) -> (Vec<crate::kernel::Kernel>, Vec<Vec<usize>>) {
+    let mut all: Vec<crate::kernel::Kernel> = Vec::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut maps = Vec::with_capacity(programs.len());
+    for p in programs {
+        let mut map = Vec::with_capacity(p.kernels.len());
+        for k in &p.kernels {
+            let text = k.to_string();
+            let i = *seen.entry(text).or_insert_with(|| {
+                all.push(k.clone());
+                all.len() - 1
+            });
+            map.push(i);
+        }
+        maps.push(map);
+    }
+    (all, maps)
+}
+
+#[cfg(feature = "codegen")]
+/// Stage `llvm`, to machine code for an ahead-of-time build: one object holding
+/// `kernels` (see [`shared_kernels`]), the table of their addresses and the build
+/// `image`, which links with the runtime archive into an executable or a C library.
+pub fn linkable_object(
+    kernels: &[crate::kernel::Kernel],
+    target: &crate::codegen::llvm::Target,
+    image: &[u8],
+) -> Result<Vec<u8>, DriverError> {
+    crate::codegen::llvm::emit_linkable_object(kernels, target, image).map_err(codegen(Stage::Llvm))
+}
+
+#[cfg(feature = "codegen")]
 /// Stage `llvm`, to machine code loaded in this process (the JIT, or a library from the
 /// disk cache that `options` names): what the CPU executor runs.
 pub fn native(
@@ -361,16 +399,19 @@ pub fn native(
         .map_err(codegen(Stage::Llvm))
 }
 
+#[cfg(feature = "codegen")]
 /// Stage `clif`: the CLIF of every kernel, as the Cranelift tier compiles it.
 pub fn clif_text(program: &Program) -> Result<String, DriverError> {
     crate::codegen::clif::emit_clif(&program.kernels).map_err(codegen(Stage::Clif))
 }
 
+#[cfg(feature = "codegen")]
 /// Stage `clif`, to machine code in this process: the fast tier the CPU executor runs.
 pub fn clif(program: &Program) -> Result<crate::codegen::clif::ClifProgram, DriverError> {
     crate::codegen::clif::compile(&program.kernels).map_err(codegen(Stage::Clif))
 }
 
+#[cfg(feature = "codegen")]
 /// Stage `ptx`: every kernel of a program as PTX for `sm`, with its launch shape.
 pub fn ptx(
     program: &Program,

@@ -38,7 +38,7 @@ use crate::exec::cuda::CudaError;
 use crate::exec::ExecError;
 use archc_compiler::driver::DriverError;
 use archc_compiler::interp::WeightSource;
-use archc_compiler::kernel::{BufferKind, Elem, Program};
+use archc_compiler::kernel::{BufferKind, Elem};
 use archc_spec::{DType, Spec};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -354,7 +354,7 @@ impl BenchWeights {
 /// The element type of a program's KV cache, as a dtype for the KV statistics: the
 /// executor's, not the model's. A model without a cache (its KV bytes are zero anyway)
 /// counts as f32.
-fn cache_dtype(program: &Program) -> DType {
+fn cache_dtype(program: &archc_compiler::kernel::program::ProgramDoc) -> DType {
     let elem = program
         .buffers
         .iter()

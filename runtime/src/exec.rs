@@ -1,6 +1,7 @@
 //! Running a bound model: prefill or token-by-token decode on a backend, producing logits.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
 pub mod cuda;
 
 use crate::bind::BoundWeights;
@@ -89,7 +90,10 @@ pub enum ExecError {
     /// The worker threads could not be started or a job failed on one.
     Threads(String),
     /// The CUDA backend failed.
+    #[cfg(feature = "cuda")]
     Cuda(cuda::CudaError),
+    /// This build of the runtime leaves out what the call needs (a Cargo feature).
+    Unavailable(String),
     /// A step of a longer computation failed: which, then the error.
     At { what: String, error: Box<ExecError> },
 }
@@ -127,7 +131,9 @@ impl fmt::Display for ExecError {
             } => write!(f, "launch {launch} (kernel `{kernel}`): {message}"),
             ExecError::Interp(m) => write!(f, "interpreter: {m}"),
             ExecError::Threads(m) => write!(f, "worker threads: {m}"),
+            #[cfg(feature = "cuda")]
             ExecError::Cuda(e) => write!(f, "{e}"),
+            ExecError::Unavailable(what) => write!(f, "{what} is not part of this build"),
             ExecError::At { what, error } => write!(f, "{what}: {error}"),
         }
     }
@@ -147,6 +153,7 @@ impl From<ContractError> for ExecError {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl From<cuda::CudaError> for ExecError {
     fn from(e: cuda::CudaError) -> ExecError {
         ExecError::Cuda(e)
@@ -183,14 +190,27 @@ pub fn logits_with_threads(
         Backend::Llvm => Some(cpu::Engine::Llvm),
         Backend::Cranelift => Some(cpu::Engine::Cranelift),
         Backend::KernelInterp => Some(cpu::Engine::KernelInterp),
+        #[cfg(feature = "cuda")]
         Backend::Cuda => {
             return cuda_logits(spec, weights, tokens, mode)
                 .map_err(|e| ExecError::Cuda(e).at("--backend cuda"))
         }
+        #[cfg(not(feature = "cuda"))]
+        Backend::Cuda => return Err(ExecError::Unavailable("--backend cuda".into())),
     };
     if let Some(engine) = engine {
         let threads = threads.unwrap_or_else(cpu::default_threads);
-        return kernel_logits(spec, weights, tokens, mode, engine, threads);
+        #[cfg(feature = "jit")]
+        return cpu_logits(
+            &mut cpu::CpuModel::from_spec(spec, weights, engine, threads)?,
+            tokens,
+            mode,
+        );
+        #[cfg(not(feature = "jit"))]
+        return Err(ExecError::Unavailable(format!(
+            "--backend {} on {threads} threads",
+            engine.as_str()
+        )));
     }
     let interp_err = |what: &str, e: &dyn fmt::Display| ExecError::Interp(format!("{what}: {e}"));
     // The interpreter runs the graph stage itself, every position's logits.
@@ -220,23 +240,21 @@ pub fn logits_with_threads(
     }
 }
 
-/// `logits` through kernel programs on the CPU executor.
-fn kernel_logits(
-    spec: &Spec,
-    weights: &BoundWeights,
+/// `logits` through a loaded kernel-program model on the CPU executor, from an empty
+/// cache: the prefill program once, or the decode program token by token. What
+/// `archc logits` and the `logits` command of a built executable run.
+pub fn cpu_logits(
+    model: &mut cpu::CpuModel<'_>,
     tokens: &[u32],
     mode: Mode,
-    engine: cpu::Engine,
-    threads: usize,
 ) -> Result<Vec<f32>, ExecError> {
-    let mut model = cpu::CpuModel::from_spec(spec, weights, engine, threads)?;
     let mut cache = model.new_cache();
     match mode {
         Mode::Prefill => model
             .run(cpu::Phase::Prefill, &mut cache, tokens)
             .map_err(|e| e.at("prefill")),
         Mode::Decode => {
-            let want = tokens.len().saturating_mul(spec.vocab as usize);
+            let want = tokens.len().saturating_mul(model.vocab());
             let mut out = Vec::with_capacity(want.min(1 << 24));
             for (i, &t) in tokens.iter().enumerate() {
                 let row = model
@@ -249,6 +267,7 @@ fn kernel_logits(
     }
 }
 
+#[cfg(feature = "cuda")]
 /// `logits` through kernel programs on CUDA device 0. Decode keeps the KV cache between
 /// tokens (on the host for now, copied to the device and back at every call).
 fn cuda_logits(

@@ -6,8 +6,12 @@
 //! with exactly those tokens (a chat turn after the previous one), only the new tokens
 //! are prefilled; otherwise the cache is cleared and the whole prompt runs again.
 
+#[cfg(feature = "jit")]
 use crate::bind::BoundWeights;
-use crate::exec::cpu::{CpuModel, Engine, KvState, LlvmOptions, Logits, Options, Phase};
+use crate::exec::cpu::{CpuModel, KvState, Logits, Options, Phase};
+#[cfg(feature = "jit")]
+use crate::exec::cpu::{Engine, LlvmOptions};
+#[cfg(feature = "cuda")]
 use crate::exec::cuda::{CudaKv, CudaModel, CudaOptions};
 use crate::exec::ExecError;
 use crate::sample::Sampler;
@@ -153,6 +157,25 @@ pub struct CpuSession<'w> {
 }
 
 impl<'w> CpuSession<'w> {
+    /// A session over a loaded model (its programs must compute the last position's
+    /// logits of a prefill, or every position's, of which the last is kept), with an
+    /// empty cache.
+    pub fn from_model(model: CpuModel<'w>) -> CpuSession<'w> {
+        let cache = model.new_cache();
+        let vocab = model.vocab();
+        CpuSession {
+            model,
+            cache,
+            vocab,
+        }
+    }
+
+    /// The model the session runs.
+    pub fn model(&self) -> &CpuModel<'w> {
+        &self.model
+    }
+
+    #[cfg(feature = "jit")]
     /// Compiles (or takes from the code cache) both programs of `spec` for `engine` and
     /// binds `weights`, with the driver's `options` except that generation reads the last
     /// position's logits only.
@@ -228,6 +251,7 @@ impl Model for CpuSession<'_> {
     }
 }
 
+#[cfg(feature = "cuda")]
 /// A kernel-program model on a CUDA device with its cache.
 #[derive(Debug)]
 pub struct CudaSession {
@@ -236,6 +260,7 @@ pub struct CudaSession {
     vocab: usize,
 }
 
+#[cfg(feature = "cuda")]
 impl CudaSession {
     /// Builds both programs of `spec`, uploads `weights` and loads them on device `ordinal`.
     /// The prefill computes the last position's logits only (all that generation reads);
@@ -261,6 +286,7 @@ impl CudaSession {
     }
 }
 
+#[cfg(feature = "cuda")]
 impl Model for CudaSession {
     fn vocab(&self) -> usize {
         self.vocab

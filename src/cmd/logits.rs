@@ -97,7 +97,8 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         None if is_gguf(&args.model) => gguf_spec(&args.model)?,
         None => archc_spec::import::from_path(&args.model)?,
     };
-    let tokens = parse_tokens(&args.tokens, spec.vocab)?;
+    let tokens = archc_runtime::front::parse_tokens(&args.tokens, spec.vocab)
+        .map_err(|e| Failure::new(e.0))?;
     let weights = load_weights(&spec, &args.model)?;
     let mode = match args.mode {
         ModeArg::Prefill => exec::Mode::Prefill,
@@ -119,7 +120,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
 }
 
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).
-fn load_arch(path: &Path) -> Result<Spec, Failure> {
+pub(super) fn load_arch(path: &Path) -> Result<Spec, Failure> {
     let name = path.display().to_string();
     let src = std::fs::read_to_string(path)
         .map_err(|e| Failure::new(format!("cannot read {name}: {e}")))?;
@@ -131,35 +132,4 @@ fn load_arch(path: &Path) -> Result<Spec, Failure> {
             if errors == 1 { "" } else { "s" }
         ))
     })
-}
-
-/// `1,2,3` → token ids, each below `vocab`.
-fn parse_tokens(text: &str, vocab: u64) -> Result<Vec<u32>, Failure> {
-    if text.trim().is_empty() {
-        return Err(Failure::new(
-            "--tokens is empty: give at least one token id, e.g. --tokens 1,2,3",
-        ));
-    }
-    let mut out = Vec::new();
-    for (i, part) in text.split(',').enumerate() {
-        let part = part.trim();
-        let id: u64 = part.parse().map_err(|_| {
-            Failure::new(format!(
-                "--tokens: entry {i} ({part:?}) is not a non-negative integer"
-            ))
-        })?;
-        if id >= vocab {
-            return Err(Failure::new(format!(
-                "--tokens: entry {i} is token id {id}, but the vocabulary has {vocab} tokens (ids 0..{})",
-                vocab - 1
-            )));
-        }
-        let id = u32::try_from(id).map_err(|_| {
-            Failure::new(format!(
-                "--tokens: entry {i} is token id {id}, beyond 32-bit ids"
-            ))
-        })?;
-        out.push(id);
-    }
-    Ok(out)
 }

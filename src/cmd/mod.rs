@@ -2,12 +2,14 @@
 
 pub mod bench;
 pub mod bench_compile;
+pub mod build;
 pub mod check;
 pub mod diff;
 pub mod draw;
 pub mod emit;
 pub mod fmt;
 pub mod import;
+pub mod link;
 pub mod load;
 pub mod logits;
 pub mod lower;

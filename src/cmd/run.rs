@@ -11,20 +11,16 @@ use super::logits::BackendArg;
 use super::model::{gguf_spec_of, is_gguf};
 use crate::failure::{self, Failure};
 use archc_runtime::bind::{bind, bind_gguf, BoundWeights};
-use archc_runtime::chat::{ChatTemplate, Conversation, Message};
 use archc_runtime::exec::cpu::{self, Engine};
 use archc_runtime::fetch::{self, FetchOptions};
-use archc_runtime::generate::{
-    CpuSession, CudaSession, Generation, Generator, Graphs, InterpSession, Limits, Model,
-    OutputError,
-};
-use archc_runtime::sample::{Sampler, SamplerConfig};
+use archc_runtime::front::{FrontError, GenerateArgs, Job};
+use archc_runtime::generate::{CpuSession, CudaSession, Generator, Graphs, InterpSession, Limits};
 use archc_runtime::tokenize::Tokenizer;
 use archc_runtime::weights::gguf::GgufFile;
 use archc_runtime::weights::Checkpoint;
 use archc_spec::Spec;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -55,34 +51,8 @@ pub struct Args {
     /// cache ($ARCHC_MODEL_DIR, else $XDG_CACHE_HOME/archc/models, else
     /// ~/.cache/archc/models).
     pub model: Option<PathBuf>,
-    /// Generate one reply to (or, with --raw, one continuation of) this text.
-    #[arg(long, conflicts_with = "chat")]
-    pub prompt: Option<String>,
-    /// An interactive conversation: one user turn per line of stdin, until EOF.
-    #[arg(long)]
-    pub chat: bool,
-    /// The system message of the conversation (chat template only).
-    #[arg(long, conflicts_with = "raw")]
-    pub system: Option<String>,
-    /// Plain completion of --prompt: no chat template.
-    #[arg(long, conflicts_with = "chat")]
-    pub raw: bool,
-    /// The most tokens to generate (per turn with --chat).
-    #[arg(long, default_value_t = 256)]
-    pub max_tokens: usize,
-    /// Sampling temperature; 0 is greedy decoding (always the most likely token).
-    #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
-    pub temperature: f32,
-    /// Sample only among the K most likely tokens; 0 for all.
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Sample only among the most likely tokens whose probabilities sum to P.
-    #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
-    pub top_p: f32,
-    /// Seed of the sampler: the same seed, settings and prompt give the same text.
-    /// Default: taken from the clock (and reported with --json).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub generate: GenerateArgs,
     /// What runs the model: `llvm` compiles kernels (cached on disk, see ARCHC_CACHE_DIR),
     /// `interp` is the reference graph interpreter, `kernel-interp` interprets the kernels,
     /// `cuda` runs PTX kernels on CUDA device 0.
@@ -102,14 +72,6 @@ pub struct Args {
     /// keeps them exact. Other weights and backends always compute in f32.
     #[arg(long, value_enum, default_value = "bf16")]
     pub precision: super::logits::PrecisionArg,
-    /// Print one JSON object on stdout at the end instead of streaming the text:
-    /// `tokens` (generated ids, without the end-of-generation token), `text`,
-    /// `prefill_tok_s`, `decode_tok_s`, and `prefill_tokens`, `decode_tokens`, `stop`
-    /// (`eog`, `max_tokens` or `context`), `seed`, `load_s` (compiling and binding the
-    /// model) and `first_token_s` (loading plus the prefill: the time to the first
-    /// token). Needs --prompt.
-    #[arg(long, conflicts_with = "chat")]
-    pub json: bool,
     /// Download the default model into the model cache if it is not there, check its
     /// SHA-256, print its path and exit.
     #[arg(long, conflicts_with_all = ["prompt", "chat", "json"])]
@@ -149,23 +111,16 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         println!("{}", path.display());
         return Ok(());
     }
-    if args.json && args.prompt.is_none() {
-        return Err(Failure::new("--json needs --prompt TEXT"));
-    }
-    if args.raw && args.prompt.is_none() {
-        return Err(Failure::new("--raw needs --prompt TEXT"));
-    }
+    // `load_s` and `first_token_s` count from here: opening and binding the weights,
+    // the tokenizer, and compiling (or loading) the kernels.
+    let started = std::time::Instant::now();
+    let gen = &args.generate;
+    gen.check().map_err(front)?;
     if args.threads == Some(0) {
         return Err(Failure::new("--threads must be at least 1"));
     }
-    let seed = args.seed.unwrap_or_else(clock_seed);
-    let config = SamplerConfig {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed,
-    };
-    let mut sampler = Sampler::new(config)?;
+    let seed = gen.seed();
+    let mut sampler = gen.sampler(seed).map_err(front)?;
 
     let model_path = match &args.model {
         Some(p) => p.clone(),
@@ -180,26 +135,17 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         tokenizer,
         weights,
     } = loaded?;
-    let template = if args.raw {
-        None
-    } else {
-        ChatTemplate::from_tokenizer(&tokenizer)
-            .map_err(|e| Failure::new(format!("{}: chat template: {e}", model_path.display())))?
-    };
-    if template.is_none() && !args.raw && args.system.is_some() {
-        return Err(Failure::new(format!(
-            "{} has no chat template, so --system has no place to go",
-            model_path.display()
-        )));
-    }
+    let template = gen
+        .template(&tokenizer, &model_path.display().to_string())
+        .map_err(front)?;
     let context = usize::try_from(spec.context).unwrap_or(usize::MAX);
     let limits = Limits {
-        max_tokens: args.max_tokens,
+        max_tokens: gen.max_tokens,
         stop: tokenizer.eog_ids().clone(),
     };
     let job = Job {
-        args,
-        started: std::time::Instant::now(),
+        args: gen,
+        started,
         tokenizer: &tokenizer,
         template: template.as_ref(),
         limits: &limits,
@@ -224,12 +170,14 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             bar.finish_and_clear();
             let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
+                .map_err(front)
         }
         BackendArg::Cuda => {
             let session = CudaSession::new(&spec, &weights, 0);
             bar.finish_and_clear();
             let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
+                .map_err(front)
         }
         BackendArg::Llvm | BackendArg::Cranelift | BackendArg::KernelInterp => {
             let engine = engine(args)?;
@@ -241,6 +189,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
             bar.finish_and_clear();
             let session = session?;
             job.drive(Generator::new(session, context), &mut sampler)
+                .map_err(front)
         }
     }
 }
@@ -274,10 +223,9 @@ fn backend_name(b: BackendArg) -> &'static str {
     }
 }
 
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+/// A front-end error as the verb's failure (exit 2).
+fn front(e: FrontError) -> Failure {
+    Failure::new(e.0)
 }
 
 /// The default model's path, downloading it on first use.
@@ -340,164 +288,10 @@ fn load(path: &Path) -> Result<Loaded, Failure> {
     })
 }
 
-/// What to generate and how to show it.
 /// `--tier` of `archc run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TierArg {
     Llvm,
     Cranelift,
     Tiered,
-}
-
-struct Job<'a> {
-    args: &'a Args,
-    /// When the model started to load: the time to the first token counts from here.
-    started: std::time::Instant,
-    tokenizer: &'a Tokenizer,
-    template: Option<&'a ChatTemplate>,
-    limits: &'a Limits,
-    seed: u64,
-}
-
-impl Job<'_> {
-    fn drive<M: Model>(
-        &self,
-        mut generator: Generator<M>,
-        sampler: &mut Sampler,
-    ) -> Result<(), Failure> {
-        match &self.args.prompt {
-            Some(prompt) => self.once(&mut generator, sampler, prompt),
-            None => self.chat(&mut generator, sampler),
-        }
-    }
-
-    /// Prompt ids: the text through the chat template (with the system message), or as
-    /// it is with `--raw` or for a model without a template.
-    fn encode(&self, messages: Option<&[Message]>, text: &str) -> Result<Vec<u32>, Failure> {
-        match (self.template, messages) {
-            (Some(t), Some(m)) => {
-                let rendered = t.render(m, true)?;
-                self.tokenizer
-                    .encode(&rendered, true, true)
-                    .map_err(|e| Failure::new(format!("tokenizing the prompt: {e}")))
-            }
-            _ => self
-                .tokenizer
-                .encode(text, true, false)
-                .map_err(|e| Failure::new(format!("tokenizing the prompt: {e}"))),
-        }
-    }
-
-    fn once<M: Model>(
-        &self,
-        generator: &mut Generator<M>,
-        sampler: &mut Sampler,
-        prompt: &str,
-    ) -> Result<(), Failure> {
-        let mut conversation = match &self.args.system {
-            Some(s) => Conversation::with_system(s.clone()),
-            None => Conversation::new(),
-        };
-        conversation.user(prompt);
-        let ids = self.encode(Some(&conversation.messages), prompt)?;
-        let json = self.args.json;
-        let mut stdout = std::io::stdout();
-        let mut show = |piece: &str| -> Result<(), OutputError> {
-            if json {
-                return Ok(());
-            }
-            write_piece(&mut stdout, piece)
-        };
-        let g = generator.generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)?;
-        // Loading (compiling, binding) ended where generation began; the first token is
-        // sampled right after the prefill.
-        let load_s = (self.started.elapsed())
-            .saturating_sub(g.prefill.time + g.decode.time)
-            .as_secs_f64();
-        if json {
-            let obj = serde_json::json!({
-                "tokens": g.tokens,
-                "text": g.text,
-                "prefill_tok_s": g.prefill.tok_per_s(),
-                "decode_tok_s": g.decode.tok_per_s(),
-                "prefill_tokens": g.prefill.tokens,
-                "decode_tokens": g.decode.tokens,
-                "stop": g.stop.as_str(),
-                "seed": self.seed,
-                "load_s": load_s,
-                "first_token_s": load_s + g.prefill.time.as_secs_f64(),
-            });
-            println!("{obj}");
-        } else {
-            println!();
-        }
-        eprintln!("{}", speed_line(&g));
-        Ok(())
-    }
-
-    fn chat<M: Model>(
-        &self,
-        generator: &mut Generator<M>,
-        sampler: &mut Sampler,
-    ) -> Result<(), Failure> {
-        if self.template.is_none() {
-            return Err(Failure::new(
-                "this model has no chat template: use --prompt TEXT --raw for plain completion",
-            ));
-        }
-        let interactive = std::io::stdin().is_terminal();
-        if interactive {
-            eprintln!("Chatting with the model; end with Ctrl-D.");
-        }
-        let mut conversation = match &self.args.system {
-            Some(s) => Conversation::with_system(s.clone()),
-            None => Conversation::new(),
-        };
-        let stdin = std::io::stdin();
-        let mut lines = stdin.lock().lines();
-        loop {
-            if interactive {
-                eprint!("> ");
-            }
-            let Some(line) = lines.next() else { break };
-            let line = line.map_err(|e| Failure::new(format!("reading stdin: {e}")))?;
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            conversation.user(line);
-            let ids = self.encode(Some(&conversation.messages), line)?;
-            let mut stdout = std::io::stdout();
-            let mut show = |piece: &str| write_piece(&mut stdout, piece);
-            let g =
-                generator.generate_text(&ids, sampler, self.limits, self.tokenizer, &mut show)?;
-            println!();
-            eprintln!("{}", speed_line(&g));
-            // The reply as generated, so that the next prompt starts with the cached tokens.
-            conversation.assistant(g.text.clone());
-        }
-        if interactive {
-            eprintln!();
-        }
-        Ok(())
-    }
-}
-
-/// Writes a piece of generated text to stdout at once, so that it streams.
-fn write_piece(stdout: &mut std::io::Stdout, piece: &str) -> Result<(), OutputError> {
-    stdout
-        .write_all(piece.as_bytes())
-        .and_then(|()| stdout.flush())
-        .map_err(|e| format!("writing to stdout: {e}").into())
-}
-
-/// `prefill: N tok, X tok/s; decode: M tok, Y tok/s`.
-fn speed_line(g: &Generation) -> String {
-    format!(
-        "prefill: {} tok, {:.1} tok/s; decode: {} tok, {:.1} tok/s",
-        g.prefill.tokens,
-        g.prefill.tok_per_s(),
-        g.decode.tokens,
-        g.decode.tok_per_s()
-    )
 }

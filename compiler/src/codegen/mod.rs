@@ -8,12 +8,22 @@
 //!
 //! **Invariant:** `llvm`, `ptx` and `clif` never import each other; what they share lives
 //! in `body` (or here, as `CodegenError` and `KernelFn` do).
+//!
+//! The code generators are the crate's `codegen` feature. Without it, this module keeps
+//! what running compiled code needs and nothing that produces it: the calling convention
+//! (`KernelFn`, `invoke`) and the error type, which is what the ahead-of-time runtime
+//! links.
 
+#[cfg(feature = "codegen")]
 pub(crate) mod body;
+#[cfg(feature = "codegen")]
 pub mod clif;
+#[cfg(feature = "codegen")]
 pub mod llvm;
+#[cfg(feature = "codegen")]
 pub mod ptx;
 
+#[cfg(feature = "codegen")]
 use inkwell::builder::BuilderError;
 use std::fmt;
 
@@ -38,6 +48,19 @@ pub type KernelFn =
 pub unsafe fn invoke(f: KernelFn, bufs: &[*mut u8], dims: [i64; 2], thread: i64, threads: i64) {
     // SAFETY: forwarded to the caller.
     unsafe { f(bufs.as_ptr(), dims.as_ptr(), thread, threads) }
+}
+
+/// Where the machine code of a program came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled in memory by the JIT (cache disabled, or it failed: see `warnings`).
+    Jit,
+    /// Compiled now, linked into a shared library in the cache and loaded from there.
+    Built,
+    /// Loaded from the disk cache without running LLVM.
+    Cache,
+    /// Compiled ahead of time and linked into this executable or library (`archc build`).
+    Linked,
 }
 
 /// Why code generation failed.
@@ -74,6 +97,7 @@ impl fmt::Display for CodegenError {
 
 impl std::error::Error for CodegenError {}
 
+#[cfg(feature = "codegen")]
 impl From<BuilderError> for CodegenError {
     fn from(e: BuilderError) -> Self {
         CodegenError::Llvm {

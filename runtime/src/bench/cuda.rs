@@ -253,7 +253,7 @@ pub fn bench_cuda(
     let decode = driver(spec, weights.source(), program_options)
         .program(Mode::Decode)
         .map_err(BenchError::Driver)?;
-    let kv_dtype = super::cache_dtype(&decode);
+    let kv_dtype = super::cache_dtype(&decode.doc());
     drop(decode);
     // The host copy of the weights is not needed any more.
     drop(weights);

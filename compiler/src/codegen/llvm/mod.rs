@@ -12,6 +12,7 @@
 //! **Invariant:** the generated code only depends on the kernels and the `Target`, so
 //! the text of both (plus the version of this code) keys the disk cache.
 
+mod aot;
 mod cache;
 mod cpu;
 mod jit;
@@ -20,6 +21,7 @@ mod target;
 mod tiles;
 
 pub use super::CodegenError;
+pub use aot::emit_linkable_object;
 pub use cache::{cache_key, CacheSettings};
 pub use target::Target;
 
@@ -32,18 +34,7 @@ use inkwell::targets::{FileType, TargetMachine};
 use std::fmt;
 use std::path::PathBuf;
 
-pub use super::KernelFn;
-
-/// Where the code of a `CompiledProgram` came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// Compiled in memory by the JIT (cache disabled, or it failed: see `warnings`).
-    Jit,
-    /// Compiled now, linked into a shared library in the cache and loaded from there.
-    Built,
-    /// Loaded from the disk cache without running LLVM.
-    Cache,
-}
+pub use super::{KernelFn, Origin};
 
 /// How `compile_kernels_with` uses the disk cache.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,16 +15,22 @@
 //! caller's logits vector keep their capacity between calls.
 
 mod aligned;
+#[cfg(feature = "jit")]
+mod jit;
 mod kernels;
 mod params;
 mod plan;
 mod pool;
 
 pub use crate::exec::{driver, formats, Phase};
-pub use archc_compiler::codegen::llvm::{Options as LlvmOptions, Origin};
+#[cfg(feature = "jit")]
+pub use archc_compiler::codegen::llvm::Options as LlvmOptions;
+pub use archc_compiler::codegen::Origin;
 pub use archc_compiler::driver::{Device, Logits, Options, Precision};
 pub use archc_compiler::floats::{f32_to_bf16, f32_to_f16};
-pub use kernels::{Call, Clif, Interpreted, Kernels, Native, Tiered};
+#[cfg(feature = "jit")]
+pub use jit::{Clif, Native, Tiered};
+pub use kernels::{Call, Interpreted, Kernels, Linked};
 pub use params::ParamStats;
 pub use pool::Pool;
 
@@ -35,7 +41,6 @@ use archc_compiler::ir::Io;
 use archc_compiler::kernel::analysis::{analyze, ProgramInfo};
 use archc_compiler::kernel::program::ProgramDoc;
 use archc_compiler::kernel::Program;
-use archc_compiler::Mode;
 use params::Params;
 use plan::{Layout, Plan, Role};
 use std::collections::BTreeMap;
@@ -72,7 +77,6 @@ impl KvState {
 
 /// One program with its kernels, its analysis, plan and per-call working memory.
 struct Loaded {
-    program: Program,
     doc: ProgramDoc,
     kernels: Box<dyn Kernels>,
     plan: Plan,
@@ -94,9 +98,9 @@ unsafe impl Send for Loaded {}
 impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loaded")
-            .field("program", &self.program.name)
-            .field("kernels", &self.program.kernels.len())
-            .field("launches", &self.program.launches.len())
+            .field("program", &self.doc.name)
+            .field("kernels", &self.doc.kernels.len())
+            .field("launches", &self.doc.launches.len())
             .finish()
     }
 }
@@ -138,6 +142,25 @@ impl<'w> CpuModel<'w> {
         vocab: usize,
         threads: usize,
     ) -> Result<CpuModel<'w>, ExecError> {
+        CpuModel::from_docs(
+            (prefill.0.doc(), prefill.1),
+            (decode.0.doc(), decode.1),
+            weights,
+            vocab,
+            threads,
+        )
+    }
+
+    /// Loads two programs given as documents (what `archc build` ships: the programs
+    /// without kernel bodies) with their kernels, over the same weights. Every parameter
+    /// is checked against the weights (shape and stored type), naming the tensor.
+    pub fn from_docs(
+        prefill: (ProgramDoc, Box<dyn Kernels>),
+        decode: (ProgramDoc, Box<dyn Kernels>),
+        weights: &'w dyn WeightSource,
+        vocab: usize,
+        threads: usize,
+    ) -> Result<CpuModel<'w>, ExecError> {
         let mut params = Params::default();
         let prefill = load(prefill.0, prefill.1, weights, &mut params)
             .map_err(|e| e.at("prefill program"))?;
@@ -154,6 +177,11 @@ impl<'w> CpuModel<'w> {
 
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// The vocabulary: the width of a row of logits.
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
 
     /// Where the machine code of the prefill and decode programs came from (`None` for
@@ -179,11 +207,11 @@ impl<'w> CpuModel<'w> {
         self.params.stats()
     }
 
-    /// The program a phase runs.
-    pub fn program(&self, phase: Phase) -> &Program {
+    /// The program a phase runs, as its document.
+    pub fn program(&self, phase: Phase) -> &ProgramDoc {
         match phase {
-            Phase::Prefill => &self.prefill.program,
-            Phase::Decode => &self.decode.program,
+            Phase::Prefill => &self.prefill.doc,
+            Phase::Decode => &self.decode.doc,
         }
     }
 
@@ -261,12 +289,11 @@ impl<'w> CpuModel<'w> {
 }
 
 fn load<'w>(
-    program: Program,
+    doc: ProgramDoc,
     kernels: Box<dyn Kernels>,
     weights: &'w dyn WeightSource,
     params: &mut Params<'w>,
 ) -> Result<Loaded, ExecError> {
-    let doc = program.doc();
     let info: ProgramInfo = analyze(&doc)?;
     let mut plan = Plan::new(&doc, &info, |i| {
         let b = &doc.buffers[i];
@@ -282,10 +309,9 @@ fn load<'w>(
         params.bind(weights, name, b.elem, &shape)
     })?;
     plan.zero_at_first_use();
-    let n = program.buffers.len();
-    let n_kernels = program.kernels.len();
+    let n = doc.buffers.len();
+    let n_kernels = doc.kernels.len();
     Ok(Loaded {
-        program,
         doc,
         kernels,
         plan,
@@ -322,7 +348,7 @@ impl Loaded {
                 1e3 * d.as_secs_f64(),
                 n,
                 1e6 * d.as_secs_f64() / n as f64,
-                self.program.kernels[k].name
+                self.doc.kernels[k].name
             ));
         }
         Some(out)
@@ -437,7 +463,7 @@ fn execute(
         if matches!(role, Role::Tokens | Role::Positions) && l.layout.bytes[i] != 4 * seq {
             return Err(ExecError::Program(format!(
                 "input `{}` is {} bytes, expected {} for seq {seq}",
-                l.program.buffers[i].name,
+                l.doc.buffers[i].name,
                 l.layout.bytes[i],
                 4 * seq
             )));
@@ -473,7 +499,7 @@ fn execute(
     // Launch arguments, flattened.
     l.args.clear();
     l.lens.clear();
-    for launch in &l.program.launches {
+    for launch in &l.doc.launches {
         for slot in &launch.bufs {
             match slot {
                 Some(b) => {
@@ -490,7 +516,7 @@ fn execute(
 
     let dims = [seq as i64, past as i64];
     let mut at = 0;
-    for (li, launch) in l.program.launches.iter().enumerate() {
+    for (li, launch) in l.doc.launches.iter().enumerate() {
         let n = launch.bufs.len();
         let bufs = &l.args[at..at + n];
         let lens = &l.lens[at..at + n];
@@ -503,7 +529,7 @@ fn execute(
         let k = launch.kernel;
         let fail = |e: ExecError| ExecError::Kernel {
             launch: li,
-            kernel: l.program.kernels[k].name.clone(),
+            kernel: l.doc.kernels[k].name.clone(),
             message: e.to_string(),
         };
         let started = l.profile.is_some().then(std::time::Instant::now);
@@ -631,6 +657,7 @@ impl Engine {
     }
 }
 
+#[cfg(feature = "jit")]
 /// A stage of the driver failed: the error, with a hint for models the compiled backends
 /// cannot run yet.
 fn compile_error(engine: &str, e: impl std::fmt::Display) -> ExecError {
@@ -641,6 +668,7 @@ fn compile_error(engine: &str, e: impl std::fmt::Display) -> ExecError {
 }
 
 /// The kernels of `program` for `engine`; `llvm` says where compiled code is cached.
+#[cfg(feature = "jit")]
 pub fn kernels(
     program: &Program,
     engine: Engine,
@@ -659,6 +687,7 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+#[cfg(feature = "jit")]
 impl<'w> CpuModel<'w> {
     /// Builds both programs of `spec` with the default options (every position's logits,
     /// f32 activations), their kernels for `engine`, and binds `weights`. The LLVM code
@@ -692,7 +721,7 @@ impl<'w> CpuModel<'w> {
         };
         let d = driver(spec, weights, options);
         let mut built = Vec::new();
-        for mode in [Mode::Prefill, Mode::Decode] {
+        for mode in [archc_compiler::Mode::Prefill, archc_compiler::Mode::Decode] {
             let p = d
                 .program(mode)
                 .map_err(|e| compile_error(engine.as_str(), e))?;

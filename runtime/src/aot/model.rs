@@ -1,0 +1,307 @@
+//! A built model at run time: the build image read back, the weights found (given at
+//! run time, embedded in the executable, or where they were at build time), checked
+//! against what the kernels were compiled for, and CPU models over the linked kernels.
+
+use super::embed;
+use super::image::{missing_features, BuildImage, ProgramEntry, SpecFrom, WeightsKind};
+use crate::bind::{bind, bind_gguf, BoundWeights};
+use crate::exec::cpu::{CpuModel, Kernels, Linked};
+use crate::exec::ExecError;
+use crate::tokenize::Tokenizer;
+use crate::weights::gguf::GgufFile;
+use crate::weights::Checkpoint;
+use archc_compiler::codegen::KernelFn;
+use archc_compiler::interp::WeightSource;
+use archc_compiler::kernel::BufferKind;
+use archc_spec::Spec;
+use std::path::PathBuf;
+
+/// Which pair of programs to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Programs {
+    /// Generation: the last position's logits of a prefill, `--precision` activations.
+    Generate,
+    /// `logits`: every position, f32 activations (what `archc logits` computes).
+    Logits,
+}
+
+/// Where the weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsAt {
+    /// A path given at run time (`--weights`, `archc_model_open`).
+    Given(PathBuf),
+    /// Embedded in the executable, or else the build-time path.
+    Default,
+}
+
+/// A built model, ready to make CPU models.
+#[derive(Debug)]
+pub struct AotModel {
+    image: BuildImage,
+    fns: Vec<KernelFn>,
+    weights: BoundWeights,
+    /// Loaded when asked for (generation); `logits` and the C API take token ids.
+    tokenizer: Option<Tokenizer>,
+    /// The weights as shown in messages.
+    shown: String,
+}
+
+impl AotModel {
+    /// Reads `image` (the bytes `archc build` linked in) over the linked kernel table
+    /// `fns`, and opens the weights, with their tokenizer when `tokenizer` is set.
+    pub fn open(
+        image: &[u8],
+        fns: &[KernelFn],
+        at: &WeightsAt,
+        tokenizer: bool,
+    ) -> Result<AotModel, String> {
+        let image = BuildImage::from_bytes(image, fns.len()).map_err(|e| e.to_string())?;
+        let missing = missing_features(&image.needs);
+        if !missing.is_empty() {
+            return Err(format!(
+                "this build's code is for `{}` CPUs (target `{}`); this machine lacks {}; rebuild with `archc build --target host` on it",
+                image.target.cpu,
+                image.target.triple,
+                missing.join(", ")
+            ));
+        }
+        let (weights, tokenizer, shown) = open_weights(&image, at, tokenizer)?;
+        check_formats(&image, &weights, &shown)?;
+        Ok(AotModel {
+            image,
+            fns: fns.to_vec(),
+            weights,
+            tokenizer,
+            shown,
+        })
+    }
+
+    pub fn image(&self) -> &BuildImage {
+        &self.image
+    }
+
+    pub fn spec(&self) -> &Spec {
+        &self.image.spec
+    }
+
+    /// The tokenizer, when the model was opened with it.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    pub fn weights(&self) -> &BoundWeights {
+        &self.weights
+    }
+
+    /// The weights' path (or `<exe> (embedded)`), for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A CPU model of one pair of programs over these weights, on `threads` threads.
+    pub fn cpu_model(&self, which: Programs, threads: usize) -> Result<CpuModel<'_>, ExecError> {
+        let [prefill, decode] = match which {
+            Programs::Generate => &self.image.generate,
+            Programs::Logits => &self.image.logits,
+        };
+        let vocab = usize::try_from(self.image.spec.vocab)
+            .map_err(|_| ExecError::Program("vocabulary too large".into()))?;
+        CpuModel::from_docs(
+            (prefill.doc.clone(), self.kernels(prefill)?),
+            (decode.doc.clone(), self.kernels(decode)?),
+            &self.weights,
+            vocab,
+            threads,
+        )
+    }
+
+    fn kernels(&self, entry: &ProgramEntry) -> Result<Box<dyn Kernels>, ExecError> {
+        let fns = entry.table.iter().map(|&i| self.fns[i]).collect();
+        Ok(Box::new(Linked::new(fns, entry.doc.kernels.len())?))
+    }
+}
+
+/// Opens the weights the image describes, at `at`.
+fn open_weights(
+    image: &BuildImage,
+    at: &WeightsAt,
+    tokenizer: bool,
+) -> Result<(BoundWeights, Option<Tokenizer>, String), String> {
+    let spec = &image.spec;
+    if let WeightsAt::Default = at {
+        let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+        if let Some(index) = embed::read_index(&exe)? {
+            let shown = format!("{} (embedded weights)", exe.display());
+            let file = |name: &str| {
+                index
+                    .iter()
+                    .find(|e| e.name == name)
+                    .ok_or_else(|| format!("{shown}: no embedded `{name}`"))
+            };
+            return match image.weights.kind {
+                WeightsKind::Gguf => {
+                    let e = file("model.gguf")?;
+                    let gguf = GgufFile::open_at(&exe, e.offset, e.len)
+                        .map_err(|e| format!("{shown}: {e}"))?;
+                    from_gguf(image, gguf, shown, tokenizer)
+                }
+                WeightsKind::HfDir => Err(format!(
+                    "{shown}: embedded weights of an HF directory are not supported; give --weights DIR"
+                )),
+            };
+        }
+    }
+    let path = match at {
+        WeightsAt::Given(p) => p.clone(),
+        WeightsAt::Default => PathBuf::from(&image.weights.path),
+    };
+    let shown = path.display().to_string();
+    match image.weights.kind {
+        WeightsKind::Gguf => {
+            let gguf = GgufFile::open(&path).map_err(|e| e.to_string())?;
+            from_gguf(image, gguf, shown, tokenizer)
+        }
+        WeightsKind::HfDir => {
+            if !path.is_dir() {
+                return Err(format!(
+                    "{shown}: not a model directory (this build runs HF checkpoints)"
+                ));
+            }
+            if image.weights.spec_from == SpecFrom::HfConfig {
+                let theirs =
+                    archc_spec::import::from_path(&path).map_err(|e| format!("{shown}: {e}"))?;
+                same_spec(spec, &theirs, &shown)?;
+            }
+            let tokenizer = tokenizer
+                .then(|| Tokenizer::from_hf_dir(&path))
+                .transpose()
+                .map_err(|e| format!("{shown}: tokenizer: {e}"))?;
+            let checkpoint = Checkpoint::open(&path).map_err(|e| e.to_string())?;
+            let weights = bind(spec, checkpoint).map_err(|e| format!("{shown}: {e}"))?;
+            Ok((weights, tokenizer, shown))
+        }
+    }
+}
+
+fn from_gguf(
+    image: &BuildImage,
+    gguf: GgufFile,
+    shown: String,
+    tokenizer: bool,
+) -> Result<(BoundWeights, Option<Tokenizer>, String), String> {
+    if image.weights.spec_from == SpecFrom::Gguf {
+        let theirs =
+            archc_spec::import::gguf::from_gguf_metadata(gguf.metadata(), &gguf.names(), &shown)
+                .map_err(|e| format!("{shown}: {e}"))?;
+        same_spec(&image.spec, &theirs, &shown)?;
+    }
+    let tokenizer = tokenizer
+        .then(|| Tokenizer::from_gguf(&gguf))
+        .transpose()
+        .map_err(|e| format!("{shown}: tokenizer: {e}"))?;
+    let weights = bind_gguf(&image.spec, gguf).map_err(|e| format!("{shown}: {e}"))?;
+    Ok((weights, tokenizer, shown))
+}
+
+/// Refuses weights whose metadata describes another model than the compiled one,
+/// naming the first field that differs (the name aside).
+fn same_spec(ours: &Spec, theirs: &Spec, shown: &str) -> Result<(), String> {
+    // The name is a label (GGUF's `general.name`, a file name); it changes no number.
+    let theirs = &Spec {
+        name: ours.name.clone(),
+        ..theirs.clone()
+    };
+    if ours == theirs {
+        return Ok(());
+    }
+    let a = serde_json::to_value(ours).unwrap_or_default();
+    let b = serde_json::to_value(theirs).unwrap_or_default();
+    let path = first_difference(&a, &b, String::new()).unwrap_or_else(|| "the spec".into());
+    Err(format!(
+        "{shown}: these weights describe another model than the one this build compiled ({path} differs: {} here, {} compiled); build again for them",
+        at_path(&b, &path),
+        at_path(&a, &path)
+    ))
+}
+
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                let here = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match y.get(k) {
+                    Some(w) if v == w => {}
+                    Some(w) => return first_difference(v, w, here),
+                    None => return Some(here),
+                }
+            }
+            y.keys()
+                .find(|k| !x.contains_key(*k))
+                .map(|k| format!("{at}.{k}"))
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find(|(_, (v, w))| v != w)
+            .and_then(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(at),
+    }
+}
+
+fn at_path(v: &serde_json::Value, path: &str) -> String {
+    let mut cur = v;
+    for part in path.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        match cur.get(key) {
+            Some(next) => cur = next,
+            None => return "nothing".into(),
+        }
+        if let Some(i) = index {
+            match cur.get(i) {
+                Some(next) => cur = next,
+                None => return "nothing".into(),
+            }
+        }
+    }
+    let s = cur.to_string();
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(57).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Every parameter the kernels read must be stored as they were compiled for: the same
+/// block format, or floats where they read floats.
+fn check_formats(image: &BuildImage, weights: &BoundWeights, shown: &str) -> Result<(), String> {
+    for (_, entry) in image.entries() {
+        for b in &entry.doc.buffers {
+            if b.kind != BufferKind::Param {
+                continue;
+            }
+            let name = b.name.strip_prefix('@').unwrap_or(&b.name);
+            let stored = weights.blocks(name).map(|v| v.format.name());
+            let compiled = image.formats.get(name).map(String::as_str);
+            if stored != compiled {
+                let say =
+                    |f: Option<&str>| f.map_or("floats".to_string(), |f| format!("{f} blocks"));
+                return Err(format!(
+                    "{shown}: tensor `{name}` is stored as {}, but this build's kernels were compiled for {}; build again for these weights",
+                    say(stored),
+                    say(compiled)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
