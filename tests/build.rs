@@ -228,6 +228,81 @@ fn the_executable_carries_no_llvm_and_checks_its_cpu() {
     ok(c);
 }
 
+/// What the AOT runtime links of the compiler crate (built without `codegen`): the
+/// program contract's types, their deserialisers, `kernel::analysis` and the block
+/// formats' names, which the executor reads, and nothing of a compiler stage. Checked on the symbols of an
+/// executable linked without stripping.
+#[test]
+fn the_executable_holds_the_program_contract_and_no_compiler_stage() {
+    let dir = scratch("symbols");
+    let wrapper = dir.join("cc-keep-symbols");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nfor a; do shift; [ \"$a\" = -s ] || set -- \"$@\" \"$a\"; done\nexec cc \"$@\"\n",
+    )
+    .expect("wrapper");
+    let mut perms = std::fs::metadata(&wrapper).expect("meta").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&wrapper, perms).expect("chmod");
+    archive_present();
+    let exe = dir.join("qwen3");
+    let mut c = archc();
+    c.arg("build")
+        .arg(root().join("tests/data/fixtures/qwen3"))
+        .arg("-o")
+        .arg(&exe)
+        .env("CC", &wrapper);
+    ok(c);
+    let nm = ok({
+        let mut c = Command::new("nm");
+        c.arg("-C").arg(&exe);
+        c
+    });
+    let text = String::from_utf8_lossy(&nm.stdout);
+    assert!(
+        text.contains("archc_compiler::kernel::analysis::analyze"),
+        "the executor's analysis should be there: is the executable stripped?"
+    );
+    // Functions of a stage (its own functions and its types' methods), not the glue of
+    // the error types that pass through `ExecError` (destructors, `Display`).
+    let stages = [
+        "archc_compiler::lower::",
+        "archc_compiler::passes::",
+        "archc_compiler::kernel::lower::",
+        "archc_compiler::kernel::interp::",
+        "archc_compiler::kernel::parse",
+        "archc_compiler::interp::",
+        "archc_compiler::ir::parse",
+        "archc_compiler::ir::infer",
+        "archc_compiler::driver::Driver",
+        "archc_compiler::codegen::llvm",
+        "archc_compiler::codegen::clif",
+        "archc_compiler::codegen::ptx",
+        "inkwell",
+        "cranelift",
+        "cudarc",
+    ];
+    // Allowed within those: the block formats' names (the image records each quantised
+    // parameter's format), the weights trait the executor binds through, error types.
+    let allowed = [
+        "kernel::lower::format::BlockFormat",
+        "interp::weights::",
+        "Error",
+    ];
+    for line in text.lines() {
+        let Some(sym) = line.splitn(3, ' ').nth(2) else {
+            continue;
+        };
+        let sym = sym.trim_start_matches('<');
+        if allowed.iter().any(|a| sym.contains(a)) {
+            continue;
+        }
+        for s in stages {
+            assert!(!sym.starts_with(s), "the executable links `{s}`: {line}");
+        }
+    }
+}
+
 /// Weights given at run time must be the ones the kernels were compiled for.
 #[test]
 fn weights_that_do_not_match_the_build_are_refused_by_name() {
@@ -316,6 +391,29 @@ fn embedded_weights_make_one_self_contained_file() {
         "{} {}",
         size(&exe),
         size(&plain)
+    );
+
+    // An HF directory: its safetensors and config travel inside the executable.
+    let fixture = root().join("tests/data/fixtures/qwen3");
+    let copy = dir.join("qwen3-copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    for f in std::fs::read_dir(&fixture).expect("fixture") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, copy.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let hf = build(&copy, &dir, "hf-embedded", &["--embed-weights"]);
+    let hf_plain = build(&fixture, &dir, "hf-plain", &[]);
+    std::fs::remove_dir_all(&copy).expect("remove");
+    let tokens = tokens_of("qwen3");
+    for (name, path) in [("hf-embedded", &hf), ("hf-plain", &hf_plain)] {
+        let mut c = Command::new(path);
+        c.args(["logits", "--tokens", &tokens, "--out"])
+            .arg(dir.join(format!("{name}.npy")));
+        ok(c);
+    }
+    assert_eq!(
+        bits(&dir.join("hf-embedded.npy")),
+        bits(&dir.join("hf-plain.npy"))
     );
 
     // Options that cannot embed are refused before any work.
@@ -483,6 +581,8 @@ fn smollm2_generates_what_archc_run_generates() {
     };
     let dir = scratch("smollm2");
     let exe = build(&gguf, &dir, "smollm2", &[]);
+    // Also with the weights inside: the tokenizer and template come from the embedded file.
+    let embedded = build(&gguf, &dir, "smollm2-embedded", &["--embed-weights"]);
     let args = [
         "--prompt",
         "Name three colours.",
@@ -505,9 +605,15 @@ fn smollm2_generates_what_archc_run_generates() {
     let json = |o: &Output| -> serde_json::Value {
         serde_json::from_slice(&o.stdout).expect("one JSON object")
     };
-    let (a, b) = (json(&ours), json(&theirs));
+    let inside = ok({
+        let mut c = Command::new(&embedded);
+        c.args(args);
+        c
+    });
+    let (a, b, e) = (json(&ours), json(&theirs), json(&inside));
     for key in ["tokens", "text", "stop", "prefill_tokens", "decode_tokens"] {
         assert_eq!(a[key], b[key], "{key}");
+        assert_eq!(e[key], b[key], "{key} (embedded weights)");
     }
     // The same keys as archc run's object.
     let keys = |v: &serde_json::Value| {

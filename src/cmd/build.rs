@@ -73,8 +73,8 @@ pub struct Args {
     /// matmul, as `archc run` does by default; `f32` keeps them exact.
     #[arg(long, value_enum, default_value = "bf16")]
     pub precision: PrecisionArg,
-    /// Append the weights to the executable, making one self-contained file (GGUF
-    /// models).
+    /// Append the weights to the executable, making one self-contained file (a GGUF
+    /// file; or an HF directory's safetensors with its config and tokenizer files).
     #[arg(long)]
     pub embed_weights: bool,
 }
@@ -120,11 +120,11 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         ));
     }
     let (spec, weights, doc) = load(args)?;
-    if args.embed_weights && doc.kind != WeightsKind::Gguf {
-        return Err(Failure::new(
-            "--embed-weights takes a .gguf model; an HF directory stays beside the executable (run it with --weights DIR)",
-        ));
-    }
+    let embed = if args.embed_weights {
+        embedded_files(&doc)?
+    } else {
+        Vec::new()
+    };
     let generation = Options {
         precision: args.precision.precision(),
         device: Device::Cpu,
@@ -182,10 +182,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
     } else if args.lib {
         link::library(&out, &object)?
     } else {
-        let embed = args
-            .embed_weights
-            .then(|| PathBuf::from(&image.weights.path));
-        link::executable(&out, &object, embed.as_deref())?
+        link::executable(&out, &object, &embed)?
     };
     report(&linked, kernels.len());
     Ok(())
@@ -233,6 +230,37 @@ fn load(args: &Args) -> Result<(Spec, BoundWeights, WeightsDoc), Failure> {
         spec_from,
     };
     Ok((spec, weights, doc))
+}
+
+/// The files `--embed-weights` appends, by the names the runtime looks for: the GGUF
+/// file, or an HF directory's safetensors shards with its config and tokenizer files.
+fn embedded_files(doc: &WeightsDoc) -> Result<Vec<(String, PathBuf)>, Failure> {
+    let path = PathBuf::from(&doc.path);
+    if doc.kind == WeightsKind::Gguf {
+        return Ok(vec![("model.gguf".into(), path)]);
+    }
+    let checkpoint = archc_runtime::weights::Checkpoint::open(&path)?;
+    let mut files = Vec::new();
+    for shard in checkpoint.paths() {
+        let name = shard
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((format!("hf/{name}"), shard));
+    }
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
+        let p = path.join(name);
+        if p.is_file() {
+            files.push((format!("hf/{name}"), p));
+        }
+    }
+    Ok(files)
 }
 
 /// The stored block format of every parameter the programs read as blocks.

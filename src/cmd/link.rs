@@ -133,8 +133,12 @@ fn os(s: impl Into<OsString>) -> OsString {
 }
 
 /// The executable `out`: `main` calling the runtime's entry point, the kernel object,
-/// the runtime archive; then, with `embed`, the weights file appended.
-pub fn executable(out: &Path, object: &[u8], embed: Option<&Path>) -> Result<Linked, Failure> {
+/// the runtime archive; then the `appended` files (name, path) after it.
+pub fn executable(
+    out: &Path,
+    object: &[u8],
+    appended: &[(String, PathBuf)],
+) -> Result<Linked, Failure> {
     let archive = runtime_archive()?;
     let scratch = Scratch::new()?;
     let obj = scratch.write("kernels.o", object)?;
@@ -155,12 +159,16 @@ pub fn executable(out: &Path, object: &[u8], embed: Option<&Path>) -> Result<Lin
     args.extend([os("-Wl,--gc-sections"), os("-s")]);
     let mut linked = Linked::default();
     let result = cc(&args).and_then(|()| {
-        if let Some(weights) = embed {
+        if !appended.is_empty() {
+            let files: Vec<(String, &Path)> = appended
+                .iter()
+                .map(|(n, p)| (n.clone(), p.as_path()))
+                .collect();
             let mut f = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&tmp)
                 .map_err(|e| Failure::new(format!("{}: {e}", tmp.display())))?;
-            embed::append(&mut f, &[("model.gguf".into(), weights)])
+            embed::append(&mut f, &files)
                 .map_err(|e| Failure::new(format!("embedding the weights: {e}")))?;
             f.sync_all()
                 .map_err(|e| Failure::new(format!("{}: {e}", tmp.display())))?;

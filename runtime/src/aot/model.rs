@@ -145,9 +145,7 @@ fn open_weights(
                         .map_err(|e| format!("{shown}: {e}"))?;
                     from_gguf(image, gguf, shown, tokenizer)
                 }
-                WeightsKind::HfDir => Err(format!(
-                    "{shown}: embedded weights of an HF directory are not supported; give --weights DIR"
-                )),
+                WeightsKind::HfDir => from_embedded_dir(image, &exe, &index, shown, tokenizer),
             };
         }
     }
@@ -181,6 +179,58 @@ fn open_weights(
             Ok((weights, tokenizer, shown))
         }
     }
+}
+
+/// The largest embedded text file (config, tokenizer) read into memory.
+const MAX_TEXT_FILE: u64 = 256 << 20;
+
+/// An HF directory embedded as `hf/NAME` files: shards mapped in place, the config and
+/// tokenizer files read.
+fn from_embedded_dir(
+    image: &BuildImage,
+    exe: &std::path::Path,
+    index: &[embed::Embedded],
+    shown: String,
+    tokenizer: bool,
+) -> Result<(BoundWeights, Option<Tokenizer>, String), String> {
+    let read = |name: &str| -> std::io::Result<Option<String>> {
+        let Some(e) = index.iter().find(|e| e.name == format!("hf/{name}")) else {
+            return Ok(None);
+        };
+        if e.len > MAX_TEXT_FILE {
+            return Err(std::io::Error::other(format!("{} bytes", e.len)));
+        }
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(exe)?;
+        f.seek(std::io::SeekFrom::Start(e.offset))?;
+        let mut bytes = vec![0u8; e.len as usize];
+        f.read_exact(&mut bytes)?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| std::io::Error::other("not UTF-8"))
+    };
+    let dir = std::path::Path::new(&shown);
+    if image.weights.spec_from == SpecFrom::HfConfig {
+        let text = read("config.json")
+            .map_err(|e| format!("{shown}: config.json: {e}"))?
+            .ok_or_else(|| format!("{shown}: no embedded config.json"))?;
+        let theirs = archc_spec::import::from_config_json(&text, &shown)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        same_spec(&image.spec, &theirs, &shown)?;
+    }
+    let mut files = Vec::new();
+    for e in index.iter().filter(|e| e.name.ends_with(".safetensors")) {
+        let f = crate::weights::safetensors::SafetensorsFile::open_at(exe, e.offset, e.len)
+            .map_err(|err| format!("{shown}: {}: {err}", e.name))?;
+        files.push(f);
+    }
+    let checkpoint = Checkpoint::from_open_files(files).map_err(|e| format!("{shown}: {e}"))?;
+    let tokenizer = tokenizer
+        .then(|| Tokenizer::from_hf_files(dir, &read))
+        .transpose()
+        .map_err(|e| format!("{shown}: tokenizer: {e}"))?;
+    let weights = bind(&image.spec, checkpoint).map_err(|e| format!("{shown}: {e}"))?;
+    Ok((weights, tokenizer, shown))
 }
 
 fn from_gguf(

@@ -11,20 +11,21 @@ use super::{
     Tokenizer, TokenizerKind,
 };
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| TokenizeError::Read {
-        path: path.to_path_buf(),
+/// Reads one file of an HF model directory by name: `Ok(None)` when it is absent.
+pub type ReadFile<'a> = &'a dyn Fn(&str) -> std::io::Result<Option<String>>;
+
+fn read_json(read: ReadFile<'_>, dir: &Path, name: &str) -> Result<Option<Value>> {
+    let path = dir.join(name);
+    let Some(text) = read(name).map_err(|source| TokenizeError::Read {
+        path: path.clone(),
         source,
-    })?;
+    })?
+    else {
+        return Ok(None);
+    };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|source| TokenizeError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(|source| TokenizeError::Parse { path, source })
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -90,15 +91,34 @@ fn decoder_style(decoder: &Value) -> (PieceStyle, bool) {
 }
 
 pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
+    build_with(dir, &|name| match std::fs::read_to_string(dir.join(name)) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+}
+
+/// `build` over files read by `read`; `dir` names them in errors.
+pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
     let tj_path = dir.join("tokenizer.json");
-    let inner =
-        tokenizers::Tokenizer::from_file(&tj_path).map_err(|source| TokenizeError::Load {
+    let tj_text = read("tokenizer.json")
+        .and_then(|t| {
+            t.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+        })
+        .map_err(|source| TokenizeError::Read {
             path: tj_path.clone(),
             source,
         })?;
-    let tj = read_json(&tj_path)?.unwrap_or(Value::Null);
-    let config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
-    let generation = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
+    let inner: tokenizers::Tokenizer = tj_text.parse().map_err(|source| TokenizeError::Load {
+        path: tj_path.clone(),
+        source,
+    })?;
+    let tj: Value = serde_json::from_str(&tj_text).map_err(|source| TokenizeError::Parse {
+        path: tj_path.clone(),
+        source,
+    })?;
+    let config = read_json(read, dir, "tokenizer_config.json")?.unwrap_or(Value::Null);
+    let generation = read_json(read, dir, "generation_config.json")?.unwrap_or(Value::Null);
 
     // The id -> text table over model and added tokens.
     let vocab = inner.get_vocab(true);
@@ -183,9 +203,9 @@ pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
     let mut plain = inner.clone();
     plain.set_encode_special_tokens(true);
 
-    let chat_template = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
-        Ok(t) => Some(t),
-        Err(_) => match config.get("chat_template") {
+    let chat_template = match read("chat_template.jinja").ok().flatten() {
+        Some(t) => Some(t),
+        None => match config.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             Some(Value::Array(items)) => items
                 .iter()

@@ -11,6 +11,7 @@ mod decode;
 mod error;
 mod gguf;
 mod hf;
+pub use hf::ReadFile;
 mod partition;
 
 use std::collections::BTreeSet;
@@ -150,6 +151,13 @@ impl Tokenizer {
     /// (special tokens, chat template) and `generation_config.json` (EOS ids) when present.
     pub fn from_hf_dir(dir: impl AsRef<std::path::Path>) -> Result<Self> {
         hf::build(dir.as_ref())
+    }
+
+    /// `from_hf_dir` over the files `read` gives by name (`tokenizer.json`, ...: `None`
+    /// for an absent one), e.g. files embedded in an executable; `dir` names them in
+    /// errors.
+    pub fn from_hf_files(dir: &std::path::Path, read: ReadFile<'_>) -> Result<Self> {
+        hf::build_with(dir, read)
     }
 
     pub fn kind(&self) -> TokenizerKind {

@@ -297,6 +297,12 @@ impl Checkpoint {
         }
     }
 
+    /// A checkpoint of already-open files (shards embedded in an executable, say): each
+    /// tensor must be in exactly one of them.
+    pub fn from_open_files(files: Vec<SafetensorsFile>) -> Result<Checkpoint, SafetensorsError> {
+        Checkpoint::from_files(files)
+    }
+
     fn from_files(files: Vec<SafetensorsFile>) -> Result<Checkpoint, SafetensorsError> {
         let mut names = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {
