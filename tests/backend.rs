@@ -7,6 +7,7 @@
 //! IR interpreter, which checks every access). One test per fixture and engine, so a
 //! failure names both; the numbers each check measured are printed (`--nocapture`).
 
+#[macro_use]
 mod common;
 
 use archc_runtime::bind::BoundWeights;
@@ -421,24 +422,7 @@ fn interpreter_only_fixtures_are_refused_by_name() {
     }
 }
 
-backend_cases!(
-    deepseek_v3_noqlora,
-    deepseek_v3_qlora,
-    gemma3_text,
-    glm4_moe,
-    gpt2,
-    gpt_oss,
-    llama,
-    llama4,
-    minimax_m2,
-    mistral,
-    mixtral,
-    olmo2,
-    qwen3,
-    qwen3_moe_nonorm,
-    qwen3_moe_norm,
-    smollm3,
-);
+with_compiled_fixtures!(backend_cases);
 
 /// A prefill built for the last position's logits returns exactly the last row of the
 /// full prefill's logits, and decoding after it gives exactly what decoding after the full

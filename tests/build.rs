@@ -5,6 +5,9 @@
 //! with `cargo rustc -p archc-runtime --lib --crate-type staticlib --no-default-features
 //! --features aot`.
 
+#[macro_use]
+mod common;
+
 use archc_runtime::npy;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -144,57 +147,36 @@ macro_rules! fixtures {
             }
         )*
 
+        /// Every fixture directory has a case above or is interpreter-only (refused
+        /// below), and every case has its directory.
         #[test]
-        fn every_compiled_fixture_has_a_case() {
-            let listed = [$(stringify!($case)),*];
-            let mut found: Vec<String> = std::fs::read_dir(root().join("tests/data/fixtures"))
-                .expect("fixtures")
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !INTERPRETER_ONLY.contains(&n.as_str()))
-                .collect();
-            found.sort();
-            assert_eq!(found, listed);
+        fn every_fixture_has_a_case() {
+            common::assert_every_fixture_listed_or_interpreter_only(
+                &[$(stringify!($case)),*],
+                "tests/build.rs",
+            );
         }
     };
 }
 
-/// Fixtures the compiled path cannot run yet (recurrent mixers): `archc build` refuses
-/// them, as `--backend llvm` does.
-const INTERPRETER_ONLY: &[&str] = &["kimi_linear", "qwen3_next"];
-
-fixtures!(
-    deepseek_v3_noqlora,
-    deepseek_v3_qlora,
-    gemma3_text,
-    glm4_moe,
-    gpt2,
-    gpt_oss,
-    llama,
-    llama4,
-    minimax_m2,
-    mistral,
-    mixtral,
-    olmo2,
-    qwen3,
-    qwen3_moe_nonorm,
-    qwen3_moe_norm,
-    smollm3,
-);
+with_compiled_fixtures!(fixtures);
 
 #[test]
 fn a_model_the_compiled_path_cannot_run_is_refused_and_leaves_nothing() {
     archive_present();
     let dir = scratch("refused");
-    for case in INTERPRETER_ONLY {
+    for (case, op) in common::INTERPRETER_ONLY {
         let out = dir.join(case);
         let mut c = archc();
         c.arg("build")
-            .arg(root().join("tests/data/fixtures").join(case))
+            .arg(common::fixture_root().join(case))
             .arg("-o")
             .arg(&out);
         let err = fails(c);
-        assert!(err.contains("no kernel for"), "{case}: {err}");
+        assert!(
+            err.contains(&format!("no kernel for `{op}`")),
+            "{case}: {err}"
+        );
         assert_eq!(
             std::fs::read_dir(&dir).expect("dir").count(),
             0,

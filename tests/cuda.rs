@@ -12,6 +12,7 @@
 //! the logits must be identical). Decode on GGUF block weights (every format) matches the
 //! kernel IR interpreter on the same bytes.
 
+#[macro_use]
 mod common;
 
 use archc_compiler::interp::{RandomWeights, WeightSource};
@@ -503,24 +504,7 @@ macro_rules! cuda_cases {
     };
 }
 
-cuda_cases!(
-    deepseek_v3_noqlora,
-    deepseek_v3_qlora,
-    gemma3_text,
-    glm4_moe,
-    gpt2,
-    gpt_oss,
-    llama,
-    llama4,
-    minimax_m2,
-    mistral,
-    mixtral,
-    olmo2,
-    qwen3,
-    qwen3_moe_nonorm,
-    qwen3_moe_norm,
-    smollm3,
-);
+with_compiled_fixtures!(cuda_cases);
 
 fn snapshot(name: &str, text: &str) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cuda");

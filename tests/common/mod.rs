@@ -3,7 +3,7 @@
 //! HF logits and config, binding its weights, and comparing two sets of logits.
 
 // Each test binary compiles its own copy of this module and uses only part of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use archc_runtime::bind::{bind, BoundWeights};
 use archc_runtime::npy;
@@ -141,6 +141,33 @@ pub fn assert_every_fixture_listed_or_interpreter_only(listed: &[&str], file: &s
     let mut all = listed.to_vec();
     all.extend(INTERPRETER_ONLY.iter().map(|(case, _)| *case));
     assert_every_fixture_listed(&all, file);
+}
+
+/// Calls the macro `$cases` with every fixture the compiled backends run (every fixture
+/// but the `INTERPRETER_ONLY` ones), one identifier each: the one list that the
+/// kernel-backend suites (`backend`, `cuda`, `build`) make their per-fixture tests from.
+/// Their `every_fixture_has_a_case` tests check it against the fixture directories.
+macro_rules! with_compiled_fixtures {
+    ($cases:ident) => {
+        $cases!(
+            deepseek_v3_noqlora,
+            deepseek_v3_qlora,
+            gemma3_text,
+            glm4_moe,
+            gpt2,
+            gpt_oss,
+            llama,
+            llama4,
+            minimax_m2,
+            mistral,
+            mixtral,
+            olmo2,
+            qwen3,
+            qwen3_moe_nonorm,
+            qwen3_moe_norm,
+            smollm3,
+        );
+    };
 }
 
 /// The op a kernel backend refuses for an `INTERPRETER_ONLY` fixture; panics for others.

@@ -18,6 +18,38 @@ pub enum FileAction {
     Map,
 }
 
+/// Maps the `len` bytes at `offset` of the file at `path` read-only (a file embedded in
+/// a larger one; see `GgufFile::open_at`), or says which step failed. The range must lie
+/// inside the file and not be empty.
+pub(crate) fn map_range(
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<memmap2::Mmap, (FileAction, std::io::Error)> {
+    let file = std::fs::File::open(path).map_err(|e| (FileAction::Open, e))?;
+    let total = file.metadata().map_err(|e| (FileAction::Stat, e))?.len();
+    let fits = offset.checked_add(len).is_some_and(|end| end <= total);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| fits && l > 0)
+        .ok_or_else(|| {
+            let why = format!("{len} bytes at {offset} do not fit in the file's {total}");
+            (
+                FileAction::Map,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+            )
+        })?;
+    // SAFETY: read-only and private; as every memory-mapping loader, this assumes the
+    // file is not modified while it is mapped.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len(len)
+            .map(&file)
+    }
+    .map_err(|e| (FileAction::Map, e))
+}
+
 impl fmt::Display for FileAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -92,35 +92,13 @@ impl SafetensorsFile {
         offset: u64,
         len: u64,
     ) -> Result<SafetensorsFile, SafetensorsError> {
-        let err = |action: FileAction, source: std::io::Error| SafetensorsError::File {
-            file: path.to_path_buf(),
-            action,
-            source,
-        };
-        let file = File::open(path).map_err(|e| err(FileAction::Open, e))?;
-        let total = file.metadata().map_err(|e| err(FileAction::Stat, e))?.len();
-        let fits = offset.checked_add(len).is_some_and(|end| end <= total);
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| fits && l > 0)
-            .ok_or_else(|| {
-                err(
-                    FileAction::Map,
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{len} bytes at {offset} do not fit in the file's {total}"),
-                    ),
-                )
-            })?;
-        // SAFETY: as in `open`: read-only, private, and the file is not modified while
-        // it is mapped.
-        let map = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(len)
-                .map(&file)
-        }
-        .map_err(|e| err(FileAction::Map, e))?;
+        let map = super::map_range(path, offset, len).map_err(|(action, source)| {
+            SafetensorsError::File {
+                file: path.to_path_buf(),
+                action,
+                source,
+            }
+        })?;
         SafetensorsFile::from_image(path, Image::Mapped(map))
     }
 
