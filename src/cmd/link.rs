@@ -224,8 +224,9 @@ pub fn library_paths(out: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// A cross target: `NAME.o` (kernels, table and image) and `libNAME.a` holding it, with
-/// the header, to be linked with the runtime archive built for that target.
+/// A cross target: `NAME.o` (kernels, table and image) and `libNAME.a` holding it (with
+/// a symbol index), with the header, to be linked with the runtime archive built for
+/// that target.
 pub fn cross(out: &Path, object: &[u8]) -> Result<Linked, Failure> {
     let name = out
         .file_name()
@@ -235,30 +236,90 @@ pub fn cross(out: &Path, object: &[u8]) -> Result<Linked, Failure> {
     let header = out.with_file_name(format!("{name}.h"));
     let mut linked = Linked::default();
     write_file(&obj, object, &mut linked)?;
-    write_file(&lib, &archive(&format!("{name}.o"), object), &mut linked)?;
+    write_file(&lib, &archive(object), &mut linked)?;
     write_file(&header, HEADER.as_bytes(), &mut linked)?;
     Ok(linked)
 }
 
-/// A `!<arch>` archive of one member, in the common (System V / GNU) format that every
-/// ELF linker reads. It has no symbol index: GNU ld and lld take a member without one
-/// when it is named on the command line (`--whole-archive` or as the object itself).
-fn archive(member: &str, bytes: &[u8]) -> Vec<u8> {
+/// The symbols a runtime archive resolves from a build's object (the index entries of
+/// the archive `cross` writes).
+const TABLE_SYMBOLS: &[&str] = &[
+    "archc_kernels",
+    "archc_kernel_count",
+    "archc_image",
+    "archc_image_len",
+];
+
+/// A `!<arch>` archive of one member, `kernels.o`, in the System V / GNU format every
+/// ELF linker reads, with the symbol index (`/` member) naming the table symbols, so a
+/// link that takes the archive like any other resolves them from it.
+fn archive(bytes: &[u8]) -> Vec<u8> {
+    fn header(name: &str, size: usize) -> String {
+        format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 644)
+    }
+    let mut names = Vec::new();
+    for s in TABLE_SYMBOLS {
+        names.extend_from_slice(s.as_bytes());
+        names.push(0);
+    }
+    let mut index_len = 4 + 4 * TABLE_SYMBOLS.len() + names.len();
+    index_len += index_len % 2;
+    // The member's header comes after the magic, the index header and the index.
+    let member_at = (8 + 60 + index_len) as u32;
     let mut out = b"!<arch>\n".to_vec();
-    let name = format!("{member}/");
-    let header = format!(
-        "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
-        name,
-        0,
-        0,
-        0,
-        644,
-        bytes.len()
-    );
-    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(header("/", index_len).as_bytes());
+    out.extend_from_slice(&(TABLE_SYMBOLS.len() as u32).to_be_bytes());
+    for _ in TABLE_SYMBOLS {
+        out.extend_from_slice(&member_at.to_be_bytes());
+    }
+    out.extend_from_slice(&names);
+    if out.len() % 2 == 1 {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(header("kernels.o/", bytes.len()).as_bytes());
     out.extend_from_slice(bytes);
     if bytes.len() % 2 == 1 {
         out.push(b'\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The archive writer's index works: an object defining the table symbols, put in
+    /// an archive by `archive`, resolves them for a program linked against it (on this
+    /// machine's architecture; the format does not depend on it).
+    #[test]
+    fn the_archive_index_resolves_the_table_symbols() {
+        let dir = std::env::temp_dir().join(format!("archc-ar-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let table = "const char archc_image[3] = {1, 2, 3};\n\
+            const long archc_image_len = 3;\n\
+            const void *const archc_kernels[1] = {0};\n\
+            const long archc_kernel_count = 0;\n";
+        std::fs::write(dir.join("t.c"), table).expect("write");
+        std::fs::write(
+            dir.join("m.c"),
+            "extern const long archc_image_len;\nint main(void) { return archc_image_len == 3 ? 0 : 1; }\n",
+        )
+        .expect("write");
+        let run = |args: &[&str]| {
+            let ok = Command::new("cc")
+                .current_dir(&dir)
+                .args(args)
+                .status()
+                .expect("cc runs")
+                .success();
+            assert!(ok, "cc {args:?}");
+        };
+        run(&["-c", "-fPIC", "t.c", "-o", "t.o"]);
+        let obj = std::fs::read(dir.join("t.o")).expect("object");
+        std::fs::write(dir.join("libt.a"), archive(&obj)).expect("archive");
+        run(&["m.c", "-L.", "-lt", "-o", "m"]);
+        let status = Command::new(dir.join("m")).status().expect("runs");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(status.success());
+    }
 }

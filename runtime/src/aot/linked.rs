@@ -41,9 +41,18 @@ fn image() -> &'static [u8] {
     }
 }
 
+extern "C" {
+    fn signal(signum: c_int, handler: usize) -> usize;
+}
+
 /// The entry point of a built executable (its `main` calls this).
 #[no_mangle]
 pub extern "C" fn archc_main(_argc: c_int, _argv: *const *const c_char) -> c_int {
+    // A Rust `main` ignores SIGPIPE so that writing to a closed pipe is an error the
+    // program reports; this entry is called from C, so it does the same (SIGPIPE is 13
+    // and SIG_IGN is 1 on Linux).
+    // SAFETY: `signal` with a constant disposition has no other effect.
+    unsafe { signal(13, 1) };
     let args: Vec<_> = std::env::args_os().collect();
     match std::panic::catch_unwind(|| super::cli::main(args, image(), table())) {
         Ok(code) => code,
