@@ -460,6 +460,35 @@ fn the_c_library_equals_the_executable_from_two_threads() {
     }
 }
 
+/// The fixed x86 targets run here (this machine has AVX-512 with bf16): their code is
+/// scheduled for another CPU, so the logits match the host build closely, not bit for
+/// bit.
+#[test]
+fn fixed_x86_targets_run_and_agree_with_the_host_build() {
+    let dir = scratch("targets");
+    let model = root().join("tests/data/fixtures/qwen3");
+    let tokens = tokens_of("qwen3");
+    let run = |exe: &Path, name: &str| {
+        let out = dir.join(format!("{name}.npy"));
+        let mut c = Command::new(exe);
+        c.args(["logits", "--tokens", &tokens, "--out"]).arg(&out);
+        ok(c);
+        npy::read(&out).expect("npy").data
+    };
+    let host = run(&build(&model, &dir, "host", &[]), "host");
+    for target in ["x86-64-v3", "x86-64-v4", "znver4"] {
+        let exe = build(&model, &dir, target, &["--target", target]);
+        let got = run(&exe, target);
+        assert_eq!(got.len(), host.len());
+        let worst = got
+            .iter()
+            .zip(&host)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{target}: max |diff| {worst}");
+    }
+}
+
 #[test]
 fn aarch64_gives_an_object_and_a_link_ready_archive() {
     let dir = scratch("aarch64");
