@@ -600,6 +600,31 @@ fn smollm2_generates_what_archc_run_generates() {
         assert_eq!(a[key], b[key], "{key}");
         assert_eq!(e[key], b[key], "{key} (embedded weights)");
     }
+    // A conversation over stdin: the same replies, turn by turn, reusing the cache.
+    let chat = |mut c: Command| -> String {
+        use std::io::Write;
+        let mut child = c
+            .args(["--chat", "--temperature", "0", "--max-tokens", "12"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawns");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"Hello!\nWhat is the capital of France?\n")
+            .expect("writes");
+        drop(stdin);
+        let out = child.wait_with_output().expect("waits");
+        assert!(out.status.success(), "{}", shown(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut theirs_chat = archc();
+    theirs_chat.arg("run").arg(&gguf);
+    let ours_chat = chat(Command::new(&exe));
+    assert_eq!(ours_chat, chat(theirs_chat));
+    assert!(!ours_chat.trim().is_empty(), "no reply");
+
     // A closed pipe is an error the executable reports (exit 2), not a SIGPIPE death.
     let mut child = Command::new(&exe)
         .args(["--prompt", "Count to twenty.", "--temperature", "0"])
