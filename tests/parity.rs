@@ -7,6 +7,7 @@
 //! Fixtures come from `tools/reference/make_fixtures.py`; one test per case, so a failure
 //! names the family.
 
+#[macro_use]
 mod common;
 
 use archc_compiler::interp::Interpreter;
@@ -113,23 +114,5 @@ macro_rules! parity_cases {
     };
 }
 
-parity_cases!(
-    deepseek_v3_noqlora,
-    deepseek_v3_qlora,
-    gemma3_text,
-    glm4_moe,
-    gpt2,
-    gpt_oss,
-    kimi_linear,
-    llama,
-    llama4,
-    minimax_m2,
-    mistral,
-    mixtral,
-    olmo2,
-    qwen3,
-    qwen3_moe_nonorm,
-    qwen3_moe_norm,
-    qwen3_next,
-    smollm3,
-);
+// Every fixture: the compiled ones and the interpreter-only ones.
+with_compiled_fixtures!(parity_cases, kimi_linear, qwen3_next);

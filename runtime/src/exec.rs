@@ -207,10 +207,13 @@ pub fn logits_with_threads(
             mode,
         );
         #[cfg(not(feature = "jit"))]
-        return Err(ExecError::Unavailable(format!(
-            "--backend {} on {threads} threads",
-            engine.as_str()
-        )));
+        {
+            let _ = threads;
+            return Err(ExecError::Unavailable(format!(
+                "--backend {}",
+                engine.as_str()
+            )));
+        }
     }
     let interp_err = |what: &str, e: &dyn fmt::Display| ExecError::Interp(format!("{what}: {e}"));
     // The interpreter runs the graph stage itself, every position's logits.

@@ -144,11 +144,11 @@ pub fn assert_every_fixture_listed_or_interpreter_only(listed: &[&str], file: &s
 }
 
 /// Calls the macro `$cases` with every fixture the compiled backends run (every fixture
-/// but the `INTERPRETER_ONLY` ones), one identifier each: the one list that the
+/// but the `INTERPRETER_ONLY` ones), one identifier each, then any `$extra` ones: the one list that the
 /// kernel-backend suites (`backend`, `cuda`, `build`) make their per-fixture tests from.
 /// Their `every_fixture_has_a_case` tests check it against the fixture directories.
 macro_rules! with_compiled_fixtures {
-    ($cases:ident) => {
+    ($cases:ident $(, $extra:ident)*) => {
         $cases!(
             deepseek_v3_noqlora,
             deepseek_v3_qlora,
@@ -166,6 +166,7 @@ macro_rules! with_compiled_fixtures {
             qwen3_moe_nonorm,
             qwen3_moe_norm,
             smollm3,
+            $($extra,)*
         );
     };
 }

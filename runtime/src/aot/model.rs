@@ -266,64 +266,57 @@ fn same_spec(ours: &Spec, theirs: &Spec, shown: &str) -> Result<(), String> {
     }
     let a = serde_json::to_value(ours).unwrap_or_default();
     let b = serde_json::to_value(theirs).unwrap_or_default();
-    let path = first_difference(&a, &b, String::new()).unwrap_or_else(|| "the spec".into());
+    let null = serde_json::Value::Null;
+    let (path, compiled, found) =
+        first_difference(&a, &b, String::new(), &null).unwrap_or(("the spec".into(), &a, &b));
     Err(format!(
         "{shown}: these weights describe another model than the one this build compiled ({path} differs: {} here, {} compiled); build again for them",
-        at_path(&b, &path),
-        at_path(&a, &path)
+        short(found),
+        short(compiled)
     ))
 }
 
-fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> Option<String> {
+/// The path of the first value that differs between `a` and `b`, with both values (a
+/// key one side lacks is `null` there).
+fn first_difference<'v>(
+    a: &'v serde_json::Value,
+    b: &'v serde_json::Value,
+    at: String,
+    null: &'v serde_json::Value,
+) -> Option<(String, &'v serde_json::Value, &'v serde_json::Value)> {
     use serde_json::Value;
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for (k, v) in x {
-                let here = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                match y.get(k) {
-                    Some(w) if v == w => {}
-                    Some(w) => return first_difference(v, w, here),
-                    None => return Some(here),
-                }
-            }
-            y.keys()
-                .find(|k| !x.contains_key(*k))
-                .map(|k| format!("{at}.{k}"))
+    let key = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
         }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => x
+            .iter()
+            .map(|(k, v)| (k, v, y.get(k).unwrap_or(null)))
+            .chain(
+                y.iter()
+                    .filter(|(k, _)| !x.contains_key(*k))
+                    .map(|(k, w)| (k, null, w)),
+            )
+            .find(|(_, v, w)| v != w)
+            .and_then(|(k, v, w)| first_difference(v, w, key(k), null)),
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
             .iter()
             .zip(y)
             .enumerate()
             .find(|(_, (v, w))| v != w)
-            .and_then(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]"))),
+            .and_then(|(i, (v, w))| first_difference(v, w, format!("{at}[{i}]"), null)),
         _ if a == b => None,
-        _ => Some(at),
+        _ => Some((at, a, b)),
     }
 }
 
-fn at_path(v: &serde_json::Value, path: &str) -> String {
-    let mut cur = v;
-    for part in path.split('.') {
-        let (key, index) = match part.split_once('[') {
-            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        match cur.get(key) {
-            Some(next) => cur = next,
-            None => return "nothing".into(),
-        }
-        if let Some(i) = index {
-            match cur.get(i) {
-                Some(next) => cur = next,
-                None => return "nothing".into(),
-            }
-        }
-    }
-    let s = cur.to_string();
+/// A JSON value for a message, cut to 60 characters.
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
     if s.chars().count() > 60 {
         format!("{}...", s.chars().take(57).collect::<String>())
     } else {
@@ -354,4 +347,28 @@ fn check_formats(image: &BuildImage, weights: &BoundWeights, shown: &str) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_difference_is_named_with_both_values() {
+        let a = serde_json::json!({"hidden": 64, "blocks": [{"rope": 1e4}, {"rope": 1e4}]});
+        let b = serde_json::json!({"hidden": 64, "blocks": [{"rope": 1e4}, {"rope": 5e5}]});
+        let null = serde_json::Value::Null;
+        let (path, x, y) = first_difference(&a, &b, String::new(), &null).expect("differs");
+        assert_eq!(
+            (path.as_str(), x.to_string(), y.to_string()),
+            ("blocks[1].rope", "10000.0".into(), "500000.0".into())
+        );
+        let c = serde_json::json!({"hidden": 64});
+        let (path, x, y) = first_difference(&c, &a, String::new(), &null).expect("differs");
+        assert_eq!(
+            (path.as_str(), x, short(y).len() <= 60),
+            ("blocks", &null, true)
+        );
+        assert!(first_difference(&a, &a, String::new(), &null).is_none());
+    }
 }
