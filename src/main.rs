@@ -2,6 +2,7 @@
 
 mod cmd;
 mod failure;
+mod io;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -382,7 +382,7 @@ fn draw_refuses_what_it_cannot_draw_and_leaves_no_file() {
         .expect("archc runs");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("cannot write to standard output"),
+        stderr(&o).contains("cannot write to stdout"),
         "{}",
         stderr(&o)
     );

@@ -555,6 +555,39 @@ fn real_models() -> Vec<(&'static str, BTreeMap<String, MetaValue>, Vec<&'static
             ),
             vec!["output.weight"],
         ),
+        (
+            // llama.cpp writes OLMo 3 as `olmo2` with a sliding window and its pattern.
+            "olmo-3-7b",
+            meta(
+                "olmo2",
+                &[
+                    ("vocab_size", u(100_278)),
+                    ("context_length", u(65_536)),
+                    ("embedding_length", u(4096)),
+                    ("block_count", u(32)),
+                    ("feed_forward_length", u(11_008)),
+                    ("attention.head_count", u(32)),
+                    ("attention.head_count_kv", u(32)),
+                    ("rope.freq_base", f(500_000.0)),
+                    ("attention.layer_norm_rms_epsilon", f(1e-6)),
+                    ("attention.sliding_window", u(4096)),
+                    (
+                        "attention.sliding_window_pattern",
+                        MetaValue::Array {
+                            elem: MetaType::Bool,
+                            items: (0..32).map(|i| MetaValue::Bool((i + 1) % 4 != 0)).collect(),
+                        },
+                    ),
+                    ("rope.scaling.type", s("yarn")),
+                    ("rope.scaling.factor", f(8.0)),
+                    ("rope.scaling.original_context_length", u(8192)),
+                    ("rope.scaling.yarn_attn_factor", f(1.207_944_2)),
+                    ("rope.scaling.yarn_beta_fast", f(32.0)),
+                    ("rope.scaling.yarn_beta_slow", f(1.0)),
+                ],
+            ),
+            vec!["output.weight"],
+        ),
     ]
 }
 
@@ -606,6 +639,40 @@ fn import_errors_name_the_gguf_key() {
     let mut m = base();
     m.insert("qwen3.block_count".into(), u(1 << 20));
     cases.push(("too many layers", m));
+    // NaN and infinity are refused, not replaced by the default.
+    let mut m = base();
+    m.insert("qwen3.rope.freq_base".into(), f(f32::NAN));
+    cases.push(("NaN RoPE base", m));
+    let mut m = base();
+    m.insert(
+        "qwen3.attention.layer_norm_rms_epsilon".into(),
+        f(f32::INFINITY),
+    );
+    cases.push(("infinite norm epsilon", m));
+    let mut m = base();
+    m.insert("qwen3.rope.scaling.type".into(), s("yarn"));
+    m.insert("qwen3.rope.scaling.factor".into(), f(4.0));
+    m.insert("qwen3.rope.scaling.yarn_ext_factor".into(), f(0.5));
+    cases.push(("YaRN extrapolation factor", m));
+    let olmo3 = || {
+        real_models()
+            .into_iter()
+            .find(|(n, _, _)| *n == "olmo-3-7b")
+            .unwrap()
+            .1
+    };
+    let mut m = olmo3();
+    m.insert(
+        "olmo2.attention.sliding_window_pattern".into(),
+        MetaValue::Array {
+            elem: MetaType::Bool,
+            items: vec![MetaValue::Bool(true); 31],
+        },
+    );
+    cases.push(("OLMo 3 window pattern of the wrong length", m));
+    let mut m = olmo3();
+    m.insert("olmo2.rope.freq_base_swa".into(), f(10_000.0));
+    cases.push(("OLMo 3 sliding RoPE base of its own", m));
     let mut text = String::new();
     for (name, m) in cases {
         let e = match from_gguf_metadata(&m, &none, "x.gguf") {
@@ -807,6 +874,18 @@ fn gguf_metadata_and_hf_config_give_the_same_spec() {
         );
         assert_eq!(ours, hf, "{gguf_name}");
     }
+    // OLMo 3 as llama.cpp writes it (`olmo2` with a window): the same model as its HF
+    // config, but for the YaRN attention factor, which GGUF stores as an f32.
+    let (_, m, tensors) = models.iter().find(|(n, _, _)| *n == "olmo-3-7b").unwrap();
+    let tensors: BTreeSet<String> = tensors.iter().map(|t| t.to_string()).collect();
+    let mut ours = from_gguf_metadata(m, &tensors, "x.gguf").unwrap_or_else(|e| panic!("{e}"));
+    let hf = archc_spec::import::from_path(&configs.join("olmo-3-7b")).unwrap();
+    ours.name = hf.name.clone();
+    ours.dtype = hf.dtype;
+    assert_eq!(
+        archc_spec::print::to_arch(&ours),
+        archc_spec::print::to_arch(&hf).replace("1.2079441541679836", "1.2079442")
+    );
 }
 
 /// Random single-byte and multi-byte corruptions of every fixture: each must open or be

@@ -573,6 +573,23 @@ fn second_compile_loads_from_the_cache() {
     assert_eq!(third.warnings().len(), 1, "{:?}", third.warnings());
     assert!(third.warnings()[0].contains("does not match its manifest"));
     assert_eq!(run(&third), run(&first));
+
+    // A FIFO planted where the manifest goes would block a reader forever: it is refused
+    // as not a regular file, removed, and the entry rebuilt.
+    let man = tmp.path().join(format!("{key}.manifest"));
+    std::fs::remove_file(&man).expect("remove manifest");
+    let made = std::process::Command::new("mkfifo").arg(&man).status();
+    if made.is_ok_and(|s| s.success()) {
+        let fourth = compile_kernels_with(&ks, &Target::host(), &opts).expect("fourth");
+        assert_eq!(fourth.origin(), Origin::Built);
+        assert!(
+            fourth.warnings()[0].contains("not a regular file"),
+            "{:?}",
+            fourth.warnings()
+        );
+        assert!(std::fs::metadata(&man).expect("manifest").is_file());
+        assert_eq!(run(&fourth), run(&first));
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod front;
 pub mod generate;
 pub mod npy;
+pub mod outfile;
 pub mod quant;
 pub mod sample;
 pub mod tokenize;

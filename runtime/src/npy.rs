@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -211,41 +210,10 @@ pub fn encode(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
 /// same directory that is then renamed over `path`, so no reader ever sees a partial file.
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
     let bytes = encode(shape, data).map_err(|e| e.in_file(path))?;
-    write_atomic(path, &bytes).map_err(|source| NpyError::Write {
+    crate::outfile::write_atomic(path, &bytes).map_err(|source| NpyError::Write {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Writes `bytes` to a sibling temporary file, syncs it and renames it onto `path`, so a
-/// reader never sees half a file and a failed write (a full disk) leaves the old file as it
-/// was. A file that is replaced keeps its permissions.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        if let Ok(meta) = fs::metadata(path) {
-            fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        // The temporary file is ours; leaving it behind would only litter the directory.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Reads a `.npy` file of `<f4` or `<f8` values in C order.

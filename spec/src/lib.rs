@@ -12,6 +12,7 @@ pub mod import;
 pub mod naming;
 pub mod parse;
 pub mod print;
+pub mod source;
 pub mod spec;
 pub mod stats;
 pub mod tensors;

@@ -170,12 +170,15 @@ pub fn run(args: Args) -> ExitCode {
     };
     match report {
         Ok((json, table)) => {
-            if args.json {
-                println!("{json}");
+            let text = if args.json {
+                format!("{json}\n")
             } else {
-                print!("{table}");
+                table
+            };
+            match crate::io::print(&text) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => f.exit("bench"),
             }
-            ExitCode::SUCCESS
         }
         Err(f) => f.exit("bench"),
     }
@@ -329,8 +332,7 @@ fn prepare(args: &Args, threads: usize) -> Result<(Spec, BenchWeights), Failure>
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).
 fn load_arch(path: &Path) -> Result<Spec, Failure> {
     let name = path.display().to_string();
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(format!("cannot read {name}: {e}")))?;
+    let src = crate::io::read_arch(path)?;
     archc_spec::validate::check_source(&name, &src).map_err(|diags| {
         eprint!("{}", render(&name, &src, &diags));
         let errors = diags.iter().filter(|d| d.is_error()).count();

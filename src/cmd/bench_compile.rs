@@ -24,7 +24,7 @@ pub fn run(args: &Args) -> ExitCode {
             } else {
                 table(&spec.name, &b)
             };
-            super::draw::write_stdout(text.as_bytes())
+            crate::io::print(&text)
         });
     crate::failure::exit(result, "bench")
 }

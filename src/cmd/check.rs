@@ -20,22 +20,30 @@ pub fn run(args: Args) -> ExitCode {
     let mut unreadable = false;
     for path in &args.files {
         let name = path.display().to_string();
-        let src = match std::fs::read_to_string(path) {
+        let src = match crate::io::read_arch(path) {
             Ok(src) => src,
-            Err(e) => {
-                eprintln!("archc check: cannot read {name}: {e}");
-                unreadable = true;
+            Err(f) => {
+                if f.code == 1 {
+                    invalid = true;
+                    eprintln!("{}\n", f.message);
+                } else {
+                    eprintln!("archc check: {}", f.message);
+                    unreadable = true;
+                }
                 continue;
             }
         };
         match archc_spec::validate::check_source(&name, &src) {
             Ok(spec) => {
                 let blocks = spec.blocks.len();
-                println!(
-                    "{name}: ok ({} layers, {blocks} block{})",
+                let line = format!(
+                    "{name}: ok ({} layers, {blocks} block{})\n",
                     spec.layers,
                     if blocks == 1 { "" } else { "s" }
                 );
+                if let Err(f) = crate::io::print(&line) {
+                    return f.exit("check");
+                }
             }
             Err(diags) => {
                 invalid |= diags.iter().any(|d| d.is_error());

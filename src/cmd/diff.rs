@@ -21,11 +21,10 @@ pub struct Args {
 pub fn run(args: Args) -> ExitCode {
     match super::load::specs(&[&args.left, &args.right], "diff") {
         Ok(specs) => {
-            print!(
-                "{}",
-                archc_spec::diff::report(&specs[0], &specs[1], args.all)
-            );
-            ExitCode::SUCCESS
+            match crate::io::print(&archc_spec::diff::report(&specs[0], &specs[1], args.all)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(f) => f.exit("diff"),
+            }
         }
         Err(code) => ExitCode::from(code),
     }

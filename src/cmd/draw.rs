@@ -3,7 +3,6 @@
 //! without `-o`; a `.png` output is rendered in-process.
 
 use crate::failure::Failure;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -37,7 +36,7 @@ fn draw(specs: &[archc_spec::Spec], out: Option<&Path>, scale: f32) -> Result<()
     check_drawable(specs)?;
     let svg = archc_spec::figure::svg(specs);
     match out {
-        None => write_stdout(svg.as_bytes()),
+        None => crate::io::write_all(&mut std::io::stdout().lock(), svg.as_bytes()),
         Some(path) => {
             let bytes = match extension(path).as_deref() {
                 Some("svg") => svg.into_bytes(),
@@ -49,7 +48,7 @@ fn draw(specs: &[archc_spec::Spec], out: Option<&Path>, scale: f32) -> Result<()
                     )))
                 }
             };
-            archc_runtime::npy::write_atomic(path, &bytes)
+            archc_runtime::outfile::write_atomic(path, &bytes)
                 .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))
         }
     }
@@ -78,14 +77,6 @@ pub fn check_drawable(specs: &[archc_spec::Spec]) -> Result<(), Failure> {
 fn extension(path: &Path) -> Option<String> {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
-}
-
-/// Writes to standard output; a closed pipe or full disk is an error, not a panic.
-pub fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
-        .and_then(|()| out.flush())
-        .map_err(|e| Failure::new(format!("cannot write to standard output: {e}")))
 }
 
 /// Renders the SVG to PNG with the system's fonts.

@@ -24,7 +24,6 @@ use archc_compiler::Graph;
 use archc_compiler::Mode;
 use archc_runtime::bind::BoundWeights;
 use archc_spec::Spec;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -328,8 +327,7 @@ fn open(path: &Path, weights: bool) -> Result<Input, Failure> {
             weights: None,
         });
     }
-    let src =
-        std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {shown}: {e}")))?;
+    let src = crate::io::read_arch(path)?;
     let head = src.trim_start();
     let ir = |e: archc_compiler::ir::ParseError| invalid(format!("{shown}:{e}"));
     if head.starts_with("graph \"") {
@@ -365,11 +363,8 @@ fn open(path: &Path, weights: bool) -> Result<Input, Failure> {
 /// Prints `text`, or writes it to `-o DIR`.
 fn output(args: &Args, text: String) -> Result<(), Failure> {
     match &args.out {
-        None => {
-            // A closed pipe (`archc emit f.arch | head`) is not an error worth a panic.
-            let _ = write!(std::io::stdout().lock(), "{text}");
-            Ok(())
-        }
+        // A closed pipe (`archc emit f.arch | head`) is exit 2 with a message.
+        None => crate::io::print(&text),
         Some(dir) => write_atomic(dir, args.stage.file_name(), &text)
             .map_err(|e| usage(format!("cannot write into {}: {e}", dir.display()))),
     }
@@ -383,12 +378,11 @@ fn ptx_stage(args: &Args, program: &Program) -> Result<(), Failure> {
         .map_err(|e| invalid(format!("{}: internal error: {e}", args.model.display())))?;
     let manifest = ptx::manifest(&program.name, &kernels);
     let Some(dir) = &args.out else {
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "{manifest}");
+        let mut text = manifest;
         for k in &kernels {
-            let _ = write!(out, "\n//// {}\n{}", k.file_name(), k.ptx);
+            text.push_str(&format!("\n//// {}\n{}", k.file_name(), k.ptx));
         }
-        return Ok(());
+        return crate::io::print(&text);
     };
     kernels
         .iter()
@@ -401,5 +395,5 @@ fn ptx_stage(args: &Args, program: &Program) -> Result<(), Failure> {
 /// reader never sees half a file.
 fn write_atomic(dir: &Path, file: &str, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    archc_runtime::npy::write_atomic(&dir.join(file), text.as_bytes())
+    archc_runtime::outfile::write_atomic(&dir.join(file), text.as_bytes())
 }

@@ -3,7 +3,6 @@
 //! reports the files that would change. `-` formats stdin to stdout.
 
 use archc_spec::diagnostics::render;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -31,18 +30,15 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn stdin_to_stdout() -> u8 {
-    let mut src = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut src) {
-        eprintln!("archc fmt: cannot read stdin: {e}");
-        return 2;
-    }
+    let src = match crate::io::read_arch_stdin() {
+        Ok(src) => src,
+        Err(f) => return failed(f),
+    };
     match archc_spec::fmt::format_source(&src) {
-        Ok(text) => {
-            if std::io::stdout().write_all(text.as_bytes()).is_err() {
-                return 2;
-            }
-            0
-        }
+        Ok(text) => match crate::io::print(&text) {
+            Ok(()) => 0,
+            Err(f) => failed(f),
+        },
         Err(diags) => {
             eprint!("{}", render("<stdin>", &src, &diags));
             1
@@ -52,12 +48,9 @@ fn stdin_to_stdout() -> u8 {
 
 fn one_file(path: &Path, check: bool) -> u8 {
     let name = path.display().to_string();
-    let src = match std::fs::read_to_string(path) {
+    let src = match crate::io::read_arch(path) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("archc fmt: cannot read {name}: {e}");
-            return 2;
-        }
+        Err(f) => return failed(f),
     };
     let text = match archc_spec::fmt::format_source(&src) {
         Ok(t) => t,
@@ -71,17 +64,26 @@ fn one_file(path: &Path, check: bool) -> u8 {
         return 0;
     }
     if check {
-        println!("{name} would be reformatted");
-        return 1;
+        return match crate::io::print(&format!("{name} would be reformatted\n")) {
+            Ok(()) => 1,
+            Err(f) => failed(f),
+        };
     }
-    match archc_runtime::npy::write_atomic(path, text.as_bytes()) {
-        Ok(()) => {
-            println!("formatted {name}");
-            0
-        }
+    match archc_runtime::outfile::write_atomic(path, text.as_bytes()) {
+        Ok(()) => match crate::io::print(&format!("formatted {name}\n")) {
+            Ok(()) => 0,
+            Err(f) => failed(f),
+        },
         Err(e) => {
             eprintln!("archc fmt: cannot write {name}: {e}");
             2
         }
     }
+}
+
+/// Prints a failure of `fmt` (a non-UTF-8 file's diagnostic is already printed) and gives
+/// its exit status.
+fn failed(f: crate::failure::Failure) -> u8 {
+    eprintln!("archc fmt: {}", f.message);
+    f.code
 }

@@ -25,8 +25,8 @@ pub fn run(args: Args) -> ExitCode {
 fn run_inner(args: &Args) -> Result<(), Failure> {
     let text = render(&import(&args.src)?);
     match &args.output {
-        None => print!("{text}"),
-        Some(out) => archc_runtime::npy::write_atomic(out, text.as_bytes())
+        None => crate::io::print(&text)?,
+        Some(out) => archc_runtime::outfile::write_atomic(out, text.as_bytes())
             .map_err(|e| Failure::new(format!("cannot write {}: {e}", out.display())))?,
     }
     Ok(())

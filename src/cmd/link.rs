@@ -6,6 +6,7 @@
 
 use crate::failure::Failure;
 use archc_runtime::aot::{embed, API, HEADER};
+use archc_runtime::outfile;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,29 +55,22 @@ impl Drop for Scratch {
     }
 }
 
-/// `path` with `.NAME.tmpPID` beside it: where an output is written before the rename.
-fn temporary(path: &Path) -> PathBuf {
-    let mut name = OsString::from(".");
-    name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
+/// Where the output bound for `path` is written before [`finish`] puts it in place.
+fn temporary(path: &Path) -> Result<PathBuf, Failure> {
+    outfile::staging(path).map_err(|e| Failure::new(format!("{}: {e}", path.display())))
 }
 
 /// Moves a finished temporary output into place and records it.
 fn finish(tmp: &Path, path: &Path, linked: &mut Linked) -> Result<(), Failure> {
-    let renamed = std::fs::rename(tmp, path);
-    if let Err(e) = renamed {
-        let _ = std::fs::remove_file(tmp);
-        return Err(Failure::new(format!("{}: {e}", path.display())));
-    }
-    let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let bytes = std::fs::metadata(tmp).map_or(0, |m| m.len());
+    outfile::place(tmp, path).map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
     linked.files.push((path.to_path_buf(), bytes));
     Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary name.
 fn write_file(path: &Path, bytes: &[u8], linked: &mut Linked) -> Result<(), Failure> {
-    let tmp = temporary(path);
+    let tmp = temporary(path)?;
     if let Err(e) = std::fs::write(&tmp, bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(Failure::new(format!("{}: {e}", path.display())));
@@ -146,7 +140,7 @@ pub fn executable(
         "main.c",
         b"int archc_main(int, char **);\nint main(int argc, char **argv) { return archc_main(argc, argv); }\n",
     )?;
-    let tmp = temporary(out);
+    let tmp = temporary(out)?;
     let mut args = vec![
         os("-O2"),
         os("-o"),
@@ -194,7 +188,7 @@ pub fn library(out: &Path, object: &[u8]) -> Result<Linked, Failure> {
     );
     let map = scratch.write("exports.map", script.as_bytes())?;
     let (so, header) = library_paths(out);
-    let tmp = temporary(&so);
+    let tmp = temporary(&so)?;
     let mut args = vec![os("-shared"), os("-o"), tmp.clone().into(), obj.into()];
     // Pull the API's objects out of the archive; the version script exports them alone.
     args.extend(API.iter().map(|f| os(format!("-Wl,-u,{f}"))));

@@ -28,9 +28,11 @@ pub fn spec(path: &Path, verb: &str) -> Result<Spec, u8> {
             }
         });
     }
-    let src = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("archc {verb}: cannot read {name}: {e}");
-        2
+    let src = crate::io::read_arch(path).map_err(|f| {
+        if f.code != 1 {
+            eprintln!("archc {verb}: {}", f.message);
+        }
+        f.code
     })?;
     archc_spec::validate::check_source(&name, &src).map_err(|diags| {
         print_diagnostics(&name, &src, &diags);

@@ -122,8 +122,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
 /// Parses and validates a `.arch` file, printing its diagnostics on failure (exit 1).
 pub(super) fn load_arch(path: &Path) -> Result<Spec, Failure> {
     let name = path.display().to_string();
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(format!("cannot read {name}: {e}")))?;
+    let src = crate::io::read_arch(path)?;
     archc_spec::validate::check_source(&name, &src).map_err(|diags| {
         super::load::print_diagnostics(&name, &src, &diags);
         let errors = diags.iter().filter(|d| d.is_error()).count();

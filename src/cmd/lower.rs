@@ -4,7 +4,6 @@
 
 use archc_compiler::driver::{Driver, Logits, Options};
 use archc_compiler::{verify, Mode};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,12 +26,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let name = args.file.display().to_string();
-    let src = match std::fs::read_to_string(&args.file) {
+    let src = match crate::io::read_arch(&args.file) {
         Ok(src) => src,
-        Err(e) => {
-            eprintln!("archc lower: cannot read {name}: {e}");
-            return ExitCode::from(2);
-        }
+        Err(f) => return f.exit("lower"),
     };
     let spec = match archc_spec::validate::check_source(&name, &src) {
         Ok(spec) => spec,
@@ -62,7 +58,9 @@ pub fn run(args: Args) -> ExitCode {
         eprintln!("archc lower: {name}: internal error: the lowered graph is invalid: {e}");
         return ExitCode::from(1);
     }
-    // A closed pipe (`archc lower f.arch | head`) is not an error worth a panic.
-    let _ = write!(std::io::stdout().lock(), "{graph}");
-    ExitCode::SUCCESS
+    // A closed pipe (`archc lower f.arch | head`) is exit 2 with a message, not a panic.
+    match crate::io::print(&graph.to_string()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.exit("lower"),
+    }
 }

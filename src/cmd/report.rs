@@ -23,8 +23,8 @@ pub fn run(args: Args) -> ExitCode {
     let result = super::draw::check_drawable(&specs).and_then(|()| {
         let page = archc_spec::figure::report::html(&specs);
         match &args.out {
-            None => super::draw::write_stdout(page.as_bytes()),
-            Some(path) => archc_runtime::npy::write_atomic(path, page.as_bytes())
+            None => crate::io::print(&page),
+            Some(path) => archc_runtime::outfile::write_atomic(path, page.as_bytes())
                 .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display()))),
         }
     });

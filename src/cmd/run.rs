@@ -108,8 +108,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         let checked = fetch::verify(&fetch::SMOLLM2, &path);
         bar.finish_and_clear();
         checked?;
-        println!("{}", path.display());
-        return Ok(());
+        return crate::io::print(&format!("{}\n", path.display()));
     }
     // `load_s` and `first_token_s` count from here: opening and binding the weights,
     // the tokenizer, and compiling (or loading) the kernels.

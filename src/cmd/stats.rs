@@ -59,18 +59,15 @@ pub fn run(args: Args) -> ExitCode {
         return run_summary(&args);
     }
     let name = args.files[0].display().to_string();
-    let src = match std::fs::read_to_string(&args.files[0]) {
+    let src = match crate::io::read_arch(&args.files[0]) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot read `{name}`: {e}");
-            return ExitCode::from(2);
-        }
+        Err(f) => return f.exit("stats"),
     };
     match report(&name, &src, args.context, args.kv_dtype, args.json) {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+        Ok(out) => match crate::io::print(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => f.exit("stats"),
+        },
         Err(f) => {
             // The message is complete (rendered diagnostics, or an `error:` line).
             eprint!("{}", f.message);
@@ -112,12 +109,13 @@ fn run_summary(args: &Args) -> ExitCode {
     let mut code = ExitCode::SUCCESS;
     for path in &args.files {
         let name = path.display().to_string();
-        let src = match std::fs::read_to_string(path) {
+        let src = match crate::io::read_arch(path) {
             Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: cannot read `{name}`: {e}");
-                return ExitCode::from(2);
+            Err(f) if f.code == 1 => {
+                code = ExitCode::from(1);
+                continue;
             }
+            Err(f) => return f.exit("stats"),
         };
         match archc_spec::validate::check_source(&name, &src) {
             Ok(spec) => {
@@ -133,14 +131,16 @@ fn run_summary(args: &Args) -> ExitCode {
             }
         }
     }
-    if args.json {
+    let text = if args.json {
         let list: Vec<_> = all.iter().map(|s| s.to_json()).collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&list).unwrap_or_default()
-        );
+        let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
+        text.push('\n');
+        text
     } else {
-        print!("{}", archc_spec::stats::render_summary(&all));
+        archc_spec::stats::render_summary(&all)
+    };
+    match crate::io::print(&text) {
+        Ok(()) => code,
+        Err(f) => f.exit("stats"),
     }
-    code
 }

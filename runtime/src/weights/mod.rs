@@ -244,9 +244,18 @@ impl Checkpoint {
             tensor: tensor.map(str::to_string),
             problem,
         };
-        let text = std::fs::read_to_string(index).map_err(|e| err(None, IndexProblem::Read(e)))?;
+        let bytes = archc_spec::source::read_bounded(index, archc_spec::source::MAX_JSON_BYTES)
+            .map_err(|e| {
+                err(
+                    None,
+                    IndexProblem::Read(match e {
+                        archc_spec::source::ReadError::Io(e) => e,
+                        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+                    }),
+                )
+            })?;
         let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(None, IndexProblem::Json(e)))?;
+            serde_json::from_slice(&bytes).map_err(|e| err(None, IndexProblem::Json(e)))?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())

@@ -252,7 +252,8 @@ pub fn from_gguf_metadata(
     t.common()?;
     match arch {
         "llama" => t.llama()?,
-        "qwen2" | "qwen3" | "olmo2" => {}
+        "qwen2" | "qwen3" => {}
+        "olmo2" => t.olmo2()?,
         "qwen3moe" => t.qwen3moe()?,
         "gemma3" => t.gemma3()?,
         "deepseek2" => t.deepseek2()?,
@@ -357,10 +358,15 @@ impl<'a> Translator<'a> {
     fn f64_at(&self, key: &str) -> Result<Option<f64>, ImportError> {
         match self.meta.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, "a number", v)),
+            Some(v) => match v.as_f64() {
+                // NaN or infinity would otherwise become JSON null, which reads as absent,
+                // and the default would be used in silence.
+                Some(x) if !x.is_finite() => {
+                    Err(self.invalid(key, format!("{x} is not a finite number")))
+                }
+                Some(x) => Ok(Some(x)),
+                None => Err(self.wrong(key, "a number", v)),
+            },
         }
     }
 
@@ -527,6 +533,22 @@ impl<'a> Translator<'a> {
                         "rope_scaling.original_max_position_embeddings",
                         "rope.scaling.original_context_length",
                     )?;
+                    self.copy_f64("rope_scaling.beta_fast", "rope.scaling.yarn_beta_fast")?;
+                    self.copy_f64("rope_scaling.beta_slow", "rope.scaling.yarn_beta_slow")?;
+                    self.copy_f64(
+                        "rope_scaling.attention_factor",
+                        "rope.scaling.yarn_attn_factor",
+                    )?;
+                    // HF's YaRN has no extrapolation factor: only the neutral 1 is read.
+                    let ext_key = self.key("rope.scaling.yarn_ext_factor");
+                    if let Some(x) = self.f64_at(&ext_key)? {
+                        if x != 1.0 {
+                            return Err(self.invalid(
+                                &ext_key,
+                                format!("{x}: only an extrapolation factor of 1 is supported"),
+                            ));
+                        }
+                    }
                     // llama.cpp stores DeepSeek's `0.1 * mscale_all_dim`.
                     let mul_key = self.key("rope.scaling.yarn_log_multiplier");
                     if let Some(m) = self.f64_at(&mul_key)? {
@@ -582,6 +604,76 @@ impl<'a> Translator<'a> {
         let key = self.key("expert_weights_norm");
         let norm = self.bool_at(&key)?.unwrap_or(true);
         self.set("norm_topk_prob", Value::Bool(norm), &key);
+        Ok(())
+    }
+
+    /// llama.cpp writes OLMo 3 as `olmo2` with a sliding window: a window above zero makes
+    /// it OLMo 3, whose sliding layers follow `attention.sliding_window_pattern` (one bool
+    /// per layer, or a period whose last layer is full; absent: every fourth layer full).
+    fn olmo2(&mut self) -> Result<(), ImportError> {
+        let key = self.key("attention.sliding_window");
+        let window = match self.u64_at(&key)? {
+            Some(w) if w > 0 => w,
+            _ => return Ok(()),
+        };
+        self.json
+            .insert("model_type".into(), Value::String("olmo3".into()));
+        self.origin.insert("model_type".into(), key.clone());
+        self.set("sliding_window", Value::from(window), &key);
+        let layers = self.u64_at(&self.key("block_count"))?.unwrap_or(0);
+        let pattern_key = self.key("attention.sliding_window_pattern");
+        let sliding: Option<Vec<bool>> = match self.meta.get(&pattern_key) {
+            None => None,
+            Some(MetaValue::Array { items, .. }) => {
+                let flags: Option<Vec<bool>> = items.iter().map(MetaValue::as_bool).collect();
+                let Some(flags) = flags else {
+                    return Err(self.wrong(&pattern_key, "an array of bool", &items[0]));
+                };
+                if flags.len() as u64 != layers {
+                    return Err(self.invalid(
+                        &pattern_key,
+                        format!("has {} entries for {layers} layers", flags.len()),
+                    ));
+                }
+                Some(flags)
+            }
+            Some(v) => {
+                let period = v
+                    .as_u64()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| self.wrong(&pattern_key, "a period of at least 1", v))?;
+                Some((0..layers).map(|i| (i + 1) % period != 0).collect())
+            }
+        };
+        if let Some(flags) = sliding {
+            let types = flags
+                .iter()
+                .map(|&s| {
+                    Value::String(
+                        if s {
+                            "sliding_attention"
+                        } else {
+                            "full_attention"
+                        }
+                        .into(),
+                    )
+                })
+                .collect();
+            self.set("layer_types", Value::Array(types), &pattern_key);
+        }
+        // The sliding layers' own RoPE base: HF's OLMo 3 uses `rope_theta` for both kinds.
+        let swa_key = self.key("rope.freq_base_swa");
+        if let Some(swa) = self.f64_at(&swa_key)? {
+            let base = self
+                .f64_at(&self.key("rope.freq_base"))?
+                .unwrap_or(500_000.0);
+            if swa != base {
+                return Err(self.invalid(
+                    &swa_key,
+                    format!("{swa} differs from rope.freq_base {base}; OLMo 3 uses one RoPE base"),
+                ));
+            }
+        }
         Ok(())
     }
 

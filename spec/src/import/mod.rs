@@ -166,11 +166,13 @@ pub fn from_path(path: &Path) -> Result<Spec, ImportError> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| ImportError::Io {
-        path: file.display().to_string(),
-        message: e.to_string(),
+    let bytes = crate::source::read_bounded(&file, crate::source::MAX_JSON_BYTES).map_err(|e| {
+        ImportError::Io {
+            path: file.display().to_string(),
+            message: e.to_string(),
+        }
     })?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| ImportError::Json {
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| ImportError::Json {
         file: file.display().to_string(),
         message: e.to_string(),
     })?;

@@ -128,10 +128,20 @@ pub(super) fn load(
     syms: &[String],
 ) -> Result<Option<(libloading::Library, Vec<KernelFn>)>, String> {
     let (so, man) = paths(dir, key);
-    let Ok(want) = std::fs::read_to_string(&man) else {
-        return Ok(None);
+    let want = match read_entry(&man, MAX_MANIFEST_BYTES) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            remove_entry(dir, key);
+            return Err(format!(
+                "kernel cache entry {} unreadable: {e} (removed)",
+                man.display()
+            ));
+        }
     };
-    let bytes = match std::fs::read(&so) {
+    let bytes = match read_entry(&so, MAX_LIBRARY_BYTES)
+        .and_then(|b| b.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "missing")))
+    {
         Ok(b) => b,
         Err(e) => {
             remove_entry(dir, key);
@@ -151,6 +161,42 @@ pub(super) fn load(
     open(&so, syms)
         .map(Some)
         .inspect_err(|_| remove_entry(dir, key))
+}
+
+/// The largest manifest a cache entry may have (a real one is under 100 bytes).
+const MAX_MANIFEST_BYTES: u64 = 4096;
+
+/// The largest kernel library the cache reads back (a large MoE model's is tens of MiB).
+const MAX_LIBRARY_BYTES: u64 = 1 << 30;
+
+/// The bytes of a cache file: `None` when it does not exist; an error when it is not a
+/// regular file (a FIFO planted in the cache would block the read forever) or is larger
+/// than `limit`.
+fn read_entry(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let not_plain = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file");
+    if !meta.is_file() {
+        return Err(not_plain());
+    }
+    let file = std::fs::File::open(path)?;
+    // Checked again on the open file: the name may have been replaced in between.
+    if !file.metadata()?.is_file() {
+        return Err(not_plain());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 fn remove_entry(dir: &Path, key: &str) {
