@@ -260,3 +260,37 @@ fn outputs_follow_symlinks_and_write_fifos_in_place() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn logits_refuse_positions_past_the_context() {
+    // The GPT-2 fixture's learned position table has 64 rows: a 65th token has no row, and
+    // the compiled gather must never be asked for it.
+    let dir = scratch("ctx");
+    let model = root().join("tests/data/fixtures/gpt2");
+    let tokens = |n: usize| vec!["1"; n].join(",");
+    for backend in ["interp", "llvm", "cranelift"] {
+        let o = archc()
+            .arg("logits")
+            .arg(&model)
+            .args(["--tokens", &tokens(65), "--backend", backend, "--out"])
+            .arg(dir.join("x.npy"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{backend}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("65 tokens, more than the model's context of 64"),
+            "{backend}: {}",
+            stderr(&o)
+        );
+        assert!(!dir.join("x.npy").exists());
+    }
+    let o = archc()
+        .arg("logits")
+        .arg(&model)
+        .args(["--tokens", &tokens(64), "--backend", "llvm", "--out"])
+        .arg(dir.join("x.npy"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

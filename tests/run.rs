@@ -848,3 +848,17 @@ fn archc_run_tiers_generate_the_same_tokens() {
         "{stderr}"
     );
 }
+
+#[test]
+fn logits_past_the_context_are_refused_by_every_backend() {
+    use archc_runtime::exec::{logits, Backend, Mode};
+    let (spec, weights) = tiny();
+    let too_many = vec![1u32; spec.context as usize + 1];
+    for backend in [Backend::Interp, Backend::Llvm, Backend::Cranelift] {
+        let e = logits(&spec, &weights, &too_many, Mode::Prefill, backend).unwrap_err();
+        assert!(
+            e.to_string().contains("more than the model's context"),
+            "{backend:?}: {e}"
+        );
+    }
+}

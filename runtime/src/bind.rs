@@ -13,6 +13,8 @@
 //! missing tensors, tensors the model does not use, wrong shapes and wrong dtypes, each
 //! naming the tensor and showing what was expected against what was found.
 
+mod mla_split;
+
 use crate::quant::{self, GgmlType};
 use crate::weights::gguf::GgufFile;
 use crate::weights::{Checkpoint, Dtype, TensorView};
@@ -604,6 +606,22 @@ pub fn bind_gguf(spec: &Spec, file: GgufFile) -> Result<BoundWeights, BindError>
             });
             continue;
         };
+        // MLA's kv_b split in two by current llama.cpp conversions.
+        if let Source::Plain { name } = &binding.source {
+            let split = mla_split::halves(name).filter(|(k, v)| {
+                file.info(name).is_none() && file.info(k).is_some() && file.info(v).is_some()
+            });
+            if let (Some((k_b, v_b)), GgufFix::None) = (split, binding.fix) {
+                match mla_split::bind(&t, &k_b, &v_b, &file) {
+                    Ok(b) => {
+                        params.insert(t.name.clone(), b);
+                    }
+                    Err(ps) => problems.extend(ps),
+                }
+                used.extend([k_b, v_b]);
+                continue;
+            }
+        }
         used.extend(binding.source.names());
         match bind_gguf_one(&t, &binding.source, binding.fix, &file) {
             Ok(b) => {

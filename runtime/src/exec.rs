@@ -185,6 +185,13 @@ pub fn logits_with_threads(
     backend: Backend,
     threads: Option<usize>,
 ) -> Result<Vec<f32>, ExecError> {
+    if tokens.len() as u64 > spec.context {
+        return Err(ExecError::Input(format!(
+            "{} tokens, more than the model's context of {}",
+            tokens.len(),
+            spec.context
+        )));
+    }
     let engine = match backend {
         Backend::Interp => None,
         Backend::Llvm => Some(cpu::Engine::Llvm),

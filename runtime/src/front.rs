@@ -283,8 +283,10 @@ pub fn speed_line(g: &Generation) -> String {
     )
 }
 
-/// `1,2,3` → token ids, each below `vocab`; errors name the entry (`--tokens`).
-pub fn parse_tokens(text: &str, vocab: u64) -> Result<Vec<u32>, FrontError> {
+/// `1,2,3` → token ids, each below `vocab`, at most `context` of them (positions past the
+/// context have no meaning: a learned position table has no row for them); errors name the
+/// entry (`--tokens`).
+pub fn parse_tokens(text: &str, vocab: u64, context: u64) -> Result<Vec<u32>, FrontError> {
     if text.trim().is_empty() {
         return Err(FrontError(
             "--tokens is empty: give at least one token id, e.g. --tokens 1,2,3".into(),
@@ -309,6 +311,12 @@ pub fn parse_tokens(text: &str, vocab: u64) -> Result<Vec<u32>, FrontError> {
                 "--tokens: entry {i} is token id {id}, beyond 32-bit ids"
             ))
         })?;
+        if out.len() as u64 >= context {
+            let n = text.split(',').count();
+            return Err(FrontError(format!(
+                "--tokens: {n} tokens, more than the model's context of {context}"
+            )));
+        }
         out.push(id);
     }
     Ok(out)

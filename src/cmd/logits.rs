@@ -97,7 +97,7 @@ fn run_inner(args: &Args) -> Result<(), Failure> {
         None if is_gguf(&args.model) => gguf_spec(&args.model)?,
         None => archc_spec::import::from_path(&args.model)?,
     };
-    let tokens = archc_runtime::front::parse_tokens(&args.tokens, spec.vocab)
+    let tokens = archc_runtime::front::parse_tokens(&args.tokens, spec.vocab, spec.context)
         .map_err(|e| Failure::new(e.0))?;
     let weights = load_weights(&spec, &args.model)?;
     let mode = match args.mode {

@@ -15,10 +15,15 @@
   tensors f32), for the quantised kernels against the interpreter on the dequantised
   weights; no HF reference. Q4_0/Q4_1: hidden 32, untied head; K types: hidden 256, one
   layer, head tied to the embedding.
+- tiny_deepseek_split/f32.gguf: a tiny random DeepSeek-V3 (HF DeepseekV3ForCausalLM: MLA with
+  q compression, interleaved RoPE, one dense layer then a group-limited sigmoid MoE layer)
+  written as current llama.cpp conversions write it: `kv_b_proj` split per head into
+  `attn_k_b` (transposed) and `attn_v_b`, the *_mla head sizes, experts stacked; plus
+  tokens.json and HF's logits (`logits.npy`).
 - smollm2_meta.gguf (only with --smollm2 PATH): the metadata of the SmolLM2-135M-Instruct
   GGUF with its tokenizer arrays cut to 16 entries, and no tensors.
 
-Usage: python tools/reference/make_gguf_fixtures.py [--smollm2 PATH/TO/SmolLM2.gguf]
+Usage: python tools/reference/make_gguf_fixtures.py [--only NAME ...] [--smollm2 PATH/TO/SmolLM2.gguf]
 Deterministic: fixed seeds, fp32, one thread.
 """
 
@@ -297,6 +302,115 @@ def tiny_quant():
         write(w)
 
 
+DEEPSEEK = dict(vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=16,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24,
+                kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
+                n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                first_k_dense_replace=1, max_position_embeddings=64, rope_theta=10000.0,
+                rope_interleave=True, rms_norm_eps=1e-6, tie_word_embeddings=False)
+
+DEEPSEEK_NAMES = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_a_proj": "attn_q_a", "self_attn.q_a_layernorm": "attn_q_a_norm",
+    "self_attn.q_b_proj": "attn_q_b", "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa",
+    "self_attn.kv_a_layernorm": "attn_kv_a_norm", "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+    "mlp.gate": "ffn_gate_inp", "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_experts.up_proj": "ffn_up_shexp", "mlp.shared_experts.down_proj": "ffn_down_shexp",
+}
+
+
+def tiny_deepseek_split():
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    torch.manual_seed(11)
+    torch.set_num_threads(1)
+    c = DEEPSEEK
+    cfg = DeepseekV3Config(**c, attn_implementation="eager")
+    model = DeepseekV3ForCausalLM(cfg).eval()
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "e_score_correction_bias" in name:
+                continue
+            if p.dim() == 1:
+                p.copy_(0.8 + 0.4 * torch.rand(p.shape, generator=gen))
+            elif "embed_tokens" in name:
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+        for layer in model.model.layers[c["first_k_dense_replace"]:]:
+            b = layer.mlp.gate.e_score_correction_bias
+            b.copy_(torch.randn(b.shape, generator=gen) * 0.5)
+        x = model(torch.tensor([TOKENS])).logits
+        model.lm_head.weight.mul_(1.0 / x.std())
+        logits = model(torch.tensor([TOKENS])).logits[0].numpy().astype(np.float32)
+    out = ROOT / "tiny_deepseek_split"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokens.json").write_text(json.dumps(TOKENS) + "\n")
+    np.save(out / "logits.npy", logits)
+    state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+
+    h, nope, v, rope = c["num_attention_heads"], c["qk_nope_head_dim"], c["v_head_dim"], c["qk_rope_head_dim"]
+    w = GGUFWriter(str(out / "f32.gguf"), "deepseek2")
+    w.add_name("tiny-deepseek-split")
+    a = "deepseek2"
+    for key, value in [("vocab_size", c["vocab_size"]), ("context_length", c["max_position_embeddings"]),
+                       ("embedding_length", c["hidden_size"]), ("block_count", c["num_hidden_layers"]),
+                       ("feed_forward_length", c["intermediate_size"]),
+                       ("attention.head_count", h), ("attention.head_count_kv", 1),
+                       ("attention.key_length", c["kv_lora_rank"] + rope),
+                       ("attention.value_length", c["kv_lora_rank"]),
+                       ("attention.key_length_mla", nope + rope), ("attention.value_length_mla", v),
+                       ("attention.q_lora_rank", c["q_lora_rank"]),
+                       ("attention.kv_lora_rank", c["kv_lora_rank"]),
+                       ("rope.dimension_count", rope),
+                       ("leading_dense_block_count", c["first_k_dense_replace"]),
+                       ("expert_count", c["n_routed_experts"]), ("expert_used_count", c["num_experts_per_tok"]),
+                       ("expert_shared_count", c["n_shared_experts"]),
+                       ("expert_feed_forward_length", c["moe_intermediate_size"]),
+                       ("expert_gating_func", 2), ("expert_group_count", c["n_group"]),
+                       ("expert_group_used_count", c["topk_group"]), ("general.file_type", 0)]:
+        w.add_uint32(key if key.startswith("general.") else f"{a}.{key}", value)
+    w.add_float32(f"{a}.rope.freq_base", c["rope_theta"])
+    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", c["rms_norm_eps"])
+    w.add_float32(f"{a}.expert_weights_scale", c["routed_scaling_factor"])
+    w.add_bool(f"{a}.expert_weights_norm", c["norm_topk_prob"])
+    for hf, t in state.items():
+        if hf == "model.embed_tokens.weight":
+            w.add_tensor("token_embd.weight", t)
+            continue
+        if hf == "model.norm.weight":
+            w.add_tensor("output_norm.weight", t)
+            continue
+        if hf == "lm_head.weight":
+            w.add_tensor("output.weight", t)
+            continue
+        _, _, i, rest = hf.split(".", 3)
+        module, suffix = rest.rsplit(".", 1)
+        if module == "self_attn.kv_b_proj":
+            # As llama.cpp's converter does: per head, the key rows transposed, the value rows.
+            kv_b = t.reshape(h, nope + v, t.shape[-1])
+            k_b = np.ascontiguousarray(kv_b[:, :nope, :].transpose(0, 2, 1))
+            v_b = np.ascontiguousarray(kv_b[:, nope:, :])
+            w.add_tensor(f"blk.{i}.attn_k_b.weight", k_b)
+            w.add_tensor(f"blk.{i}.attn_v_b.weight", v_b)
+        elif suffix == "e_score_correction_bias":
+            w.add_tensor(f"blk.{i}.exp_probs_b.bias", t)
+        elif rest == "mlp.experts.gate_up_proj":
+            # [experts, 2 * ff, hidden]: the gate rows, then the up rows (HF chunks it so).
+            ff = t.shape[1] // 2
+            w.add_tensor(f"blk.{i}.ffn_gate_exps.weight", np.ascontiguousarray(t[:, :ff, :]))
+            w.add_tensor(f"blk.{i}.ffn_up_exps.weight", np.ascontiguousarray(t[:, ff:, :]))
+        elif rest == "mlp.experts.down_proj":
+            w.add_tensor(f"blk.{i}.ffn_down_exps.weight", np.ascontiguousarray(t))
+        else:
+            w.add_tensor(f"blk.{i}.{DEEPSEEK_NAMES[module]}.{suffix}", np.ascontiguousarray(t))
+    write(w)
+    print("deepseek split logits std", float(logits.std()))
+
+
 def smollm2_meta(path: Path):
     r = GGUFReader(str(path))
     w = GGUFWriter(str(ROOT / "smollm2_meta.gguf"), "llama")
@@ -316,11 +430,14 @@ def smollm2_meta(path: Path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smollm2", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf to extract metadata from")
+    ap.add_argument("--only", nargs="*", help="write only these fixtures (types, metadata, "
+                    "tiny_llama, tiny_quant, tiny_deepseek_split)")
     args = ap.parse_args()
-    type_fixtures()
-    metadata_fixture()
-    tiny_llama()
-    tiny_quant()
+    for name, make in [("types", type_fixtures), ("metadata", metadata_fixture),
+                       ("tiny_llama", tiny_llama), ("tiny_quant", tiny_quant),
+                       ("tiny_deepseek_split", tiny_deepseek_split)]:
+        if not args.only or name in args.only:
+            make()
     if args.smollm2:
         smollm2_meta(args.smollm2)
 

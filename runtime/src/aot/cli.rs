@@ -104,7 +104,7 @@ fn run(cli: &Cli, image: &[u8], fns: &[KernelFn]) -> Result<(), FrontError> {
     match &cli.command {
         Some(Command::Logits { tokens, out, mode }) => {
             let model = AotModel::open(image, fns, &at, false).map_err(FrontError)?;
-            let tokens = parse_tokens(tokens, model.spec().vocab)?;
+            let tokens = parse_tokens(tokens, model.spec().vocab, model.spec().context)?;
             let mut cpu = model.cpu_model(Programs::Logits, threads)?;
             let mode = match mode {
                 ModeArg::Prefill => Mode::Prefill,

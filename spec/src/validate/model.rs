@@ -365,7 +365,20 @@ fn positions(m: &Sect, context: u64, d: &mut Diags) -> Option<u64> {
             let s = m.child(body, "`learned`");
             s.check_keys(&["rows"], d);
             if s.get("rows").is_some() {
-                s.size("rows", d)
+                let rows = s.size("rows", d)?;
+                if rows < context {
+                    let v = s.leaf("rows", "", &mut Vec::new())?;
+                    d.push(
+                        Diagnostic::error(
+                            v.span,
+                            format!("the position table has {rows} rows, fewer than the context of {context}"),
+                        )
+                        .label("positions past this have no embedding")
+                        .hint(format!("set `rows = {context}`, or lower `context` to {rows}")),
+                    );
+                    return None;
+                }
+                Some(rows)
             } else {
                 Some(context)
             }
