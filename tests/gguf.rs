@@ -673,6 +673,18 @@ fn import_errors_name_the_gguf_key() {
     let mut m = olmo3();
     m.insert("olmo2.rope.freq_base_swa".into(), f(10_000.0));
     cases.push(("OLMo 3 sliding RoPE base of its own", m));
+    // A key llama.cpp reads but this importer does not: refused, not ignored.
+    let mut m = base();
+    m.insert("qwen3.expert_count".into(), u(8));
+    m.insert("qwen3.expert_used_count".into(), u(2));
+    cases.push(("experts on a dense architecture", m));
+    let mut m = base();
+    m.insert("qwen3.logit_scale".into(), f(0.5));
+    cases.push(("a logit scale", m));
+    let mut m = real_models().remove(1).1;
+    m.insert("qwen3.context_length".into(), u(8192));
+    m.insert("general.quantization_version".into(), u(2));
+    cases.push(("informational keys only", m));
     let mut text = String::new();
     for (name, m) in cases {
         let e = match from_gguf_metadata(&m, &none, "x.gguf") {

@@ -235,6 +235,7 @@ pub fn from_gguf_metadata(
         arch: "",
         json: Map::new(),
         origin: BTreeMap::new(),
+        read: Default::default(),
     };
     let arch = t.req_str("general.architecture")?;
     let Some(&(_, model_type)) = SUPPORTED_ARCHITECTURES.iter().find(|(a, _)| *a == arch) else {
@@ -260,6 +261,7 @@ pub fn from_gguf_metadata(
         "gpt-oss" => t.gpt_oss()?,
         _ => {}
     }
+    t.refuse_unread()?;
     let Translator { json, origin, .. } = t;
     let root = Config::root(&json, source_name);
     let name = model_name(source_name);
@@ -308,9 +310,18 @@ struct Translator<'a> {
     arch: &'a str,
     json: Map<String, Value>,
     origin: BTreeMap<String, String>,
+    /// Every metadata key looked at: a `{arch}.*` key never looked at may change the math
+    /// in llama.cpp, so the file is refused rather than imported without it.
+    read: std::cell::RefCell<BTreeSet<String>>,
 }
 
 impl<'a> Translator<'a> {
+    /// The value of `key`, remembering that it was read.
+    fn get(&self, key: &str) -> Option<&'a MetaValue> {
+        self.read.borrow_mut().insert(key.to_string());
+        self.meta.get(key)
+    }
+
     fn wrong(&self, key: &str, expected: &'static str, v: &MetaValue) -> ImportError {
         ImportError::WrongType {
             file: self.file.to_string(),
@@ -329,11 +340,39 @@ impl<'a> Translator<'a> {
     }
 
     fn req_str(&self, key: &str) -> Result<&'a str, ImportError> {
-        let v = self.meta.get(key).ok_or_else(|| ImportError::MissingKey {
+        let v = self.get(key).ok_or_else(|| ImportError::MissingKey {
             file: self.file.to_string(),
             key: key.to_string(),
         })?;
         v.as_str().ok_or_else(|| self.wrong(key, "a string", v))
+    }
+
+    /// Refuses a file with `{arch}.*` keys this importer never read: llama.cpp reads them,
+    /// so they may change what the model computes (a Mixtral written as `llama` with
+    /// `llama.expert_count`, a logit scale, a residual multiplier). Keys that only describe
+    /// the file are listed in [`INFORMATIONAL`].
+    fn refuse_unread(&self) -> Result<(), ImportError> {
+        let prefix = format!("{}.", self.arch);
+        let read = self.read.borrow();
+        let unread: Vec<&str> = self
+            .meta
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && !read.contains(k.as_str()))
+            .filter(|k| !INFORMATIONAL.contains(&&k[prefix.len()..]))
+            .map(String::as_str)
+            .collect();
+        match unread.first() {
+            None => Ok(()),
+            Some(first) => Err(self.invalid(
+                first,
+                format!(
+                    "{} metadata key(s) that archc does not read for architecture {} and that may change the model's math: {}",
+                    unread.len(),
+                    self.arch,
+                    unread.join(", ")
+                ),
+            )),
+        }
     }
 
     /// `{arch}.{suffix}`.
@@ -342,7 +381,7 @@ impl<'a> Translator<'a> {
     }
 
     fn u64_at(&self, key: &str) -> Result<Option<u64>, ImportError> {
-        match self.meta.get(key) {
+        match self.get(key) {
             None => Ok(None),
             Some(MetaValue::Array { .. }) => Err(self.invalid(
                 key,
@@ -356,7 +395,7 @@ impl<'a> Translator<'a> {
     }
 
     fn f64_at(&self, key: &str) -> Result<Option<f64>, ImportError> {
-        match self.meta.get(key) {
+        match self.get(key) {
             None => Ok(None),
             Some(v) => match v.as_f64() {
                 // NaN or infinity would otherwise become JSON null, which reads as absent,
@@ -371,7 +410,7 @@ impl<'a> Translator<'a> {
     }
 
     fn bool_at(&self, key: &str) -> Result<Option<bool>, ImportError> {
-        match self.meta.get(key) {
+        match self.get(key) {
             None => Ok(None),
             Some(v) => v
                 .as_bool()
@@ -381,7 +420,7 @@ impl<'a> Translator<'a> {
     }
 
     fn str_at(&self, key: &str) -> Result<Option<&'a str>, ImportError> {
-        match self.meta.get(key) {
+        match self.get(key) {
             None => Ok(None),
             Some(v) => v
                 .as_str()
@@ -447,7 +486,7 @@ impl<'a> Translator<'a> {
         let vocab_key = self.key("vocab_size");
         match self.u64_at(&vocab_key)? {
             Some(v) => self.set("vocab_size", Value::from(v), &vocab_key),
-            None => match self.meta.get("tokenizer.ggml.tokens") {
+            None => match self.get("tokenizer.ggml.tokens") {
                 Some(MetaValue::Array { items, .. }) => {
                     self.set(
                         "vocab_size",
@@ -622,7 +661,7 @@ impl<'a> Translator<'a> {
         self.set("sliding_window", Value::from(window), &key);
         let layers = self.u64_at(&self.key("block_count"))?.unwrap_or(0);
         let pattern_key = self.key("attention.sliding_window_pattern");
-        let sliding: Option<Vec<bool>> = match self.meta.get(&pattern_key) {
+        let sliding: Option<Vec<bool>> = match self.get(&pattern_key) {
             None => None,
             Some(MetaValue::Array { items, .. }) => {
                 let flags: Option<Vec<bool>> = items.iter().map(MetaValue::as_bool).collect();
@@ -729,7 +768,25 @@ impl<'a> Translator<'a> {
             Some(0) | None => self.set("q_lora_rank", Value::Null, &q_key),
             Some(r) => self.set("q_lora_rank", Value::from(r), &q_key),
         }
-        self.copy_u64("kv_lora_rank", "attention.kv_lora_rank")?;
+        let rank = self.copy_u64("kv_lora_rank", "attention.kv_lora_rank")?;
+        if k_suffix == "attention.key_length_mla" {
+            // The plain lengths are then those of the absorbed attention llama.cpp runs:
+            // the latent (plus the RoPE key), which the spec already implies.
+            for (suffix, want) in [
+                ("attention.key_length", rank.zip(rope).map(|(k, r)| k + r)),
+                ("attention.value_length", rank),
+            ] {
+                let key = self.key(suffix);
+                if let (Some(found), Some(want)) = (self.u64_at(&key)?, want) {
+                    if found != want {
+                        return Err(self.invalid(
+                            &key,
+                            format!("{found}, but the absorbed MLA head is {want} (attention.kv_lora_rank plus, for keys, rope.dimension_count)"),
+                        ));
+                    }
+                }
+            }
+        }
         self.experts("n_routed_experts")?;
         self.copy_u64("moe_intermediate_size", "expert_feed_forward_length")?;
         self.copy_u64("n_shared_experts", "expert_shared_count")?;
@@ -772,6 +829,15 @@ impl<'a> Translator<'a> {
         Ok(())
     }
 }
+
+/// `{arch}.*` keys that describe a file without changing what the model computes.
+const INFORMATIONAL: &[&str] = &[
+    // The context length is read where the family's importer uses it; a larger or smaller
+    // value only bounds how far generation may go.
+    "context_length",
+    // Tensor-data alignment and quantisation bookkeeping are handled by the reader.
+    "quantization_version",
+];
 
 /// A JSON number of an f64 (non-finite values become `null`, which reads as absent).
 fn float(x: f64) -> Value {
