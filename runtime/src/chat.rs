@@ -13,6 +13,7 @@
 //! operator and output that could grow without limit through the bounded functions.
 
 mod bounds;
+mod consts;
 #[cfg(test)]
 mod limit_tests;
 mod rewrite;
@@ -130,6 +131,7 @@ impl ChatTemplate {
         for name in bounds::GUARDED_FILTERS {
             env.add_filter(name, bounds::guarded_filter(name));
         }
+        consts::check(source, TEMPLATE_NAME).map_err(ChatError::Compile)?;
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);

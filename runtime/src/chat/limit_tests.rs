@@ -118,6 +118,23 @@ fn total_output_is_bounded() {
     assert!(err.contains("in all"), "{err}");
 }
 
+/// minijinja computes operators on constants when it compiles, before a render's bounds.
+#[test]
+fn oversized_constants_are_refused_before_compiling() {
+    for source in [
+        "{{ ('x' * 9000000) ~ ('x' * 9000000) }}",
+        "{% if false %}{{ f(('ab' * 5000000) + ('ab' * 5000000)) }}{% endif %}",
+        "{{ 'x' * 5000 * 5000 }}",
+    ] {
+        let err = ChatTemplate::new(source, "", "").unwrap_err().to_string();
+        assert!(
+            err.contains("a constant expression would be"),
+            "{source}: {err}"
+        );
+    }
+    assert!(ChatTemplate::new("{{ 'x' * 1000 ~ 2 ** 8 }}", "", "").is_ok());
+}
+
 #[test]
 fn oversized_template_is_refused() {
     let source = "x".repeat(MAX_TEMPLATE_BYTES + 1);
