@@ -6,19 +6,39 @@
 //! and `strftime_now`, and a `tojson` that writes Python's `json.dumps` format (`", "` and
 //! `": "` separators, no HTML escaping, non-ASCII kept); this module does the same, and
 //! accepts the Python string methods (`.strip()`, `.startswith()`, ...) templates call.
+//!
+//! A template is untrusted code, so every render is bounded (`bounds.rs`): in instructions
+//! (fuel), recursion, the size of each value it builds and the bytes it builds and writes
+//! in all. It runs as `rewrite.rs` rewrites its compiled instructions, which sends every
+//! operator and output that could grow without limit through the bounded functions.
 
+mod bounds;
+mod consts;
+#[cfg(test)]
+mod limit_tests;
+mod rewrite;
+
+use std::collections::BTreeMap;
 use std::fmt;
 
+use minijinja::machinery::{self, Vm};
 use minijinja::value::{Kwargs, Value};
-use minijinja::{Environment, Error, ErrorKind};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::tokenize::Tokenizer;
+
+pub use bounds::{
+    MAX_LIST_ITEMS, MAX_MEASURE_STEPS, MAX_RENDER_BYTES, MAX_TEMPLATE_BYTES, MAX_VALUE_BYTES,
+    MAX_VALUE_DEPTH, TEMPLATE_FUEL, TEMPLATE_RECURSION_LIMIT,
+};
 
 /// A chat-template error: which step failed, with minijinja's account of where and why
 /// (its error and the chain of causes under it).
 #[derive(Debug)]
 pub enum ChatError {
+    /// The template's source is longer than [`MAX_TEMPLATE_BYTES`].
+    TooLarge { bytes: usize },
     /// The template's source does not compile.
     Compile(Error),
     /// The compiled template cannot be found in its environment.
@@ -31,6 +51,12 @@ pub enum ChatError {
 impl fmt::Display for ChatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (step, e) = match self {
+            ChatError::TooLarge { bytes } => {
+                return write!(
+                    f,
+                    "the chat template is {bytes} bytes, over the bound of {MAX_TEMPLATE_BYTES}"
+                )
+            }
             ChatError::Compile(e) => ("compiling the chat template", e),
             ChatError::Load(e) => ("loading the chat template", e),
             ChatError::Render(e) => ("rendering the chat template", e),
@@ -50,6 +76,7 @@ impl std::error::Error for ChatError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ChatError::Compile(e) | ChatError::Load(e) | ChatError::Render(e) => Some(e),
+            ChatError::TooLarge { .. } => None,
         }
     }
 }
@@ -84,10 +111,27 @@ impl ChatTemplate {
     /// Compile `source`. `bos_token`/`eos_token` are the strings the template sees under
     /// those names (empty when the model has none).
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ChatError> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(ChatError::TooLarge {
+                bytes: source.len(),
+            });
+        }
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION_LIMIT);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_formatter(bounds::format);
+        env.set_unknown_method_callback(bounds::unknown_method);
+        env.add_function(rewrite::CONCAT, bounds::concat);
+        env.add_function(rewrite::ADD, bounds::add);
+        env.add_function(rewrite::MUL, bounds::mul);
+        env.add_function(rewrite::CHECKED, bounds::checked);
+        for name in bounds::GUARDED_FILTERS {
+            env.add_filter(name, bounds::guarded_filter(name));
+        }
+        consts::check(source, TEMPLATE_NAME).map_err(ChatError::Compile)?;
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -120,18 +164,48 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_context(Value::from_serialize(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        }))
+    }
+
+    /// Render with `root` as the template's variables, within the bounds.
+    fn render_context(&self, root: Value) -> Result<String, ChatError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(ChatError::Load)?;
-        template
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            })
-            .map_err(ChatError::Render)
+        let compiled = machinery::get_compiled_template(&template);
+        let instructions = rewrite::rewrite(&compiled.instructions);
+        let blocks: BTreeMap<_, _> = compiled
+            .blocks
+            .iter()
+            .map(|(name, block)| (*name, rewrite::rewrite(block)))
+            .collect();
+        let mut text = String::new();
+        let _account = bounds::RenderGuard::enter();
+        Vm::new(&self.env)
+            .eval(
+                &instructions,
+                root,
+                &blocks,
+                &mut machinery::make_string_output(&mut text),
+                compiled.initial_auto_escape,
+            )
+            .map_err(ChatError::Render)?;
+        if text.len() > MAX_VALUE_BYTES {
+            return Err(ChatError::Render(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "the rendered prompt is {} bytes, over the bound of {MAX_VALUE_BYTES}",
+                    text.len()
+                ),
+            )));
+        }
+        Ok(text)
     }
 }
 
@@ -277,26 +351,41 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         Error::new(ErrorKind::InvalidOperation, "tojson: value is not JSON").with_source(e)
     })?;
     let mut out = String::new();
-    write_python_json(&json, indent, 0, sort_keys.unwrap_or(false), &mut out);
+    write_python_json(&json, indent, 0, sort_keys.unwrap_or(false), &mut out).map_err(|()| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the text would be over the bound of {MAX_VALUE_BYTES} bytes"),
+        )
+    })?;
+    bounds::spend_bytes(out.len())?;
     Ok(Value::from_safe_string(out))
 }
 
 /// Write `v` as Python's `json.dumps` does: `", "` and `": "` separators on one line, or
 /// newlines with `indent` spaces per level and `","` at line ends when `indent` is given.
+/// Fails when the text would pass [`MAX_VALUE_BYTES`].
 fn write_python_json(
     v: &serde_json::Value,
     indent: Option<usize>,
     level: usize,
     sort_keys: bool,
     out: &mut String,
-) {
+) -> Result<(), ()> {
     use serde_json::Value as J;
-    let newline = |out: &mut String, level: usize| {
+    let newline = |out: &mut String, level: usize| -> Result<(), ()> {
         if let Some(step) = indent {
+            let pad = step.saturating_mul(level);
+            if out.len().saturating_add(pad) >= MAX_VALUE_BYTES {
+                return Err(());
+            }
             out.push('\n');
-            out.push_str(&" ".repeat(step * level));
+            out.extend(std::iter::repeat_n(' ', pad));
         }
+        Ok(())
     };
+    if out.len() > MAX_VALUE_BYTES {
+        return Err(());
+    }
     let item_sep = if indent.is_some() { "," } else { ", " };
     match v {
         J::Array(items) if !items.is_empty() => {
@@ -305,10 +394,10 @@ fn write_python_json(
                 if i > 0 {
                     out.push_str(item_sep);
                 }
-                newline(out, level + 1);
-                write_python_json(item, indent, level + 1, sort_keys, out);
+                newline(out, level + 1)?;
+                write_python_json(item, indent, level + 1, sort_keys, out)?;
             }
-            newline(out, level);
+            newline(out, level)?;
             out.push(']');
         }
         J::Object(map) if !map.is_empty() => {
@@ -321,12 +410,12 @@ fn write_python_json(
                 if i > 0 {
                     out.push_str(item_sep);
                 }
-                newline(out, level + 1);
+                newline(out, level + 1)?;
                 out.push_str(&J::String(k.clone()).to_string());
                 out.push_str(": ");
-                write_python_json(item, indent, level + 1, sort_keys, out);
+                write_python_json(item, indent, level + 1, sort_keys, out)?;
             }
-            newline(out, level);
+            newline(out, level)?;
             out.push('}');
         }
         J::Array(_) => out.push_str("[]"),
@@ -340,6 +429,7 @@ fn write_python_json(
         },
         other => out.push_str(&other.to_string()),
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -362,11 +452,9 @@ mod tests {
     #[test]
     fn tojson_is_python_style() {
         let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", "", "").unwrap();
-        let env = &t.env;
-        let out = env
-            .get_template(TEMPLATE_NAME)
-            .unwrap()
-            .render(minijinja::context! { x => serde_json::json!({"a": [1, 2.0, "<é>"], "b": {}}) })
+        let x = serde_json::json!({"a": [1, 2.0, "<é>"], "b": {}});
+        let out = t
+            .render_context(Value::from_serialize(minijinja::context! { x => x }))
             .unwrap();
         assert_eq!(
             out,

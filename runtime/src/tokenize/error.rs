@@ -98,6 +98,21 @@ pub enum TokenizeError {
     MissingSpecial { token: &'static str },
     /// An id outside the vocabulary.
     IdOutsideVocab { id: u32, vocab: usize },
+    /// A `tokenizer.json` token has an id past the bound its table may have: at most
+    /// `MAX_TOKEN_ID`, and below twice the number of tokens plus an allowance for gaps.
+    TokenIdTooLarge {
+        path: PathBuf,
+        token: String,
+        id: u32,
+        tokens: usize,
+        limit: usize,
+    },
+    /// More tokens than a tokenizer may have.
+    TooManyTokens { found: usize, max: usize },
+    /// SentencePiece merges would take more memory than the bound.
+    TooManySpmMerges { max_merges: usize, max_bytes: usize },
+    /// A chat template is present but cannot be used.
+    ChatTemplate { path: PathBuf, problem: String },
     /// The tokenizer of the file at `path` is wrong.
     InFile {
         path: PathBuf,
@@ -174,6 +189,33 @@ impl fmt::Display for TokenizeError {
             ),
             TokenizeError::IdOutsideVocab { id, vocab } => {
                 write!(f, "token id {id} is outside the vocabulary (size {vocab})")
+            }
+            TokenizeError::TokenIdTooLarge {
+                path,
+                token,
+                id,
+                tokens,
+                limit,
+            } => write!(
+                f,
+                "{}: token {token:?} has id {id}, but ids of a vocabulary of {tokens} tokens \
+                 must be below {limit}",
+                path.display()
+            ),
+            TokenizeError::TooManyTokens { found, max } => write!(
+                f,
+                "`tokenizer.ggml.tokens` has {found} tokens, more than the bound of {max}"
+            ),
+            TokenizeError::TooManySpmMerges {
+                max_merges,
+                max_bytes,
+            } => write!(
+                f,
+                "the SentencePiece vocabulary makes more than {max_merges} merges or {max_bytes} \
+                 bytes of them (tokens too long or too many)"
+            ),
+            TokenizeError::ChatTemplate { path, problem } => {
+                write!(f, "{}: chat template {problem}", path.display())
             }
             TokenizeError::InFile { path, error } => write!(f, "{}: {error}", path.display()),
         }

@@ -326,10 +326,22 @@ fn check_id(id: Option<u32>, n: usize) -> Option<u32> {
     id.filter(|&i| (i as usize) < n)
 }
 
+/// The most merges a SentencePiece vocabulary may make (every way to split a token into
+/// two tokens); real vocabularies of 256k tokens make one or two million.
+pub const MAX_SPM_MERGES: usize = 1 << 22;
+
+/// The most bytes of merge text a SentencePiece vocabulary may make.
+pub const MAX_SPM_MERGE_BYTES: usize = 256 << 20;
+
 pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
     let n = meta.tokens.len();
     if n == 0 {
         return Err(TokenizeError::EmptyVocab);
+    }
+    // Ids are `u32` indices into tables of `n` entries.
+    let max = super::MAX_TOKEN_ID as usize + 1;
+    if n > max {
+        return Err(TokenizeError::TooManyTokens { found: n, max });
     }
     let mut attrs: Vec<TokenAttr> = match &meta.token_types {
         Some(types) if types.len() == n => types
@@ -432,7 +444,7 @@ pub(crate) fn build(meta: &TokenizerMetadata) -> Result<Tokenizer> {
                     expected: n,
                 });
             }
-            let merges = spm_merges(&meta.tokens, scores, &vocab);
+            let merges = spm_merges(&meta.tokens, scores, &vocab)?;
             let mut builder = BPE::builder()
                 .vocab_and_merges(vocab.clone(), merges)
                 .byte_fallback(true);
@@ -514,13 +526,22 @@ fn parse_merges(merges: &[String]) -> Result<Vec<(String, String)>> {
 /// SentencePiece merges for a BPE model: every way to write a token as two tokens, ranked
 /// by the merged token's score (higher first), which is the order llama.cpp's SentencePiece
 /// tokenizer merges bigrams in. Ties (equal scores) rank by the merged token's id, then by
-/// the split point.
-fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, String)> {
+/// the split point. Refused past [`MAX_SPM_MERGES`] merges or [`MAX_SPM_MERGE_BYTES`] bytes:
+/// long tokens whose every prefix and suffix is a token make quadratically many.
+fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Result<Vec<(String, String)>> {
     let mut found: Vec<(f32, u32, usize, String, String)> = Vec::new();
+    let mut bytes = 0usize;
     for (id, text) in tokens.iter().enumerate() {
         for (split, _) in text.char_indices().skip(1) {
             let (left, right) = text.split_at(split);
             if vocab.contains_key(left) && vocab.contains_key(right) {
+                bytes += text.len();
+                if found.len() == MAX_SPM_MERGES || bytes > MAX_SPM_MERGE_BYTES {
+                    return Err(TokenizeError::TooManySpmMerges {
+                        max_merges: MAX_SPM_MERGES,
+                        max_bytes: MAX_SPM_MERGE_BYTES,
+                    });
+                }
                 found.push((
                     scores[id],
                     id as u32,
@@ -532,5 +553,39 @@ fn spm_merges(tokens: &[String], scores: &[f32], vocab: &Vocab) -> Vec<(String, 
         }
     }
     found.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    found.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
+    Ok(found.into_iter().map(|(_, _, _, l, r)| (l, r)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(tokens: Vec<String>) -> TokenizerMetadata {
+        let n = tokens.len();
+        TokenizerMetadata {
+            model: "llama".to_owned(),
+            tokens,
+            scores: Some(vec![0.0; n]),
+            ..TokenizerMetadata::default()
+        }
+    }
+
+    #[test]
+    fn too_many_tokens_are_refused() {
+        let n = crate::tokenize::MAX_TOKEN_ID as usize + 2;
+        let err = build(&llama(vec![String::new(); n]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("has {n} tokens")), "{err}");
+    }
+
+    /// Tokens `a`, `aa`, `aaa`, ...: every prefix and suffix of each is a token, so the
+    /// SentencePiece merges grow with the cube of the longest.
+    #[test]
+    fn quadratic_spm_merges_are_refused() {
+        let tokens = (1..=1200).map(|k| "a".repeat(k)).collect();
+        let err = build(&llama(tokens)).unwrap_err().to_string();
+        assert!(err.contains("SentencePiece"), "{err}");
+        assert!(err.contains(&MAX_SPM_MERGE_BYTES.to_string()), "{err}");
+    }
 }

@@ -14,6 +14,46 @@ use super::{
 /// Reads one file of an HF model directory by name: `Ok(None)` when it is absent.
 pub type ReadFile<'a> = &'a dyn Fn(&str) -> std::io::Result<Option<String>>;
 
+/// The largest tokenizer file (`tokenizer.json`, its configs, the chat template) read from
+/// a model directory. Real `tokenizer.json` files are at most a few tens of MiB.
+pub const MAX_TOKENIZER_FILE_BYTES: u64 = 128 << 20;
+
+/// The largest token id a `tokenizer.json` may use. Ids index the tokenizer's tables, and
+/// the largest real vocabularies have a few hundred thousand tokens.
+pub const MAX_TOKEN_ID: u32 = (1 << 22) - 1;
+
+/// Ids may leave gaps, but a vocabulary of `n` tokens may use ids only below
+/// `2 * n + VOCAB_GAP_ALLOWANCE`, so a small file cannot make the tables large.
+pub const VOCAB_GAP_ALLOWANCE: usize = 1024;
+
+/// Reads `path` as UTF-8 text of at most [`MAX_TOKENIZER_FILE_BYTES`]: `Ok(None)` when it
+/// does not exist.
+fn read_bounded(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if file.metadata()?.is_dir() {
+        return Err(std::io::Error::other("a directory, not a file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_TOKENIZER_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_TOKENIZER_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_TOKENIZER_FILE_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text ({e})"),
+        )
+    })
+}
+
 fn read_json(read: ReadFile<'_>, dir: &Path, name: &str) -> Result<Option<Value>> {
     let path = dir.join(name);
     let Some(text) = read(name).map_err(|source| TokenizeError::Read {
@@ -91,11 +131,62 @@ fn decoder_style(decoder: &Value) -> (PieceStyle, bool) {
 }
 
 pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
-    build_with(dir, &|name| match std::fs::read_to_string(dir.join(name)) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    })
+    build_with(dir, &|name| read_bounded(&dir.join(name)))
+}
+
+/// The chat template of an HF directory: `chat_template.jinja`, else `tokenizer_config.json`'s
+/// `chat_template` (a string, or a list of `{name, template}` of which `default` or the first
+/// is taken). Absent is `None`; present but unreadable or of another type is an error.
+fn chat_template(read: ReadFile<'_>, dir: &Path, config: &Value) -> Result<Option<String>> {
+    const FILE: &str = "chat_template.jinja";
+    match read(FILE) {
+        Ok(Some(text)) => return Ok(Some(text)),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(TokenizeError::ChatTemplate {
+                path: dir.join(FILE),
+                problem: format!("cannot be read: {e}"),
+            })
+        }
+    }
+    let bad = |problem: String| TokenizeError::ChatTemplate {
+        path: dir.join("tokenizer_config.json"),
+        problem,
+    };
+    let shown = |v: &Value| {
+        let mut text = v.to_string();
+        if text.len() > 60 {
+            let mut cut = 60;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push_str("...");
+        }
+        text
+    };
+    match config.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(items)) => {
+            let chosen = items
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .or_else(|| items.first())
+                .ok_or_else(|| bad("`chat_template` is an empty list".to_owned()))?;
+            match chosen.get("template") {
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                _ => Err(bad(format!(
+                    "`chat_template` entry {} has no string `template`",
+                    shown(chosen)
+                ))),
+            }
+        }
+        Some(other) => Err(bad(format!(
+            "`chat_template` is {}, expected a string or a list of {{name, template}}",
+            shown(other)
+        ))),
+    }
 }
 
 /// `build` over files read by `read`; `dir` names them in errors.
@@ -120,8 +211,23 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
     let config = read_json(read, dir, "tokenizer_config.json")?.unwrap_or(Value::Null);
     let generation = read_json(read, dir, "generation_config.json")?.unwrap_or(Value::Null);
 
-    // The id -> text table over model and added tokens.
+    // The id -> text table over model and added tokens, which the ids size: refuse ids
+    // past the bounds before allocating it.
     let vocab = inner.get_vocab(true);
+    let limit = (2 * vocab.len() + VOCAB_GAP_ALLOWANCE).min(MAX_TOKEN_ID as usize + 1);
+    if let Some((text, &id)) = vocab
+        .iter()
+        .filter(|(_, id)| **id as usize >= limit)
+        .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+    {
+        return Err(TokenizeError::TokenIdTooLarge {
+            path: tj_path.clone(),
+            token: text.clone(),
+            id,
+            tokens: vocab.len(),
+            limit,
+        });
+    }
     let n = vocab.values().max().map_or(0, |&m| m as usize + 1);
     let mut tokens = vec![String::new(); n];
     for (text, &id) in &vocab {
@@ -178,11 +284,14 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
         }
     };
     let gen_eos = gen_ids("eos_token_id");
+    // Ids outside the vocabulary are ignored, as llama.cpp ignores them in GGUF metadata.
     if special.eos.is_none() {
-        special.eos = gen_eos.first().copied();
+        special.eos = gen_eos.iter().copied().find(|&id| (id as usize) < n);
     }
     if special.bos.is_none() {
-        special.bos = gen_ids("bos_token_id").first().copied();
+        special.bos = gen_ids("bos_token_id")
+            .into_iter()
+            .find(|&id| (id as usize) < n);
     }
     let mut eog = finish_special(&tokens, &mut attrs, &mut special);
     eog.extend(gen_eos.into_iter().filter(|&id| (id as usize) < n));
@@ -203,20 +312,7 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
     let mut plain = inner.clone();
     plain.set_encode_special_tokens(true);
 
-    let chat_template = match read("chat_template.jinja").ok().flatten() {
-        Some(t) => Some(t),
-        None => match config.get("chat_template") {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .or_else(|| items.first())
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            _ => None,
-        },
-    };
+    let chat_template = chat_template(read, dir, &config)?;
 
     let partition_order = partition::order(&tokens, &attrs);
     let pieces = decode::pieces(&tokens, &attrs, style);
@@ -239,4 +335,133 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
             .unwrap_or(false),
         chat_template,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `tokenizer.json` of a BPE model with `vocab` and `added` tokens.
+    fn tokenizer_json(vocab: Value, added: Value) -> String {
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+                "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": []},
+        })
+        .to_string()
+    }
+
+    /// A model directory with a small tokenizer and `files` beside it.
+    fn dir_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let tj = tokenizer_json(serde_json::json!({"a": 0, "b": 1}), serde_json::json!([]));
+        std::fs::write(dir.path().join("tokenizer.json"), tj).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        dir
+    }
+
+    fn load_error(dir: &Path) -> String {
+        build(dir).map(|_| ()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unreadable_chat_templates_are_errors() {
+        let dir = dir_with(&[("chat_template.jinja", b"{{ x }}\xff\xfe")]);
+        let err = load_error(dir.path());
+        assert!(err.contains("chat_template.jinja"), "{err}");
+        assert!(err.contains("UTF-8"), "{err}");
+
+        let dir = dir_with(&[("tokenizer_config.json", br#"{"chat_template": "{{ x }}"}"#)]);
+        std::fs::create_dir(dir.path().join("chat_template.jinja")).unwrap();
+        let err = load_error(dir.path());
+        assert!(err.contains("chat_template.jinja"), "{err}");
+        assert!(err.contains("directory"), "{err}");
+
+        let dir = dir_with(&[("tokenizer_config.json", br#"{"chat_template": 5}"#)]);
+        let err = load_error(dir.path());
+        assert!(err.contains("tokenizer_config.json"), "{err}");
+        assert!(err.contains("`chat_template` is 5"), "{err}");
+
+        let dir = dir_with(&[(
+            "tokenizer_config.json",
+            br#"{"chat_template": [{"name": "default", "template": 7}]}"#,
+        )]);
+        let err = load_error(dir.path());
+        assert!(err.contains("no string `template`"), "{err}");
+    }
+
+    #[test]
+    fn absent_chat_templates_still_fall_back() {
+        let dir = dir_with(&[]);
+        assert_eq!(build(dir.path()).unwrap().chat_template(), None);
+        let dir = dir_with(&[(
+            "tokenizer_config.json",
+            br#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]}"#,
+        )]);
+        assert_eq!(build(dir.path()).unwrap().chat_template(), Some("D"));
+        let dir = dir_with(&[
+            ("tokenizer_config.json", br#"{"chat_template": "C"}"#),
+            ("chat_template.jinja", b"J"),
+        ]);
+        assert_eq!(build(dir.path()).unwrap().chat_template(), Some("J"));
+    }
+
+    fn id_error(vocab: Value, added: Value) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            tokenizer_json(vocab, added),
+        )
+        .unwrap();
+        load_error(dir.path())
+    }
+
+    #[test]
+    fn huge_token_ids_are_refused() {
+        for id in [2_000_000_000u32, 4_000_000_000] {
+            let err = id_error(serde_json::json!({"a": 0, "b": id}), serde_json::json!([]));
+            assert!(err.contains("tokenizer.json"), "{err}");
+            assert!(err.contains(&format!("token \"b\" has id {id}")), "{err}");
+        }
+        // The `tokenizers` crate numbers a new added token after the vocabulary, whatever
+        // id the file gives it; one that names a vocabulary token takes that token's id.
+        let added = serde_json::json!([{"id": 4_000_000_000u32, "content": "<x>",
+            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false,
+            "special": true}]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            tokenizer_json(serde_json::json!({"a": 0, "b": 1}), added),
+        )
+        .unwrap();
+        let tk = build(dir.path()).unwrap();
+        assert_eq!(tk.vocab_size(), 3);
+        assert_eq!(tk.token_text(2), Some("<x>"));
+        // A vocabulary with gaps, but not mostly gaps, loads.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer.json"),
+            tokenizer_json(
+                serde_json::json!({"a": 0, "b": 1000}),
+                serde_json::json!([]),
+            ),
+        )
+        .unwrap();
+        assert_eq!(build(dir.path()).unwrap().vocab_size(), 1001);
+    }
+
+    #[test]
+    fn generation_config_ids_outside_the_vocabulary_are_ignored() {
+        let dir = dir_with(&[(
+            "generation_config.json",
+            br#"{"bos_token_id": 4000000000, "eos_token_id": [3000000000, 1]}"#,
+        )]);
+        let tk = build(dir.path()).unwrap();
+        assert_eq!(tk.special_ids().bos, None);
+        assert_eq!(tk.special_ids().eos, Some(1));
+    }
 }

@@ -11,7 +11,7 @@ mod decode;
 mod error;
 mod gguf;
 mod hf;
-pub use hf::ReadFile;
+pub use hf::{ReadFile, MAX_TOKENIZER_FILE_BYTES, MAX_TOKEN_ID, VOCAB_GAP_ALLOWANCE};
 mod partition;
 
 use std::collections::BTreeSet;
@@ -19,7 +19,7 @@ use std::fmt;
 
 pub use decode::Decoder;
 pub use error::{MetadataOrigin, TokenizeError};
-pub use gguf::TokenizerMetadata;
+pub use gguf::{TokenizerMetadata, MAX_SPM_MERGES, MAX_SPM_MERGE_BYTES};
 
 pub type Result<T> = std::result::Result<T, TokenizeError>;
 
