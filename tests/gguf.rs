@@ -247,6 +247,15 @@ fn lying_files_get_errors_naming_the_field() {
                 .u32(0)
                 .bytes,
         ),
+        (
+            "string value not UTF-8 (a chat template, say)",
+            w().header(0, 1)
+                .str("tokenizer.chat_template")
+                .u32(8)
+                .u64(3)
+                .raw(&[b'h', 0xff, b'i'])
+                .bytes,
+        ),
         ("arrays nested too deep", {
             let mut w = w().header(0, 1).str("k");
             w = w.u32(9);

@@ -553,8 +553,11 @@ fn read_value(
                 other => return Err((fv(), FieldProblem::BadBool { byte: other })),
             }
         }
-        // Values that are not UTF-8 (some tokenizers' byte tokens) are kept lossily:
-        // nothing archc reads depends on them.
+        // A single string must be UTF-8: archc reads some (the architecture, the chat
+        // template), and a template read with replacement characters would run changed.
+        MetaType::Str if depth == 0 => MetaValue::Str(c.string(&fv)?),
+        // Strings in arrays that are not UTF-8 (some tokenizers' byte tokens) are kept
+        // lossily, so such a vocabulary still opens.
         MetaType::Str => MetaValue::Str(String::from_utf8_lossy(c.raw_string(&fv)?).into_owned()),
         MetaType::Array => {
             if depth >= MAX_NESTING {
