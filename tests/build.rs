@@ -385,6 +385,20 @@ fn embedded_weights_make_one_self_contained_file() {
     }
     let hf = build(&copy, &dir, "hf-embedded", &["--embed-weights"]);
     let hf_plain = build(&fixture, &dir, "hf-plain", &[]);
+    // A side file that cannot be read (a directory where the chat template goes) is an
+    // error, not a file left out of the executable.
+    std::fs::create_dir(copy.join("chat_template.jinja")).expect("mkdir");
+    let mut c = archc();
+    c.arg("build")
+        .arg(&copy)
+        .args(["--embed-weights", "-o"])
+        .arg(dir.join("nope-template"));
+    let err = fails(c);
+    assert!(
+        err.contains("chat_template.jinja: not a regular file"),
+        "{err}"
+    );
+    assert!(!dir.join("nope-template").exists());
     std::fs::remove_dir_all(&copy).expect("remove");
     let tokens = tokens_of("qwen3");
     for (name, path) in [("hf-embedded", &hf), ("hf-plain", &hf_plain)] {

@@ -256,9 +256,23 @@ fn embedded_files(doc: &WeightsDoc) -> Result<Vec<(String, PathBuf)>, Failure> {
         "chat_template.jinja",
     ] {
         let p = path.join(name);
-        if p.is_file() {
-            files.push((format!("hf/{name}"), p));
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => files.push((format!("hf/{name}"), p)),
+            Ok(_) => {
+                return Err(Failure::new(format!(
+                    "{}: not a regular file, so it cannot be embedded",
+                    p.display()
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::new(format!("{}: {e}", p.display()))),
         }
+    }
+    // What is embedded must load as the built executable will load it: an unreadable
+    // chat template or tokenizer is an error now, not a surprise later.
+    if path.join("tokenizer.json").is_file() {
+        archc_runtime::tokenize::Tokenizer::from_hf_dir(&path)
+            .map_err(|e| Failure::new(format!("{}: {e}", path.display())))?;
     }
     Ok(files)
 }
