@@ -1,5 +1,6 @@
 //! Hostile `.arch` text of sizes no person writes: long operator chains, fields that name
-//! each other in long or branching chains, and files of 100,000 keys. Each must end in
+//! each other in long or branching chains, files of 100,000 keys and schedules of 100,000
+//! selectors. Each must end in
 //! located diagnostics that name the limit (or be accepted), never in a crash, and in time
 //! linear in the file. Generated here rather than stored, because of their size.
 
@@ -207,4 +208,45 @@ fn hundred_thousand_unknown_keys_are_reported_briefly() {
     let formatted = fmt::format_source(&src).expect("fmt");
     assert_eq!(formatted.matches("# note").count(), 100_000);
     assert!(formatted.contains("key99999 = 99999  # note 99999\n"));
+}
+
+/// A model of `layers` layers with blocks `a` and `b`, and `schedule`.
+fn scheduled(layers: usize, schedule: &str) -> String {
+    format!(
+        "model \"m\" {{\n  vocab = 1000\n  hidden = 64\n  layers = {layers}\n}}\n\
+         block a {{\n  attention {{ heads = 4 }}\n  mlp {{ hidden = 128 }}\n}}\n\
+         block b : a {{ attention.rope = none }}\n{schedule}\n"
+    )
+}
+
+#[test]
+fn schedules_of_many_selectors_are_reported_briefly() {
+    // 100,000 selectors of every layer would be 10^10 steps if each were walked.
+    let every = vec!["every 1"; 100_000].join(" + ");
+    let src = scheduled(
+        100_000,
+        &format!("schedule {{\n  a = {every}\n  b = rest\n}}"),
+    );
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{}", render("t.arch", &src, &d));
+    assert_eq!(d[0].message, "layers 0..100000 given to `a` twice");
+    // Each layer listed twice: reported once each, in order.
+    let list: Vec<String> = (0..2 * 100_000)
+        .map(|i| ((i * 2) % 100_000).to_string())
+        .collect();
+    let src = scheduled(
+        100_000,
+        &format!(
+            "schedule {{\n  a = layers [{}]\n  b = rest\n}}",
+            list.join(", ")
+        ),
+    );
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{}", render("t.arch", &src, &d));
+    assert!(
+        d[0].message.starts_with("layers 0, 2, 4, 6,")
+            && d[0].message.ends_with("given to `a` twice"),
+        "{}",
+        d[0].message
+    );
 }
