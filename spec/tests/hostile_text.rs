@@ -1,8 +1,8 @@
 //! Hostile `.arch` text of sizes no person writes: long operator chains, fields that name
 //! each other in long or branching chains, files of 100,000 keys and schedules of 100,000
-//! selectors. Each must end in
-//! located diagnostics that name the limit (or be accepted), never in a crash, and in time
-//! linear in the file. Generated here rather than stored, because of their size.
+//! selectors. Each must end in located diagnostics that name the limit (or be accepted),
+//! never in a crash, and in time linear in the file. Generated here rather than stored,
+//! because of their size.
 
 use archc_spec::diagnostics::{render, Diagnostic, MAX_DIAGNOSTICS};
 use archc_spec::parse::{MAX_NESTING, MAX_OPERATORS};
