@@ -103,6 +103,16 @@ fn long_sum_chain_is_refused() {
 }
 
 #[test]
+fn long_chain_with_a_syntax_error_is_one_syntax_error() {
+    // pest parses the chain with loops; the error path parses each item again.
+    let src = with_embed_scale(&format!("{} +", vec!["1"; 100_000].join(" + ")));
+    let d = errors(&src);
+    assert_eq!(d.len(), 1, "{}", render("t.arch", &src, &d));
+    let end = src.find(" +\n").expect("the dangling operator") + " +".len();
+    assert_eq!(d[0].primary.span.start, end, "{:?}", d[0]);
+}
+
+#[test]
 fn chain_split_over_parentheses_counts_as_one_expression() {
     // 40 levels of parentheses with 10 operators each: 400 operators in all.
     let mut expr = "1".to_string();
