@@ -48,6 +48,7 @@ impl<'t> Sect<'t> {
     /// Reports every key not in `known`, with a suggestion.
     pub fn check_keys(&self, known: &'static [&'static str], d: &mut Diags) {
         self.known.set(known);
+        let mut takes = None;
         for (key, node) in &self.table.entries {
             if known.contains(&key.as_str()) {
                 continue;
@@ -60,11 +61,12 @@ impl<'t> Sect<'t> {
             if let Some(s) = did_you_mean(key, known.iter().copied()) {
                 diag = diag.hint(format!("did you mean `{s}`?"));
             }
-            let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-            diags_push(
-                d,
-                diag.note(format!("{} takes {}", self.name, one_of(&list))),
-            );
+            // The same for every unknown key of the section: built once.
+            let takes = takes.get_or_insert_with(|| {
+                let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                format!("{} takes {}", self.name, one_of(&list))
+            });
+            diags_push(d, diag.note(takes.clone()));
         }
     }
 
