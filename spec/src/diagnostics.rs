@@ -231,6 +231,28 @@ fn render_one(
     }
 }
 
+/// The most diagnostics one file reports; a hostile file can have hundreds of thousands
+/// of errors, and nobody reads past the first screenfuls.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
+/// Keeps the first `MAX_DIAGNOSTICS` diagnostics and, when there were more, adds one that
+/// says how many were left out, at the first of them.
+pub(crate) fn cap(diags: &mut Vec<Diagnostic>) {
+    if diags.len() <= MAX_DIAGNOSTICS {
+        return;
+    }
+    let omitted = diags.len() - MAX_DIAGNOSTICS;
+    let at = diags[MAX_DIAGNOSTICS].primary.span;
+    diags.truncate(MAX_DIAGNOSTICS);
+    diags.push(
+        Diagnostic::error(at, format!("{omitted} more errors not shown"))
+            .label("the first of them is here")
+            .note(format!(
+                "at most {MAX_DIAGNOSTICS} errors of a file are shown; fix these and check again"
+            )),
+    );
+}
+
 /// `a`, `a or b`, `a, b or c`.
 pub(crate) fn one_of(items: &[String]) -> String {
     match items {

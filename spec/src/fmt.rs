@@ -1,7 +1,10 @@
 //! `archc fmt`: prints an AST in the canonical layout: two-space indent, one entry per
-//! line with `=` aligned within a run of consecutive assignments, comments and single
-//! blank lines kept, numbers as written. Short bodies without comments or sections
-//! (`rmsnorm { eps = 1e-6 }`, `mlp { hidden = 3072 }`) stay on one line.
+//! line with `=` aligned within a run of consecutive assignments, trailing comments
+//! aligned within a run of consecutive commented lines (see `write_lines`), comments and
+//! single blank lines kept, numbers as written. Short bodies without comments or sections
+//! (`rmsnorm { eps = 1e-6 }`, `mlp { hidden = 3072 }`) stay on one line, and so does a
+//! schedule of one entry (`schedule { repeat [local * 5, global] }`).
+//! grammar/LANGUAGE.md ("Layout") states the rules for users.
 //!
 //! **Invariant:** `format(format(x)) == format(x)`, and `format(x)` parses to the same
 //! `Spec` as `x` (both tested over every example).
@@ -71,8 +74,81 @@ pub fn format_file(file: &File) -> String {
 
 fn trailing(trivia: &Trivia, out: &mut String) {
     if let Some(c) = &trivia.trailing {
-        out.push_str("  ");
+        out.push_str(&" ".repeat(COMMENT_GAP));
         out.push_str(&c.text);
+    }
+}
+
+/// Spaces between code and a trailing comment, at least.
+const COMMENT_GAP: usize = 2;
+
+/// One entry of a body as it is written: its leading comments, its code (several lines
+/// for a section or value written out) and its trailing comment.
+struct Line<'a> {
+    code: String,
+    trivia: &'a Trivia,
+}
+
+impl<'a> Line<'a> {
+    fn new(code: String, trivia: &'a Trivia) -> Line<'a> {
+        Line { code, trivia }
+    }
+
+    /// Whether the entry takes part in aligning trailing comments: one line of code
+    /// with a comment after it.
+    fn aligns(&self) -> bool {
+        self.trivia.trailing.is_some() && !self.code.contains('\n')
+    }
+
+    /// Whether the entry continues the comment run of the entry before it: nothing is
+    /// written between them, neither a blank line nor a comment line.
+    fn continues_run(&self) -> bool {
+        self.aligns() && !self.trivia.blank_before && self.trivia.leading.is_empty()
+    }
+}
+
+/// Writes the entries of a body at `indent`. Trailing comments are aligned the way gofmt
+/// aligns them: a run of consecutive one-line entries with trailing comments puts every
+/// comment of the run at one column, `COMMENT_GAP` spaces after the longest code of the
+/// run; a blank line, a comment line, an entry without a trailing comment or one written
+/// over several lines ends the run.
+fn write_lines(lines: &[Line], indent: usize, out: &mut String) {
+    let mut columns = vec![0usize; lines.len()];
+    let mut i = 0;
+    while i < lines.len() {
+        let mut j = i;
+        if lines[i].aligns() {
+            while j + 1 < lines.len() && lines[j + 1].continues_run() {
+                j += 1;
+            }
+            let widest = (i..=j).map(|k| lines[k].code.chars().count()).max();
+            for slot in &mut columns[i..=j] {
+                *slot = widest.unwrap_or(0) + COMMENT_GAP;
+            }
+        }
+        i = j + 1;
+    }
+    for (k, line) in lines.iter().enumerate() {
+        if k > 0 && line.trivia.blank_before {
+            out.push('\n');
+        }
+        for c in &line.trivia.leading {
+            out.push_str(&pad(indent));
+            out.push_str(&c.text);
+            out.push('\n');
+        }
+        out.push_str(&pad(indent));
+        out.push_str(&line.code);
+        if let Some(c) = &line.trivia.trailing {
+            let gap = if line.aligns() {
+                columns[k] - line.code.chars().count()
+            } else {
+                COMMENT_GAP
+            };
+            out.push_str(&" ".repeat(gap));
+            out.push_str(&c.text);
+        }
+        out.push('\n');
     }
 }
 
@@ -138,30 +214,27 @@ fn block_body(body: &Body, indent: usize, out: &mut String) {
         }
         i = j + 1;
     }
-    for (k, (entry, (key, value))) in body.entries.iter().zip(&lines).enumerate() {
-        if k > 0 && entry.trivia.blank_before {
-            out.push('\n');
-        }
-        for c in &entry.trivia.leading {
-            out.push_str(&pad(indent));
-            out.push_str(&c.text);
-            out.push('\n');
-        }
-        out.push_str(&pad(indent));
-        match value {
-            Some(v) => {
-                let w = if v.contains('\n') {
-                    key.len()
-                } else {
-                    widths[k]
-                };
-                out.push_str(&format!("{key:<w$} = {v}"));
-            }
-            None => out.push_str(key),
-        }
-        trailing(&entry.trivia, out);
-        out.push('\n');
-    }
+    let codes: Vec<Line> = body
+        .entries
+        .iter()
+        .zip(&lines)
+        .enumerate()
+        .map(|(k, (entry, (key, value)))| {
+            let code = match value {
+                Some(v) => {
+                    let w = if v.contains('\n') {
+                        key.len()
+                    } else {
+                        widths[k]
+                    };
+                    format!("{key:<w$} = {v}")
+                }
+                None => key.clone(),
+            };
+            Line::new(code, &entry.trivia)
+        })
+        .collect();
+    write_lines(&codes, indent, out);
     for c in &body.closing_comments {
         out.push_str(&pad(indent));
         out.push_str(&c.text);
@@ -243,12 +316,6 @@ fn schedule_body(body: &ScheduleBody, out: &mut String) {
         out.push_str("{}");
         return;
     }
-    out.push('{');
-    if let Some(c) = &body.open_comment {
-        out.push_str("  ");
-        out.push_str(&c.text);
-    }
-    out.push('\n');
     let width = body
         .entries
         .iter()
@@ -258,33 +325,47 @@ fn schedule_body(body: &ScheduleBody, out: &mut String) {
         })
         .max()
         .unwrap_or(0);
-    for (k, e) in body.entries.iter().enumerate() {
-        if k > 0 && e.trivia.blank_before {
-            out.push('\n');
+    let lines: Vec<Line> = body
+        .entries
+        .iter()
+        .map(|e| {
+            let code = match &e.kind {
+                ScheduleEntryKind::Rule { block, selectors } => {
+                    let sels: Vec<String> = selectors.iter().map(selector_text).collect();
+                    format!("{:<width$} = {}", block.name, sels.join(" + "))
+                }
+                ScheduleEntryKind::Repeat(items) => {
+                    let parts: Vec<String> = items
+                        .iter()
+                        .map(|i| match &i.count {
+                            Some(n) => format!("{} * {}", i.block.name, n.raw),
+                            None => i.block.name.clone(),
+                        })
+                        .collect();
+                    format!("repeat [{}]", parts.join(", "))
+                }
+            };
+            Line::new(code, &e.trivia)
+        })
+        .collect();
+    // One entry and no comments: on one line, as a short body is.
+    if let [only] = lines.as_slice() {
+        let quiet = body.open_comment.is_none()
+            && body.closing_comments.is_empty()
+            && only.trivia.leading.is_empty()
+            && only.trivia.trailing.is_none();
+        if quiet && "schedule { ".len() + only.code.len() + " }".len() <= WIDTH {
+            out.push_str(&format!("{{ {} }}", only.code));
+            return;
         }
-        for c in &e.trivia.leading {
-            out.push_str(&format!("  {}\n", c.text));
-        }
-        out.push_str("  ");
-        match &e.kind {
-            ScheduleEntryKind::Rule { block, selectors } => {
-                let sels: Vec<String> = selectors.iter().map(selector_text).collect();
-                out.push_str(&format!("{:<width$} = {}", block.name, sels.join(" + ")));
-            }
-            ScheduleEntryKind::Repeat(items) => {
-                let parts: Vec<String> = items
-                    .iter()
-                    .map(|i| match &i.count {
-                        Some(n) => format!("{} * {}", i.block.name, n.raw),
-                        None => i.block.name.clone(),
-                    })
-                    .collect();
-                out.push_str(&format!("repeat [{}]", parts.join(", ")));
-            }
-        }
-        trailing(&e.trivia, out);
-        out.push('\n');
     }
+    out.push('{');
+    if let Some(c) = &body.open_comment {
+        out.push_str("  ");
+        out.push_str(&c.text);
+    }
+    out.push('\n');
+    write_lines(&lines, 1, out);
     for c in &body.closing_comments {
         out.push_str(&format!("  {}\n", c.text));
     }

@@ -17,7 +17,14 @@ struct ArchParser;
 
 /// Deeper bracket nesting than this is rejected before parsing, so that no recursive
 /// step (pest's or ours) can exhaust the stack on hostile input.
-const MAX_NESTING: usize = 64;
+pub const MAX_NESTING: usize = 64;
+
+/// The most operators (`+ - * / **` and unary minus) one expression may have, counting
+/// those inside its parentheses and function arguments. Expression trees are as deep as
+/// their operator chains, and everything that walks them (building, evaluating, printing,
+/// dropping) recurses; with this bound and `MAX_NESTING` no tree is deeper than a few
+/// hundred levels, whatever the file.
+pub const MAX_OPERATORS: usize = 256;
 
 pub use crate::validate::check_source;
 
@@ -37,7 +44,13 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
                 .flatten()
                 .filter(|p| p.as_rule() != Rule::EOI)
                 .collect();
-            Ok(builder.file(items))
+            let file = builder.file(items);
+            if builder.errors.is_empty() {
+                Ok(file)
+            } else {
+                crate::diagnostics::cap(&mut builder.errors);
+                Err(builder.errors)
+            }
         }
         Err(whole) => {
             let mut diags = Vec::new();
@@ -49,6 +62,7 @@ pub fn parse(src: &str) -> Result<File, Vec<Diagnostic>> {
             if diags.is_empty() {
                 diags.push(syntax_error(src, 0, &whole));
             }
+            crate::diagnostics::cap(&mut diags);
             Err(diags)
         }
     }
@@ -344,6 +358,14 @@ fn pratt() -> &'static PrattParser<Rule> {
     })
 }
 
+/// The operators `MAX_OPERATORS` counts.
+fn is_operator(r: Rule) -> bool {
+    matches!(
+        r,
+        Rule::add | Rule::sub | Rule::mul | Rule::div | Rule::pow | Rule::neg
+    )
+}
+
 fn span_of(p: &Pair<Rule>) -> Span {
     Span::new(p.as_span().start(), p.as_span().end())
 }
@@ -358,10 +380,15 @@ fn ident_of(p: &Pair<Rule>) -> Ident {
 /// Turns pairs into AST nodes, handing out comments by position as it goes.
 struct Builder<'s> {
     src: &'s str,
-    /// Comments not yet attached, in source order.
-    comments: Vec<Comment>,
-    /// Every comment's span, attached or not.
+    /// Every comment in source order; `None` once attached. Attaching looks comments up
+    /// by binary search over `all_comments`, so a file of n commented entries takes
+    /// O(n log n), not O(n^2).
+    comments: Vec<Option<Comment>>,
+    /// Every comment's span, attached or not, in source order (so also ordered by end:
+    /// comments do not overlap).
     all_comments: Vec<Span>,
+    /// Expressions over the size limits (the grammar cannot bound them).
+    errors: Vec<Diagnostic>,
 }
 
 impl<'s> Builder<'s> {
@@ -401,8 +428,9 @@ impl<'s> Builder<'s> {
         let all_comments = comments.iter().map(|c| c.span).collect();
         Builder {
             src,
-            comments,
+            comments: comments.into_iter().map(Some).collect(),
             all_comments,
+            errors: Vec::new(),
         }
     }
 
@@ -414,10 +442,11 @@ impl<'s> Builder<'s> {
             let text = &self.src[span.start..span.end];
             let trimmed = text.trim_end_matches([' ', '\t', '\r', '\n']);
             span.end = span.start + trimmed.len();
+            let k = self.all_comments.partition_point(|c| c.end < span.end);
             match self
                 .all_comments
-                .iter()
-                .find(|c| c.end == span.end && c.start >= span.start)
+                .get(k)
+                .filter(|c| c.end == span.end && c.start >= span.start)
             {
                 Some(c) => span.end = c.start,
                 None => return span,
@@ -425,26 +454,32 @@ impl<'s> Builder<'s> {
         }
     }
 
-    /// Removes and returns the comments that start in `start..end`.
+    /// The index of the first comment that starts at or after `at`.
+    fn first_from(&self, at: usize) -> usize {
+        self.all_comments.partition_point(|c| c.start < at)
+    }
+
+    /// Removes and returns the comments not yet attached that start in `start..end`.
     fn take_range(&mut self, start: usize, end: usize) -> Vec<Comment> {
-        let (taken, kept) = std::mem::take(&mut self.comments)
-            .into_iter()
-            .partition(|c| c.span.start >= start && c.span.start < end);
-        self.comments = kept;
-        taken
+        let (lo, hi) = (self.first_from(start), self.first_from(end));
+        self.comments[lo..hi.max(lo)]
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect()
     }
 
     /// Removes and returns a comment on the same line after `end`, with only spaces
     /// and commas in between.
     fn take_trailing(&mut self, end: usize) -> Option<Comment> {
-        let idx = self.comments.iter().position(|c| c.span.start >= end)?;
-        let c = &self.comments[idx];
-        let between = &self.src[end..c.span.start];
+        let from = self.first_from(end);
+        let slot = self.comments[from..].iter_mut().find(|c| c.is_some())?;
+        let start = slot.as_ref()?.span.start;
+        let between = &self.src[end..start];
         if between
             .chars()
             .all(|ch| ch == ' ' || ch == '\t' || ch == ',' || ch == '\r')
         {
-            Some(self.comments.remove(idx))
+            slot.take()
         } else {
             None
         }
@@ -479,7 +514,7 @@ impl<'s> Builder<'s> {
             prev_end = trivia.trailing.as_ref().map_or(span.end, |c| c.span.end);
             items.push(Item { kind, trivia, span });
         }
-        let trailing_comments = std::mem::take(&mut self.comments);
+        let trailing_comments = self.comments.iter_mut().filter_map(Option::take).collect();
         File {
             items,
             trailing_comments,
@@ -639,6 +674,28 @@ impl<'s> Builder<'s> {
     }
 
     fn expr(&mut self, p: Pair<Rule>) -> Value {
+        // Counted before the Pratt parser runs: it recurses once per prefix and per
+        // right-associative operator.
+        let too_many = p
+            .clone()
+            .into_inner()
+            .flatten()
+            .filter(|q| is_operator(q.as_rule()))
+            .nth(MAX_OPERATORS);
+        if let Some(op) = too_many {
+            self.errors.push(
+                Diagnostic::error(
+                    span_of(&op),
+                    format!("expression too long: more than {MAX_OPERATORS} operators"),
+                )
+                .label(format!("operator {} of this expression", MAX_OPERATORS + 1))
+                .hint("split the computation over several fields"),
+            );
+            return Value {
+                kind: ValueKind::None,
+                span: span_of(&p),
+            };
+        }
         pratt()
             .map_primary(|q| self.primary(q))
             .map_prefix(|op, rhs| Value {

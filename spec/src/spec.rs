@@ -232,7 +232,8 @@ pub struct Attention {
     pub scale: Option<f64>,
     /// Sigmoid output gate computed from the query projection (Qwen3-Next).
     pub gate: bool,
-    /// Attention temperature tuning on NoPE layers (Llama 4).
+    /// Attention temperature tuning on NoPE layers (Llama 4); `None` wherever `rope` is
+    /// set (`check_spec` refuses it there, as lowering would ignore it).
     pub temperature: Option<Temperature>,
     /// Rotary embedding; `None` is a NoPE layer.
     pub rope: Option<Rope>,

@@ -58,6 +58,7 @@ pub fn validate(file: &File) -> Result<Spec, Vec<Diagnostic>> {
             // A block inherits its parent's entries, so an error in an inherited entry
             // is found once per block; report it once.
             diags.dedup_by(|a, b| a == b);
+            crate::diagnostics::cap(&mut diags);
             Err(diags)
         }
     }
@@ -88,5 +89,6 @@ pub(crate) fn item_header(kind: &ItemKind) -> Span {
     }
 }
 
+pub use eval::{MAX_EVAL_DEPTH, MAX_EVAL_STEPS};
 pub use limits::*;
 pub use model::{norm_word, DEFAULT_CONTEXT, DEFAULT_NORM};

@@ -146,6 +146,9 @@ pub(super) fn attention(
             Some(rope_of(&s, head_dim, mla_rope, mla_given, defaulted, d)?)
         }
     };
+    if let (Some(_), Some(_), Some(node)) = (&temperature, &rope, a.get("temperature")) {
+        temperature_with_rope(a, node.key_span, d);
+    }
     Some(Attention {
         heads: heads?,
         kv_heads: kv_heads?,
@@ -164,6 +167,22 @@ pub(super) fn attention(
         temperature,
         rope,
     })
+}
+
+/// Temperature tuning scales the queries of NoPE layers only (as Llama 4 does); on a
+/// layer with RoPE it would be accepted and do nothing, so it is refused.
+fn temperature_with_rope(a: &Sect, at: crate::ast::Span, d: &mut Diags) {
+    let mut diag = Diagnostic::error(
+        at,
+        "`temperature` applies only to NoPE layers, and this attention has RoPE",
+    )
+    .label("would be ignored")
+    .hint("write `rope = none` to make this a NoPE layer, or remove `temperature`");
+    diag = match a.get("rope") {
+        Some(rope) => diag.secondary(rope.key_span, "RoPE given here"),
+        None => diag.note("attention has RoPE unless it says `rope = none`"),
+    };
+    d.push(diag);
 }
 
 fn attn_bias(a: &Sect, d: &mut Diags) -> AttnBias {

@@ -3,7 +3,7 @@
 //! with an error that says what was expected and what was found.
 
 use super::tree::{Node, NodeValue, Table};
-use crate::ast::{BinOp, Span, Value, ValueKind};
+use crate::ast::{BinOp, Ident, Span, Value, ValueKind};
 use crate::diagnostics::{did_you_mean, one_of, Diagnostic};
 
 /// A section being read: its table, the enclosing tables for name lookup (innermost
@@ -48,6 +48,7 @@ impl<'t> Sect<'t> {
     /// Reports every key not in `known`, with a suggestion.
     pub fn check_keys(&self, known: &'static [&'static str], d: &mut Diags) {
         self.known.set(known);
+        let mut takes = None;
         for (key, node) in &self.table.entries {
             if known.contains(&key.as_str()) {
                 continue;
@@ -60,11 +61,12 @@ impl<'t> Sect<'t> {
             if let Some(s) = did_you_mean(key, known.iter().copied()) {
                 diag = diag.hint(format!("did you mean `{s}`?"));
             }
-            let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
-            diags_push(
-                d,
-                diag.note(format!("{} takes {}", self.name, one_of(&list))),
-            );
+            // The same for every unknown key of the section: built once.
+            let takes = takes.get_or_insert_with(|| {
+                let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                format!("{} takes {}", self.name, one_of(&list))
+            });
+            diags_push(d, diag.note(takes.clone()));
         }
     }
 
@@ -231,13 +233,16 @@ impl<'t> Sect<'t> {
     pub fn number(&self, v: &Value, what: &str, d: &mut Diags) -> Option<f64> {
         // A field's own name inside its value means the enclosing field of that name
         // (`mlp { hidden = 4 * hidden }`), so the field starts out as being evaluated.
-        let mut stack = Vec::new();
+        let mut run = Run {
+            stack: Vec::new(),
+            steps: 0,
+        };
         for (key, node) in &self.table.entries {
             if matches!(&node.value, NodeValue::Leaf(leaf) if std::ptr::eq(leaf, v)) {
-                stack.push((self.table as *const Table, key.clone()));
+                run.stack.push((self.table as *const Table, key.clone()));
             }
         }
-        match eval(v, &self.chain, &mut stack, what) {
+        match eval(v, &self.chain, &mut run, 0, what) {
             Ok(x) if x.is_finite() => Some(x),
             Ok(x) => {
                 d.push(
@@ -345,135 +350,216 @@ pub(crate) fn type_error(v: &Value, expected: &str) -> Diagnostic {
     .label(format!("expected {expected}"))
 }
 
-/// Evaluates an expression. Names look up numeric fields in `chain` (innermost first);
-/// a field being evaluated is skipped, so `hidden = 4 * hidden` in a section reads the
-/// enclosing `hidden`, and a cycle ends in "unknown name" instead of recursing forever.
+/// How deep evaluation may go, counting every level of every expression it passes
+/// through, the fields it names included. One expression is at most a few hundred levels
+/// deep (`parse::MAX_OPERATORS`, `parse::MAX_NESTING`); this bounds chains of fields
+/// that name each other (`a = b + 1`, `b = c + 1`, ...), which would otherwise recurse
+/// once per field.
+pub const MAX_EVAL_DEPTH: usize = 1000;
+
+/// How many expression nodes evaluating one field may visit, a named field counted anew
+/// at each use: fields that each use the previous one twice would otherwise take time
+/// exponential in their number.
+pub const MAX_EVAL_STEPS: usize = 10_000;
+
+/// The state of evaluating one field.
+struct Run {
+    /// The fields being evaluated, outermost first: a name that refers to one of them
+    /// is looked up further out.
+    stack: Vec<(*const Table, String)>,
+    /// Nodes visited so far.
+    steps: usize,
+}
+
+/// Evaluates an expression `depth` levels into the evaluation of a field. Names look up
+/// numeric fields in `chain` (innermost first); a field being evaluated is skipped, so
+/// `hidden = 4 * hidden` in a section reads the enclosing `hidden`, and a cycle ends in
+/// "unknown name" instead of recursing forever.
+///
+/// This and `lookup` are the recursive path, so they keep small frames: everything that
+/// builds a message lives in functions of its own.
 fn eval(
     v: &Value,
     chain: &[&Table],
-    stack: &mut Vec<(*const Table, String)>,
+    run: &mut Run,
+    depth: usize,
     what: &str,
 ) -> Result<f64, Box<Diagnostic>> {
+    run.steps += 1;
+    if depth > MAX_EVAL_DEPTH || run.steps > MAX_EVAL_STEPS {
+        return Err(too_much(v, depth));
+    }
+    let depth = depth + 1;
     Ok(match &v.kind {
         ValueKind::Number { value, .. } => *value,
-        ValueKind::Paren(e) => eval(e, chain, stack, what)?,
-        ValueKind::Neg(e) => -eval(e, chain, stack, what)?,
+        ValueKind::Paren(e) => eval(e, chain, run, depth, what)?,
+        ValueKind::Neg(e) => -eval(e, chain, run, depth, what)?,
         ValueKind::Binary { op, lhs, rhs } => {
-            let a = eval(lhs, chain, stack, what)?;
-            let b = eval(rhs, chain, stack, what)?;
+            let a = eval(lhs, chain, run, depth, what)?;
+            let b = eval(rhs, chain, run, depth, what)?;
             match op {
                 BinOp::Add => a + b,
                 BinOp::Sub => a - b,
                 BinOp::Mul => a * b,
-                BinOp::Div => {
-                    if b == 0.0 {
-                        return Err(Box::new(
-                            Diagnostic::error(rhs.span, "division by zero").label("this is zero"),
-                        ));
-                    }
-                    a / b
-                }
+                BinOp::Div if b == 0.0 => return Err(division_by_zero(rhs)),
+                BinOp::Div => a / b,
                 BinOp::Pow => a.powf(b),
             }
         }
-        ValueKind::Call { func, args } => {
-            let want = match func.name.as_str() {
-                "sqrt" => 1,
-                "min" | "max" => 2,
-                other => {
-                    let mut diag =
-                        Diagnostic::error(func.span, format!("unknown function `{other}`"))
-                            .label("not a function")
-                            .note("functions: sqrt(x), min(a, b), max(a, b)");
-                    if let Some(s) = did_you_mean(other, ["sqrt", "min", "max"]) {
-                        diag = diag.hint(format!("did you mean `{s}`?"));
-                    }
-                    return Err(Box::new(diag));
-                }
-            };
-            if args.len() != want {
-                return Err(Box::new(
-                    Diagnostic::error(
-                        v.span,
-                        format!(
-                            "`{}` takes {want} argument{}, found {}",
-                            func.name,
-                            if want == 1 { "" } else { "s" },
-                            args.len()
-                        ),
-                    )
-                    .label("wrong number of arguments"),
-                ));
-            }
-            let mut xs = Vec::new();
-            for a in args {
-                xs.push(eval(a, chain, stack, what)?);
-            }
-            match func.name.as_str() {
-                "sqrt" => {
-                    if xs[0] < 0.0 {
-                        return Err(Box::new(
-                            Diagnostic::error(args[0].span, "square root of a negative number")
-                                .label("negative"),
-                        ));
-                    }
-                    xs[0].sqrt()
-                }
-                "min" => xs[0].min(xs[1]),
-                _ => xs[0].max(xs[1]),
-            }
-        }
-        ValueKind::Word(name) => return lookup(name, v, chain, stack, what),
+        ValueKind::Call { func, args } => return call(v, func, args, chain, run, depth, what),
+        ValueKind::Word(name) => return lookup(name, v, chain, run, depth, what),
         _ => return Err(Box::new(type_error(v, what))),
     })
+}
+
+/// `sqrt(x)`, `min(a, b)`, `max(a, b)`.
+#[inline(never)]
+fn call(
+    v: &Value,
+    func: &Ident,
+    args: &[Value],
+    chain: &[&Table],
+    run: &mut Run,
+    depth: usize,
+    what: &str,
+) -> Result<f64, Box<Diagnostic>> {
+    let want = match func.name.as_str() {
+        "sqrt" => 1,
+        "min" | "max" => 2,
+        other => {
+            let mut diag = Diagnostic::error(func.span, format!("unknown function `{other}`"))
+                .label("not a function")
+                .note("functions: sqrt(x), min(a, b), max(a, b)");
+            if let Some(s) = did_you_mean(other, ["sqrt", "min", "max"]) {
+                diag = diag.hint(format!("did you mean `{s}`?"));
+            }
+            return Err(Box::new(diag));
+        }
+    };
+    if args.len() != want {
+        return Err(Box::new(
+            Diagnostic::error(
+                v.span,
+                format!(
+                    "`{}` takes {want} argument{}, found {}",
+                    func.name,
+                    if want == 1 { "" } else { "s" },
+                    args.len()
+                ),
+            )
+            .label("wrong number of arguments"),
+        ));
+    }
+    let mut xs = Vec::new();
+    for a in args {
+        xs.push(eval(a, chain, run, depth, what)?);
+    }
+    Ok(match func.name.as_str() {
+        "sqrt" => {
+            if xs[0] < 0.0 {
+                return Err(Box::new(
+                    Diagnostic::error(args[0].span, "square root of a negative number")
+                        .label("negative"),
+                ));
+            }
+            xs[0].sqrt()
+        }
+        "min" => xs[0].min(xs[1]),
+        _ => xs[0].max(xs[1]),
+    })
+}
+
+/// The error for an evaluation past `MAX_EVAL_DEPTH` or `MAX_EVAL_STEPS`.
+#[cold]
+#[inline(never)]
+fn too_much(v: &Value, depth: usize) -> Box<Diagnostic> {
+    Box::new(if depth > MAX_EVAL_DEPTH {
+        Diagnostic::error(
+            v.span,
+            format!("expression too deep: more than {MAX_EVAL_DEPTH} levels"),
+        )
+        .label("evaluation reaches this deep, counting the fields it names")
+        .hint("do not chain fields that name each other so far")
+    } else {
+        Diagnostic::error(
+            v.span,
+            format!("expression too costly: more than {MAX_EVAL_STEPS} steps"),
+        )
+        .label("evaluation had taken that many steps when it reached here")
+        .hint("a field that names other fields counts their expressions at every use")
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn division_by_zero(rhs: &Value) -> Box<Diagnostic> {
+    Box::new(Diagnostic::error(rhs.span, "division by zero").label("this is zero"))
 }
 
 fn lookup(
     name: &str,
     v: &Value,
     chain: &[&Table],
-    stack: &mut Vec<(*const Table, String)>,
+    run: &mut Run,
+    depth: usize,
     what: &str,
 ) -> Result<f64, Box<Diagnostic>> {
     for (i, table) in chain.iter().enumerate() {
-        let id = (*table as *const Table, name.to_string());
-        if stack.contains(&id) {
+        let table_id = *table as *const Table;
+        if run.stack.iter().any(|(t, k)| *t == table_id && k == name) {
             continue;
         }
         let Some(node) = table.get(name) else {
             continue;
         };
         let NodeValue::Leaf(field) = &node.value else {
-            return Err(Box::new(
-                Diagnostic::error(v.span, format!("`{name}` is a section, not a number"))
-                    .label("not a number"),
-            ));
+            return Err(not_a_number(name, v));
         };
-        stack.push(id);
-        let r = eval(field, &chain[i..], stack, "a number");
-        stack.pop();
-        return r.map_err(|e| {
-            if e.primary.span == field.span {
-                Box::new((*e).secondary(v.span, format!("`{name}` used here")))
-            } else {
-                e
-            }
-        });
+        run.stack.push((table_id, name.to_string()));
+        let r = eval(field, &chain[i..], run, depth, "a number");
+        run.stack.pop();
+        return r.map_err(|e| used_here(e, name, v, field));
     }
-    let mut names: Vec<&str> = Vec::new();
-    for t in chain {
-        for (k, n) in &t.entries {
-            if matches!(n.value, NodeValue::Leaf(_)) && !names.contains(&k.as_str()) {
-                names.push(k);
-            }
-        }
+    Err(unknown_name(name, v, chain, what))
+}
+
+#[cold]
+#[inline(never)]
+fn not_a_number(name: &str, v: &Value) -> Box<Diagnostic> {
+    Box::new(
+        Diagnostic::error(v.span, format!("`{name}` is a section, not a number"))
+            .label("not a number"),
+    )
+}
+
+/// Points an error in a named field's own value back at where the name is used.
+#[inline(never)]
+fn used_here(e: Box<Diagnostic>, name: &str, v: &Value, field: &Value) -> Box<Diagnostic> {
+    if e.primary.span == field.span {
+        Box::new((*e).secondary(v.span, format!("`{name}` used here")))
+    } else {
+        e
     }
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_name(name: &str, v: &Value, chain: &[&Table], what: &str) -> Box<Diagnostic> {
+    // Every numeric field in reach, each name once, innermost first.
+    let mut seen = std::collections::HashSet::new();
+    let names = chain.iter().flat_map(|t| {
+        t.entries
+            .iter()
+            .filter(|(_, n)| matches!(n.value, NodeValue::Leaf(_)))
+            .map(|(k, _)| k.as_str())
+    });
+    let names = names.filter(|k| seen.insert(*k));
     let mut diag = Diagnostic::error(v.span, format!("expected {what}, found the word `{name}`"))
         .label(format!(
             "no numeric field `{name}` is given here or in an enclosing section"
         ));
-    if let Some(s) = did_you_mean(name, names.iter().copied()) {
+    if let Some(s) = did_you_mean(name, names) {
         diag = diag.hint(format!("did you mean `{s}`?"));
     }
-    Err(Box::new(diag))
+    Box::new(diag)
 }

@@ -12,6 +12,7 @@
 //!   experts over all layers at most `MAX_EXPERT_INSTANCES`;
 //! - every float is finite, and positive where the field is a scale, epsilon or base;
 //! - the numbers agree (heads and kv_heads, rotary dims, MLA dims, top_k, router groups);
+//! - every field changes the computation: attention temperature tuning only on NoPE layers;
 //! - every tensor dimension is at most `MAX_TENSOR_DIM`, every tensor at most
 //!   `MAX_TENSOR_ELEMENTS` elements, all tensors together at most `MAX_MODEL_ELEMENTS`;
 //! - the KV cache at `context` (in f32), the linear-attention state and the attention FLOPs
@@ -247,6 +248,12 @@ impl Checker {
         if let Some(t) = &a.temperature {
             self.float(&format!("{p}.temperature.floor_scale"), t.floor_scale, true);
             self.float(&format!("{p}.temperature.attn_scale"), t.attn_scale, false);
+            // Lowering tunes the temperature of NoPE layers only.
+            if a.rope.is_some() {
+                self.error(format!(
+                    "{p}.temperature: applies only to NoPE layers (no rope), and this layer has RoPE"
+                ));
+            }
         }
         if let Some(r) = &a.rope {
             self.rope(&format!("{p}.rope"), r, a);

@@ -150,6 +150,10 @@ pub(crate) fn resolve(
     let mut twice: Vec<(usize, usize, Span, Vec<usize>)> = Vec::new();
     let mut rest_rule: Option<(usize, Span)> = None;
     let mut ok = true;
+    // Layers handed out so far. Past 2n, at least n of them were given twice and are
+    // reported; later selectors only have their numbers checked, so that many selectors
+    // of all layers (`every 1 + every 1 + ...`) cost time linear in the file.
+    let mut handed = 0usize;
     for entry in &body.entries {
         let ScheduleEntryKind::Rule { block, selectors } = &entry.kind else {
             continue;
@@ -163,6 +167,7 @@ pub(crate) fn resolve(
         for sel in selectors {
             let mut chosen: Vec<usize> = Vec::new();
             let total = n as u64;
+            let n = if handed > n.saturating_mul(2) { 0 } else { n };
             let bound = |x: &Int, limit: u64, what: &str, d: &mut Diags| -> Option<u64> {
                 let v = int_value(x, d)?;
                 if check_layers && v > limit {
@@ -243,25 +248,26 @@ pub(crate) fn resolve(
             let (Some(i), true) = (idx, check_layers) else {
                 continue;
             };
+            handed = handed.saturating_add(chosen.len());
             for layer in chosen {
-                if layer >= n {
+                if layer >= owner.len() {
                     continue;
                 }
                 match owner[layer] {
                     None => owner[layer] = Some(i),
                     Some(prev) => match twice.iter_mut().find(|t| t.0 == prev && t.1 == i) {
-                        Some(t) => {
-                            if !t.3.contains(&layer) {
-                                t.3.push(layer)
-                            }
-                        }
+                        // Repeats are removed when the list is reported.
+                        Some(t) => t.3.push(layer),
                         None => twice.push((prev, i, sel.span, vec![layer])),
                     },
                 }
             }
         }
     }
-    for (a, b, span, layers) in &twice {
+    for (a, b, span, layers) in &mut twice {
+        layers.sort_unstable();
+        layers.dedup();
+        let (a, b) = (&*a, &*b);
         let msg = if a == b {
             format!(
                 "{} given to `{}` twice",

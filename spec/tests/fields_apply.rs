@@ -1,0 +1,136 @@
+//! A field the language accepts changes the computation or is refused: here, attention
+//! temperature tuning, which lowering applies to NoPE layers only, is an error (located in
+//! `.arch` text, by path in `check_spec`) wherever it would be ignored.
+
+use archc_spec::diagnostics::{render, Diagnostic};
+use archc_spec::validate::{check_source, check_spec};
+use archc_spec::{Mixer, Spec, Temperature};
+
+const MODEL: &str = "model \"m\" {\n  vocab = 1000\n  hidden = 64\n  layers = 2\n}\n";
+
+fn errors(src: &str) -> Vec<Diagnostic> {
+    match check_source("t.arch", src) {
+        Ok(_) => panic!("expected errors, the file checks clean:\n{src}"),
+        Err(d) => d,
+    }
+}
+
+/// Asserts one error about temperature with RoPE, at the `temperature` key of `src` (the
+/// `n`-th from 0), and returns its rendering.
+fn assert_refused(src: &str, n: usize) -> String {
+    let d = errors(src);
+    let shown = render("t.arch", src, &d);
+    assert_eq!(d.len(), 1, "{shown}");
+    assert_eq!(
+        d[0].message, "`temperature` applies only to NoPE layers, and this attention has RoPE",
+        "{shown}"
+    );
+    let at = src
+        .match_indices("temperature")
+        .nth(n)
+        .map(|(i, _)| i)
+        .expect("temperature is in the text");
+    assert_eq!(d[0].primary.span.start, at, "{shown}");
+    let line = src[..at].matches('\n').count() + 1;
+    let col = at - src[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+    assert!(
+        shown.starts_with(&format!("t.arch:{line}:{col}: error:")),
+        "{shown}"
+    );
+    shown
+}
+
+#[test]
+fn temperature_with_default_rope_is_refused() {
+    let src = format!(
+        "{MODEL}block {{\n  attention {{\n    heads = 4\n    \
+         temperature {{ floor_scale = 8192, attn_scale = 0.1 }}\n  }}\n  \
+         mlp {{ hidden = 128 }}\n}}\n"
+    );
+    let shown = assert_refused(&src, 0);
+    assert!(shown.contains("unless it says `rope = none`"), "{shown}");
+}
+
+#[test]
+fn temperature_with_given_rope_is_refused() {
+    let src = format!(
+        "{MODEL}block {{\n  attention {{\n    heads = 4\n    rope {{ theta = 1e6 }}\n    \
+         temperature {{ floor_scale = 8192, attn_scale = 0.1 }}\n  }}\n  \
+         mlp {{ hidden = 128 }}\n}}\n"
+    );
+    let shown = assert_refused(&src, 0);
+    assert!(shown.contains("RoPE given here"), "{shown}");
+}
+
+#[test]
+fn temperature_inherited_by_a_rope_layer_is_refused() {
+    // The parent is a NoPE layer with temperature; the child turns RoPE back on.
+    let src = format!(
+        "{MODEL}block nope {{\n  attention {{\n    heads = 4\n    rope = none\n    \
+         temperature {{ floor_scale = 8192, attn_scale = 0.1 }}\n  }}\n  \
+         mlp {{ hidden = 128 }}\n}}\n\
+         block roped : nope {{\n  attention.rope {{ theta = 1e6 }}\n}}\n\
+         schedule {{ repeat [nope, roped] }}\n"
+    );
+    assert_refused(&src, 0);
+}
+
+#[test]
+fn temperature_on_nope_layers_is_kept() {
+    let src = format!(
+        "{MODEL}block {{\n  attention {{\n    heads = 4\n    rope = none\n    \
+         temperature {{ floor_scale = 8192, attn_scale = 0.1 }}\n  }}\n  \
+         mlp {{ hidden = 128 }}\n}}\n"
+    );
+    let spec =
+        check_source("t.arch", &src).unwrap_or_else(|d| panic!("{}", render("t.arch", &src, &d)));
+    let Mixer::Attention(a) = &spec.blocks[0].mixer else {
+        panic!("an attention block");
+    };
+    assert_eq!(
+        a.temperature,
+        Some(Temperature {
+            floor_scale: 8192.0,
+            attn_scale: 0.1
+        })
+    );
+    assert!(a.rope.is_none());
+}
+
+fn llama4() -> Spec {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/llama-4-maverick.arch"
+    );
+    let src = std::fs::read_to_string(path).expect("the Llama 4 example is readable");
+    check_source(path, &src).unwrap_or_else(|d| panic!("{}", render(path, &src, &d)))
+}
+
+#[test]
+fn check_spec_refuses_temperature_with_rope() {
+    // What `import` or a hand-built Spec could produce: the NoPE block's temperature
+    // copied onto a RoPE block.
+    let mut spec = llama4();
+    assert_eq!(check_spec(&spec), Ok(()));
+    let temperature = spec.blocks.iter().find_map(|b| match &b.mixer {
+        Mixer::Attention(a) if a.rope.is_none() => a.temperature,
+        _ => None,
+    });
+    assert!(temperature.is_some(), "the example tunes its NoPE layers");
+    let (name, attention) = spec
+        .blocks
+        .iter_mut()
+        .find_map(|b| match &mut b.mixer {
+            Mixer::Attention(a) if a.rope.is_some() => Some((b.name.clone(), a)),
+            _ => None,
+        })
+        .expect("the example has RoPE layers");
+    attention.temperature = temperature;
+    let problems = check_spec(&spec).expect_err("temperature with RoPE is refused");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("temperature: applies only to NoPE layers")
+            && problems[0].contains(&name),
+        "{problems:?}"
+    );
+}
