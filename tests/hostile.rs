@@ -93,6 +93,20 @@ fn downstream(spec: &Spec) -> Result<String, String> {
     ))
 }
 
+/// The deepest spec the language accepts goes through every stage up to the kernel
+/// program (the machine-code stages compile its kernels, which do not grow with depth).
+#[test]
+fn the_layer_limit_lowers_to_the_kernel_program() {
+    let src = format!(
+        "model \"deep\" {{\n  vocab = 8\n  hidden = 8\n  layers = {}\n}}\nblock {{\n  attention {{ heads = 2 }}\n  mlp {{ hidden = 8 }}\n}}\n",
+        archc_spec::validate::MAX_LAYERS
+    );
+    let spec = archc_spec::validate::check_source("deep.arch", &src).expect("valid");
+    let driver = archc_compiler::driver::Driver::for_spec(&spec, Default::default());
+    let program = driver.program(Mode::Decode).expect("lowers");
+    assert!(program.launches.len() as u64 >= archc_spec::validate::MAX_LAYERS);
+}
+
 #[test]
 fn hostile_arch() {
     let all = cases("arch_cases.txt");

@@ -244,6 +244,7 @@ fn spec(blocks: Vec<Block>, schedule: Vec<usize>) -> Spec {
         embed_norm: None,
         final_norm: Some(rms(1e-6)),
         logit_softcap: None,
+        mtp: 0,
         blocks,
         schedule,
     }
@@ -468,7 +469,8 @@ fn to_arch_round_trips_every_feature() {
         vec![0; 4],
     );
     bert.blocks[0].placement = Placement::PostLn;
-    bert.learned_positions = Some(512);
+    bert.learned_positions = Some(1024);
+    bert.context = 512;
     bert.token_types = Some(2);
     bert.embed_norm = Some(Norm {
         kind: NormKind::LayerNorm,

@@ -140,6 +140,7 @@ mod build {
             embed_norm: None,
             final_norm: Some(rms(1e-6)),
             logit_softcap: None,
+            mtp: 0,
             blocks,
             schedule,
         }

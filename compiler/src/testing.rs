@@ -380,6 +380,7 @@ pub fn spec(blocks: Vec<Block>, schedule: Vec<usize>) -> Spec {
         embed_norm: None,
         final_norm: Some(rms_norm()),
         logit_softcap: None,
+        mtp: 0,
         blocks,
         schedule,
     }
@@ -396,6 +397,7 @@ pub fn gpt2(ffn: Ffn) -> Spec {
     b.norm = layer_norm();
     let mut s = spec(vec![b], vec![0, 0]);
     s.learned_positions = Some(32);
+    s.context = 32;
     s.final_norm = Some(layer_norm());
     s
 }
@@ -408,6 +410,7 @@ pub fn bert(ffn: Ffn) -> Spec {
     b.placement = Placement::PostLn;
     let mut s = spec(vec![b], vec![0, 0]);
     s.learned_positions = Some(32);
+    s.context = 32;
     s.token_types = Some(2);
     s.embed_norm = Some(layer_norm());
     s.final_norm = None;

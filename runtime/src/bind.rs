@@ -73,9 +73,16 @@ pub struct QuantView<'a> {
 pub struct BoundWeights {
     store: Store,
     params: BTreeMap<String, Bound>,
+    notes: Vec<String>,
 }
 
 impl BoundWeights {
+    /// What binding left unread on purpose (the multi-token-prediction layers), for the
+    /// user to see: one line each.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// The parameter's tensor under its canonical name (`layers.0.attn.q.weight`).
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
         let p = self.params.get(name)?;
@@ -337,18 +344,32 @@ pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindErr
             Err(ps) => problems.extend(ps),
         }
     }
-    let unexpected: Vec<String> = checkpoint
+    let mtp: BTreeSet<String> = archc_spec::mtp::mtp_tensors(spec)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let (skipped, unexpected): (Vec<String>, Vec<String>) = checkpoint
         .names()
         .filter(|n| !used.contains(*n) && !is_ignored_buffer(spec.family, n))
         .map(str::to_string)
-        .collect();
+        .partition(|n| mtp.contains(n));
     if !unexpected.is_empty() {
         problems.insert(Problem::Unexpected { stored: unexpected });
+    }
+    let mut notes = Vec::new();
+    if !skipped.is_empty() {
+        notes.push(format!(
+            "left {} multi-token-prediction tensor(s) unread ({} ...): the model's {} MTP layer(s) are not run",
+            skipped.len(),
+            skipped[0],
+            spec.mtp
+        ));
     }
     if problems.is_empty() {
         Ok(BoundWeights {
             store: Store::Safetensors(checkpoint),
             params,
+            notes,
         })
     } else {
         Err(BindError {
@@ -642,6 +663,7 @@ pub fn bind_gguf(spec: &Spec, file: GgufFile) -> Result<BoundWeights, BindError>
         Ok(BoundWeights {
             store: Store::Gguf(file),
             params,
+            notes: Vec::new(),
         })
     } else {
         Err(BindError {

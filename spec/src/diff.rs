@@ -171,6 +171,7 @@ pub(crate) fn describe(spec: &Spec, params: Option<ParamCounts>) -> Vec<Fact> {
     push(M, "embedding norm", opt(spec.embed_norm.as_ref().map(norm)));
     push(M, "final norm", opt(spec.final_norm.as_ref().map(norm)));
     push(M, "logit softcap", opt(spec.logit_softcap.map(num)));
+    push(M, "MTP layers (not run)", spec.mtp.to_string());
 
     const L: &str = "layers";
     push(L, "schedule", per_layer(&|b: &Block| b.name.clone()));

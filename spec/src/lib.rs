@@ -9,6 +9,7 @@ pub mod diff;
 pub mod figure;
 pub mod fmt;
 pub mod import;
+pub mod mtp;
 pub mod naming;
 pub mod parse;
 pub mod print;

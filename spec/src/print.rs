@@ -635,6 +635,9 @@ fn model_text(spec: &Spec, norm: Norm, layers: u64) -> String {
     if let Some(x) = spec.logit_softcap {
         f.push(("logit_softcap", num(x)));
     }
+    if spec.mtp > 0 {
+        f.push(("mtp", int(spec.mtp)));
+    }
     let width = f.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     let mut s = format!("model \"{}\" {{\n", spec.name);
     for (k, v) in f {

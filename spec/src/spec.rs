@@ -36,6 +36,11 @@ pub struct Spec {
     pub final_norm: Option<Norm>,
     /// Final-logit softcap: `logits = cap * tanh(logits / cap)`.
     pub logit_softcap: Option<f64>,
+    /// Multi-token-prediction layers the checkpoint carries after the model's own (DeepSeek
+    /// V3, GLM-4.5, Qwen3-Next). archc does not run them: binding accepts their tensors,
+    /// leaves them unread with a note, and `stats` counts their parameters apart.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtp: u64,
     /// Distinct layer variants, in declaration order.
     pub blocks: Vec<Block>,
     /// For every layer, the index into `blocks` of its variant.
@@ -446,4 +451,10 @@ impl Spec {
     pub fn block(&self, layer: usize) -> &Block {
         &self.blocks[self.schedule[layer]]
     }
+}
+
+/// For serde: a zero count is left out of the JSON form (what specs without MTP layers
+/// have always written).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -90,6 +90,9 @@ pub struct Stats {
     pub attention_layers: u64,
     pub linear_layers: u64,
     pub moe_layers: u64,
+    /// Parameters of the multi-token-prediction layers the checkpoint carries (`mtp`),
+    /// which archc does not run: not in `params_total`.
+    pub mtp_params: u64,
 }
 
 /// Computes the statistics of `spec` at `opts`.
@@ -196,6 +199,7 @@ pub fn stats(spec: &Spec, opts: Options) -> Stats {
         attention_layers,
         linear_layers,
         moe_layers,
+        mtp_params: crate::mtp::mtp_params(spec),
     }
 }
 
@@ -291,6 +295,7 @@ impl Stats {
             "attention_layers": self.attention_layers,
             "linear_layers": self.linear_layers,
             "moe_layers": self.moe_layers,
+            "mtp_params": self.mtp_params,
         })
     }
 
@@ -321,6 +326,13 @@ impl Stats {
                     percent(*n, self.params_total),
                 );
             }
+        }
+        if self.mtp_params > 0 {
+            row(
+                "MTP layers (not run)",
+                thousands(self.mtp_params),
+                format!("{} more in the checkpoint", short(self.mtp_params, "")),
+            );
         }
         row(
             &format!("weights ({})", self.weight_dtype.as_str()),

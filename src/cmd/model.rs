@@ -41,5 +41,14 @@ pub fn load_weights(spec: &Spec, model: &Path) -> Result<BoundWeights, Failure> 
         return bind_gguf(spec, file).map_err(|e| named(&e));
     }
     let checkpoint = Checkpoint::open(model)?;
-    bind(spec, checkpoint).map_err(|e| named(&e))
+    let weights = bind(spec, checkpoint).map_err(|e| named(&e))?;
+    print_notes(&weights, model);
+    Ok(weights)
+}
+
+/// Prints what binding left unread on purpose, on stderr: `note: MODEL: ...`.
+pub fn print_notes(weights: &BoundWeights, model: &Path) {
+    for n in weights.notes() {
+        eprintln!("note: {}: {n}", model.display());
+    }
 }

@@ -280,6 +280,7 @@ fn load(path: &Path) -> Result<Loaded, Failure> {
     let spec = archc_spec::import::from_path(path)?;
     let checkpoint = Checkpoint::open(path)?;
     let weights = bind(&spec, checkpoint).map_err(|e| Failure::new(format!("{shown}: {e}")))?;
+    super::model::print_notes(&weights, path);
     Ok(Loaded {
         spec,
         tokenizer,

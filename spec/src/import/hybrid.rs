@@ -121,7 +121,11 @@ pub(crate) fn qwen3_next(c: &Config<'_>, name: &str) -> Result<Spec, ImportError
             }
         })
         .collect();
-    Ok(g.spec(name, Family::Qwen3Next, norm, layers))
+    let mut spec = g.spec(name, Family::Qwen3Next, norm, layers);
+    // Qwen3-Next checkpoints carry one MTP layer under `mtp.` (HF leaves `mtp.*` unloaded);
+    // its config has no key for it unless a converter adds `num_nextn_predict_layers`.
+    spec.mtp = c.u64_or("num_nextn_predict_layers", 1)?;
+    Ok(spec)
 }
 
 pub(crate) fn kimi_linear(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {

@@ -318,6 +318,7 @@ impl Globals {
             embed_norm: None,
             final_norm: Some(final_norm),
             logit_softcap: None,
+            mtp: 0,
             blocks,
             schedule,
         }

@@ -312,7 +312,9 @@ pub(crate) fn deepseek_v3(c: &Config<'_>, name: &str) -> Result<Spec, ImportErro
         first_dense: 3,
     };
     let layers = deepseek_moe_layers(c, g.layers, &attn, eps, d)?;
-    Ok(g.spec(name, Family::DeepseekV3, rms(eps), layers))
+    let mut spec = g.spec(name, Family::DeepseekV3, rms(eps), layers);
+    spec.mtp = c.u64_or("num_nextn_predict_layers", 0)?;
+    Ok(spec)
 }
 
 pub(crate) fn gpt_oss(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
@@ -404,7 +406,10 @@ pub(crate) fn glm4_moe(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> 
         first_dense: 1,
     };
     let layers = deepseek_moe_layers(c, g.layers, &attn, eps, d)?;
-    Ok(g.spec(name, Family::Glm4Moe, rms(eps), layers))
+    let mut spec = g.spec(name, Family::Glm4Moe, rms(eps), layers);
+    // HF's GLM-4.5 config defaults to one MTP layer (`num_mtp_layers`).
+    spec.mtp = c.u64_or("num_nextn_predict_layers", 1)?;
+    Ok(spec)
 }
 
 pub(crate) fn minimax_m2(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {

@@ -27,8 +27,12 @@ use crate::tensors::tensors;
 
 /// Largest value of any single size field (vocab, hidden, heads, context, window, ...).
 pub const MAX_SIZE: u64 = 1 << 32;
-/// More layers than this is surely a typo, and would make the schedule huge.
-pub const MAX_LAYERS: u64 = 100_000;
+/// More layers than this is surely a typo (the deepest published models have about 130).
+/// Every stage works at this depth: the kernel program of a 4,096-layer model is a few
+/// hundred megabytes of text (`tests/hostile.rs` lowers one to the kernel stage).
+pub const MAX_LAYERS: u64 = 4096;
+/// Multi-token-prediction layers (DeepSeek V3 and GLM-4.5 ship one).
+pub const MAX_MTP: u64 = 16;
 /// Routed experts of one MoE layer (the largest published models have 512).
 pub const MAX_EXPERTS: u64 = 1 << 16;
 /// Routed experts summed over all layers: bounds the per-expert checkpoint names
@@ -95,6 +99,23 @@ impl Checker {
     }
 
     fn globals(&mut self, s: &Spec) {
+        if s.mtp > MAX_MTP {
+            self.error(format!(
+                "mtp: {} is more than the limit of {MAX_MTP}",
+                s.mtp
+            ));
+        }
+        if s.mtp > 0 && !crate::mtp::has_mtp_layout(s.family) {
+            self.error(format!(
+                "mtp: archc knows no multi-token-prediction tensor layout for family {} (it does for {})",
+                s.family.as_str(),
+                crate::mtp::MTP_FAMILIES
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         self.size("vocab", s.vocab, MAX_SIZE);
         self.size("hidden", s.hidden, MAX_SIZE);
         self.size("layers", s.layers, MAX_LAYERS);

@@ -26,6 +26,7 @@ const MODEL_KEYS: &[&str] = &[
     "norm",
     "final_norm",
     "logit_softcap",
+    "mtp",
 ];
 const BLOCK_KEYS: &[&str] = &[
     "norm",
@@ -192,6 +193,24 @@ pub(crate) fn build(file: &File, d: &mut Diags) -> Option<Spec> {
         None => Some(norm),
     };
     let logit_softcap = m.opt_positive("logit_softcap", d);
+    let mtp = if m.get("mtp").is_some() {
+        m.u64("mtp", d).unwrap_or(0)
+    } else {
+        0
+    };
+    if mtp > 0 && !crate::mtp::has_mtp_layout(family) {
+        d.push(
+            Diagnostic::error(
+                value_span(&m, "mtp"),
+                format!(
+                    "archc knows no multi-token-prediction tensor layout for family {}",
+                    family.as_str()
+                ),
+            )
+            .label("MTP layers of this family cannot be told apart from stray tensors")
+            .hint("`mtp` applies to deepseek_v3, glm4_moe and qwen3_next checkpoints"),
+        );
+    }
 
     // Inheritance.
     let resolved = resolve_blocks(&blocks, d);
@@ -260,6 +279,7 @@ pub(crate) fn build(file: &File, d: &mut Diags) -> Option<Spec> {
         embed_norm,
         final_norm,
         logit_softcap,
+        mtp,
         blocks: spec_blocks,
         schedule,
     })
