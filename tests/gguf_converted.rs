@@ -174,9 +174,12 @@ fn facts(spec: &archc_spec::Spec) -> String {
     lines.join("\n  ")
 }
 
+/// A key set to a value, or removed (`None`).
+type Change = (&'static str, Option<MetaValue>);
+
 #[test]
 fn converted_metadata_variants_follow_llama_cpp() {
-    let variants: Vec<(&str, &str, Vec<(&str, Option<MetaValue>)>)> = vec![
+    let variants: Vec<(&str, &str, Vec<Change>)> = vec![
         ("gemma3 as converted", "gemma3", vec![]),
         (
             "gemma3 without a window: every layer global",
