@@ -611,6 +611,13 @@ const GGUF_NORMS: Entries = &[
     ("ffn_post_norm", Rule::Module("post_ffw_norm")),
 ];
 
+/// GPT-OSS: llama.cpp keeps HF's name `post_attention_layernorm` for the norm before the
+/// MLP (`post_attention_norm`), and has no norm after either sublayer.
+const GGUF_GPT_OSS_NORMS: Entries = &[
+    ("attn_norm", Rule::Module("attn_norm")),
+    ("ffn_norm", Rule::Module("post_attention_norm")),
+];
+
 const GGUF_ATTN: Entries = &[
     ("attn.q", Rule::Module("attn_q")),
     ("attn.k", Rule::Module("attn_k")),
@@ -736,6 +743,7 @@ pub fn gguf_table(family: Family) -> Option<Table> {
     Some(match family {
         Family::Gpt2 => t(&[GGUF_NORMS, GGUF_GPT2_ATTN, GGUF_ATTN, GGUF_FFN]),
         Family::Qwen3Next => t(&[GGUF_NORMS, GGUF_ATTN, GGUF_GDN, GGUF_FFN]),
+        Family::GptOss => t(&[GGUF_GPT_OSS_NORMS, GGUF_ATTN, GGUF_FFN]),
         Family::KimiLinear => return None,
         _ => t(&[GGUF_NORMS, GGUF_ATTN, GGUF_FFN]),
     })

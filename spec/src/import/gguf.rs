@@ -591,7 +591,8 @@ impl<'a> Translator<'a> {
                     // llama.cpp stores DeepSeek's `0.1 * mscale_all_dim`.
                     let mul_key = self.key("rope.scaling.yarn_log_multiplier");
                     if let Some(m) = self.f64_at(&mul_key)? {
-                        let all = m / 0.1;
+                        // Times ten rather than over 0.1: 0.08 gives 0.8, not 0.7999999999999999.
+                        let all = m * 10.0;
                         self.set("rope_scaling.mscale_all_dim", float(all), &mul_key);
                         self.set("rope_scaling.mscale", float(all), &mul_key);
                     }
@@ -659,47 +660,7 @@ impl<'a> Translator<'a> {
             .insert("model_type".into(), Value::String("olmo3".into()));
         self.origin.insert("model_type".into(), key.clone());
         self.set("sliding_window", Value::from(window), &key);
-        let layers = self.u64_at(&self.key("block_count"))?.unwrap_or(0);
-        let pattern_key = self.key("attention.sliding_window_pattern");
-        let sliding: Option<Vec<bool>> = match self.get(&pattern_key) {
-            None => None,
-            Some(MetaValue::Array { items, .. }) => {
-                let flags: Option<Vec<bool>> = items.iter().map(MetaValue::as_bool).collect();
-                let Some(flags) = flags else {
-                    return Err(self.wrong(&pattern_key, "an array of bool", &items[0]));
-                };
-                if flags.len() as u64 != layers {
-                    return Err(self.invalid(
-                        &pattern_key,
-                        format!("has {} entries for {layers} layers", flags.len()),
-                    ));
-                }
-                Some(flags)
-            }
-            Some(v) => {
-                let period = v
-                    .as_u64()
-                    .filter(|&p| p > 0)
-                    .ok_or_else(|| self.wrong(&pattern_key, "a period of at least 1", v))?;
-                Some((0..layers).map(|i| (i + 1) % period != 0).collect())
-            }
-        };
-        if let Some(flags) = sliding {
-            let types = flags
-                .iter()
-                .map(|&s| {
-                    Value::String(
-                        if s {
-                            "sliding_attention"
-                        } else {
-                            "full_attention"
-                        }
-                        .into(),
-                    )
-                })
-                .collect();
-            self.set("layer_types", Value::Array(types), &pattern_key);
-        }
+        self.window_pattern(4)?;
         // The sliding layers' own RoPE base: HF's OLMo 3 uses `rope_theta` for both kinds.
         let swa_key = self.key("rope.freq_base_swa");
         if let Some(swa) = self.f64_at(&swa_key)? {
@@ -716,8 +677,72 @@ impl<'a> Translator<'a> {
         Ok(())
     }
 
+    /// `attention.sliding_window_pattern` as HF's `layer_types`, read as llama.cpp reads it:
+    /// one bool per layer (true: sliding), or a period whose last layer is full; absent, the
+    /// architecture's fixed period `default_period`.
+    fn window_pattern(&mut self, default_period: u64) -> Result<(), ImportError> {
+        let layers = self.u64_at(&self.key("block_count"))?.unwrap_or(0);
+        let pattern_key = self.key("attention.sliding_window_pattern");
+        let sliding: Vec<bool> = match self.get(&pattern_key) {
+            None => (0..layers).map(|i| (i + 1) % default_period != 0).collect(),
+            Some(MetaValue::Array { items, .. }) => {
+                let flags: Option<Vec<bool>> = items.iter().map(MetaValue::as_bool).collect();
+                let Some(flags) = flags else {
+                    return Err(self.wrong(&pattern_key, "an array of bool", &items[0]));
+                };
+                if flags.len() as u64 != layers {
+                    return Err(self.invalid(
+                        &pattern_key,
+                        format!("has {} entries for {layers} layers", flags.len()),
+                    ));
+                }
+                flags
+            }
+            Some(v) => {
+                let period = v
+                    .as_u64()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| self.wrong(&pattern_key, "a period of at least 1", v))?;
+                (0..layers).map(|i| (i + 1) % period != 0).collect()
+            }
+        };
+        self.layer_types(&sliding, &pattern_key);
+        Ok(())
+    }
+
+    /// Sets HF's `layer_types` from one flag per layer (true: sliding).
+    fn layer_types(&mut self, sliding: &[bool], from: &str) {
+        let types = sliding
+            .iter()
+            .map(|&s| {
+                Value::String(
+                    if s {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                    .into(),
+                )
+            })
+            .collect();
+        self.set("layer_types", Value::Array(types), from);
+    }
+
     fn gemma3(&mut self) -> Result<(), ImportError> {
-        self.copy_u64("sliding_window", "attention.sliding_window")?;
+        // llama.cpp's Gemma 3 has no sliding layers without a window above zero; with one,
+        // every sixth layer is global unless the pattern says otherwise.
+        let window_key = self.key("attention.sliding_window");
+        match self.u64_at(&window_key)? {
+            Some(w) if w > 0 => {
+                self.set("sliding_window", Value::from(w), &window_key);
+                self.window_pattern(6)?;
+            }
+            _ => {
+                let layers = self.u64_at(&self.key("block_count"))?.unwrap_or(0);
+                self.layer_types(&vec![false; layers as usize], &window_key);
+            }
+        }
+        self.copy_f64("rope_local_base_freq", "rope.freq_base_swa")?;
         self.copy_f64("final_logit_softcapping", "final_logit_softcapping")?;
         self.copy_f64("attn_logit_softcapping", "attn_logit_softcapping")?;
         // llama.cpp hard-codes what the metadata does not say: local layers use base
@@ -791,19 +816,36 @@ impl<'a> Translator<'a> {
         self.copy_u64("moe_intermediate_size", "expert_feed_forward_length")?;
         self.copy_u64("n_shared_experts", "expert_shared_count")?;
         self.copy_u64("first_k_dense_replace", "leading_dense_block_count")?;
-        self.copy_f64("routed_scaling_factor", "expert_weights_scale")?;
+        // Absent keys take llama.cpp's defaults, not HF's DeepSeek-V3 ones: no routed
+        // scaling, no renormalisation, and softmax scores (the DeepSeek-V2 GGUFs written
+        // before the key existed), except for the sigmoid GLM-4.7 Lite it knows by shape.
+        let scale_key = self.key("expert_weights_scale");
+        let scale = self.f64_at(&scale_key)?.unwrap_or(1.0);
+        self.set("routed_scaling_factor", float(scale), &scale_key);
         let norm_key = self.key("expert_weights_norm");
-        if let Some(b) = self.bool_at(&norm_key)? {
-            self.set("norm_topk_prob", Value::Bool(b), &norm_key);
-        }
+        let norm = self.bool_at(&norm_key)?.unwrap_or(false);
+        self.set("norm_topk_prob", Value::Bool(norm), &norm_key);
         self.copy_u64("n_group", "expert_group_count")?;
         self.copy_u64("topk_group", "expert_group_used_count")?;
         let func_key = self.key("expert_gating_func");
-        match self.u64_at(&func_key)? {
-            None => self.note("scoring_func", &func_key),
-            Some(1) => self.set("scoring_func", Value::String("softmax".into()), &func_key),
-            Some(2) => self.set("scoring_func", Value::String("sigmoid".into()), &func_key),
-            Some(other) => {
+        let func = match self.u64_at(&func_key)? {
+            Some(f) => f,
+            None => {
+                let layers = self.u64_at(&self.key("block_count"))?;
+                let vocab = self.json.get("vocab_size").and_then(Value::as_u64);
+                if !(matches!(layers, Some(47 | 48)) && vocab == Some(154_880)) {
+                    return Err(self.invalid(
+                        &func_key,
+                        "absent, so llama.cpp scores experts with a softmax (DeepSeek-V2); archc's DeepSeek supports sigmoid scores only",
+                    ));
+                }
+                2
+            }
+        };
+        match func {
+            1 => self.set("scoring_func", Value::String("softmax".into()), &func_key),
+            2 => self.set("scoring_func", Value::String("sigmoid".into()), &func_key),
+            other => {
                 return Err(self.invalid(
                     &func_key,
                     format!("unknown gating function {other} (expected 1 softmax or 2 sigmoid)"),

@@ -1,0 +1,235 @@
+//! GGUF files written by llama.cpp's own `convert_hf_to_gguf.py`, one or more per accepted
+//! architecture: each is imported from its metadata, bound, and its prefill and decode
+//! logits are checked against HF's through the interpreter and the LLVM kernels.
+//!
+//! Fixtures come from `tools/reference/make_converted_fixtures.py`
+//! (`tests/data/gguf/converted/<case>/`: `model.gguf`, `tokens.json`, HF's `logits.npy` and
+//! `decode_logits.npy`, `meta.json`). Every architecture in `SUPPORTED_ARCHITECTURES` must
+//! have a case, so accepting a new one without a converted file fails here.
+
+use archc_runtime::bind::bind_gguf;
+use archc_runtime::exec::{logits, Backend, Mode};
+use archc_runtime::npy;
+use archc_runtime::weights::gguf::GgufFile;
+use archc_spec::import::gguf::{from_gguf_metadata, MetaValue, SUPPORTED_ARCHITECTURES};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// The largest |archc - HF| allowed on any logit (fp32 throughout).
+const TOLERANCE: f32 = 1e-4;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf/converted")
+}
+
+fn snapshot(dir: &Path, name: &str, text: &str) {
+    insta::with_settings!({snapshot_path => dir, prepend_module_to_snapshot => false, omit_expression => true}, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// `general.architecture` of a case's file.
+fn architecture(file: &GgufFile, case: &str) -> String {
+    match file.metadata().get("general.architecture") {
+        Some(MetaValue::Str(a)) => a.clone(),
+        other => panic!("{case}: general.architecture is {other:?}"),
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "logit counts differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                d
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Imports, binds and runs one case; every backend and mode must be within [`TOLERANCE`].
+fn check_case(case: &str) {
+    let dir = root().join(case);
+    let path = dir.join("model.gguf");
+    let open = || GgufFile::open(&path).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let file = open();
+    let spec = from_gguf_metadata(file.metadata(), &file.names(), &format!("{case}.gguf"))
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    snapshot(&dir, "import", &archc_spec::print::to_arch(&spec));
+    let weights = bind_gguf(&spec, file).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let tokens: Vec<u32> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tokens.json"))
+            .unwrap_or_else(|e| panic!("{case}: tokens.json: {e}")),
+    )
+    .unwrap_or_else(|e| panic!("{case}: tokens.json: {e}"));
+    let mut failures = Vec::new();
+    for (mode, reference) in [
+        (Mode::Prefill, "logits.npy"),
+        (Mode::Decode, "decode_logits.npy"),
+    ] {
+        let hf = npy::read(&dir.join(reference)).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(
+            hf.shape,
+            [tokens.len(), spec.vocab as usize],
+            "{case}: {reference}"
+        );
+        for backend in [Backend::Interp, Backend::Llvm] {
+            let ours = logits(&spec, &weights, &tokens, mode, backend)
+                .unwrap_or_else(|e| panic!("{case} {backend:?} {mode:?}: {e}"));
+            let d = max_diff(&ours, &hf.data);
+            eprintln!("{case} {backend:?} {mode:?}: max |archc - HF| = {d:.2e}");
+            if d > TOLERANCE {
+                failures.push(format!(
+                    "{backend:?} {mode:?}: max |archc - HF| = {d:e} > {TOLERANCE:e}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{case}:\n{}", failures.join("\n"));
+}
+
+macro_rules! cases {
+    ($($test:ident => $dir:literal),* $(,)?) => {
+        /// Every case directory, as the tests below name them.
+        const CASES: &[&str] = &[$($dir),*];
+        $(
+            #[test]
+            fn $test() {
+                check_case($dir);
+            }
+        )*
+    };
+}
+
+cases! {
+    llama_matches_hf => "llama",
+    qwen2_matches_hf => "qwen2",
+    qwen3_matches_hf => "qwen3",
+    qwen3moe_matches_hf => "qwen3moe",
+    gemma3_matches_hf => "gemma3",
+    deepseek2_matches_hf => "deepseek2",
+    gpt_oss_matches_hf => "gpt-oss",
+    olmo2_matches_hf => "olmo2",
+    olmo3_as_olmo2_with_a_window_matches_hf => "olmo3",
+}
+
+/// The directory holds exactly the cases above, and together they cover every architecture
+/// the importer accepts.
+#[test]
+fn every_supported_architecture_has_a_converted_fixture() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(root())
+        .unwrap_or_else(|e| panic!("{}: {e}", root().display()))
+        .map(|e| e.expect("a directory entry"))
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let listed: BTreeSet<String> = CASES.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        on_disk, listed,
+        "tests/data/gguf/converted/ and the cases of tests/gguf_converted.rs differ"
+    );
+    let mut covered = BTreeSet::new();
+    for case in CASES {
+        let path = root().join(case).join("model.gguf");
+        let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{case}: {e}"));
+        covered.insert(architecture(&file, case));
+    }
+    let missing: Vec<&str> = SUPPORTED_ARCHITECTURES
+        .iter()
+        .map(|(arch, _)| *arch)
+        .filter(|arch| !covered.contains(*arch))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "accepted GGUF architectures without a converted fixture (add a case to tools/reference/make_converted_fixtures.py): {missing:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Converted metadata with one key changed: what llama.cpp would compute, or a refusal.
+
+/// Per layer: the window and RoPE base of its attention, and its router, if any.
+fn facts(spec: &archc_spec::Spec) -> String {
+    let mut lines = Vec::new();
+    for (i, &b) in spec.schedule.iter().enumerate() {
+        let block = &spec.blocks[b];
+        let mut line = format!("layer {i}:");
+        if let archc_spec::Mixer::Attention(a) = &block.mixer {
+            let theta = a.rope.as_ref().map(|r| r.theta);
+            line += &format!(" window {:?}, rope theta {theta:?}", a.window);
+        }
+        if let archc_spec::Ffn::Moe(m) = &block.ffn {
+            let r = &m.router;
+            line += &format!(
+                ", router {:?} renormalize {} scale {}",
+                r.score, r.renormalize, r.scale
+            );
+        }
+        lines.push(line);
+    }
+    lines.join("\n  ")
+}
+
+/// A key set to a value, or removed (`None`).
+type Change = (&'static str, Option<MetaValue>);
+
+#[test]
+fn converted_metadata_variants_follow_llama_cpp() {
+    let variants: Vec<(&str, &str, Vec<Change>)> = vec![
+        ("gemma3 as converted", "gemma3", vec![]),
+        (
+            "gemma3 without a window: every layer global",
+            "gemma3",
+            vec![("gemma3.attention.sliding_window", None)],
+        ),
+        (
+            "gemma3 with a local RoPE base of 20000",
+            "gemma3",
+            vec![("gemma3.rope.freq_base_swa", Some(MetaValue::F32(20_000.0)))],
+        ),
+        (
+            "gemma3 with a pattern of period 2",
+            "gemma3",
+            vec![(
+                "gemma3.attention.sliding_window_pattern",
+                Some(MetaValue::U32(2)),
+            )],
+        ),
+        ("deepseek2 as converted", "deepseek2", vec![]),
+        (
+            "deepseek2 without weights norm and scale: llama.cpp's defaults",
+            "deepseek2",
+            vec![
+                ("deepseek2.expert_weights_norm", None),
+                ("deepseek2.expert_weights_scale", None),
+            ],
+        ),
+        (
+            "deepseek2 without a gating function (llama.cpp: softmax)",
+            "deepseek2",
+            vec![("deepseek2.expert_gating_func", None)],
+        ),
+    ];
+    let mut text = String::new();
+    for (name, case, changes) in variants {
+        let path = root().join(case).join("model.gguf");
+        let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let mut meta = file.metadata().clone();
+        for (key, value) in changes {
+            match value {
+                Some(v) => meta.insert(key.to_string(), v),
+                None => meta.remove(key),
+            };
+        }
+        let outcome = match from_gguf_metadata(&meta, &file.names(), &format!("{case}.gguf")) {
+            Ok(spec) => facts(&spec),
+            Err(e) => e.to_string(),
+        };
+        text += &format!("{name}:\n  {outcome}\n");
+    }
+    snapshot(&root(), "variants", &text);
+}
