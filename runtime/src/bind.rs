@@ -325,6 +325,8 @@ fn is_ignored_buffer(family: Family, stored: &str) -> bool {
 
 /// Binds every parameter of `spec` to `checkpoint`, or reports every mismatch.
 pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindError> {
+    // A multimodal checkpoint: its language model, with the towers set aside.
+    let (checkpoint, towers) = checkpoint.text_model();
     let mut problems = BTreeSet::new();
     let mut used = BTreeSet::new();
     let mut params = BTreeMap::new();
@@ -353,10 +355,22 @@ pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindErr
         .filter(|n| !used.contains(*n) && !is_ignored_buffer(spec.family, n))
         .map(str::to_string)
         .partition(|n| mtp.contains(n));
+    // Errors name tensors as the file does.
+    let unexpected: Vec<String> = unexpected
+        .iter()
+        .map(|n| checkpoint.stored(n).to_string())
+        .collect();
     if !unexpected.is_empty() {
         problems.insert(Problem::Unexpected { stored: unexpected });
     }
     let mut notes = Vec::new();
+    if !towers.is_empty() {
+        notes.push(format!(
+            "left {} vision/audio tensor(s) of this multimodal checkpoint unread ({} ...): archc runs its text model",
+            towers.len(),
+            towers[0]
+        ));
+    }
     if !skipped.is_empty() {
         notes.push(format!(
             "left {} multi-token-prediction tensor(s) unread ({} ...): the model's {} MTP layer(s) are not run",

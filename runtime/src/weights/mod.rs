@@ -2,6 +2,7 @@
 //! (one `model.safetensors` or shards listed in `model.safetensors.index.json`).
 
 pub mod gguf;
+mod multimodal;
 pub mod safetensors;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -211,6 +212,9 @@ pub struct Checkpoint {
     files: Vec<SafetensorsFile>,
     /// Tensor name to the index of the file that holds it.
     names: BTreeMap<String, usize>,
+    /// Names under which a tensor is known that differ from its stored name (the text
+    /// model of a multimodal checkpoint): known name to stored name.
+    alias: BTreeMap<String, String>,
 }
 
 impl Checkpoint {
@@ -335,6 +339,7 @@ impl Checkpoint {
         Checkpoint {
             files: vec![file],
             names,
+            alias: BTreeMap::new(),
         }
     }
 
@@ -357,7 +362,11 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Checkpoint { files, names })
+        Ok(Checkpoint {
+            files,
+            names,
+            alias: BTreeMap::new(),
+        })
     }
 
     /// Every tensor name, sorted.
@@ -375,13 +384,16 @@ impl Checkpoint {
 
     /// Header information of a tensor, if present.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.names.get(name).and_then(|&i| self.files[i].info(name))
+        let stored = self.stored(name);
+        self.names
+            .get(name)
+            .and_then(|&i| self.files[i].info(stored))
     }
 
     /// The tensor's bytes, zero-copy. Errors if absent or of an unsupported dtype.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
         match self.names.get(name) {
-            Some(&i) => self.files[i].get(name),
+            Some(&i) => self.files[i].get(self.stored(name)),
             None => Err(SafetensorsError::NoSuchTensor {
                 file: self.files.first().map_or_else(
                     || PathBuf::from("<empty checkpoint>"),
@@ -390,6 +402,12 @@ impl Checkpoint {
                 tensor: name.to_string(),
             }),
         }
+    }
+
+    /// The name a tensor has in its file (another than `name` only for the text model of
+    /// a multimodal checkpoint).
+    pub fn stored<'a>(&'a self, name: &'a str) -> &'a str {
+        self.alias.get(name).map_or(name, String::as_str)
     }
 
     /// The file that holds a tensor (for error messages).

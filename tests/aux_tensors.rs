@@ -1,8 +1,10 @@
-//! Checkpoints with multi-token-prediction layers, as DeepSeek V3 ships them: the MTP
-//! tensors (`model.layers.{layers}.*`: a decoder layer, `enorm`, `hnorm`, `eh_proj`,
-//! `shared_head.*`, `embed_tokens`) are left unread with a note, the logits are HF's
-//! (HF itself does not load them), `stats` counts them apart, and any other extra tensor
-//! is still an error that lists it.
+//! Auxiliary tensors that archc leaves unread on purpose, with a note, while any other
+//! extra tensor is still an error that lists it:
+//! - multi-token-prediction layers, as DeepSeek V3 ships them (`model.layers.{layers}.*`:
+//!   a decoder layer, `enorm`, `hnorm`, `eh_proj`, `shared_head.*`, `embed_tokens`); the
+//!   logits are HF's (HF itself does not load them) and `stats` counts them apart;
+//! - the vision and audio towers of a multimodal checkpoint, whose language model is
+//!   bound under its text-checkpoint names.
 
 mod common;
 
@@ -172,5 +174,133 @@ fn the_cli_prints_the_note_and_stats_the_count() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("mtp"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A safetensors image of `(name, tensor)` pairs, copied as stored.
+fn safetensors_copy(tensors: &[(String, archc_runtime::weights::TensorView<'_>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (name, t) in tensors {
+        let begin = data.len();
+        data.extend_from_slice(t.bytes);
+        assert_eq!(t.dtype, archc_runtime::weights::Dtype::F32);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&data);
+    out
+}
+
+/// The Gemma 3 text fixture laid out as `Gemma3ForConditionalGeneration` saves it: the
+/// language model under `model.language_model.` (or the older `language_model.model.`),
+/// a vision tower and projector beside it, and a config whose `text_config` is the text
+/// model's.
+fn multimodal_copy(name: &str, old_layout: bool, extra: &[&str]) -> PathBuf {
+    let fixture = common::fixture_root().join("gemma3_text");
+    let dir = std::env::temp_dir().join(format!("archc-mm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "model_type": "gemma3",
+        "text_config": text,
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8},
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let file = SafetensorsFile::open(&fixture.join("model.safetensors")).unwrap();
+    let mut tensors = Vec::new();
+    for n in file.names() {
+        let renamed = match (n.strip_prefix("model."), old_layout) {
+            (Some(rest), false) => format!("model.language_model.{rest}"),
+            (Some(rest), true) => format!("language_model.model.{rest}"),
+            (None, true) if n == "lm_head.weight" => "language_model.lm_head.weight".into(),
+            (None, _) => n.to_string(),
+        };
+        tensors.push((renamed, file.get(n).unwrap()));
+    }
+    let patch = [0f32; 6]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect::<Vec<u8>>();
+    let shape = [2usize, 3];
+    let tower = |n: &str| {
+        (
+            n.to_string(),
+            archc_runtime::weights::TensorView {
+                dtype: archc_runtime::weights::Dtype::F32,
+                shape: &shape,
+                bytes: &patch,
+            },
+        )
+    };
+    tensors.push(tower(if old_layout {
+        "vision_tower.vision_model.embeddings.patch_embedding.weight"
+    } else {
+        "model.vision_tower.vision_model.embeddings.patch_embedding.weight"
+    }));
+    tensors.push(tower(
+        "model.multi_modal_projector.mm_input_projection_weight",
+    ));
+    for n in extra {
+        tensors.push(tower(n));
+    }
+    std::fs::write(dir.join("model.safetensors"), safetensors_copy(&tensors)).unwrap();
+    dir
+}
+
+#[test]
+fn a_multimodal_checkpoint_runs_its_text_model() {
+    let fx = common::fixture("gemma3_text");
+    for old_layout in [false, true] {
+        let dir = multimodal_copy(&format!("ok{old_layout}"), old_layout, &[]);
+        let spec = archc_spec::import::from_path(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let weights =
+            bind(&spec, Checkpoint::open(&dir).unwrap()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(weights.notes().len(), 1, "{:?}", weights.notes());
+        assert!(
+            weights.notes()[0].contains("left 2 vision/audio tensor(s)"),
+            "{:?}",
+            weights.notes()
+        );
+        for backend in [Backend::Interp, Backend::Llvm] {
+            let ours = logits(&spec, &weights, &fx.tokens, Mode::Prefill, backend).unwrap();
+            common::check(
+                "gemma3 multimodal",
+                "prefill",
+                &ours,
+                &fx.hf,
+                fx.vocab,
+                1e-4,
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // A stray tensor outside the towers is still an error.
+    let dir = multimodal_copy(
+        "stray",
+        false,
+        &["model.language_model.layers.9.extra.weight"],
+    );
+    let spec = archc_spec::import::from_path(&dir).unwrap();
+    let e = bind(&spec, Checkpoint::open(&dir).unwrap())
+        .map(|_| ())
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("'model.language_model.layers.9.extra.weight'"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
