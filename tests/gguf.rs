@@ -745,43 +745,6 @@ fn parity(kind: &str, tolerance: f32) {
     }
 }
 
-/// DeepSeek-V3 as current llama.cpp conversions store it: `kv_b` split per head into
-/// `attn_k_b` (transposed) and `attn_v_b`, rebuilt at binding; prefill and decode through
-/// the interpreter and the LLVM kernels against HF.
-#[test]
-fn tiny_deepseek_with_split_kv_b_matches_hf() {
-    let dir = data().join("tiny_deepseek_split");
-    let path = dir.join("f32.gguf");
-    let file = open(&path);
-    assert!(file.info("blk.0.attn_k_b.weight").is_some());
-    assert!(file.info("blk.0.attn_kv_b.weight").is_none());
-    let spec = import_file(&path);
-    let weights = bind_gguf(&spec, file).unwrap_or_else(|e| panic!("{e}"));
-    let tokens: Vec<u32> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap()).unwrap();
-    let hf = npy::read(&dir.join("logits.npy")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(hf.shape, [tokens.len(), spec.vocab as usize]);
-    for backend in [Backend::Interp, Backend::Llvm] {
-        for mode in [Mode::Prefill, Mode::Decode] {
-            let ours = logits(&spec, &weights, &tokens, mode, backend)
-                .unwrap_or_else(|e| panic!("{backend:?} {mode:?}: {e}"));
-            let d = max_diff(&ours, &hf.data);
-            assert!(d <= 1e-4, "{backend:?} {mode:?}: max |ours - HF| = {d:e}");
-        }
-    }
-    // A value half of the wrong size is a shape error naming the tensor.
-    let bad = data().join("tiny_deepseek_split/f32.gguf");
-    let mut spec2 = spec.clone();
-    if let archc_spec::Mixer::Attention(a) = &mut spec2.blocks[0].mixer {
-        a.v_head_dim += 1;
-        if let Some(mla) = &mut a.mla {
-            mla.v_dim += 1;
-        }
-    }
-    let e = bind_gguf(&spec2, open(&bad)).unwrap_err().to_string();
-    assert!(e.contains("attn_v_b"), "{e}");
-}
-
 #[test]
 fn tiny_llama_f32_matches_hf() {
     parity("f32", 1e-4);

@@ -6,6 +6,10 @@
 //! (`tests/data/gguf/converted/<case>/`: `model.gguf`, `tokens.json`, HF's `logits.npy` and
 //! `decode_logits.npy`, `meta.json`). Every architecture in `SUPPORTED_ARCHITECTURES` must
 //! have a case, so accepting a new one without a converted file fails here.
+//!
+//! Also here: DeepSeek-V3 with `kv_b` split into `attn_k_b` / `attn_v_b` as current
+//! conversions store it (`tests/data/gguf/tiny_deepseek_split/`, written the converter's
+//! way by `tools/reference/make_gguf_fixtures.py`).
 
 use archc_runtime::bind::bind_gguf;
 use archc_runtime::exec::{logits, Backend, Mode};
@@ -232,4 +236,46 @@ fn converted_metadata_variants_follow_llama_cpp() {
         text += &format!("{name}:\n  {outcome}\n");
     }
     snapshot(&root(), "variants", &text);
+}
+
+/// DeepSeek-V3 as current llama.cpp conversions store it: `kv_b` split per head into
+/// `attn_k_b` (transposed) and `attn_v_b`, rebuilt at binding; prefill and decode through
+/// the interpreter and the LLVM kernels against HF.
+#[test]
+fn tiny_deepseek_with_split_kv_b_matches_hf() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf/tiny_deepseek_split");
+    let path = dir.join("f32.gguf");
+    let open = |p: &Path| GgufFile::open(p).unwrap_or_else(|e| panic!("{e}"));
+    let file = open(&path);
+    assert!(file.info("blk.0.attn_k_b.weight").is_some());
+    assert!(file.info("blk.0.attn_kv_b.weight").is_none());
+    let spec = from_gguf_metadata(file.metadata(), &file.names(), "f32.gguf")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let weights = bind_gguf(&spec, file).unwrap_or_else(|e| panic!("{e}"));
+    let tokens: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap()).unwrap();
+    let hf = npy::read(&dir.join("logits.npy")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(hf.shape, [tokens.len(), spec.vocab as usize]);
+    for backend in [Backend::Interp, Backend::Llvm] {
+        for mode in [Mode::Prefill, Mode::Decode] {
+            let ours = logits(&spec, &weights, &tokens, mode, backend)
+                .unwrap_or_else(|e| panic!("{backend:?} {mode:?}: {e}"));
+            let d = max_diff(&ours, &hf.data);
+            assert!(
+                d <= TOLERANCE,
+                "{backend:?} {mode:?}: max |ours - HF| = {d:e}"
+            );
+        }
+    }
+    // A value half of the wrong size is a shape error naming the tensor.
+    let bad = path.clone();
+    let mut spec2 = spec.clone();
+    if let archc_spec::Mixer::Attention(a) = &mut spec2.blocks[0].mixer {
+        a.v_head_dim += 1;
+        if let Some(mla) = &mut a.mla {
+            mla.v_dim += 1;
+        }
+    }
+    let e = bind_gguf(&spec2, open(&bad)).unwrap_err().to_string();
+    assert!(e.contains("attn_v_b"), "{e}");
 }
