@@ -518,6 +518,28 @@ mod tests {
     }
 
     #[test]
+    fn iq4_nl_indexes_its_table() {
+        // d = 1.0 (f16 0x3c00); byte 0 holds quants 0 (low) and 8 (high), byte 1 15 and 7.
+        let mut b = vec![0x00, 0x3c, 0x80, 0x7f];
+        b.resize(18, 0);
+        let y = dequantize(GgmlType::Iq4Nl, &b).expect("one block");
+        assert_eq!((y[0], y[16], y[1], y[17]), (-127.0, 1.0, 113.0, -10.0));
+    }
+
+    #[test]
+    fn q3_k_subtracts_four_where_the_high_bit_is_clear() {
+        // Every scale 33 (nibble 1, high bits 2), so `d * (33 - 32)` is d = 1.0.
+        let mut b = vec![0u8; 110];
+        b[96..104].fill(0x11);
+        b[104..108].fill(0xaa);
+        b[108..110].copy_from_slice(&0x3c00u16.to_le_bytes());
+        b[0] = 1; // the high bit of element 0
+        b[32] = 3; // the low bits of element 0
+        let y = dequantize(GgmlType::Q3K, &b).expect("one block");
+        assert_eq!((y[0], y[1], y[32], y[255]), (3.0, -4.0, -4.0, -4.0));
+    }
+
+    #[test]
     fn partial_block_is_an_error() {
         let e = dequantize(GgmlType::Q4_1, &[0; 21]).expect_err("21 bytes");
         assert_eq!(
