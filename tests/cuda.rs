@@ -353,7 +353,7 @@ block {
 
 /// Random blocks of `fmt` for `n` bytes, each block's f16 scales set to a small normal
 /// value (random bits there could be NaN or infinite) at the offsets the format keeps
-/// them: `d` (and `m` / `dmin`) at the start, Q6_K's `d` at byte 208.
+/// them (`BlockFormat::f16_fields`).
 fn random_blocks(fmt: BlockFormat, n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     let mut out: Vec<u8> = (0..n)
@@ -364,14 +364,10 @@ fn random_blocks(fmt: BlockFormat, n: usize, seed: u64) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect();
-    let scales: &[usize] = match fmt {
-        BlockFormat::Q4_0 | BlockFormat::Q8_0 => &[0],
-        BlockFormat::Q4_1 | BlockFormat::Q4K | BlockFormat::Q5K => &[0, 2],
-        BlockFormat::Q6K => &[208],
-    };
     let block = fmt.block_bytes() as usize;
     for b in out.chunks_exact_mut(block) {
-        for &at in scales {
+        for &at in fmt.f16_fields() {
+            let at = at as usize;
             // 2^-9 as f16.
             b[at..at + 2].copy_from_slice(&0x1800u16.to_le_bytes());
         }

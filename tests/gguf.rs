@@ -289,7 +289,7 @@ fn lying_files_get_errors_naming_the_field() {
         ),
         ("byte size overflow", one_tensor(&[1 << 62], 0, 0, 0)),
         ("unknown tensor type", one_tensor(&[4], 99, 0, 16)),
-        ("unsupported tensor type", one_tensor(&[256], 11, 0, 110)),
+        ("unsupported tensor type", one_tensor(&[256], 16, 0, 66)),
         ("row not whole blocks", one_tensor(&[33], 8, 0, 64)),
         ("offset outside the data", one_tensor(&[4], 0, 64, 16)),
         ("size past the end", one_tensor(&[8], 0, 0, 16)),

@@ -33,10 +33,16 @@ fn ggml(fmt: BlockFormat) -> GgmlType {
     match fmt {
         BlockFormat::Q4_0 => GgmlType::Q4_0,
         BlockFormat::Q4_1 => GgmlType::Q4_1,
+        BlockFormat::Q5_0 => GgmlType::Q5_0,
+        BlockFormat::Q5_1 => GgmlType::Q5_1,
         BlockFormat::Q8_0 => GgmlType::Q8_0,
+        BlockFormat::Q2K => GgmlType::Q2K,
+        BlockFormat::Q3K => GgmlType::Q3K,
         BlockFormat::Q4K => GgmlType::Q4K,
         BlockFormat::Q5K => GgmlType::Q5K,
         BlockFormat::Q6K => GgmlType::Q6K,
+        BlockFormat::Iq4Nl => GgmlType::Iq4Nl,
+        BlockFormat::Iq4Xs => GgmlType::Iq4Xs,
     }
 }
 
@@ -61,15 +67,6 @@ impl Rng {
     }
 }
 
-/// Byte offsets of the f16 scale fields of a block.
-fn scale_fields(fmt: BlockFormat) -> &'static [usize] {
-    match fmt {
-        BlockFormat::Q4_0 | BlockFormat::Q8_0 => &[0],
-        BlockFormat::Q4_1 | BlockFormat::Q4K | BlockFormat::Q5K => &[0, 2],
-        BlockFormat::Q6K => &[208],
-    }
-}
-
 /// `rows` rows of `width` elements as random blocks. With `wild`, scale fields are any
 /// finite f16 (subnormals, negatives, large values); otherwise small positive ones.
 fn random_blocks(
@@ -83,7 +80,8 @@ fn random_blocks(
     let n = rows * width / bl;
     let mut bytes: Vec<u8> = (0..n * bb).map(|_| rng.byte()).collect();
     for b in 0..n {
-        for &at in scale_fields(fmt) {
+        for &at in fmt.f16_fields() {
+            let at = at as usize;
             let bits: u16 = if wild {
                 let bits = (rng.next() >> 48) as u16;
                 // Exponent all ones is inf or NaN: clear one exponent bit.
@@ -226,7 +224,7 @@ fn kernels_decode_every_block_format_like_the_reference() {
 
 /// The kernel IR of the gather and the matmul over `[2, block_len]` weights of every
 /// format, prefill then decode, snapshotted: the decoding is code to read, so its text
-/// is reviewed.
+/// is reviewed. The text reads back to the same program.
 #[test]
 fn kernel_text_of_every_block_format() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant");
@@ -239,7 +237,14 @@ fn kernel_text_of_every_block_format() {
                 &Lowering::with_formats(&|_| Some(ParamFormat::Block(fmt))),
             )
             .unwrap_or_else(|e| panic!("{}: {e}", fmt.name()));
-            text.push_str(&program.to_string());
+            let printed = program.to_string();
+            assert_eq!(
+                archc_compiler::kernel::parse_program(&printed).as_ref(),
+                Ok(&program),
+                "{} {mode:?}: the kernel text does not read back",
+                fmt.name()
+            );
+            text.push_str(&printed);
             text.push('\n');
         }
         let name = fmt.name().to_lowercase();
@@ -288,52 +293,54 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The tiny model's logits with compiled kernels reading raw blocks, against the graph
-/// interpreter on the dequantised weights. The tolerance is relative to the largest
-/// logit: the two differ only in f32 summation order (measured: see the assertion).
-fn quantised_model_matches_the_interpreter(path: &Path, format: GgmlType, tied: bool) {
+/// interpreter on the dequantised weights, with LLVM's code and Cranelift's. `formats`
+/// says how many tensors each block type stores; the kernels of both modes decode each.
+/// The tolerance is relative to the largest logit: the two differ only in f32 summation
+/// order (measured: see the assertion).
+fn quantised_model_matches_the_interpreter(path: &Path, formats: &[(GgmlType, usize)]) {
     let (spec, file) = import(path);
     let weights = bind_gguf(&spec, file).unwrap_or_else(|e| panic!("{e}"));
-    let quantised: Vec<&str> = weights
-        .names()
-        .filter(|n| weights.quantized(n).is_some_and(|q| q.ty == format))
-        .collect();
-    let layers = spec.layers as usize;
-    // 7 projections per layer, the embedding, and the head unless tied.
-    assert_eq!(
-        quantised.len(),
-        7 * layers + 1 + usize::from(!tied),
-        "{path:?}"
-    );
+    for &(format, count) in formats {
+        let quantised: Vec<&str> = weights
+            .names()
+            .filter(|n| weights.quantized(n).is_some_and(|q| q.ty == format))
+            .collect();
+        assert_eq!(quantised.len(), count, "{path:?}: {format} tensors");
 
-    // Both programs read every quantised parameter as its raw blocks, in kernels that
-    // decode them.
-    for mode in [GraphMode::Prefill, GraphMode::Decode] {
-        let program = cpu::driver(&spec, &weights, cpu::Options::default())
-            .program(mode)
-            .unwrap_or_else(|e| panic!("{e}"));
-        for name in &quantised {
-            let b = &program.buffers[program.param(name).expect("a param")];
-            assert_eq!(b.elem, Elem::U8, "{name}");
+        // Both programs read every quantised parameter as its raw blocks, in kernels that
+        // decode them.
+        for mode in [GraphMode::Prefill, GraphMode::Decode] {
+            let program = cpu::driver(&spec, &weights, cpu::Options::default())
+                .program(mode)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for name in &quantised {
+                let b = &program.buffers[program.param(name).expect("a param")];
+                assert_eq!(b.elem, Elem::U8, "{name}");
+            }
+            let tag = format!("_{}_", format.name().to_lowercase());
+            let decoding = program
+                .kernels
+                .iter()
+                .filter(|k| k.name.contains(&tag))
+                .count();
+            assert!(
+                decoding >= count.min(3),
+                "{path:?} {mode:?}: {decoding} kernels named `*{tag}*`"
+            );
         }
-        let tag = format!("_{}_", format.name().to_lowercase());
-        let decoding = program
-            .kernels
-            .iter()
-            .filter(|k| k.name.contains(&tag))
-            .count();
-        assert!(
-            decoding >= 3,
-            "{path:?}: {decoding} kernels named `*{tag}*`"
-        );
     }
-
-    let mut model = CpuModel::from_spec(&spec, &weights, Engine::Llvm, 2)
-        .unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    // Nothing is converted at bind time: quantised parameters are bound as their blocks,
-    // the f32 norms as they are.
-    let stats = model.param_stats();
-    assert_eq!(stats.converted_bytes, 0, "{path:?}: {stats:?}");
-    assert_eq!(stats.converted, 0, "{path:?}: {stats:?}");
+    // Every matrix is quantised: 7 projections per layer, the embedding, and the head
+    // unless tied.
+    let blocks = weights
+        .names()
+        .filter(|n| weights.quantized(n).is_some_and(|q| q.ty.is_quantized()))
+        .count();
+    let tied = spec.tied;
+    assert_eq!(
+        blocks,
+        7 * spec.layers as usize + 1 + usize::from(!tied),
+        "{path:?}: block-quantised tensors"
+    );
 
     let tokens: Vec<u32> = (0..9).map(|i| (i * 7 + 3) % spec.vocab as u32).collect();
     let want = logits(&spec, &weights, &tokens, Mode::Prefill, Backend::Interp)
@@ -344,83 +351,98 @@ fn quantised_model_matches_the_interpreter(path: &Path, format: GgmlType, tied: 
         "{path:?}: logits up to {scale}"
     );
 
-    let mut cache = model.new_cache();
-    let prefill = model
-        .run(Phase::Prefill, &mut cache, &tokens)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut cache = model.new_cache();
-    let mut decode = Vec::new();
-    for &t in &tokens {
-        decode.extend(
-            model
-                .run(Phase::Decode, &mut cache, &[t])
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
+    for engine in [Engine::Llvm, Engine::Cranelift] {
+        let mut model = CpuModel::from_spec(&spec, &weights, engine, 2)
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        // Nothing is converted at bind time: quantised parameters are bound as their
+        // blocks, the f32 norms as they are.
+        let stats = model.param_stats();
+        assert_eq!(stats.converted_bytes, 0, "{path:?}: {stats:?}");
+        assert_eq!(stats.converted, 0, "{path:?}: {stats:?}");
+
+        let mut cache = model.new_cache();
+        let prefill = model
+            .run(Phase::Prefill, &mut cache, &tokens)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut cache = model.new_cache();
+        let mut decode = Vec::new();
+        for &t in &tokens {
+            decode.extend(
+                model
+                    .run(Phase::Decode, &mut cache, &[t])
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        for (what, got) in [("prefill", &prefill), ("decode", &decode)] {
+            let d = max_diff(got, &want) / scale;
+            eprintln!("{path:?} {engine:?} {what}: max |native - interp| / max |logit| = {d:e}");
+            assert!(
+                d <= 1e-5,
+                "{path:?} {engine:?} {what}: relative difference {d:e}"
+            );
+        }
     }
-    for (what, got) in [("prefill", &prefill), ("decode", &decode)] {
-        let d = max_diff(got, &want) / scale;
-        eprintln!(
-            "{} {what}: max |native - interp| / max |logit| = {d:e}",
-            format.name()
-        );
-        assert!(
-            d <= 1e-5,
-            "{} {what}: relative difference {d:e}",
-            format.name()
-        );
-    }
+}
+
+fn tiny(name: &str) -> PathBuf {
+    data().join("tiny_quant").join(name)
 }
 
 #[test]
 fn tiny_q8_0_llama_runs_on_its_blocks() {
     quantised_model_matches_the_interpreter(
         &data().join("tiny_llama/q8_0.gguf"),
-        GgmlType::Q8_0,
-        false,
+        &[(GgmlType::Q8_0, 16)],
     );
 }
 
 #[test]
 fn tiny_q4_0_llama_runs_on_its_blocks() {
-    quantised_model_matches_the_interpreter(
-        &data().join("tiny_quant/q4_0.gguf"),
-        GgmlType::Q4_0,
-        false,
-    );
+    quantised_model_matches_the_interpreter(&tiny("q4_0.gguf"), &[(GgmlType::Q4_0, 16)]);
 }
 
 #[test]
 fn tiny_q4_1_llama_runs_on_its_blocks() {
-    quantised_model_matches_the_interpreter(
-        &data().join("tiny_quant/q4_1.gguf"),
-        GgmlType::Q4_1,
-        false,
-    );
+    quantised_model_matches_the_interpreter(&tiny("q4_1.gguf"), &[(GgmlType::Q4_1, 16)]);
+}
+
+#[test]
+fn tiny_q5_0_llama_runs_on_its_blocks() {
+    quantised_model_matches_the_interpreter(&tiny("q5_0.gguf"), &[(GgmlType::Q5_0, 16)]);
+}
+
+#[test]
+fn tiny_q5_1_llama_runs_on_its_blocks() {
+    quantised_model_matches_the_interpreter(&tiny("q5_1.gguf"), &[(GgmlType::Q5_1, 16)]);
+}
+
+#[test]
+fn tiny_iq4_nl_llama_runs_on_its_blocks() {
+    quantised_model_matches_the_interpreter(&tiny("iq4_nl.gguf"), &[(GgmlType::Iq4Nl, 16)]);
 }
 
 #[test]
 fn tiny_q4_k_llama_runs_on_its_blocks() {
-    quantised_model_matches_the_interpreter(
-        &data().join("tiny_quant/q4_k.gguf"),
-        GgmlType::Q4K,
-        true,
-    );
+    quantised_model_matches_the_interpreter(&tiny("q4_k.gguf"), &[(GgmlType::Q4K, 8)]);
 }
 
 #[test]
 fn tiny_q5_k_llama_runs_on_its_blocks() {
-    quantised_model_matches_the_interpreter(
-        &data().join("tiny_quant/q5_k.gguf"),
-        GgmlType::Q5K,
-        true,
-    );
+    quantised_model_matches_the_interpreter(&tiny("q5_k.gguf"), &[(GgmlType::Q5K, 8)]);
 }
 
 #[test]
 fn tiny_q6_k_llama_runs_on_its_blocks() {
+    quantised_model_matches_the_interpreter(&tiny("q6_k.gguf"), &[(GgmlType::Q6K, 8)]);
+}
+
+/// Q2_K, Q3_K and IQ4_XS in one model, as the mixed files llama.cpp writes (Q3_K_M,
+/// IQ4_XS) mix types: the fused q/k/v and gate/up kernels decode parts of different
+/// types side by side.
+#[test]
+fn tiny_mixed_k_llama_runs_on_its_blocks() {
     quantised_model_matches_the_interpreter(
-        &data().join("tiny_quant/q6_k.gguf"),
-        GgmlType::Q6K,
-        true,
+        &tiny("mixed_k.gguf"),
+        &[(GgmlType::Q2K, 2), (GgmlType::Q3K, 3), (GgmlType::Iq4Xs, 3)],
     );
 }

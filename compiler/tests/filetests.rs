@@ -230,8 +230,8 @@ fn header_and_input_errors_name_the_line() {
         ),
         (
             "kernel",
-            format!("test kernel format x=q3_k\n{TINY}"),
-            "unknown format `q3_k`",
+            format!("test kernel format x=iq2_xxs\n{TINY}"),
+            "unknown format `iq2_xxs`",
         ),
     ];
     for (folder, text, want) in cases {

@@ -192,10 +192,16 @@ impl archc_compiler::interp::WeightSource for BoundWeights {
         let format = match q.ty {
             GgmlType::Q4_0 => BlockFormat::Q4_0,
             GgmlType::Q4_1 => BlockFormat::Q4_1,
+            GgmlType::Q5_0 => BlockFormat::Q5_0,
+            GgmlType::Q5_1 => BlockFormat::Q5_1,
             GgmlType::Q8_0 => BlockFormat::Q8_0,
+            GgmlType::Q2K => BlockFormat::Q2K,
+            GgmlType::Q3K => BlockFormat::Q3K,
             GgmlType::Q4K => BlockFormat::Q4K,
             GgmlType::Q5K => BlockFormat::Q5K,
             GgmlType::Q6K => BlockFormat::Q6K,
+            GgmlType::Iq4Nl => BlockFormat::Iq4Nl,
+            GgmlType::Iq4Xs => BlockFormat::Iq4Xs,
             GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => return None,
         };
         Some(archc_compiler::interp::BlockView {

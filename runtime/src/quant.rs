@@ -20,14 +20,29 @@ pub enum GgmlType {
     Q4_0,
     /// 32 elements: f16 `d`, f16 min `m`, 16 bytes of 4-bit quants; `x = q * d + m`.
     Q4_1,
+    /// 32 elements: f16 `d`, 32 fifth bits, 16 bytes of nibbles; `x = (q - 16) * d`.
+    Q5_0,
+    /// 32 elements: f16 `d`, f16 min `m`, 32 fifth bits, 16 bytes of nibbles;
+    /// `x = q * d + m`.
+    Q5_1,
     /// 32 elements: f16 `d`, 32 signed bytes; `x = q * d`.
     Q8_0,
+    /// 256 elements in 16 sub-blocks of 16 with 4-bit scales and mins, 2-bit quants.
+    Q2K,
+    /// 256 elements in 16 sub-blocks of 16 with signed 6-bit scales, 3-bit quants (two
+    /// low bits and a high-bit mask).
+    Q3K,
     /// 256 elements in 8 sub-blocks of 32 with 6-bit scales and mins.
     Q4K,
     /// Q4_K plus one high bit per element.
     Q5K,
     /// 256 elements in 16 sub-blocks of 16 with 8-bit scales, 6-bit quants.
     Q6K,
+    /// 32 elements: f16 `d`, 16 bytes of nibbles indexing a fixed non-linear table of
+    /// 16 signed values; `x = d * table[q]`.
+    Iq4Nl,
+    /// 256 elements in 8 sub-blocks of 32 with signed 6-bit scales, IQ4_NL's table.
+    Iq4Xs,
 }
 
 /// A block format: elements per block and bytes per block.
@@ -39,15 +54,21 @@ pub struct BlockLayout {
 
 impl GgmlType {
     /// Every supported type, in GGML id order.
-    pub const ALL: [GgmlType; 9] = [
+    pub const ALL: [GgmlType; 15] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
         GgmlType::Q8_0,
+        GgmlType::Q2K,
+        GgmlType::Q3K,
         GgmlType::Q4K,
         GgmlType::Q5K,
         GgmlType::Q6K,
+        GgmlType::Iq4Nl,
+        GgmlType::Iq4Xs,
         GgmlType::Bf16,
     ];
 
@@ -63,10 +84,16 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
             GgmlType::Q4K => 12,
             GgmlType::Q5K => 13,
             GgmlType::Q6K => 14,
+            GgmlType::Iq4Nl => 20,
+            GgmlType::Iq4Xs => 23,
             GgmlType::Bf16 => 30,
         }
     }
@@ -79,10 +106,16 @@ impl GgmlType {
             GgmlType::Bf16 => "BF16",
             GgmlType::Q4_0 => "Q4_0",
             GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
             GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2K => "Q2_K",
+            GgmlType::Q3K => "Q3_K",
             GgmlType::Q4K => "Q4_K",
             GgmlType::Q5K => "Q5_K",
             GgmlType::Q6K => "Q6_K",
+            GgmlType::Iq4Nl => "IQ4_NL",
+            GgmlType::Iq4Xs => "IQ4_XS",
         }
     }
 
@@ -93,10 +126,16 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::Bf16 => (1, 2),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q2K => (256, 84),
+            GgmlType::Q3K => (256, 110),
             GgmlType::Q4K => (256, 144),
             GgmlType::Q5K => (256, 176),
             GgmlType::Q6K => (256, 210),
+            GgmlType::Iq4Nl => (32, 18),
+            GgmlType::Iq4Xs => (256, 136),
         };
         BlockLayout {
             block_len,
@@ -209,10 +248,16 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) -> Result
             GgmlType::Bf16 => y[0] = bf16_to_f32(u16::from_le_bytes([b[0], b[1]])),
             GgmlType::Q4_0 => q4_0(b, y),
             GgmlType::Q4_1 => q4_1(b, y),
+            GgmlType::Q5_0 => q5_0(b, y),
+            GgmlType::Q5_1 => q5_1(b, y),
             GgmlType::Q8_0 => q8_0(b, y),
+            GgmlType::Q2K => q2_k(b, y),
+            GgmlType::Q3K => q3_k(b, y),
             GgmlType::Q4K => q4_k(b, y),
             GgmlType::Q5K => q5_k(b, y),
             GgmlType::Q6K => q6_k(b, y),
+            GgmlType::Iq4Nl => iq4_nl(b, y),
+            GgmlType::Iq4Xs => iq4_xs(b, y),
         }
         out.extend_from_slice(y);
     }
@@ -249,10 +294,82 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// The fifth bit of element `e` (0..32) of a Q5_0 / Q5_1 block: bit `e` of the
+/// little-endian 32-bit word at `at`.
+fn fifth_bit(b: &[u8], at: usize, e: usize) -> u8 {
+    (b[at + e / 8] >> (e % 8)) & 1
+}
+
+fn q5_0(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let qs = &b[6..22];
+    for j in 0..16 {
+        let lo = (qs[j] & 0x0f) | (fifth_bit(b, 2, j) << 4);
+        let hi = (qs[j] >> 4) | (fifth_bit(b, 2, j + 16) << 4);
+        y[j] = f32::from(lo as i8 - 16) * d;
+        y[j + 16] = f32::from(hi as i8 - 16) * d;
+    }
+}
+
+fn q5_1(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let m = half(b, 2);
+    let qs = &b[8..24];
+    for j in 0..16 {
+        let lo = (qs[j] & 0x0f) | (fifth_bit(b, 4, j) << 4);
+        let hi = (qs[j] >> 4) | (fifth_bit(b, 4, j + 16) << 4);
+        y[j] = d * f32::from(lo) + m;
+        y[j + 16] = d * f32::from(hi) + m;
+    }
+}
+
 fn q8_0(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     for j in 0..32 {
         y[j] = f32::from(b[2 + j] as i8) * d;
+    }
+}
+
+fn q2_k(b: &[u8], y: &mut [f32]) {
+    let scales = &b[0..16];
+    let qs = &b[16..80];
+    let d = half(b, 80);
+    let dmin = half(b, 82);
+    // Each half of 128 elements reads 32 bytes of quants four times, two bits at a time;
+    // element `e` belongs to the sub-block of 16 that `scales[e / 16]` describes.
+    for e in 0..256 {
+        let (h, r) = (e / 128, e % 128);
+        let q = (qs[h * 32 + r % 32] >> (2 * (r / 32))) & 3;
+        let sc = scales[e / 16];
+        let dl = d * f32::from(sc & 0x0f);
+        let ml = dmin * f32::from(sc >> 4);
+        y[e] = dl * f32::from(q) - ml;
+    }
+}
+
+/// The signed 6-bit scale of sub-block `j` (0..16) of a Q3_K block from its 12 packed
+/// bytes: the low nibble from byte `j % 8` (its high nibble for `j >= 8`), the top two
+/// bits from byte `8 + j % 4` (bits `2 * (j / 4)`), less 32.
+fn q3_k_scale(j: usize, s: &[u8]) -> i8 {
+    let low = (s[j % 8] >> (4 * (j / 8))) & 0x0f;
+    let high = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (low | (high << 4)) as i8 - 32
+}
+
+fn q3_k(b: &[u8], y: &mut [f32]) {
+    let hmask = &b[0..32];
+    let qs = &b[32..96];
+    let scales = &b[96..108];
+    let d = half(b, 108);
+    // Two low bits as Q2_K lays them out; a clear bit `e / 32` of `hmask[e % 32]`
+    // subtracts 4.
+    for e in 0..256 {
+        let (h, r) = (e / 128, e % 128);
+        let low = (qs[h * 32 + r % 32] >> (2 * (r / 32))) & 3;
+        let high = (hmask[e % 32] >> (e / 32)) & 1;
+        let q = (low | (high << 2)) as i8 - 4;
+        let dl = d * f32::from(q3_k_scale(e / 16, scales));
+        y[e] = dl * f32::from(q);
     }
 }
 
@@ -326,6 +443,39 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// IQ4_NL's 16 values, which a 4-bit quant indexes (IQ4_XS shares them).
+pub const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+fn iq4_nl(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let qs = &b[2..18];
+    for j in 0..16 {
+        y[j] = d * f32::from(IQ4_VALUES[usize::from(qs[j] & 0x0f)]);
+        y[j + 16] = d * f32::from(IQ4_VALUES[usize::from(qs[j] >> 4)]);
+    }
+}
+
+fn iq4_xs(b: &[u8], y: &mut [f32]) {
+    let d = half(b, 0);
+    let scales_h = u16::from_le_bytes([b[2], b[3]]);
+    let scales_l = &b[4..8];
+    let qs = &b[8..136];
+    // Sub-block `j` of 32: a 6-bit scale from a nibble of `scales_l` and two bits of
+    // `scales_h`, less 32; its 16 bytes hold elements 0..16 low, 16..32 high.
+    for j in 0..8 {
+        let low = (scales_l[j / 2] >> (4 * (j % 2))) & 0x0f;
+        let high = ((scales_h >> (2 * j)) & 3) as u8;
+        let dl = d * f32::from((low | (high << 4)) as i8 - 32);
+        let q = &qs[16 * j..16 * j + 16];
+        for l in 0..16 {
+            y[32 * j + l] = dl * f32::from(IQ4_VALUES[usize::from(q[l] & 0x0f)]);
+            y[32 * j + l + 16] = dl * f32::from(IQ4_VALUES[usize::from(q[l] >> 4)]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,10 +493,16 @@ mod tests {
                 (1, 1, 2),
                 (2, 32, 18),
                 (3, 32, 20),
+                (6, 32, 22),
+                (7, 32, 24),
                 (8, 32, 34),
+                (10, 256, 84),
+                (11, 256, 110),
                 (12, 256, 144),
                 (13, 256, 176),
                 (14, 256, 210),
+                (20, 32, 18),
+                (23, 256, 136),
                 (30, 1, 2)
             ]
         );
@@ -359,6 +515,28 @@ mod tests {
         b.resize(34, 0);
         let y = dequantize(GgmlType::Q8_0, &b).expect("one block");
         assert_eq!(&y[..3], &[-1.0, 1.5, 0.0]);
+    }
+
+    #[test]
+    fn iq4_nl_indexes_its_table() {
+        // d = 1.0 (f16 0x3c00); byte 0 holds quants 0 (low) and 8 (high), byte 1 15 and 7.
+        let mut b = vec![0x00, 0x3c, 0x80, 0x7f];
+        b.resize(18, 0);
+        let y = dequantize(GgmlType::Iq4Nl, &b).expect("one block");
+        assert_eq!((y[0], y[16], y[1], y[17]), (-127.0, 1.0, 113.0, -10.0));
+    }
+
+    #[test]
+    fn q3_k_subtracts_four_where_the_high_bit_is_clear() {
+        // Every scale 33 (nibble 1, high bits 2), so `d * (33 - 32)` is d = 1.0.
+        let mut b = vec![0u8; 110];
+        b[96..104].fill(0x11);
+        b[104..108].fill(0xaa);
+        b[108..110].copy_from_slice(&0x3c00u16.to_le_bytes());
+        b[0] = 1; // the high bit of element 0
+        b[32] = 3; // the low bits of element 0
+        let y = dequantize(GgmlType::Q3K, &b).expect("one block");
+        assert_eq!((y[0], y[1], y[32], y[255]), (3.0, -4.0, -4.0, -4.0));
     }
 
     #[test]

@@ -10,11 +10,13 @@
   kept f32), plus tokens.json and HF's logits for each: `logits_f32.npy` from the model
   itself, `logits_f16.npy` / `logits_q8_0.npy` from the same HF model with its 2-D weights
   replaced by their f16-rounded / Q8_0-dequantised values.
-- tiny_quant/{q4_0,q4_1,q4_k,q5_k,q6_k}.gguf: tiny Llamas whose 2-D weights are random
-  blocks of one type (scale fields set so weights have a std near 1/sqrt(width), 1-D
-  tensors f32), for the quantised kernels against the interpreter on the dequantised
-  weights; no HF reference. Q4_0/Q4_1: hidden 32, untied head; K types: hidden 256, one
-  layer, head tied to the embedding.
+- tiny_quant/{q4_0,q4_1,q5_0,q5_1,iq4_nl,q4_k,q5_k,q6_k}.gguf: tiny Llamas whose 2-D
+  weights are random blocks of one type (scale fields set so weights have a std near
+  1/sqrt(width), 1-D tensors f32), for the quantised kernels against the interpreter on
+  the dequantised weights; no HF reference. 32-element types: hidden 32, untied head;
+  256-element types: hidden 256, one layer, head tied to the embedding.
+  tiny_quant/mixed_k.gguf: the same 256-hidden Llama with Q2_K, Q3_K and IQ4_XS weights
+  mixed, per projection as MIXED_K says.
 - tiny_deepseek_split/f32.gguf: a tiny random DeepSeek-V3 (HF DeepseekV3ForCausalLM: MLA with
   q compression, interleaved RoPE, one dense layer then a group-limited sigmoid MoE layer)
   written as current llama.cpp conversions write it: `kv_b_proj` split per head into
@@ -42,13 +44,20 @@ ROOT = Path(__file__).resolve().parents[2] / "tests" / "data" / "gguf"
 SCALE_FIELDS = {
     T.Q4_0: [0],
     T.Q4_1: [0, 2],
+    T.Q5_0: [0],
+    T.Q5_1: [0, 2],
     T.Q8_0: [0],
+    T.Q2_K: [80, 82],
+    T.Q3_K: [108],
     T.Q4_K: [0, 2],
     T.Q5_K: [0, 2],
     T.Q6_K: [208],
+    T.IQ4_NL: [0],
+    T.IQ4_XS: [0],
 }
-BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q8_0: (32, 34), T.Q4_K: (256, 144),
-         T.Q5_K: (256, 176), T.Q6_K: (256, 210)}
+BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24),
+         T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
+         T.Q5_K: (256, 176), T.Q6_K: (256, 210), T.IQ4_NL: (32, 18), T.IQ4_XS: (256, 136)}
 
 
 def finite_f16_bits(rng, n):
@@ -62,7 +71,9 @@ def type_fixtures():
     out = ROOT / "types"
     out.mkdir(parents=True, exist_ok=True)
     rows, cols = 2, 512
-    for t in [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]:
+    for t in [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K,
+              T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]:
+        # One seed per type, so adding a type leaves the other types' files as they were.
         rng = np.random.default_rng(1000 + int(t))
         if t == T.F32:
             raw = rng.normal(size=rows * cols).astype(np.float32).view(np.uint8)
@@ -243,7 +254,21 @@ QUANT_SCALES = {
     T.Q4_K: lambda width: {0: 0.007 / width ** 0.5, 2: 0.052 / width ** 0.5},
     T.Q5_K: lambda width: {0: 0.0035 / width ** 0.5, 2: 0.054 / width ** 0.5},
     T.Q6_K: lambda width: {208: 0.00085 / width ** 0.5},
+    T.Q5_0: lambda width: {0: 0.108 / width ** 0.5},
+    T.Q5_1: lambda width: {0: 0.108 / width ** 0.5, 2: -15.5 * 0.108 / width ** 0.5},
+    T.IQ4_NL: lambda width: {0: 0.0148 / width ** 0.5},
+    T.Q2_K: lambda width: {80: 0.072 / width ** 0.5, 82: 0.108 / width ** 0.5},
+    T.Q3_K: lambda width: {108: 0.023 / width ** 0.5},
+    T.IQ4_XS: lambda width: {0: 0.00081 / width ** 0.5},
 }
+
+# The super-block types without a single-type model of their own share one Llama, each
+# projection in one of them (as Q3_K_M / IQ4_XS files mix types): the fused q/k/v and
+# gate/up kernels then decode parts of different types. The embedding (and tied head) is
+# the first type.
+MIXED_K = {"token_embd": T.Q3_K, "attn_q": T.Q2_K, "attn_k": T.Q3_K, "attn_v": T.IQ4_XS,
+           "attn_output": T.IQ4_XS, "ffn_gate": T.Q2_K, "ffn_up": T.IQ4_XS,
+           "ffn_down": T.Q3_K}
 
 
 def random_blocks(rng, t, rows: int, width: int) -> np.ndarray:
@@ -260,14 +285,19 @@ def random_blocks(rng, t, rows: int, width: int) -> np.ndarray:
 def tiny_quant():
     out = ROOT / "tiny_quant"
     out.mkdir(parents=True, exist_ok=True)
-    for t in [T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K]:
-        small = t in (T.Q4_0, T.Q4_1)
+    small_types = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.IQ4_NL)
+    for t in [T.Q4_0, T.Q4_1, T.Q4_K, T.Q5_K, T.Q6_K, T.Q5_0, T.Q5_1, T.IQ4_NL, "mixed_k"]:
+        small = t in small_types
         vocab, hidden, inter, layers = (64, 32, 64, 2) if small else (32, 256, 256, 1)
         heads, kv = (4, 2) if small else (4, 1)
         hd = hidden // heads
-        rng = np.random.default_rng(2000 + int(t))
-        w = GGUFWriter(str(out / f"{t.name.lower()}.gguf"), "llama")
-        w.add_name(f"tiny-{t.name.lower()}")
+        name = t if t == "mixed_k" else t.name.lower()
+        # One seed per model (the mixed one after every type id), so adding a model leaves
+        # the others' files as they were.
+        rng = np.random.default_rng(2000 + (64 if t == "mixed_k" else int(t)))
+        type_of = (lambda n: MIXED_K[n]) if t == "mixed_k" else (lambda n, t=t: t)
+        w = GGUFWriter(str(out / f"{name}.gguf"), "llama")
+        w.add_name(f"tiny-{name}")
         w.add_uint32("llama.vocab_size", vocab)
         w.add_uint32("llama.context_length", 64)
         w.add_uint32("llama.embedding_length", hidden)
@@ -283,7 +313,8 @@ def tiny_quant():
             w.add_tensor(name, (0.8 + 0.4 * rng.random(hidden)).astype(np.float32))
 
         def mat(name, rows, width):
-            w.add_tensor(name, random_blocks(rng, t, rows, width), raw_dtype=t)
+            ty = type_of(name.split(".")[-2])
+            w.add_tensor(name, random_blocks(rng, ty, rows, width), raw_dtype=ty)
 
         mat("token_embd.weight", vocab, hidden)
         for i in range(layers):

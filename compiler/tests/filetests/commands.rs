@@ -219,8 +219,13 @@ fn param_format(name: &str) -> Result<ParamFormat, String> {
                 .into_iter()
                 .find(|b| b.name().eq_ignore_ascii_case(name))
                 .ok_or_else(|| {
+                    let blocks: Vec<String> = BlockFormat::ALL
+                        .iter()
+                        .map(|b| b.name().to_lowercase())
+                        .collect();
                     format!(
-                        "unknown format `{name}`; expected q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, bf16, f16 or f32"
+                        "unknown format `{name}`; expected {}, bf16, f16 or f32",
+                        blocks.join(", ")
                     )
                 })?,
         ),

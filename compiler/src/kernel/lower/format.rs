@@ -1,6 +1,7 @@
 //! How parameters are stored in memory, as the kernels read them: a float type (loads
-//! widen to f32 whatever it is) or GGML blocks (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) that
-//! stay raw bytes and are decoded inside the kernels that read them.
+//! widen to f32 whatever it is) or GGML blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
+//! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) that stay raw bytes and are decoded inside the
+//! kernels that read them.
 //!
 //! The graph stays dtype-agnostic: how each parameter is stored is a property of the bound
 //! weights, given to lowering as a function of the parameter's name
@@ -27,22 +28,50 @@ pub enum BlockFormat {
     Q5K,
     /// 16 sub-blocks of 16 with signed 8-bit scales, 6-bit quants.
     Q6K,
+    /// f16 `d`, 32 fifth bits, 16 bytes of nibbles; `x = (q - 16) * d`.
+    Q5_0,
+    /// f16 `d`, f16 `m`, 32 fifth bits, 16 bytes of nibbles; `x = d * q + m`.
+    Q5_1,
+    /// 16 sub-blocks of 16 with 4-bit scales and mins, 2-bit quants.
+    Q2K,
+    /// 16 sub-blocks of 16 with signed 6-bit scales, 3-bit quants.
+    Q3K,
+    /// f16 `d`, 16 bytes of nibbles indexing 16 fixed values; `x = d * table[q]`.
+    Iq4Nl,
+    /// 8 sub-blocks of 32 with signed 6-bit scales, IQ4_NL's table.
+    Iq4Xs,
 }
 
 impl BlockFormat {
-    pub const ALL: [BlockFormat; 6] = [
+    pub const ALL: [BlockFormat; 12] = [
         BlockFormat::Q8_0,
         BlockFormat::Q4_0,
         BlockFormat::Q4_1,
         BlockFormat::Q4K,
         BlockFormat::Q5K,
         BlockFormat::Q6K,
+        BlockFormat::Q5_0,
+        BlockFormat::Q5_1,
+        BlockFormat::Q2K,
+        BlockFormat::Q3K,
+        BlockFormat::Iq4Nl,
+        BlockFormat::Iq4Xs,
     ];
 
     pub fn block_len(self) -> u64 {
         match self {
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => 32,
-            BlockFormat::Q4K | BlockFormat::Q5K | BlockFormat::Q6K => 256,
+            BlockFormat::Q4_0
+            | BlockFormat::Q4_1
+            | BlockFormat::Q5_0
+            | BlockFormat::Q5_1
+            | BlockFormat::Q8_0
+            | BlockFormat::Iq4Nl => 32,
+            BlockFormat::Q2K
+            | BlockFormat::Q3K
+            | BlockFormat::Q4K
+            | BlockFormat::Q5K
+            | BlockFormat::Q6K
+            | BlockFormat::Iq4Xs => 256,
         }
     }
 
@@ -50,10 +79,29 @@ impl BlockFormat {
         match self {
             BlockFormat::Q4_0 => 18,
             BlockFormat::Q4_1 => 20,
+            BlockFormat::Q5_0 => 22,
+            BlockFormat::Q5_1 => 24,
             BlockFormat::Q8_0 => 34,
+            BlockFormat::Iq4Nl => 18,
+            BlockFormat::Q2K => 84,
+            BlockFormat::Q3K => 110,
             BlockFormat::Q4K => 144,
             BlockFormat::Q5K => 176,
             BlockFormat::Q6K => 210,
+            BlockFormat::Iq4Xs => 136,
+        }
+    }
+
+    /// Byte offsets of the block's f16 fields (scales and minimums): every other byte is
+    /// quants or integer scales, any bit pattern of which is a finite value.
+    pub fn f16_fields(self) -> &'static [u64] {
+        match self {
+            BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
+            BlockFormat::Iq4Nl | BlockFormat::Iq4Xs => &[0],
+            BlockFormat::Q4_1 | BlockFormat::Q5_1 | BlockFormat::Q4K | BlockFormat::Q5K => &[0, 2],
+            BlockFormat::Q2K => &[80, 82],
+            BlockFormat::Q3K => &[108],
+            BlockFormat::Q6K => &[208],
         }
     }
 
@@ -62,10 +110,16 @@ impl BlockFormat {
         match self {
             BlockFormat::Q4_0 => "Q4_0",
             BlockFormat::Q4_1 => "Q4_1",
+            BlockFormat::Q5_0 => "Q5_0",
+            BlockFormat::Q5_1 => "Q5_1",
             BlockFormat::Q8_0 => "Q8_0",
+            BlockFormat::Q2K => "Q2_K",
+            BlockFormat::Q3K => "Q3_K",
             BlockFormat::Q4K => "Q4_K",
             BlockFormat::Q5K => "Q5_K",
             BlockFormat::Q6K => "Q6_K",
+            BlockFormat::Iq4Nl => "IQ4_NL",
+            BlockFormat::Iq4Xs => "IQ4_XS",
         }
     }
 
@@ -74,10 +128,16 @@ impl BlockFormat {
         match self {
             BlockFormat::Q4_0 => "q4_0",
             BlockFormat::Q4_1 => "q4_1",
+            BlockFormat::Q5_0 => "q5_0",
+            BlockFormat::Q5_1 => "q5_1",
             BlockFormat::Q8_0 => "q8_0",
+            BlockFormat::Q2K => "q2_k",
+            BlockFormat::Q3K => "q3_k",
             BlockFormat::Q4K => "q4_k",
             BlockFormat::Q5K => "q5_k",
             BlockFormat::Q6K => "q6_k",
+            BlockFormat::Iq4Nl => "iq4_nl",
+            BlockFormat::Iq4Xs => "iq4_xs",
         }
     }
 }

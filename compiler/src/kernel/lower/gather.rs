@@ -7,7 +7,7 @@
 //! Shape: parallel over ids; a vector loop over the row (over each block's elements).
 
 use super::gen::{lp, Gen, NodeLowering};
-use super::matmul::quant::decode_block;
+use super::matmul::decode::decode_block;
 use super::{ix, KernelError};
 use crate::kernel::build::{self, bin, i, load};
 use crate::kernel::{BinOp, Expr, Kernel, LoopKind, Stmt, Ty};

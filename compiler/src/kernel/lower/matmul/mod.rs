@@ -27,9 +27,11 @@
 //! differs between schedules.
 
 mod blocked;
+pub(super) mod decode;
+mod decode_k;
 mod lanes;
 mod matvec;
-pub(super) mod quant;
+mod quant;
 mod tiles;
 
 use super::gen::{lp, Gen, NodeLowering};

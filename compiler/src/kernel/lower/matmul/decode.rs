@@ -1,0 +1,247 @@
+//! The block decoder: one GGML block as kernel IR, each element's f32 value handed to
+//! the statements that consume it. The quantised matmuls and the block gather share it.
+//! This file holds the dispatch, the bit helpers and the 32-element formats (Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0, IQ4_NL); `decode_k.rs` holds the 256-element super-blocks.
+//!
+//! **Decoding matches the reference dequantisation bit for bit** (llama.cpp's
+//! `dequantize_row_*`, `runtime::quant`): scales widen from f16, integer scales and
+//! quants are exact in f32, and each element is the same f32 multiplies and at most one
+//! subtract or add, in the same order.
+
+use super::super::format::BlockFormat;
+use super::super::gen::lp;
+use super::super::ix;
+use super::decode_k;
+use crate::kernel::build::{self, i, load, un};
+use crate::kernel::{BinOp, BufId, Expr, Kernel, LoopKind, Stmt, Ty, UnOp};
+
+/// What receives each decoded element: `(kernel, element index in the block, value)`
+/// gives the statements that consume it.
+pub(super) type Emit<'e> = dyn FnMut(&mut Kernel, Expr, Expr) -> Vec<Stmt> + 'e;
+
+/// Where one block is: buffer `w` from byte `base` (an `I64` expression), decoded by
+/// vector loops of width hint `vector`.
+pub(super) struct Block<'a> {
+    pub w: BufId,
+    pub base: &'a Expr,
+    pub vector: u32,
+}
+
+impl Block<'_> {
+    /// Byte `off` of the block, as an `I64` in 0..=255.
+    pub fn byte(&self, off: Expr) -> Expr {
+        load(self.w, ix::add(self.base.clone(), off))
+    }
+
+    /// The little-endian f16 at byte `at`, widened to f32.
+    pub fn half(&self, at: i64) -> Expr {
+        un(
+            UnOp::F16Bits,
+            bit_or(self.byte(i(at)), shl(self.byte(i(at + 1)), 8)),
+        )
+    }
+}
+
+/// `let name: ty = value` appended to `st`; the variable as an expression.
+pub(super) fn bind(k: &mut Kernel, st: &mut Vec<Stmt>, name: &str, ty: Ty, value: Expr) -> Expr {
+    let v = k.var(name, ty);
+    st.push(Stmt::Let { var: v, value });
+    build::var(v)
+}
+
+pub(super) fn to_f(e: Expr) -> Expr {
+    un(UnOp::ToF32, e)
+}
+
+pub(super) fn bit_and(a: Expr, m: i64) -> Expr {
+    build::bin(BinOp::BitAnd, a, i(m))
+}
+
+/// `a >> n` for a constant `n` (nothing for 0).
+pub(super) fn shr(a: Expr, n: i64) -> Expr {
+    if n == 0 {
+        a
+    } else {
+        build::bin(BinOp::Shr, a, i(n))
+    }
+}
+
+/// `a << n` for a constant `n` (nothing for 0).
+pub(super) fn shl(a: Expr, n: i64) -> Expr {
+    if n == 0 {
+        a
+    } else {
+        build::bin(BinOp::Shl, a, i(n))
+    }
+}
+
+pub(super) fn bit_or(a: Expr, b: Expr) -> Expr {
+    build::bin(BinOp::BitOr, a, b)
+}
+
+/// A byte (0..=255) as a signed byte (-128..=127): shift it to the top and back.
+pub(super) fn sign_extend_byte(b: Expr) -> Expr {
+    shr(shl(b, 56), 56)
+}
+
+/// IQ4_NL's 16 values, which a 4-bit quant indexes (IQ4_XS shares them).
+const IQ4_VALUES: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// Eight of the values as the bytes of one `i64`, value `j` in byte `j`.
+const fn pack_bytes(values: &[i8]) -> i64 {
+    let mut packed = 0u64;
+    let mut j = 0;
+    while j < 8 {
+        packed |= (values[j] as u8 as u64) << (8 * j);
+        j += 1;
+    }
+    packed as i64
+}
+
+const IQ4_LOW: i64 = pack_bytes(IQ4_VALUES.split_at(8).0);
+const IQ4_HIGH: i64 = pack_bytes(IQ4_VALUES.split_at(8).1);
+
+/// `IQ4_VALUES[nib]` (as an `I64`) for a nibble `nib`, without a table in memory: the
+/// 16 signed bytes are two `i64` constants; the nibble's top bit picks one, its low
+/// three bits the byte, which is sign-extended.
+pub(super) fn iq4_value(k: &mut Kernel, st: &mut Vec<Stmt>, nib: Expr) -> Expr {
+    let n = bind(k, st, "n", Ty::I64, nib);
+    let word = build::select(
+        build::bin(BinOp::Lt, n.clone(), i(8)),
+        i(IQ4_LOW),
+        i(IQ4_HIGH),
+    );
+    let at = shl(bit_and(n, 7), 3);
+    sign_extend_byte(bit_and(build::bin(BinOp::Shr, word, at), 255))
+}
+
+/// Decodes one block of `fmt` starting at byte `base` of `w` (an `I64` variable). Every
+/// element's value goes to `emit(kernel, element index in the block, value)`, which
+/// returns the statements consuming it. Per-block scales are bound once, then vector
+/// loops (width hint `vector`) over the quants each hand out two or four elements per
+/// iteration.
+pub(in crate::kernel::lower) fn decode_block(
+    k: &mut Kernel,
+    vector: u32,
+    fmt: BlockFormat,
+    w: BufId,
+    base: &Expr,
+    emit: &mut Emit<'_>,
+) -> Vec<Stmt> {
+    let b = Block { w, base, vector };
+    match fmt {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => q4(k, &b, fmt == BlockFormat::Q4_1, emit),
+        BlockFormat::Q5_0 | BlockFormat::Q5_1 => q5(k, &b, fmt == BlockFormat::Q5_1, emit),
+        BlockFormat::Q8_0 => q8_0(k, &b, emit),
+        BlockFormat::Iq4Nl => iq4_nl(k, &b, emit),
+        BlockFormat::Q2K => decode_k::q2_k(k, &b, emit),
+        BlockFormat::Q3K => decode_k::q3_k(k, &b, emit),
+        BlockFormat::Q4K | BlockFormat::Q5K => decode_k::q4_k(k, &b, fmt == BlockFormat::Q5K, emit),
+        BlockFormat::Q6K => decode_k::q6_k(k, &b, emit),
+        BlockFormat::Iq4Xs => decode_k::iq4_xs(k, &b, emit),
+    }
+}
+
+/// Q4_0 (`x = (q - 8) * d`) or, `with_min`, Q4_1 (`x = d * q + m`): element `j` is the
+/// low nibble of byte `j`, element `j + 16` its high nibble.
+fn q4(k: &mut Kernel, b: &Block, with_min: bool, emit: &mut Emit<'_>) -> Vec<Stmt> {
+    let mut st = Vec::new();
+    let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
+    let m = with_min.then(|| bind(k, &mut st, "m", Ty::F32, b.half(2)));
+    let qs = if m.is_some() { 4 } else { 2 };
+    let j = k.var("j", Ty::I64);
+    let mut body = Vec::new();
+    let q = bind(
+        k,
+        &mut body,
+        "q",
+        Ty::I64,
+        b.byte(ix::add(build::var(j), i(qs))),
+    );
+    for (e, nib) in [
+        (build::var(j), bit_and(q.clone(), 15)),
+        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
+    ] {
+        let value = match &m {
+            Some(m) => build::add(build::mul(d.clone(), to_f(nib)), m.clone()),
+            None => build::mul(to_f(ix::sub(nib, i(8))), d.clone()),
+        };
+        body.extend(emit(k, e, value));
+    }
+    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
+    st
+}
+
+/// Q5_0 (`x = (q - 16) * d`) or, `with_min`, Q5_1 (`x = d * q + m`): Q4_0's nibbles
+/// with a fifth bit, bit `e` of the little-endian 32-bit word before the nibbles.
+fn q5(k: &mut Kernel, b: &Block, with_min: bool, emit: &mut Emit<'_>) -> Vec<Stmt> {
+    let mut st = Vec::new();
+    let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
+    let m = with_min.then(|| bind(k, &mut st, "m", Ty::F32, b.half(2)));
+    let qh_at = if m.is_some() { 4 } else { 2 };
+    let word = (0..4)
+        .map(|n| shl(b.byte(i(qh_at + n)), 8 * n))
+        .reduce(bit_or)
+        .unwrap_or(i(0));
+    let qh = bind(k, &mut st, "qh", Ty::I64, word);
+    let j = k.var("j", Ty::I64);
+    let mut body = Vec::new();
+    let q = bind(
+        k,
+        &mut body,
+        "q",
+        Ty::I64,
+        b.byte(ix::add(build::var(j), i(qh_at + 4))),
+    );
+    for (e, nib) in [
+        (build::var(j), bit_and(q.clone(), 15)),
+        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
+    ] {
+        let fifth = bit_and(build::bin(BinOp::Shr, qh.clone(), e.clone()), 1);
+        let v = bit_or(nib, shl(fifth, 4));
+        let value = match &m {
+            Some(m) => build::add(build::mul(d.clone(), to_f(v)), m.clone()),
+            None => build::mul(to_f(ix::sub(v, i(16))), d.clone()),
+        };
+        body.extend(emit(k, e, value));
+    }
+    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
+    st
+}
+
+/// Q8_0: `x = q * d` for 32 signed bytes.
+fn q8_0(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
+    let mut st = Vec::new();
+    let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
+    let j = k.var("j", Ty::I64);
+    let q = sign_extend_byte(b.byte(ix::add(build::var(j), i(2))));
+    let body = emit(k, build::var(j), build::mul(to_f(q), d));
+    st.push(lp(j, i(0), i(32), LoopKind::Vector(b.vector), body));
+    st
+}
+
+/// IQ4_NL: Q4_0's nibbles index the table; `x = d * table[q]`.
+fn iq4_nl(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
+    let mut st = Vec::new();
+    let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
+    let j = k.var("j", Ty::I64);
+    let mut body = Vec::new();
+    let q = bind(
+        k,
+        &mut body,
+        "q",
+        Ty::I64,
+        b.byte(ix::add(build::var(j), i(2))),
+    );
+    for (e, nib) in [
+        (build::var(j), bit_and(q.clone(), 15)),
+        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
+    ] {
+        let v = iq4_value(k, &mut body, nib);
+        body.extend(emit(k, e, build::mul(d.clone(), to_f(v))));
+    }
+    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
+    st
+}
