@@ -231,21 +231,26 @@ fn scheduled(layers: usize, schedule: &str) -> String {
 
 #[test]
 fn schedules_of_many_selectors_are_reported_briefly() {
-    // 100,000 selectors of every layer would be 10^10 steps if each were walked.
+    // 100,000 selectors of every layer of the deepest model would be 4 * 10^8 steps if
+    // each were walked.
+    let layers = archc_spec::validate::MAX_LAYERS as usize;
     let every = vec!["every 1"; 100_000].join(" + ");
     let src = scheduled(
-        100_000,
+        layers,
         &format!("schedule {{\n  a = {every}\n  b = rest\n}}"),
     );
     let d = errors(&src);
     assert_eq!(d.len(), 1, "{}", render("t.arch", &src, &d));
-    assert_eq!(d[0].message, "layers 0..100000 given to `a` twice");
-    // Each layer listed twice: reported once each, in order.
-    let list: Vec<String> = (0..2 * 100_000)
-        .map(|i| ((i * 2) % 100_000).to_string())
+    assert_eq!(
+        d[0].message,
+        format!("layers 0..{layers} given to `a` twice")
+    );
+    // Each layer listed many times: reported once each, in order.
+    let list: Vec<String> = (0..100_000)
+        .map(|i| ((i * 2) % layers).to_string())
         .collect();
     let src = scheduled(
-        100_000,
+        layers,
         &format!(
             "schedule {{\n  a = layers [{}]\n  b = rest\n}}",
             list.join(", ")
