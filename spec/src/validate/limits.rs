@@ -227,6 +227,18 @@ impl Checker {
                     m.v_dim, a.v_head_dim
                 ));
             }
+            // Lowering would ignore these (the validator says why, at the field).
+            if a.gate {
+                self.error(format!("{p}.gate: does not apply to mla attention"));
+            }
+            if a.qk_norm != QkNorm::None {
+                self.error(format!("{p}.qk_norm: does not apply to mla attention"));
+            }
+            if a.bias.k != a.bias.v {
+                self.error(format!(
+                    "{p}.bias: with mla, keys and values share one projection, so k and v have a bias together or not at all"
+                ));
+            }
         }
         if let Some(w) = a.window {
             self.size(&format!("{p}.window"), w, MAX_SIZE);
@@ -358,6 +370,22 @@ impl Checker {
         }
         let r = &m.router;
         self.float(&format!("{p}.router.scale"), r.scale, true);
+        if r.topk_first {
+            // Lowering would ignore these (the validator says why, at the field).
+            if r.correction_bias {
+                self.error(format!(
+                    "{p}.router.correction_bias: does not apply with topk_first"
+                ));
+            }
+            if r.groups.is_some() {
+                self.error(format!("{p}.router.groups: does not apply with topk_first"));
+            }
+            if r.renormalize && r.score == RouterScore::Softmax {
+                self.error(format!(
+                    "{p}.router.renormalize: does nothing with topk_first and softmax"
+                ));
+            }
+        }
         if let Some(g) = &r.groups {
             self.size(&format!("{p}.router.groups.count"), g.count, MAX_EXPERTS);
             self.size(&format!("{p}.router.groups.keep"), g.keep, MAX_EXPERTS);
