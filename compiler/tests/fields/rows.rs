@@ -396,6 +396,7 @@ pub const ROWS: &[Row] = &[
     row("attention.rope.pairing", MLA, "", "rope { pairing = interleaved }", Graph),
     row("attention.rope.scaling", MLA, "", "rope { scaling = yarn { factor = 4, original_context = 64 } }", Graph),
     row("attention.rope.dims", MLA, "", "rope { dims = 2 }", Refused("with `mla`, the rotary dims are `mla.rope_dim`")),
+    row("attention.rope.fraction", MLA, "", "rope { fraction = 0.5 }", Refused("with `mla`, the rotary dims are `mla.rope_dim`")),
 
     // The linear-attention mixers.
     row("gated_deltanet.k_heads", GDN, GDN_BASE, "k_heads = 4, v_heads = 4, k_head_dim = 4, v_head_dim = 4", Graph),
