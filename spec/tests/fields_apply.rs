@@ -2,12 +2,13 @@
 //! temperature tuning, which lowering applies to NoPE layers only, is an error (located in
 //! `.arch` text, by path in `check_spec`) wherever it would be ignored; and `check_spec`
 //! refuses the other fields lowering would ignore (MLA's gate, QK-norm and split k/v bias;
-//! a router's selection bias, groups and softmax renormalisation after `topk_first`), which
-//! `compiler/tests/fields` checks in `.arch` text.
+//! a router's selection bias, groups and softmax renormalisation after `topk_first`; YaRN's
+//! `mscale` and `mscale_all_dim` where they set nothing; a norm's field of the other kind),
+//! which `compiler/tests/fields` checks in `.arch` text.
 
 use archc_spec::diagnostics::{render, Diagnostic};
 use archc_spec::validate::{check_source, check_spec};
-use archc_spec::{Ffn, Mixer, QkNorm, RouterGroups, Spec, Temperature};
+use archc_spec::{Ffn, Mixer, QkNorm, RopeScaling, RouterGroups, Spec, Temperature};
 
 const MODEL: &str = "model \"m\" {\n  vocab = 1000\n  hidden = 64\n  layers = 2\n}\n";
 
@@ -115,7 +116,7 @@ fn llama4() -> Spec {
 type Case<T> = (&'static str, fn(&mut T));
 
 /// Applies `change` to the first block's attention and returns what `check_spec` says.
-fn attention_problems(spec: &Spec, change: fn(&mut archc_spec::Attention)) -> Vec<String> {
+fn attention_problems(spec: &Spec, change: impl Fn(&mut archc_spec::Attention)) -> Vec<String> {
     let mut spec = spec.clone();
     let Mixer::Attention(a) = &mut spec.blocks[0].mixer else {
         panic!("the first block has attention");
@@ -144,6 +145,57 @@ fn check_spec_refuses_what_mla_ignores() {
             "{expected}: {problems:?}"
         );
     }
+}
+
+/// DeepSeek V3's YaRN sets `mscale` and `mscale_all_dim`; change the scaling's fields.
+fn yarn_problems(spec: &Spec, change: fn(&mut f64, &mut f64, &mut Option<f64>)) -> Vec<String> {
+    attention_problems(spec, |a| {
+        let Some(RopeScaling::Yarn {
+            mscale,
+            mscale_all_dim,
+            attention_factor,
+            ..
+        }) = a.rope.as_mut().map(|r| &mut r.scaling)
+        else {
+            panic!("DeepSeek V3 scales RoPE with YaRN");
+        };
+        change(mscale, mscale_all_dim, attention_factor);
+    })
+}
+
+#[test]
+fn check_spec_refuses_what_yarn_and_norms_ignore() {
+    let spec = example("deepseek-v3");
+    let mscale = ".scaling.mscale: sets the attention factor only";
+    for problems in [
+        yarn_problems(&spec, |m, all, _| (*m, *all) = (0.5, 0.0)),
+        yarn_problems(&spec, |m, _, factor| (*m, *factor) = (0.5, Some(1.2))),
+    ] {
+        assert!(
+            problems.len() == 1 && problems[0].contains(mscale),
+            "{problems:?}"
+        );
+    }
+    let problems = attention_problems(&spec, |a| {
+        a.scale = Some(0.1);
+        if let Some(RopeScaling::Yarn {
+            attention_factor, ..
+        }) = a.rope.as_mut().map(|r| &mut r.scaling)
+        {
+            *attention_factor = Some(1.2);
+        }
+    });
+    assert!(
+        problems.len() == 1 && problems[0].contains(".scaling.mscale_all_dim: does nothing"),
+        "{problems:?}"
+    );
+    let mut rms_with_bias = spec.clone();
+    rms_with_bias.blocks[0].norm.bias = true;
+    let problems = check_spec(&rms_with_bias).expect_err("an RMS norm with a bias is refused");
+    assert!(
+        problems.len() == 1 && problems[0].contains(": norm.bias: an RMS norm has no bias"),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -92,6 +92,18 @@ impl Checker {
 
     fn norm(&mut self, path: &str, n: &Norm) {
         self.float(&format!("{path}.eps"), n.eps, true);
+        // Lowering ignores a field of the other kind, and the language cannot say it.
+        match n.kind {
+            NormKind::RmsNorm if n.bias => {
+                self.error(format!("{path}.bias: an RMS norm has no bias"));
+            }
+            NormKind::LayerNorm if n.plus_one => {
+                self.error(format!(
+                    "{path}.plus_one: a layer norm's weight is not `1 + w`"
+                ));
+            }
+            _ => {}
+        }
     }
 
     fn globals(&mut self, s: &Spec) {
@@ -338,6 +350,17 @@ impl Checker {
                 self.float(&format!("{s}.mscale_all_dim"), *mscale_all_dim, false);
                 if let Some(x) = attention_factor {
                     self.float(&format!("{s}.attention_factor"), *x, false);
+                }
+                // Lowering would ignore these (the validator says why, at the field).
+                if *mscale != 1.0 && (*mscale_all_dim == 0.0 || attention_factor.is_some()) {
+                    self.error(format!(
+                        "{s}.mscale: sets the attention factor only with a non-zero mscale_all_dim and no attention_factor"
+                    ));
+                }
+                if *mscale_all_dim != 0.0 && attention_factor.is_some() && a.scale.is_some() {
+                    self.error(format!(
+                        "{s}.mscale_all_dim: does nothing when both attention_factor and the attention's scale are given"
+                    ));
                 }
             }
         }
