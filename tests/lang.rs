@@ -371,9 +371,11 @@ fn to_arch_round_trips_every_feature() {
             router,
         })
     };
+    // With `topk_first` a selection bias, groups and a softmax renormalisation would do
+    // nothing (and are refused), so each router sets the fields that apply to it.
     let r1 = Router {
         score: RouterScore::Sigmoid,
-        topk_first: true,
+        topk_first: false,
         renormalize: true,
         scale: 2.5,
         correction_bias: true,
@@ -383,7 +385,7 @@ fn to_arch_round_trips_every_feature() {
     };
     let r2 = Router {
         score: RouterScore::Softmax,
-        topk_first: false,
+        topk_first: true,
         renormalize: false,
         scale: 1.0,
         correction_bias: false,

@@ -4,7 +4,7 @@
 use super::eval::{type_error, word_of, Diags, Sect};
 use super::model::{kind_of, section, unknown_tag, value_span, ATTENTION_KEYS, NORMS};
 use super::tree::{NodeValue, Table};
-use crate::ast::ValueKind;
+use crate::ast::{Span, ValueKind};
 use crate::diagnostics::Diagnostic;
 use crate::spec::*;
 
@@ -143,11 +143,17 @@ pub(super) fn attention(
             } else {
                 None
             };
-            Some(rope_of(&s, head_dim, mla_rope, mla_given, defaulted, d)?)
+            let scale_at = a.get("scale").map(|_| value_span(a, "scale"));
+            Some(rope_of(
+                &s, head_dim, mla_rope, mla_given, defaulted, scale_at, d,
+            )?)
         }
     };
     if let (Some(_), Some(_), Some(node)) = (&temperature, &rope, a.get("temperature")) {
         temperature_with_rope(a, node.key_span, d);
+    }
+    if mla_given {
+        ignored_by_mla(a, gate, qk_norm, bias, d);
     }
     Some(Attention {
         heads: heads?,
@@ -167,6 +173,42 @@ pub(super) fn attention(
         temperature,
         rope,
     })
+}
+
+/// MLA lowers its own projections: it has no output gate and no QK-norm, and its keys and
+/// values share one projection (`kv_a`) and so one bias. Each of these would be accepted
+/// and do nothing, so it is refused.
+fn ignored_by_mla(a: &Sect, gate: bool, qk_norm: QkNorm, bias: AttnBias, d: &mut Diags) {
+    let mla_at = a.get("mla").map_or(a.table.span, |n| n.key_span);
+    let mut refuse = |key: &str, message: &str, hint: &str| {
+        d.push(
+            Diagnostic::error(value_span(a, key), message.to_string())
+                .label("would be ignored with `mla`")
+                .secondary(mla_at, "`mla` given here")
+                .hint(hint.to_string()),
+        );
+    };
+    if gate {
+        refuse(
+            "gate",
+            "`gate` does not apply to `mla` attention",
+            "remove `gate`",
+        );
+    }
+    if qk_norm != QkNorm::None {
+        refuse(
+            "qk_norm",
+            "`qk_norm` does not apply to `mla` attention",
+            "remove `qk_norm`; MLA normalises its latents itself",
+        );
+    }
+    if bias.k != bias.v {
+        refuse(
+            "bias",
+            "with `mla`, keys and values share one projection (`kv_a`), so `k` and `v` have a bias together or not at all",
+            "list both `k` and `v`, or neither",
+        );
+    }
 }
 
 /// Temperature tuning scales the queries of NoPE layers only (as Llama 4 does); on a
@@ -281,6 +323,27 @@ fn qk_norm(a: &Sect, model_norm: Norm, d: &mut Diags) -> QkNorm {
                     plus_one: false,
                 }
             };
+            // An RMS norm has no bias and a layer norm no `1 + w` weight: either field of
+            // the other kind would be accepted and ignored.
+            let other = match k {
+                NormKind::RmsNorm => ("bias", "an RMS norm has no bias"),
+                NormKind::LayerNorm => ("plus_one", "a layer norm's weight is not `1 + w`"),
+            };
+            if s.get(other.0).is_some() {
+                d.push(
+                    Diagnostic::error(
+                        value_span(&s, other.0),
+                        format!(
+                            "`{}` does not apply to a `{}` QK-norm: {}",
+                            other.0,
+                            super::model::norm_word(k),
+                            other.1
+                        ),
+                    )
+                    .label("would be ignored")
+                    .hint(format!("remove `{}`, or set `kind`", other.0)),
+                );
+            }
             Norm {
                 kind: k,
                 eps: s.positive_or("eps", base.eps, d),
@@ -297,12 +360,14 @@ fn qk_norm(a: &Sect, model_norm: Norm, d: &mut Diags) -> QkNorm {
     }
 }
 
+/// The `rope` section; `scale_at` is where the attention gives `scale`, if it does.
 fn rope_of(
     s: &Sect,
     head_dim: Option<u64>,
     mla_rope: Option<u64>,
     mla: bool,
     defaulted: bool,
+    scale_at: Option<Span>,
     d: &mut Diags,
 ) -> Option<Rope> {
     s.check_keys(&["theta", "dims", "fraction", "pairing", "scaling"], d);
@@ -385,7 +450,7 @@ fn rope_of(
         Some((w, _)) if w == "interleaved" => Pairing::Interleaved,
         _ => Pairing::Half,
     };
-    let scaling = scaling(s, d)?;
+    let scaling = scaling(s, scale_at, d)?;
     Some(Rope {
         theta,
         dims: dims?,
@@ -394,7 +459,7 @@ fn rope_of(
     })
 }
 
-fn scaling(s: &Sect, d: &mut Diags) -> Option<RopeScaling> {
+fn scaling(s: &Sect, scale_at: Option<Span>, d: &mut Diags) -> Option<RopeScaling> {
     const KINDS: &[&str] = &["none", "linear", "llama3", "yarn"];
     let Some(node) = s.get("scaling") else {
         return Some(RopeScaling::None);
@@ -487,7 +552,7 @@ fn scaling(s: &Sect, d: &mut Diags) -> Option<RopeScaling> {
             );
             let factor = req_f64("factor", d);
             let orig = b.req_size("original_context", d);
-            RopeScaling::Yarn {
+            let yarn = RopeScaling::Yarn {
                 factor: factor?,
                 original_context: orig?,
                 beta_fast: b.f64_or("beta_fast", 32.0, d),
@@ -496,7 +561,58 @@ fn scaling(s: &Sect, d: &mut Diags) -> Option<RopeScaling> {
                 mscale_all_dim: b.f64_or("mscale_all_dim", 0.0, d),
                 attention_factor: b.opt_f64("attention_factor", d),
                 truncate: b.bool_or("truncate", true, d),
-            }
+            };
+            yarn_mscales(&b, &yarn, scale_at, d);
+            yarn
         }
     })
+}
+
+/// YaRN's `mscale` sets the cos/sin factor only together with a non-zero
+/// `mscale_all_dim` and without an explicit `attention_factor` (as in HF); `mscale_all_dim`
+/// also scales the softmax, unless the attention gives `scale`. A given field that would
+/// do nothing is refused.
+fn yarn_mscales(b: &Sect, yarn: &RopeScaling, scale_at: Option<Span>, d: &mut Diags) {
+    let RopeScaling::Yarn {
+        mscale_all_dim,
+        attention_factor,
+        ..
+    } = yarn
+    else {
+        return;
+    };
+    let factor_at = b
+        .get("attention_factor")
+        .map(|_| value_span(b, "attention_factor"));
+    if b.get("mscale").is_some() {
+        let diag = Diagnostic::error(
+            value_span(b, "mscale"),
+            "`mscale` sets the attention factor only with a non-zero `mscale_all_dim` and no `attention_factor`",
+        )
+        .label("would be ignored");
+        match factor_at {
+            Some(at) if attention_factor.is_some() => d.push(
+                diag.secondary(at, "the attention factor is given here")
+                    .hint("remove `mscale`"),
+            ),
+            _ if *mscale_all_dim == 0.0 => d.push(
+                diag.hint("give `mscale_all_dim` too (DeepSeek's variant), or remove `mscale`"),
+            ),
+            _ => {}
+        }
+    }
+    if let (Some(factor_at), Some(scale_at), Some(_)) =
+        (factor_at, scale_at, b.get("mscale_all_dim"))
+    {
+        d.push(
+            Diagnostic::error(
+                value_span(b, "mscale_all_dim"),
+                "`mscale_all_dim` does nothing when both `attention_factor` and the attention's `scale` are given",
+            )
+            .label("would be ignored")
+            .secondary(factor_at, "the cos/sin factor is given here")
+            .secondary(scale_at, "the softmax scale is given here")
+            .hint("remove `mscale_all_dim`"),
+        );
+    }
 }

@@ -178,6 +178,9 @@ pub(super) fn moe(s: &Sect, d: &mut Diags) -> Option<Moe> {
         bias: r.bool_or("bias", false, d),
         weight_input: r.bool_or("weight_input", false, d),
     };
+    if router.topk_first {
+        ignored_after_topk_first(&r, &router, d);
+    }
     if (shared_given && shared.is_none()) || (groups_given && groups.is_none()) {
         return None;
     }
@@ -191,4 +194,40 @@ pub(super) fn moe(s: &Sect, d: &mut Diags) -> Option<Moe> {
         shared,
         router,
     })
+}
+
+/// With `topk_first` the router picks experts by their raw logits and scores only those:
+/// a selection bias or group limit never takes part, and a softmax over the chosen logits
+/// already sums to one. Each such field would be accepted and do nothing, so it is refused.
+fn ignored_after_topk_first(r: &Sect, router: &Router, d: &mut Diags) {
+    let first_at = value_span(r, "topk_first");
+    let mut refuse = |key: &str, message: &str, hint: &str| {
+        d.push(
+            Diagnostic::error(value_span(r, key), message.to_string())
+                .label("would be ignored with `topk_first`")
+                .secondary(first_at, "experts are picked by their raw logits here")
+                .hint(hint.to_string()),
+        );
+    };
+    if router.correction_bias {
+        refuse(
+            "correction_bias",
+            "`correction_bias` does not apply with `topk_first`: it biases a selection by scores",
+            "remove `correction_bias`, or `topk_first`",
+        );
+    }
+    if router.groups.is_some() {
+        refuse(
+            "groups",
+            "`groups` does not apply with `topk_first`: groups limit a selection by scores",
+            "remove `groups`, or `topk_first`",
+        );
+    }
+    if router.renormalize && router.score == RouterScore::Softmax {
+        refuse(
+            "renormalize",
+            "`renormalize` does nothing with `topk_first` and `softmax`: the softmax of the chosen logits already sums to one",
+            "remove `renormalize`",
+        );
+    }
 }

@@ -96,6 +96,18 @@ impl Checker {
 
     fn norm(&mut self, path: &str, n: &Norm) {
         self.float(&format!("{path}.eps"), n.eps, true);
+        // Lowering ignores a field of the other kind, and the language cannot say it.
+        match n.kind {
+            NormKind::RmsNorm if n.bias => {
+                self.error(format!("{path}.bias: an RMS norm has no bias"));
+            }
+            NormKind::LayerNorm if n.plus_one => {
+                self.error(format!(
+                    "{path}.plus_one: a layer norm's weight is not `1 + w`"
+                ));
+            }
+            _ => {}
+        }
     }
 
     fn globals(&mut self, s: &Spec) {
@@ -248,6 +260,18 @@ impl Checker {
                     m.v_dim, a.v_head_dim
                 ));
             }
+            // Lowering would ignore these (the validator says why, at the field).
+            if a.gate {
+                self.error(format!("{p}.gate: does not apply to mla attention"));
+            }
+            if a.qk_norm != QkNorm::None {
+                self.error(format!("{p}.qk_norm: does not apply to mla attention"));
+            }
+            if a.bias.k != a.bias.v {
+                self.error(format!(
+                    "{p}.bias: with mla, keys and values share one projection, so k and v have a bias together or not at all"
+                ));
+            }
         }
         if let Some(w) = a.window {
             self.size(&format!("{p}.window"), w, MAX_SIZE);
@@ -348,6 +372,17 @@ impl Checker {
                 if let Some(x) = attention_factor {
                     self.float(&format!("{s}.attention_factor"), *x, false);
                 }
+                // Lowering would ignore these (the validator says why, at the field).
+                if *mscale != 1.0 && (*mscale_all_dim == 0.0 || attention_factor.is_some()) {
+                    self.error(format!(
+                        "{s}.mscale: sets the attention factor only with a non-zero mscale_all_dim and no attention_factor"
+                    ));
+                }
+                if *mscale_all_dim != 0.0 && attention_factor.is_some() && a.scale.is_some() {
+                    self.error(format!(
+                        "{s}.mscale_all_dim: does nothing when both attention_factor and the attention's scale are given"
+                    ));
+                }
             }
         }
     }
@@ -379,6 +414,22 @@ impl Checker {
         }
         let r = &m.router;
         self.float(&format!("{p}.router.scale"), r.scale, true);
+        if r.topk_first {
+            // Lowering would ignore these (the validator says why, at the field).
+            if r.correction_bias {
+                self.error(format!(
+                    "{p}.router.correction_bias: does not apply with topk_first"
+                ));
+            }
+            if r.groups.is_some() {
+                self.error(format!("{p}.router.groups: does not apply with topk_first"));
+            }
+            if r.renormalize && r.score == RouterScore::Softmax {
+                self.error(format!(
+                    "{p}.router.renormalize: does nothing with topk_first and softmax"
+                ));
+            }
+        }
         if let Some(g) = &r.groups {
             self.size(&format!("{p}.router.groups.count"), g.count, MAX_EXPERTS);
             self.size(&format!("{p}.router.groups.keep"), g.keep, MAX_EXPERTS);
