@@ -285,6 +285,8 @@ pub const ROWS: &[Row] = &[
     row("model.final_norm", MODEL, "", "final_norm = none", Graph),
     row("model.final_norm", MODEL, "", "final_norm = layernorm { eps = 1e-6 }", Graph),
     row("model.logit_softcap", MODEL, "", "logit_softcap = 30", Graph),
+    row("model.mtp", MODEL, "family = deepseek_v3", "family = deepseek_v3, mtp = 1", Stats("mtp_params")),
+    row("model.mtp", MODEL, "", "mtp = 1", Refused("no multi-token-prediction tensor layout")),
 
     // The block.
     row("block.norm", BLOCK, "", "norm = layernorm", Graph),
