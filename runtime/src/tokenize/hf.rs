@@ -200,11 +200,13 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
             path: tj_path.clone(),
             source,
         })?;
-    let inner: tokenizers::Tokenizer = tj_text.parse().map_err(|source| TokenizeError::Load {
+    // JSON first: the `tokenizers` crate panics on a syntax error inside `decoder` (an
+    // `expect` in its decoder deserializer), so it only ever sees well-formed JSON.
+    let tj: Value = serde_json::from_str(&tj_text).map_err(|source| TokenizeError::Parse {
         path: tj_path.clone(),
         source,
     })?;
-    let tj: Value = serde_json::from_str(&tj_text).map_err(|source| TokenizeError::Parse {
+    let inner: tokenizers::Tokenizer = tj_text.parse().map_err(|source| TokenizeError::Load {
         path: tj_path.clone(),
         source,
     })?;
@@ -452,6 +454,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(build(dir.path()).unwrap().vocab_size(), 1001);
+    }
+
+    /// The error of building from `tokenizer.json` text alone.
+    fn error_of_text(text: &str) -> String {
+        let read = |name: &str| Ok((name == "tokenizer.json").then(|| text.to_owned()));
+        build_with(Path::new("fuzz"), &read)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn malformed_json_inside_the_decoder_is_an_error() {
+        // Found by the `tokenizer_json` fuzz target: the `tokenizers` crate panicked on the
+        // syntax error inside `decoder` ("Helper").
+        let text = include_str!(
+            "../../../tests/data/fuzz/tokenizer_json/crash-ce0a0f31d0312a1685b76d37409231b36f087a94"
+        );
+        let err = error_of_text(text);
+        assert!(err.starts_with("parsing fuzz/tokenizer.json: "), "{err}");
+        assert!(err.contains("expected `:`"), "{err}");
+        let err = error_of_text(r#"{"decoder": {"type": "Fuse" "x"}}"#);
+        assert!(err.starts_with("parsing fuzz/tokenizer.json: "), "{err}");
     }
 
     #[test]
