@@ -1,8 +1,8 @@
 //! Fuzz target: any bytes as a GGUF file must open or fail with an error naming a field,
 //! never panic or allocate without bound; every tensor of a file that opened lies inside
 //! it and dequantises to exactly its element count; importing its metadata and binding a
-//! model to it succeed or report their problems. Run with `cargo +nightly fuzz run gguf`
-//! from `fuzz/` (seed the corpus with `tests/data/gguf/**/*.gguf`).
+//! model to it succeed or report their problems. Run with `tools/fuzz.sh` (the corpus,
+//! `fuzz/corpus/gguf/`, is seeded from `tests/data/gguf/`).
 #![no_main]
 
 use archc_runtime::bind::bind_gguf;

@@ -1,5 +1,5 @@
 //! Fuzz target: any bytes through parse, validate, diagnostics rendering and fmt must
-//! never panic. Run with `cargo +nightly fuzz run parse_validate` from `fuzz/`.
+//! never panic. Run with `tools/fuzz.sh`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,7 +1,6 @@
 //! Fuzz target: any bytes as a safetensors file must open or fail with an error, never
 //! panic; every view of a file that opened lies inside it, decodes, and binding a small
-//! model against it succeeds or names its problems. Run with
-//! `cargo +nightly fuzz run safetensors` from `fuzz/`.
+//! model against it succeeds or names its problems. Run with `tools/fuzz.sh`.
 #![no_main]
 
 use archc_runtime::bind::bind;

@@ -113,6 +113,9 @@ pub enum TokenizeError {
     TooManySpmMerges { max_merges: usize, max_bytes: usize },
     /// A chat template is present but cannot be used.
     ChatTemplate { path: PathBuf, problem: String },
+    /// The `post_processor` of `tokenizer.json` would add tokens it does not define, or
+    /// ids outside the vocabulary.
+    PostProcessor { path: PathBuf, problem: String },
     /// The tokenizer of the file at `path` is wrong.
     InFile {
         path: PathBuf,
@@ -214,6 +217,9 @@ impl fmt::Display for TokenizeError {
                 "the SentencePiece vocabulary makes more than {max_merges} merges or {max_bytes} \
                  bytes of them (tokens too long or too many)"
             ),
+            TokenizeError::PostProcessor { path, problem } => {
+                write!(f, "{}: `post_processor`: {problem}", path.display())
+            }
             TokenizeError::ChatTemplate { path, problem } => {
                 write!(f, "{}: chat template {problem}", path.display())
             }

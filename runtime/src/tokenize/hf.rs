@@ -130,6 +130,75 @@ fn decoder_style(decoder: &Value) -> (PieceStyle, bool) {
     (style, strip && style == PieceStyle::Metaspace)
 }
 
+/// Checks what the `tokenizers` crate trusts in a `post_processor` and indexes its tables
+/// with, panicking on a miss: every special token a template (`single`, `pair`) names is
+/// in its `special_tokens`, each of those has one token per id, and `single` uses only the
+/// first sequence. Every id a post-processor adds must also be a token of the `vocab`
+/// tokens, so that encoding never gives an id outside the vocabulary. Processors are
+/// recognised by their keys, as the crate's untagged deserializer does, at any depth.
+fn check_post_processor(post: &Value, vocab: usize) -> std::result::Result<(), String> {
+    let Value::Object(o) = post else {
+        if let Value::Array(items) = post {
+            return items
+                .iter()
+                .try_for_each(|p| check_post_processor(p, vocab));
+        }
+        return Ok(());
+    };
+    let check_id = |what: &str, id: &Value| match id.as_u64() {
+        Some(id) if id < vocab as u64 => Ok(()),
+        _ => Err(format!(
+            "{what} has id {id}, outside the vocabulary of {vocab} tokens"
+        )),
+    };
+    for key in ["sep", "cls"] {
+        if let Some(Value::Array(pair)) = o.get(key) {
+            if let Some(id) = pair.get(1) {
+                check_id(&format!("`{key}`"), id)?;
+            }
+        }
+    }
+    let specials = o.get("special_tokens").and_then(Value::as_object);
+    if let Some(specials) = specials {
+        for (name, token) in specials {
+            let ids = token.get("ids").and_then(Value::as_array);
+            let tokens = token.get("tokens").and_then(Value::as_array);
+            if let (Some(ids), Some(tokens)) = (ids, tokens) {
+                if ids.len() != tokens.len() {
+                    return Err(format!(
+                        "special token {name:?} has {} ids but {} tokens",
+                        ids.len(),
+                        tokens.len()
+                    ));
+                }
+                for id in ids {
+                    check_id(&format!("special token {name:?}"), id)?;
+                }
+            }
+        }
+    }
+    for template in ["single", "pair"] {
+        let Some(Value::Array(pieces)) = o.get(template) else {
+            continue;
+        };
+        for piece in pieces {
+            if let Some(name) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) {
+                if !specials.is_some_and(|s| s.contains_key(name)) {
+                    return Err(format!(
+                        "the `{template}` template names special token {name:?}, which \
+                         `special_tokens` does not define"
+                    ));
+                }
+            }
+            let sequence = piece.pointer("/Sequence/id").and_then(Value::as_str);
+            if template == "single" && sequence == Some("B") {
+                return Err("the `single` template uses sequence B".to_owned());
+            }
+        }
+    }
+    o.values().try_for_each(|v| check_post_processor(v, vocab))
+}
+
 pub(crate) fn build(dir: &Path) -> Result<Tokenizer> {
     build_with(dir, &|name| read_bounded(&dir.join(name)))
 }
@@ -200,11 +269,13 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
             path: tj_path.clone(),
             source,
         })?;
-    let inner: tokenizers::Tokenizer = tj_text.parse().map_err(|source| TokenizeError::Load {
+    // JSON first: the `tokenizers` crate panics on a syntax error inside `decoder` (an
+    // `expect` in its decoder deserializer), so it only ever sees well-formed JSON.
+    let tj: Value = serde_json::from_str(&tj_text).map_err(|source| TokenizeError::Parse {
         path: tj_path.clone(),
         source,
     })?;
-    let tj: Value = serde_json::from_str(&tj_text).map_err(|source| TokenizeError::Parse {
+    let inner: tokenizers::Tokenizer = tj_text.parse().map_err(|source| TokenizeError::Load {
         path: tj_path.clone(),
         source,
     })?;
@@ -232,6 +303,12 @@ pub(crate) fn build_with(dir: &Path, read: ReadFile<'_>) -> Result<Tokenizer> {
     let mut tokens = vec![String::new(); n];
     for (text, &id) in &vocab {
         tokens[id as usize] = text.clone();
+    }
+    if let Some(post) = tj.get("post_processor") {
+        check_post_processor(post, n).map_err(|problem| TokenizeError::PostProcessor {
+            path: tj_path.clone(),
+            problem,
+        })?;
     }
     let (style, add_space_prefix) = decoder_style(tj.get("decoder").unwrap_or(&Value::Null));
     let byte_fallback = tj
@@ -452,6 +529,111 @@ mod tests {
         )
         .unwrap();
         assert_eq!(build(dir.path()).unwrap().vocab_size(), 1001);
+    }
+
+    /// The error of building from `tokenizer.json` text alone.
+    fn error_of_text(text: &str) -> String {
+        let read = |name: &str| Ok((name == "tokenizer.json").then(|| text.to_owned()));
+        build_with(Path::new("fuzz"), &read)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn malformed_json_inside_the_decoder_is_an_error() {
+        // Found by the `tokenizer_json` fuzz target: the `tokenizers` crate panicked on the
+        // syntax error inside `decoder` ("Helper").
+        let text = include_str!(
+            "../../../tests/data/fuzz/tokenizer_json/crash-ce0a0f31d0312a1685b76d37409231b36f087a94"
+        );
+        let err = error_of_text(text);
+        assert!(err.starts_with("parsing fuzz/tokenizer.json: "), "{err}");
+        assert!(err.contains("expected `:`"), "{err}");
+        let err = error_of_text(r#"{"decoder": {"type": "Fuse" "x"}}"#);
+        assert!(err.starts_with("parsing fuzz/tokenizer.json: "), "{err}");
+    }
+
+    /// `tokenizer_json(...)` with `post_processor` set to `post`.
+    fn with_post_processor(post: Value) -> String {
+        let mut tj: Value = serde_json::from_str(&tokenizer_json(
+            serde_json::json!({"a": 0, "b": 1, "<s>": 2}),
+            serde_json::json!([]),
+        ))
+        .unwrap();
+        tj["post_processor"] = post;
+        tj.to_string()
+    }
+
+    #[test]
+    fn post_processors_that_would_panic_are_errors() {
+        // Found by the `tokenizer_json` fuzz target: a template naming a special token
+        // that `special_tokens` lacks panicked in the `tokenizers` crate at the first encode.
+        let text = include_str!(
+            "../../../tests/data/fuzz/tokenizer_json/crash-16f3e462c2b7672f15b400b7a85aeb9c75c4f68f"
+        );
+        assert_eq!(
+            error_of_text(text),
+            "fuzz/tokenizer.json: `post_processor`: the `single` template names special token \
+             \"<'d\", which `special_tokens` does not define"
+        );
+        let template = |single: Value, ids: Value, tokens: Value| {
+            serde_json::json!({"type": "TemplateProcessing", "single": single,
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                         {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"<s>": {"id": "<s>", "ids": ids, "tokens": tokens}}})
+        };
+        let bos_then_a = serde_json::json!([{"SpecialToken": {"id": "<s>", "type_id": 0}},
+            {"Sequence": {"id": "A", "type_id": 0}}]);
+        let cases = [
+            (
+                template(
+                    serde_json::json!([{"Sequence": {"id": "B", "type_id": 0}}]),
+                    serde_json::json!([2]),
+                    serde_json::json!(["<s>"]),
+                ),
+                "the `single` template uses sequence B",
+            ),
+            (
+                template(
+                    bos_then_a.clone(),
+                    serde_json::json!([2, 2]),
+                    serde_json::json!(["<s>"]),
+                ),
+                "special token \"<s>\" has 2 ids but 1 tokens",
+            ),
+            (
+                template(
+                    bos_then_a.clone(),
+                    serde_json::json!([7]),
+                    serde_json::json!(["<s>"]),
+                ),
+                "special token \"<s>\" has id 7, outside the vocabulary of 3 tokens",
+            ),
+            (
+                serde_json::json!({"type": "Sequence", "processors": [
+                    {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                        "use_regex": true},
+                    {"type": "BertProcessing", "sep": ["<s>", 2], "cls": ["a", 1000]}]}),
+                "`cls` has id 1000, outside the vocabulary of 3 tokens",
+            ),
+        ];
+        for (post, problem) in cases {
+            let err = error_of_text(&with_post_processor(post));
+            assert_eq!(
+                err,
+                format!("fuzz/tokenizer.json: `post_processor`: {problem}")
+            );
+        }
+        // A well-formed template still loads and adds its token.
+        let text = with_post_processor(template(
+            bos_then_a,
+            serde_json::json!([2]),
+            serde_json::json!(["<s>"]),
+        ));
+        let read = |name: &str| Ok((name == "tokenizer.json").then(|| text.clone()));
+        let tk = build_with(Path::new("fuzz"), &read).unwrap();
+        assert_eq!(tk.encode("ab", true, true).unwrap(), vec![2, 0, 1]);
     }
 
     #[test]
