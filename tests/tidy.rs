@@ -180,6 +180,9 @@ fn roles_are_never_recognised_by_name() {
     files.extend(code_in("runtime/src"));
     files.extend(code_in("src"));
     files.retain(|p| !rel(p).ends_with("compiler/src/ir/io.rs"));
+    // Tokenizer files are JSON with fields of these names (`"tokens"` of a post-processor's
+    // special token); they hold no buffers.
+    files.retain(|p| !rel(p).starts_with("runtime/src/tokenize/"));
     let found = offending_lines(
         &files,
         &[
