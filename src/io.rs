@@ -3,8 +3,8 @@
 //! disk or a closed pipe as an error of the verb (exit 2) instead of panicking.
 
 use crate::failure::Failure;
-use archc_spec::source::{decode, read_bounded, MAX_SPEC_BYTES};
-use std::io::{Read, Write};
+use archc_spec::source::{decode, read_bounded, read_limited, MAX_SPEC_BYTES};
+use std::io::Write;
 use std::path::Path;
 
 /// The text of the `.arch` file at `path`. A read error is exit 2 with `cannot read NAME:
@@ -18,18 +18,8 @@ pub fn read_arch(path: &Path) -> Result<String, Failure> {
 
 /// The `.arch` text on stdin, read as [`read_arch`] reads a file (shown as `<stdin>`).
 pub fn read_arch_stdin() -> Result<String, Failure> {
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(MAX_SPEC_BYTES + 1)
-        .read_to_end(&mut bytes)
+    let bytes = read_limited(std::io::stdin().lock(), MAX_SPEC_BYTES, 0)
         .map_err(|e| Failure::new(format!("cannot read stdin: {e}")))?;
-    if bytes.len() as u64 > MAX_SPEC_BYTES {
-        let e = archc_spec::source::ReadError::TooLarge {
-            limit: MAX_SPEC_BYTES,
-        };
-        return Err(Failure::new(format!("cannot read stdin: {e}")));
-    }
     decode_named("<stdin>", bytes)
 }
 

@@ -11,6 +11,7 @@
 //! conversions store it (`tests/data/gguf/tiny_deepseek_split/`, written the converter's
 //! way by `tools/reference/make_gguf_fixtures.py`).
 
+use archc_compiler::testing::max_abs_diff;
 use archc_runtime::bind::bind_gguf;
 use archc_runtime::exec::{logits, Backend, Mode};
 use archc_runtime::npy;
@@ -38,21 +39,6 @@ fn architecture(file: &GgufFile, case: &str) -> String {
         Some(MetaValue::Str(a)) => a.clone(),
         other => panic!("{case}: general.architecture is {other:?}"),
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "logit counts differ");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let d = (x - y).abs();
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                d
-            }
-        })
-        .fold(0.0, f32::max)
 }
 
 /// Imports, binds and runs one case; every backend and mode must be within [`TOLERANCE`].
@@ -84,7 +70,7 @@ fn check_case(case: &str) {
         for backend in [Backend::Interp, Backend::Llvm] {
             let ours = logits(&spec, &weights, &tokens, mode, backend)
                 .unwrap_or_else(|e| panic!("{case} {backend:?} {mode:?}: {e}"));
-            let d = max_diff(&ours, &hf.data);
+            let d = max_abs_diff(&ours, &hf.data);
             eprintln!("{case} {backend:?} {mode:?}: max |archc - HF| = {d:.2e}");
             if d > TOLERANCE {
                 failures.push(format!(
@@ -260,7 +246,7 @@ fn tiny_deepseek_with_split_kv_b_matches_hf() {
         for mode in [Mode::Prefill, Mode::Decode] {
             let ours = logits(&spec, &weights, &tokens, mode, backend)
                 .unwrap_or_else(|e| panic!("{backend:?} {mode:?}: {e}"));
-            let d = max_diff(&ours, &hf.data);
+            let d = max_abs_diff(&ours, &hf.data);
             assert!(
                 d <= TOLERANCE,
                 "{backend:?} {mode:?}: max |ours - HF| = {d:e}"

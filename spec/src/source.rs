@@ -51,12 +51,16 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
             "is a directory",
         )));
     }
-    let mut bytes = Vec::with_capacity(if meta.is_file() {
-        meta.len().min(limit) as usize
-    } else {
-        0
-    });
-    file.take(limit.saturating_add(1))
+    let hint = if meta.is_file() { meta.len() } else { 0 };
+    read_limited(file, limit, hint)
+}
+
+/// Reads `reader` to its end, refusing more than `limit` bytes; `hint` is the expected
+/// size (reserved up front, never beyond `limit`).
+pub fn read_limited(reader: impl Read, limit: u64, hint: u64) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::with_capacity(hint.min(limit) as usize);
+    reader
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(ReadError::Io)?;
     if bytes.len() as u64 > limit {
