@@ -581,18 +581,11 @@ fn snapshot(name: &str, text: &str) {
 fn f8_spec_over_f32_weights_is_refused() {
     let case = "llama";
     let f = fixture(case);
-    let w = load(case, &f.spec, &f.dir);
     let mut spec = f.spec.clone();
     spec.dtype = DType::F8;
-    let err = CpuModel::from_spec_options(
-        &spec,
-        &w,
-        Engine::Llvm,
-        1,
-        &code_cache(),
-        &Options::default(),
-    )
-    .expect_err("f32 checkpoint weights cannot be supplied as f8");
+    let checkpoint = archc_runtime::weights::Checkpoint::open(&f.dir).expect("checkpoint");
+    let err = archc_runtime::bind::bind(&spec, checkpoint)
+        .expect_err("f32 checkpoint weights cannot be supplied as f8");
     snapshot("f8_spec_over_f32_weights", &err.to_string());
 }
 

@@ -353,7 +353,8 @@ block {
 
 /// Random blocks of `fmt` for `n` bytes, each block's f16 scales set to a small normal
 /// value (random bits there could be NaN or infinite) at the offsets the format keeps
-/// them (`BlockFormat::f16_fields`).
+/// them (`BlockFormat::f16_fields`, `f32_fields`), FP8's NaN codes and MXFP4's
+/// exponents kept finite and small.
 fn random_blocks(fmt: BlockFormat, n: usize, seed: u64) -> Vec<u8> {
     let mut state = seed | 1;
     let mut out: Vec<u8> = (0..n)
@@ -370,6 +371,21 @@ fn random_blocks(fmt: BlockFormat, n: usize, seed: u64) -> Vec<u8> {
             let at = at as usize;
             // 2^-9 as f16.
             b[at..at + 2].copy_from_slice(&0x1800u16.to_le_bytes());
+        }
+        for &at in fmt.f32_fields() {
+            let at = at as usize;
+            b[at..at + 4].copy_from_slice(&2f32.powi(-9).to_le_bytes());
+        }
+        match fmt {
+            // The e4m3 NaN codes, which binding refuses.
+            BlockFormat::F8E4m3 => b[4..].iter_mut().for_each(|q| {
+                if *q & 0x7f == 0x7f {
+                    *q &= 0xfe;
+                }
+            }),
+            // E8M0 2^-6 (as 2^(e - 128)).
+            BlockFormat::Mxfp4 => b[0] = 122,
+            _ => {}
         }
     }
     out

@@ -7,6 +7,9 @@
 //! `decode_logits.npy`, `meta.json`). Every architecture in `SUPPORTED_ARCHITECTURES` must
 //! have a case, so accepting a new one without a converted file fails here.
 //!
+//! `gpt_oss_mxfp4` is gpt-oss with MXFP4 experts as it ships, converted the same way
+//! (`tools/reference/make_quant_fixtures.py`): the experts stay GGML MXFP4 tensors.
+//!
 //! Also here: DeepSeek-V3 with `kv_b` split into `attn_k_b` / `attn_v_b` as current
 //! conversions store it (`tests/data/gguf/tiny_deepseek_split/`, written the converter's
 //! way by `tools/reference/make_gguf_fixtures.py`).
@@ -105,6 +108,30 @@ cases! {
     gpt_oss_matches_hf => "gpt-oss",
     olmo2_matches_hf => "olmo2",
     olmo3_as_olmo2_with_a_window_matches_hf => "olmo3",
+    gpt_oss_with_mxfp4_experts_matches_hf => "gpt_oss_mxfp4",
+}
+
+/// The converter keeps gpt-oss's MXFP4 experts as GGML MXFP4 tensors; they are bound as
+/// blocks the MoE kernels decode, every expert matrix of both layers.
+#[test]
+fn mxfp4_experts_stay_blocks() {
+    use archc_compiler::interp::WeightSource;
+    use archc_compiler::kernel::lower::BlockFormat;
+    let path = root().join("gpt_oss_mxfp4/model.gguf");
+    let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let spec = from_gguf_metadata(file.metadata(), &file.names(), "gpt_oss_mxfp4.gguf")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let weights = bind_gguf(&spec, file).unwrap_or_else(|e| panic!("{e}"));
+    let held: Vec<&str> = weights
+        .names()
+        .filter(|n| {
+            weights
+                .blocks(n)
+                .is_some_and(|b| b.format == BlockFormat::Mxfp4)
+        })
+        .collect();
+    assert_eq!(held.len(), 6, "{held:?}");
+    assert!(held.iter().all(|n| n.contains(".experts.")), "{held:?}");
 }
 
 /// The directory holds exactly the cases above, and together they cover every architecture

@@ -43,6 +43,8 @@ fn ggml(fmt: BlockFormat) -> GgmlType {
         BlockFormat::Q6K => GgmlType::Q6K,
         BlockFormat::Iq4Nl => GgmlType::Iq4Nl,
         BlockFormat::Iq4Xs => GgmlType::Iq4Xs,
+        BlockFormat::Mxfp4 => GgmlType::Mxfp4,
+        BlockFormat::F8E4m3 => GgmlType::F8E4m3,
     }
 }
 
@@ -95,6 +97,34 @@ fn random_blocks(
                 (((6 + (rng.next() % 4)) as u16) << 10) | ((rng.next() >> 54) as u16)
             };
             bytes[b * bb + at..b * bb + at + 2].copy_from_slice(&bits.to_le_bytes());
+        }
+        let block = &mut bytes[b * bb..(b + 1) * bb];
+        match fmt {
+            // An f32 scale: any finite value within 2^±100 (binding's bound), or 2^-9..2^-6.
+            BlockFormat::F8E4m3 => {
+                let scale = if wild {
+                    let e = (rng.next() % 200) as i32 - 100;
+                    rng.unit() * 2f32.powi(e)
+                } else {
+                    2f32.powi(-9 + (rng.next() % 4) as i32) * (1.0 + rng.unit().abs())
+                };
+                block[..4].copy_from_slice(&scale.to_le_bytes());
+                // The e4m3 NaN codes, which binding refuses, become the largest finite.
+                for q in &mut block[4..] {
+                    if *q & 0x7f == 0x7f {
+                        *q &= 0xfe;
+                    }
+                }
+            }
+            // E8M0: any exponent but the NaN code, or 2^-6..2^-3 (as 2^(e - 128)).
+            BlockFormat::Mxfp4 => {
+                block[0] = if wild {
+                    block[0] % 200
+                } else {
+                    122 + (rng.next() % 4) as u8
+                };
+            }
+            _ => {}
         }
     }
     bytes

@@ -3,7 +3,8 @@
 //! binding, applying the binding's transposes, slices, stacks and value fix-ups.
 //!
 //! From safetensors, plain tensors stay memory-mapped (zero-copy); transposed, sliced and
-//! stacked ones are materialised into owned buffers in their stored dtype. From GGUF,
+//! stacked ones are materialised into owned buffers in their stored dtype; FP8 and MXFP4
+//! weights become blocks the kernels decode (`bind/quantized.rs`). From GGUF,
 //! plain float tensors without a fix-up stay mapped; the raw blocks of quantised ones
 //! (rows un-permuted where llama.cpp permuted them) are kept for compiled kernels, see
 //! [`BoundWeights::quantized`], and dequantised to f32 only when something asks for the
@@ -14,11 +15,12 @@
 //! naming the tensor and showing what was expected against what was found.
 
 mod mla_split;
+mod quantized;
 
 use crate::quant::{self, GgmlType};
 use crate::weights::gguf::GgufFile;
 use crate::weights::{Checkpoint, Dtype, TensorView};
-use archc_spec::tensors::{tensors, GgufFix, Source, TensorSpec};
+use archc_spec::tensors::{tensors, GgufFix, Role, Source, TensorSpec};
 use archc_spec::{Family, Spec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -108,10 +110,11 @@ impl BoundWeights {
         })
     }
 
-    /// The parameter's blocks in their GGUF type, for kernels that read quantised data.
-    /// `None` for safetensors checkpoints and for tensors whose values needed a fix-up
-    /// (norm weights stored as `1 + w`); rows that llama.cpp permuted for its RoPE come
-    /// back in canonical order.
+    /// The parameter's blocks, for kernels that read quantised data: a GGUF tensor's in
+    /// its GGML type, an HF checkpoint's FP8 or MXFP4 weights as `F8E4m3` or `Mxfp4`
+    /// blocks (see `bind/quantized.rs`). `None` for float tensors and for tensors whose
+    /// values needed a fix-up (norm weights stored as `1 + w`); rows that llama.cpp
+    /// permuted for its RoPE come back in canonical order.
     pub fn quantized(&self, name: &str) -> Option<QuantView<'_>> {
         let p = self.params.get(name)?;
         let (ty, data) = p.raw.as_ref()?;
@@ -202,6 +205,8 @@ impl archc_compiler::interp::WeightSource for BoundWeights {
             GgmlType::Q6K => BlockFormat::Q6K,
             GgmlType::Iq4Nl => BlockFormat::Iq4Nl,
             GgmlType::Iq4Xs => BlockFormat::Iq4Xs,
+            GgmlType::Mxfp4 => BlockFormat::Mxfp4,
+            GgmlType::F8E4m3 => BlockFormat::F8E4m3,
             GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => return None,
         };
         Some(archc_compiler::interp::BlockView {
@@ -336,6 +341,9 @@ pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindErr
     let mut problems = BTreeSet::new();
     let mut used = BTreeSet::new();
     let mut params = BTreeMap::new();
+    // An f8 spec needs FP8 weights: the first projection read otherwise, if none is FP8.
+    let mut fp8 = false;
+    let mut not_fp8: Option<(String, Dtype)> = None;
     for t in tensors(spec) {
         let Some(source) = &t.hf else {
             problems.insert(Problem::NoBinding {
@@ -345,11 +353,33 @@ pub fn bind(spec: &Spec, checkpoint: Checkpoint) -> Result<BoundWeights, BindErr
             continue;
         };
         used.extend(source.names());
-        match bind_one(&t, source, &checkpoint) {
+        let companions = quantized::companions(source, &checkpoint);
+        fp8 |= companions.iter().any(|c| c.ends_with("_scale_inv"));
+        let projection = matches!(
+            t.role,
+            Role::Attention | Role::Ffn | Role::RoutedExpert | Role::SharedExpert
+        ) && t.shape.len() >= 2;
+        if projection && companions.is_empty() && not_fp8.is_none() {
+            let first = source.names().into_iter().next();
+            not_fp8 = first.and_then(|n| Some((n.clone(), checkpoint.info(&n)?.dtype)));
+        }
+        used.extend(companions);
+        let bound = quantized::bind(&t, source, &checkpoint)
+            .unwrap_or_else(|| bind_one(&t, source, &checkpoint));
+        match bound {
             Ok(b) => {
                 params.insert(t.name.clone(), b);
             }
             Err(ps) => problems.extend(ps),
+        }
+    }
+    if spec.dtype == archc_spec::DType::F8 && !fp8 {
+        if let Some((stored, found)) = not_fp8 {
+            problems.insert(Problem::Dtype {
+                stored,
+                expected: "F8_E4M3 with block scales (the spec's dtype is f8)".into(),
+                found,
+            });
         }
     }
     let mtp: BTreeSet<String> = archc_spec::mtp::mtp_tensors(spec)

@@ -29,10 +29,28 @@ pub fn formats(weights: &dyn WeightSource) -> impl Fn(&str) -> Option<ParamForma
     move |name: &str| weights.blocks(name).map(|b| ParamFormat::Block(b.format))
 }
 
+/// [`formats`] for a spec whose `dtype` is `f8`: the FP8 weights are blocks, and every
+/// other parameter (norms, embeddings, router, head: what FP8 checkpoints keep in bf16 or
+/// f32) keeps the float type it is stored in, since f8 without its block scales is not a
+/// type anything is stored in.
+pub fn f8_formats(weights: &dyn WeightSource) -> impl Fn(&str) -> Option<ParamFormat> + '_ {
+    move |name: &str| match weights.blocks(name) {
+        Some(b) => Some(ParamFormat::Block(b.format)),
+        None => weights.get(name).map(|v| match v.dtype {
+            archc_compiler::interp::WeightDType::F32 => ParamFormat::F32,
+            archc_compiler::interp::WeightDType::F16 => ParamFormat::F16,
+            archc_compiler::interp::WeightDType::Bf16 => ParamFormat::Bf16,
+        }),
+    }
+}
+
 /// The compiler driver for `spec` over `weights` (formats from the weights; see
-/// [`formats`]) with `options`: what every CPU and CUDA model of the runtime compiles
-/// through, and what `archc emit` shows.
+/// [`formats`] and [`f8_formats`]) with `options`: what every CPU and CUDA model of the
+/// runtime compiles through, and what `archc emit` shows.
 pub fn driver<'a>(spec: &'a Spec, weights: &'a dyn WeightSource, options: Options) -> Driver<'a> {
+    if spec.dtype == archc_spec::DType::F8 {
+        return Driver::new(spec, Box::new(f8_formats(weights)), options);
+    }
     Driver::new(spec, Box::new(formats(weights)), options)
 }
 

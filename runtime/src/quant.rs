@@ -1,4 +1,5 @@
-//! GGML tensor types: block layouts as data, and reference dequantisation to f32.
+//! GGML tensor types (and archc's block of block-scaled FP8 checkpoints): block layouts
+//! as data, and reference dequantisation to f32.
 //!
 //! Each quantised type stores a row as consecutive blocks of `block_len` elements in
 //! `block_bytes` bytes. The functions here reproduce llama.cpp's `dequantize_row_*`
@@ -10,7 +11,8 @@
 use crate::weights::{bf16_to_f32, f16_to_f32};
 use std::fmt;
 
-/// The tensor types a GGUF file may hold that this runtime can read.
+/// The tensor types a GGUF file may hold that this runtime can read ([`GgmlType::ALL`]),
+/// and `F8E4m3`, the block binding builds from an HF FP8 checkpoint, which no GGUF holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GgmlType {
     F32,
@@ -43,6 +45,12 @@ pub enum GgmlType {
     Iq4Nl,
     /// 256 elements in 8 sub-blocks of 32 with signed 6-bit scales, IQ4_NL's table.
     Iq4Xs,
+    /// 32 elements: an E8M0 exponent `e`, 16 bytes of FP4 (e2m1) nibbles;
+    /// `x = table[q] * 2^(e - 128)` with the e2m1 values doubled as the table.
+    Mxfp4,
+    /// 32 elements: the f32 scale of the checkpoint block they fall in, then 32
+    /// `float8_e4m3fn` bytes; `x = e4m3(q) * s`. Not a GGML type (no id).
+    F8E4m3,
 }
 
 /// A block format: elements per block and bytes per block.
@@ -53,8 +61,8 @@ pub struct BlockLayout {
 }
 
 impl GgmlType {
-    /// Every supported type, in GGML id order.
-    pub const ALL: [GgmlType; 15] = [
+    /// Every type a GGUF file may hold that this runtime reads, in GGML id order.
+    pub const ALL: [GgmlType; 16] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -70,16 +78,17 @@ impl GgmlType {
         GgmlType::Iq4Nl,
         GgmlType::Iq4Xs,
         GgmlType::Bf16,
+        GgmlType::Mxfp4,
     ];
 
     /// The type with GGML id `id`, if supported.
     pub fn from_id(id: u32) -> Option<GgmlType> {
-        GgmlType::ALL.into_iter().find(|t| t.id() == id)
+        GgmlType::ALL.into_iter().find(|t| t.id() == Some(id))
     }
 
-    /// The numeric id GGUF files store (`enum ggml_type`).
-    pub fn id(self) -> u32 {
-        match self {
+    /// The numeric id GGUF files store (`enum ggml_type`); `None` for archc's FP8 block.
+    pub fn id(self) -> Option<u32> {
+        Some(match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
@@ -95,7 +104,9 @@ impl GgmlType {
             GgmlType::Iq4Nl => 20,
             GgmlType::Iq4Xs => 23,
             GgmlType::Bf16 => 30,
-        }
+            GgmlType::Mxfp4 => 39,
+            GgmlType::F8E4m3 => return None,
+        })
     }
 
     /// llama.cpp's name of the type.
@@ -116,6 +127,8 @@ impl GgmlType {
             GgmlType::Q6K => "Q6_K",
             GgmlType::Iq4Nl => "IQ4_NL",
             GgmlType::Iq4Xs => "IQ4_XS",
+            GgmlType::Mxfp4 => "MXFP4",
+            GgmlType::F8E4m3 => "FP8_E4M3",
         }
     }
 
@@ -136,6 +149,8 @@ impl GgmlType {
             GgmlType::Q6K => (256, 210),
             GgmlType::Iq4Nl => (32, 18),
             GgmlType::Iq4Xs => (256, 136),
+            GgmlType::Mxfp4 => (32, 17),
+            GgmlType::F8E4m3 => (32, 36),
         };
         BlockLayout {
             block_len,
@@ -258,6 +273,8 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut Vec<f32>) -> Result
             GgmlType::Q6K => q6_k(b, y),
             GgmlType::Iq4Nl => iq4_nl(b, y),
             GgmlType::Iq4Xs => iq4_xs(b, y),
+            GgmlType::Mxfp4 => mxfp4(b, y),
+            GgmlType::F8E4m3 => fp8(b, y),
         }
         out.extend_from_slice(y);
     }
@@ -457,6 +474,35 @@ fn iq4_nl(b: &[u8], y: &mut [f32]) {
     }
 }
 
+/// MXFP4's values: e2m1 doubled (`kvalues_mxfp4`), with `d = 2^(e - 128)`.
+const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// `2^(e - 128)` for an E8M0 byte `e`, as GGML builds it (a subnormal below `e = 2`).
+pub fn e8m0_half(e: u8) -> f32 {
+    let e = u32::from(e);
+    f32::from_bits(if e < 2 {
+        0x0020_0000 << e
+    } else {
+        (e - 1) << 23
+    })
+}
+
+fn mxfp4(b: &[u8], y: &mut [f32]) {
+    let d = e8m0_half(b[0]);
+    let qs = &b[1..17];
+    for j in 0..16 {
+        y[j] = f32::from(MXFP4_VALUES[usize::from(qs[j] & 0x0f)]) * d;
+        y[j + 16] = f32::from(MXFP4_VALUES[usize::from(qs[j] >> 4)]) * d;
+    }
+}
+
+fn fp8(b: &[u8], y: &mut [f32]) {
+    let s = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    for (o, &q) in y.iter_mut().zip(&b[4..36]) {
+        *o = archc_compiler::floats::f8e4m3_to_f32(q) * s;
+    }
+}
+
 fn iq4_xs(b: &[u8], y: &mut [f32]) {
     let d = half(b, 0);
     let scales_h = u16::from_le_bytes([b[2], b[3]]);
@@ -484,7 +530,13 @@ mod tests {
     fn layouts_match_llama_cpp_sizes() {
         let sizes: Vec<(u32, usize, usize)> = GgmlType::ALL
             .iter()
-            .map(|t| (t.id(), t.layout().block_len, t.layout().block_bytes))
+            .map(|t| {
+                (
+                    t.id().unwrap_or(u32::MAX),
+                    t.layout().block_len,
+                    t.layout().block_bytes,
+                )
+            })
             .collect();
         assert_eq!(
             sizes,
@@ -515,6 +567,23 @@ mod tests {
         b.resize(34, 0);
         let y = dequantize(GgmlType::Q8_0, &b).expect("one block");
         assert_eq!(&y[..3], &[-1.0, 1.5, 0.0]);
+    }
+
+    #[test]
+    fn mxfp4_scales_by_the_exponent_and_fp8_by_its_f32() {
+        // e = 128 gives d = 1; byte 0 holds quants 7 (low, 12) and 9 (high, -1).
+        let mut b = vec![128, 0x97];
+        b.resize(17, 0);
+        let y = dequantize(GgmlType::Mxfp4, &b).expect("one block");
+        assert_eq!((y[0], y[16], y[1]), (12.0, -1.0, 0.0));
+        assert_eq!(e8m0_half(0), 2f32.powi(-128));
+        assert_eq!(e8m0_half(1), 2f32.powi(-127));
+        // scale 0.5; e4m3 0x38 = 1.0, 0xb8 = -1.0, 0x01 = 2^-9 (subnormal).
+        let mut b = 0.5f32.to_le_bytes().to_vec();
+        b.extend([0x38, 0xb8, 0x01]);
+        b.resize(36, 0);
+        let y = dequantize(GgmlType::F8E4m3, &b).expect("one block");
+        assert_eq!((y[0], y[1], y[2], y[3]), (0.5, -0.5, 2f32.powi(-10), 0.0));
     }
 
     #[test]

@@ -54,10 +54,12 @@ SCALE_FIELDS = {
     T.Q6_K: [208],
     T.IQ4_NL: [0],
     T.IQ4_XS: [0],
+    T.MXFP4: [],  # an E8M0 exponent byte: every value finite
 }
 BLOCK = {T.Q4_0: (32, 18), T.Q4_1: (32, 20), T.Q5_0: (32, 22), T.Q5_1: (32, 24),
          T.Q8_0: (32, 34), T.Q2_K: (256, 84), T.Q3_K: (256, 110), T.Q4_K: (256, 144),
-         T.Q5_K: (256, 176), T.Q6_K: (256, 210), T.IQ4_NL: (32, 18), T.IQ4_XS: (256, 136)}
+         T.Q5_K: (256, 176), T.Q6_K: (256, 210), T.IQ4_NL: (32, 18), T.IQ4_XS: (256, 136),
+         T.MXFP4: (32, 17)}
 
 
 def finite_f16_bits(rng, n):
@@ -72,7 +74,7 @@ def type_fixtures():
     out.mkdir(parents=True, exist_ok=True)
     rows, cols = 2, 512
     for t in [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K,
-              T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]:
+              T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.MXFP4]:
         # One seed per type, so adding a type leaves the other types' files as they were.
         rng = np.random.default_rng(1000 + int(t))
         if t == T.F32:

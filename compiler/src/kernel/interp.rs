@@ -637,6 +637,7 @@ impl Machine<'_, '_> {
                 (UnOp::ToI64, Val::F(x)) => Val::I(x as i64),
                 (UnOp::Not, Val::B(x)) => Val::B(!x),
                 (UnOp::F16Bits, Val::I(x)) => Val::F(f16_to_f32((x & 0xffff) as u16)),
+                (UnOp::F32Bits, Val::I(x)) => Val::F(f32::from_bits(x as u32)),
                 (_, v) => return Err(format!("`{}`: operand is {v:?}", self.k.expr(e))),
             },
             Expr::Bin(op, a, b) => {

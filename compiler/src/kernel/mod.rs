@@ -142,6 +142,9 @@ pub enum UnOp {
     /// `I64 → F32`: the low 16 bits read as an IEEE half (exact; a NaN stays a NaN, its
     /// payload unspecified), the rest ignored; how block formats store their scales.
     F16Bits,
+    /// `I64 → F32`: the low 32 bits read as an IEEE single (exact, bit for bit), the rest
+    /// ignored; how block formats with f32 scales (FP8) store them.
+    F32Bits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

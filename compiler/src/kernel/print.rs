@@ -281,6 +281,7 @@ impl Kernel {
                     UnOp::ToF32 => "f32",
                     UnOp::ToI64 => "i64",
                     UnOp::F16Bits => "f16bits",
+                    UnOp::F32Bits => "f32bits",
                 };
                 format!("{name}({})", self.expr_at(a, true))
             }

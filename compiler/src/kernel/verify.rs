@@ -383,6 +383,7 @@ pub(crate) fn un_name(op: UnOp) -> &'static str {
         UnOp::ToI64 => "i64",
         UnOp::Not => "!",
         UnOp::F16Bits => "f16bits",
+        UnOp::F32Bits => "f32bits",
     }
 }
 
@@ -752,7 +753,7 @@ impl Checker<'_> {
                     UnOp::ToF32 => (t == Ty::I64, Ty::F32),
                     UnOp::ToI64 => (t == Ty::F32, Ty::I64),
                     UnOp::Not => (t == Ty::Bool, Ty::Bool),
-                    UnOp::F16Bits => (t == Ty::I64, Ty::F32),
+                    UnOp::F16Bits | UnOp::F32Bits => (t == Ty::I64, Ty::F32),
                 };
                 if !ok {
                     return Err(format!(

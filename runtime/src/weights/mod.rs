@@ -202,6 +202,25 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
 
 pub use archc_compiler::floats::{bf16_to_f32, f16_to_f32};
 
+/// The `quantization_config` object of `dir/config.json`, when the file is there, reads
+/// as JSON and has one. A config that cannot be read is `import`'s to report; binding then
+/// refuses quantised tensors it cannot interpret.
+fn quantization_config(dir: &Path) -> Option<serde_json::Value> {
+    let path = dir.join("config.json");
+    let bytes = archc_spec::source::read_bounded(&path, archc_spec::source::MAX_JSON_BYTES).ok()?;
+    let mut config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    // A multimodal config keeps it at the top level or in its text config.
+    let q = config
+        .get_mut("quantization_config")
+        .map(serde_json::Value::take);
+    q.or_else(|| {
+        config
+            .get_mut("text_config")?
+            .get_mut("quantization_config")
+            .map(serde_json::Value::take)
+    })
+}
+
 /// The shard file names `model.safetensors.index.json` refers to, and where each tensor lives.
 const INDEX_FILE: &str = "model.safetensors.index.json";
 const SINGLE_FILE: &str = "model.safetensors";
@@ -215,12 +234,37 @@ pub struct Checkpoint {
     /// Names under which a tensor is known that differ from its stored name (the text
     /// model of a multimodal checkpoint): known name to stored name.
     alias: BTreeMap<String, String>,
+    /// The `quantization_config` of the `config.json` next to the files, where there is
+    /// one (how FP8 and MXFP4 weights are to be read; binding checks it).
+    quantization: Option<serde_json::Value>,
 }
 
 impl Checkpoint {
     /// Opens a model directory (`model.safetensors.index.json` when present, else
     /// `model.safetensors`) or a single `.safetensors` file.
     pub fn open(path: &Path) -> Result<Checkpoint, SafetensorsError> {
+        let dir = if path.is_dir() {
+            Some(path)
+        } else {
+            path.parent()
+        };
+        let quantization = dir.and_then(quantization_config);
+        Ok(Checkpoint::open_files(path)?.with_quantization(quantization))
+    }
+
+    /// The checkpoint with `quantization` as its `quantization_config` (what
+    /// [`Checkpoint::open`] reads from `config.json`).
+    pub fn with_quantization(mut self, quantization: Option<serde_json::Value>) -> Checkpoint {
+        self.quantization = quantization;
+        self
+    }
+
+    /// The `quantization_config` object of the checkpoint's `config.json`, if any.
+    pub fn quantization(&self) -> Option<&serde_json::Value> {
+        self.quantization.as_ref()
+    }
+
+    fn open_files(path: &Path) -> Result<Checkpoint, SafetensorsError> {
         if path.is_dir() {
             let index = path.join(INDEX_FILE);
             if index.is_file() {
@@ -340,6 +384,7 @@ impl Checkpoint {
             files: vec![file],
             names,
             alias: BTreeMap::new(),
+            quantization: None,
         }
     }
 
@@ -366,6 +411,7 @@ impl Checkpoint {
             files,
             names,
             alias: BTreeMap::new(),
+            quantization: None,
         })
     }
 
@@ -392,7 +438,18 @@ impl Checkpoint {
 
     /// The tensor's bytes, zero-copy. Errors if absent or of an unsupported dtype.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        self.view(name, false)
+    }
+
+    /// [`Checkpoint::get`] whatever the tensor's dtype: its bytes, for binding to read
+    /// FP8 weights and MXFP4 blocks and scales.
+    pub fn get_raw(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        self.view(name, true)
+    }
+
+    fn view(&self, name: &str, raw: bool) -> Result<TensorView<'_>, SafetensorsError> {
         match self.names.get(name) {
+            Some(&i) if raw => self.files[i].get_raw(self.stored(name)),
             Some(&i) => self.files[i].get(self.stored(name)),
             None => Err(SafetensorsError::NoSuchTensor {
                 file: self.files.first().map_or_else(

@@ -43,7 +43,12 @@ impl Checkpoint {
         if !multimodal {
             return (self, Vec::new());
         }
-        let Checkpoint { files, names, .. } = self;
+        let Checkpoint {
+            files,
+            names,
+            quantization,
+            ..
+        } = self;
         let mut renamed = BTreeMap::new();
         let mut alias = BTreeMap::new();
         let mut towers = Vec::new();
@@ -74,6 +79,7 @@ impl Checkpoint {
                 files,
                 names: renamed,
                 alias,
+                quantization,
             },
             towers,
         )

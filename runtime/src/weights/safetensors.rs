@@ -150,6 +150,16 @@ impl SafetensorsFile {
     /// A zero-copy view of a tensor; an error if it is absent or of a dtype the runtime
     /// cannot read.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        self.view(name, false)
+    }
+
+    /// A zero-copy view of a tensor's bytes whatever its dtype (FP8 weights, MXFP4 blocks
+    /// and scales: binding reads them as bytes); an error if it is absent.
+    pub fn get_raw(&self, name: &str) -> Result<TensorView<'_>, SafetensorsError> {
+        self.view(name, true)
+    }
+
+    fn view(&self, name: &str, raw: bool) -> Result<TensorView<'_>, SafetensorsError> {
         let info = self
             .tensors
             .get(name)
@@ -157,7 +167,7 @@ impl SafetensorsFile {
                 file: self.path.clone(),
                 tensor: name.to_string(),
             })?;
-        if !info.dtype.is_supported() {
+        if !raw && !info.dtype.is_supported() {
             return Err(SafetensorsError::UnsupportedDtype {
                 file: self.path.clone(),
                 tensor: name.to_string(),

@@ -326,13 +326,46 @@ impl Globals {
 }
 
 /// The storage dtype: FP8 when the checkpoint is FP8-quantized, else `torch_dtype`/`dtype`
-/// (read from the enclosing multimodal config when a text config lacks them).
+/// (read from the enclosing multimodal config when a text config lacks them). A
+/// `quantization_config` must be one the runtime reads: block-scaled FP8 (e4m3, dynamic
+/// activations, a `weight_block_size`) or MXFP4 (whose experts are blocks, the rest in
+/// `torch_dtype`); any other method is refused.
 pub(crate) fn dtype(c: &Config<'_>) -> Result<DType, ImportError> {
     let mut scope = Some(c.clone());
     while let Some(c) = scope {
         if let Some(q) = c.opt_object("quantization_config")? {
-            if q.opt_str("quant_method")? == Some("fp8") {
-                return Ok(DType::F8);
+            match q.opt_str("quant_method")? {
+                Some("fp8") => {
+                    if let Some(fmt) = q.opt_str("fmt")?.filter(|f| *f != "e4m3") {
+                        return Err(q.invalid("fmt", format!("FP8 format \"{fmt}\" is not read (only e4m3)")));
+                    }
+                    if let Some(s) = q.opt_str("activation_scheme")?.filter(|s| *s != "dynamic") {
+                        return Err(q.invalid(
+                            "activation_scheme",
+                            format!("\"{s}\" activation scales are not read (only dynamic)"),
+                        ));
+                    }
+                    match q.opt_u64_list("weight_block_size")? {
+                        Some(b) if b.len() == 2 && b.iter().all(|&x| x > 0) => {}
+                        _ => {
+                            return Err(q.invalid(
+                                "weight_block_size",
+                                "block-scaled FP8 needs the block size, two positive integers",
+                            ))
+                        }
+                    }
+                    return Ok(DType::F8);
+                }
+                Some("mxfp4") => {}
+                other => {
+                    return Err(q.invalid(
+                        "quant_method",
+                        format!(
+                            "quantisation {} is not read (archc reads fp8 and mxfp4 checkpoints, or GGUF files)",
+                            other.map_or("without a method".to_string(), |m| format!("\"{m}\""))
+                        ),
+                    ))
+                }
             }
         }
         let key = if c.has("torch_dtype") {

@@ -183,6 +183,14 @@ impl<'ctx> Emitter<'ctx, '_> {
                         .build_float_ext(h.into_float_value(), self.ctx.f32_type(), "")?,
                 )
             }
+            (UnOp::F32Bits, Val::I(x)) => {
+                let w = self.b.build_int_truncate(x, self.ctx.i32_type(), "")?;
+                Val::F(
+                    self.b
+                        .build_bit_cast(w, self.ctx.f32_type(), "")?
+                        .into_float_value(),
+                )
+            }
             _ => {
                 return Err(self.err(format!(
                     "`{}`: operand is {}",

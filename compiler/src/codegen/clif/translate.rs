@@ -527,6 +527,13 @@ impl<'a, 'f> Translator<'a, 'f> {
                 let low = self.b.ins().band_imm_s(low, 0xffff);
                 f(self.call(Helper::F16ToF32, &[low])?)
             }
+            (UnOp::F32Bits, Ty::I64) => {
+                let low = self.b.ins().ireduce(types::I32, x);
+                f(self
+                    .b
+                    .ins()
+                    .bitcast(types::F32, cranelift_codegen::ir::MemFlagsData::new(), low))
+            }
             _ => return Err(self.err(format!("{op:?} of a {} value", ty.as_str()))),
         })
     }

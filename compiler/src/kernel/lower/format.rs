@@ -1,7 +1,7 @@
 //! How parameters are stored in memory, as the kernels read them: a float type (loads
-//! widen to f32 whatever it is) or GGML blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
-//! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS) that stay raw bytes and are decoded inside the
-//! kernels that read them.
+//! widen to f32 whatever it is) or blocks that stay raw bytes and are decoded inside the
+//! kernels that read them: GGML's (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K, Q3_K, Q4_K,
+//! Q5_K, Q6_K, IQ4_XS, MXFP4) and the block-scaled FP8 of HF checkpoints.
 //!
 //! The graph stays dtype-agnostic: how each parameter is stored is a property of the bound
 //! weights, given to lowering as a function of the parameter's name
@@ -13,7 +13,7 @@ use super::stored;
 use crate::ir::{DType, Graph, Op, Value};
 use crate::kernel::Elem;
 
-/// A GGML block format: `block_len` elements stored in `block_bytes` bytes.
+/// A block format: `block_len` elements stored in `block_bytes` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BlockFormat {
     /// f16 `d`, 16 bytes of nibbles; `x = (q - 8) * d`.
@@ -40,10 +40,18 @@ pub enum BlockFormat {
     Iq4Nl,
     /// 8 sub-blocks of 32 with signed 6-bit scales, IQ4_NL's table.
     Iq4Xs,
+    /// GGML's MXFP4: an E8M0 exponent `e`, 16 bytes of FP4 (e2m1) nibbles;
+    /// `x = table[q] * 2^(e - 128)` with the doubled e2m1 values as the table.
+    Mxfp4,
+    /// Block-scaled FP8 as HF checkpoints ship it (`float8_e4m3fn` weights with a
+    /// `weight_scale_inv` per 128×128 block), held as archc's own block: the f32 scale
+    /// of the block the 32 elements fall in, then the 32 e4m3 bytes; `x = e4m3(q) * s`.
+    /// Not a GGML type: binding builds it from the two checkpoint tensors.
+    F8E4m3,
 }
 
 impl BlockFormat {
-    pub const ALL: [BlockFormat; 12] = [
+    pub const ALL: [BlockFormat; 14] = [
         BlockFormat::Q8_0,
         BlockFormat::Q4_0,
         BlockFormat::Q4_1,
@@ -56,6 +64,8 @@ impl BlockFormat {
         BlockFormat::Q3K,
         BlockFormat::Iq4Nl,
         BlockFormat::Iq4Xs,
+        BlockFormat::Mxfp4,
+        BlockFormat::F8E4m3,
     ];
 
     pub fn block_len(self) -> u64 {
@@ -65,7 +75,9 @@ impl BlockFormat {
             | BlockFormat::Q5_0
             | BlockFormat::Q5_1
             | BlockFormat::Q8_0
-            | BlockFormat::Iq4Nl => 32,
+            | BlockFormat::Iq4Nl
+            | BlockFormat::Mxfp4
+            | BlockFormat::F8E4m3 => 32,
             BlockFormat::Q2K
             | BlockFormat::Q3K
             | BlockFormat::Q4K
@@ -89,11 +101,15 @@ impl BlockFormat {
             BlockFormat::Q5K => 176,
             BlockFormat::Q6K => 210,
             BlockFormat::Iq4Xs => 136,
+            BlockFormat::Mxfp4 => 17,
+            BlockFormat::F8E4m3 => 36,
         }
     }
 
-    /// Byte offsets of the block's f16 fields (scales and minimums): every other byte is
-    /// quants or integer scales, any bit pattern of which is a finite value.
+    /// Byte offsets of the block's f16 fields (scales and minimums). Apart from these and
+    /// [`Self::f32_fields`], every byte is quants or integer scales, any bit pattern of
+    /// which decodes to a finite value, except FP8's e4m3 NaN codes (`0x7f`, `0xff`),
+    /// which binding refuses.
     pub fn f16_fields(self) -> &'static [u64] {
         match self {
             BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
@@ -102,10 +118,19 @@ impl BlockFormat {
             BlockFormat::Q2K => &[80, 82],
             BlockFormat::Q3K => &[108],
             BlockFormat::Q6K => &[208],
+            BlockFormat::Mxfp4 | BlockFormat::F8E4m3 => &[],
         }
     }
 
-    /// llama.cpp's name of the format.
+    /// Byte offsets of the block's f32 fields (FP8's scale).
+    pub fn f32_fields(self) -> &'static [u64] {
+        match self {
+            BlockFormat::F8E4m3 => &[0],
+            _ => &[],
+        }
+    }
+
+    /// llama.cpp's name of the format (archc's `FP8_E4M3` for the FP8 blocks).
     pub fn name(self) -> &'static str {
         match self {
             BlockFormat::Q4_0 => "Q4_0",
@@ -120,6 +145,8 @@ impl BlockFormat {
             BlockFormat::Q6K => "Q6_K",
             BlockFormat::Iq4Nl => "IQ4_NL",
             BlockFormat::Iq4Xs => "IQ4_XS",
+            BlockFormat::Mxfp4 => "MXFP4",
+            BlockFormat::F8E4m3 => "FP8_E4M3",
         }
     }
 
@@ -138,6 +165,8 @@ impl BlockFormat {
             BlockFormat::Q6K => "q6_k",
             BlockFormat::Iq4Nl => "iq4_nl",
             BlockFormat::Iq4Xs => "iq4_xs",
+            BlockFormat::Mxfp4 => "mxfp4",
+            BlockFormat::F8E4m3 => "fp8",
         }
     }
 }
@@ -199,10 +228,11 @@ impl Stored {
 /// The formats a program honours, per parameter id, from what `format` says of each name.
 ///
 /// A block format is honoured where every node reading the parameter can decode it: the
-/// weight of a `MatMul` or a `Linear` part (2-D, rows a whole number of blocks) and the
-/// table of a `Gather`. Any other reader (expert weights, say) keeps the parameter in the
-/// graph's dtype, so the caller converts it as before. A float format is honoured
-/// everywhere: loads widen to f32 whatever the stored float type.
+/// weight of a `MatMul` or a `Linear` part and the table of a `Gather` (2-D), and the
+/// expert weights of an `ExpertMatMul` or a `Moe` (3-D), rows a whole number of blocks.
+/// Any other reader keeps the parameter in the graph's dtype, so the caller converts it as
+/// before. A float format is honoured everywhere: loads widen to f32 whatever the stored
+/// float type.
 pub(super) fn param_formats(
     graph: &Graph,
     format: &dyn Fn(&str) -> Option<ParamFormat>,
@@ -211,9 +241,10 @@ pub(super) fn param_formats(
         graph.params.iter().map(|p| format(&p.name)).collect();
     for (pi, p) in graph.params.iter().enumerate() {
         if let Some(ParamFormat::Block(fmt)) = formats[pi] {
-            let fits = p.shape.len() == 2 && p.shape[1] % fmt.block_len() == 0;
+            let fits = matches!(p.shape.len(), 2 | 3)
+                && p.shape.last().is_some_and(|k| k % fmt.block_len() == 0);
             if !fits {
-                formats[pi] = None;
+                formats[pi] = float_instead(p.dtype);
             }
         }
     }
@@ -224,12 +255,19 @@ pub(super) fn param_formats(
                 if matches!(formats.get(pi), Some(Some(ParamFormat::Block(_))))
                     && !decodes_blocks(&node.op, j)
                 {
-                    formats[pi] = None;
+                    formats[pi] = float_instead(graph.params[pi].dtype);
                 }
             }
         }
     }
     formats
+}
+
+/// What a block-quantised parameter of graph dtype `dtype` is read as where its blocks
+/// are not: the graph's dtype (the caller converts), except for f8, which without its
+/// block scales is nothing a checkpoint stores: f32 (the dequantised values).
+fn float_instead(dtype: DType) -> Option<ParamFormat> {
+    (dtype == DType::F8).then_some(ParamFormat::F32)
 }
 
 /// Whether operand `j` of `op` may be block-quantised: some generator decodes it.
@@ -240,6 +278,11 @@ pub(super) fn decodes_blocks(op: &Op, j: usize) -> bool {
         Op::Linear(l) => {
             let w = l.layout().weights;
             (w..w + l.parts()).contains(&j)
+        }
+        Op::ExpertMatMul => j == 1,
+        Op::Moe(m) => {
+            let w = 2 + m.select.correction_bias as usize;
+            (w..w + m.matrices()).contains(&j)
         }
         _ => false,
     }

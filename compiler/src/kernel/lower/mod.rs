@@ -256,6 +256,11 @@ pub fn program_with(graph: &Graph, lowering: &Lowering) -> Result<Program, Kerne
                 Dim::c(rows),
                 Dim::c(k / fmt.block_len() * fmt.block_bytes()),
             ],
+            (Some(fmt), &[experts, rows, k]) => vec![
+                Dim::c(experts),
+                Dim::c(rows),
+                Dim::c(k / fmt.block_len() * fmt.block_bytes()),
+            ],
             _ => p.shape.iter().map(|&d| Dim::c(d)).collect(),
         };
         param_buf[i] = buffers.len();

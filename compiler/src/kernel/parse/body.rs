@@ -584,6 +584,7 @@ impl<'c, 'a> Body<'c, 'a> {
             "f32" => Some(un(UnOp::ToF32, Some(Ty::F32))),
             "i64" => Some(un(UnOp::ToI64, Some(Ty::I64))),
             "f16bits" => Some(un(UnOp::F16Bits, Some(Ty::F32))),
+            "f32bits" => Some(un(UnOp::F32Bits, Some(Ty::F32))),
             _ => None,
         };
         let binary = match name {

@@ -1,7 +1,7 @@
 //! The block decoder: one GGML block as kernel IR, each element's f32 value handed to
 //! the statements that consume it. The quantised matmuls and the block gather share it.
 //! This file holds the dispatch, the bit helpers and the 32-element formats (Q4_0, Q4_1,
-//! Q5_0, Q5_1, Q8_0, IQ4_NL); `decode_k.rs` holds the 256-element super-blocks.
+//! Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4, FP8); `decode_k.rs` holds the 256-element super-blocks.
 //!
 //! **Decoding matches the reference dequantisation bit for bit** (llama.cpp's
 //! `dequantize_row_*`, `runtime::quant`): scales widen from f16, integer scales and
@@ -31,6 +31,15 @@ impl Block<'_> {
     /// Byte `off` of the block, as an `I64` in 0..=255.
     pub fn byte(&self, off: Expr) -> Expr {
         load(self.w, ix::add(self.base.clone(), off))
+    }
+
+    /// The little-endian f32 at byte `at`.
+    pub fn single(&self, at: i64) -> Expr {
+        let word = (0..4)
+            .map(|n| shl(self.byte(i(at + n)), 8 * n))
+            .reduce(bit_or)
+            .unwrap_or(i(0));
+        un(UnOp::F32Bits, word)
     }
 
     /// The little-endian f16 at byte `at`, widened to f32.
@@ -100,19 +109,30 @@ const fn pack_bytes(values: &[i8]) -> i64 {
     packed as i64
 }
 
-const IQ4_LOW: i64 = pack_bytes(IQ4_VALUES.split_at(8).0);
-const IQ4_HIGH: i64 = pack_bytes(IQ4_VALUES.split_at(8).1);
+/// MXFP4's 16 values: the e2m1 values doubled (GGML's `kvalues_mxfp4`), so that the
+/// block's scale is `2^(e - 128)`, half of E8M0's `2^(e - 127)`.
+const MXFP4_VALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
-/// `IQ4_VALUES[nib]` (as an `I64`) for a nibble `nib`, without a table in memory: the
-/// 16 signed bytes are two `i64` constants; the nibble's top bit picks one, its low
-/// three bits the byte, which is sign-extended.
+/// A 16-entry table of signed bytes as two `i64` constants, entries 0..8 and 8..16.
+const fn pack_table(values: &[i8; 16]) -> (i64, i64) {
+    let (low, high) = values.split_at(8);
+    (pack_bytes(low), pack_bytes(high))
+}
+
+const IQ4_TABLE: (i64, i64) = pack_table(&IQ4_VALUES);
+const MXFP4_TABLE: (i64, i64) = pack_table(&MXFP4_VALUES);
+
+/// `IQ4_VALUES[nib]` (as an `I64`) for a nibble `nib`; see [`table_value`].
 pub(super) fn iq4_value(k: &mut Kernel, st: &mut Vec<Stmt>, nib: Expr) -> Expr {
+    table_value(k, st, IQ4_TABLE, nib)
+}
+
+/// `table[nib]` (as an `I64`) for a nibble `nib` of a packed 16-entry table, without a
+/// table in memory: the nibble's top bit picks one of the two `i64` constants, its low
+/// three bits the byte, which is sign-extended.
+fn table_value(k: &mut Kernel, st: &mut Vec<Stmt>, (low, high): (i64, i64), nib: Expr) -> Expr {
     let n = bind(k, st, "n", Ty::I64, nib);
-    let word = build::select(
-        build::bin(BinOp::Lt, n.clone(), i(8)),
-        i(IQ4_LOW),
-        i(IQ4_HIGH),
-    );
+    let word = build::select(build::bin(BinOp::Lt, n.clone(), i(8)), i(low), i(high));
     let at = shl(bit_and(n, 7), 3);
     sign_extend_byte(bit_and(build::bin(BinOp::Shr, word, at), 255))
 }
@@ -141,6 +161,8 @@ pub(in crate::kernel::lower) fn decode_block(
         BlockFormat::Q4K | BlockFormat::Q5K => decode_k::q4_k(k, &b, fmt == BlockFormat::Q5K, emit),
         BlockFormat::Q6K => decode_k::q6_k(k, &b, emit),
         BlockFormat::Iq4Xs => decode_k::iq4_xs(k, &b, emit),
+        BlockFormat::Mxfp4 => mxfp4(k, &b, emit),
+        BlockFormat::F8E4m3 => fp8(k, &b, emit),
     }
 }
 
@@ -243,5 +265,67 @@ fn iq4_nl(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
         body.extend(emit(k, e, build::mul(d.clone(), to_f(v))));
     }
     st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
+    st
+}
+
+/// MXFP4: the E8M0 byte `e` gives `d = 2^(e - 128)` (built as f32 bits: a subnormal for
+/// `e < 2`), Q4_0's nibbles index the doubled e2m1 values; `x = table[q] * d`.
+fn mxfp4(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
+    let mut st = Vec::new();
+    let e = bind(k, &mut st, "e", Ty::I64, b.byte(i(0)));
+    let bits = build::select(
+        build::bin(BinOp::Lt, e.clone(), i(2)),
+        // Both arms are computed: shift by `e & 1`, which is `e` where this one is chosen.
+        build::bin(BinOp::Shl, i(0x0020_0000), bit_and(e.clone(), 1)),
+        shl(ix::sub(e, i(1)), 23),
+    );
+    let d = bind(k, &mut st, "d", Ty::F32, un(UnOp::F32Bits, bits));
+    let j = k.var("j", Ty::I64);
+    let mut body = Vec::new();
+    let q = bind(
+        k,
+        &mut body,
+        "q",
+        Ty::I64,
+        b.byte(ix::add(build::var(j), i(1))),
+    );
+    for (e, nib) in [
+        (build::var(j), bit_and(q.clone(), 15)),
+        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
+    ] {
+        let v = table_value(k, &mut body, MXFP4_TABLE, nib);
+        body.extend(emit(k, e, build::mul(to_f(v), d.clone())));
+    }
+    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
+    st
+}
+
+/// FP8 (e4m3fn) with an f32 block scale `s`: an e4m3 byte `seeeemmm` moved into an f16's
+/// bits as `s00eeeemmm0000000` is the same number times 2^-8 (f16's exponent bias is 15,
+/// e4m3's 7; subnormals line up too), so `x = f16(bits) * (s * 256)`, which rounds as
+/// `e4m3(q) * s` does (scaling by 2^8 is exact; binding refuses scales near f32's range
+/// and the NaN codes).
+fn fp8(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
+    let mut st = Vec::new();
+    let s = bind(
+        k,
+        &mut st,
+        "s",
+        Ty::F32,
+        build::mul(b.single(0), build::f(256.0)),
+    );
+    let j = k.var("j", Ty::I64);
+    let mut body = Vec::new();
+    let q = bind(
+        k,
+        &mut body,
+        "q",
+        Ty::I64,
+        b.byte(ix::add(build::var(j), i(4))),
+    );
+    let bits = bit_or(shl(bit_and(q.clone(), 0x7f), 7), shl(bit_and(q, 0x80), 8));
+    let value = build::mul(un(UnOp::F16Bits, bits), s);
+    body.extend(emit(k, build::var(j), value));
+    st.push(lp(j, i(0), i(32), LoopKind::Vector(b.vector), body));
     st
 }
