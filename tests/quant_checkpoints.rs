@@ -15,6 +15,7 @@ mod common;
 
 use archc_compiler::interp::WeightSource;
 use archc_compiler::kernel::lower::BlockFormat;
+use archc_compiler::kernel::Elem;
 use archc_runtime::bind::{bind, BoundWeights};
 use archc_runtime::exec::cpu::{CpuModel, Engine, LlvmOptions, Options, Phase};
 use archc_runtime::exec::{logits, Backend, Mode};
@@ -83,33 +84,44 @@ fn model<'w>(
     .unwrap_or_else(|e| panic!("{name}: {} cannot load the model: {e}", engine.as_str()))
 }
 
-/// The names of the parameters held as `format` blocks; there must be `at_least` of them.
-fn held_as(
-    name: &str,
-    c: &Case,
-    w: &BoundWeights,
-    format: BlockFormat,
-    at_least: usize,
-) -> Vec<String> {
+/// The names of the parameters held as `format` blocks: every quantised tensor of the
+/// checkpoint, `count` of them.
+fn held_as(name: &str, w: &BoundWeights, format: BlockFormat, count: usize) -> Vec<String> {
     let held: Vec<String> = w
         .names()
         .filter(|n| w.blocks(n).is_some_and(|b| b.format == format))
         .map(str::to_string)
         .collect();
-    assert!(
-        held.len() >= at_least,
-        "{name}: {} parameters held as {} blocks, expected at least {at_least}: {held:?}",
+    assert_eq!(
         held.len(),
+        count,
+        "{name}: parameters held as {} blocks: {held:?}",
         format.name()
     );
-    let _ = c;
     held
 }
 
-/// Prefill, decode and continued prefill through `engine`, against HF.
-fn check_engine(name: &str, c: &Case, w: &BoundWeights, engine: Engine) {
+/// Prefill, decode and continued prefill through `engine`, against HF; both programs read
+/// every parameter in `held` as its blocks.
+fn check_engine(name: &str, c: &Case, w: &BoundWeights, engine: Engine, held: &[String]) {
     let what = |s: &str| format!("{} {s}", engine.as_str());
     let mut m = model(name, c, w, engine, 1);
+    for phase in [Phase::Prefill, Phase::Decode] {
+        let doc = m.program(phase);
+        for p in held {
+            let b = doc
+                .buffers
+                .iter()
+                .find(|b| b.name == format!("@{p}"))
+                .unwrap_or_else(|| panic!("{name}: {phase:?} program reads no {p}"));
+            assert_eq!(
+                b.elem,
+                Elem::U8,
+                "{name}: {phase:?} program reads {p} as {:?}",
+                b.elem
+            );
+        }
+    }
     let mut cache = m.new_cache();
     let prefill = m
         .run(Phase::Prefill, &mut cache, &c.tokens)
@@ -179,9 +191,9 @@ fn check_engine(name: &str, c: &Case, w: &BoundWeights, engine: Engine) {
     );
 }
 
-fn check_case(name: &str, format: BlockFormat, at_least: usize) {
+fn check_case(name: &str, format: BlockFormat, count: usize) {
     let (c, w) = case(name);
-    held_as(name, &c, &w, format, at_least);
+    let held = held_as(name, &w, format, count);
     let interp = logits(&c.spec, &w, &c.tokens, Mode::Prefill, Backend::Interp)
         .unwrap_or_else(|e| panic!("{name}: interpreter: {e}"));
     check(
@@ -202,27 +214,27 @@ fn check_case(name: &str, format: BlockFormat, at_least: usize) {
         c.vocab,
         TOLERANCE,
     );
-    check_engine(name, &c, &w, Engine::Llvm);
-    check_engine(name, &c, &w, Engine::Cranelift);
+    check_engine(name, &c, &w, Engine::Llvm, &held);
+    check_engine(name, &c, &w, Engine::Cranelift, &held);
 }
 
 /// DeepSeek-V3 in FP8 with f32 block scales: every attention, dense-MLP, shared- and
 /// routed-expert projection is FP8 (the router, norms, embeddings and head bf16).
 #[test]
 fn deepseek_v3_fp8() {
-    check_case("deepseek_v3_fp8", BlockFormat::F8E4m3, 10);
+    check_case("deepseek_v3_fp8", BlockFormat::F8E4m3, 19);
 }
 
 /// A dense Qwen3 in FP8 with bf16 block scales (the head left unquantised).
 #[test]
 fn qwen3_fp8() {
-    check_case("qwen3_fp8", BlockFormat::F8E4m3, 7);
+    check_case("qwen3_fp8", BlockFormat::F8E4m3, 14);
 }
 
 /// gpt-oss with MXFP4 experts (`_blocks` / `_scales`), the rest in the config's dtype.
 #[test]
 fn gpt_oss_mxfp4() {
-    check_case("gpt_oss_mxfp4", BlockFormat::Mxfp4, 3);
+    check_case("gpt_oss_mxfp4", BlockFormat::Mxfp4, 6);
 }
 
 /// Every directory under `tests/data/quantized/` is a case above.

@@ -228,8 +228,9 @@ impl Stored {
 /// The formats a program honours, per parameter id, from what `format` says of each name.
 ///
 /// A block format is honoured where every node reading the parameter can decode it: the
-/// weight of a `MatMul` or a `Linear` part and the table of a `Gather` (2-D), and the
-/// expert weights of an `ExpertMatMul` or a `Moe` (3-D), rows a whole number of blocks.
+/// weight of a `MatMul` or a `Linear` part, the table of a `Gather` and MLA's `kv_b` in
+/// its absorbed attention (2-D), and the expert weights of an `ExpertMatMul` or a `Moe`
+/// (3-D), rows a whole number of blocks.
 /// Any other reader keeps the parameter in the graph's dtype, so the caller converts it as
 /// before. A float format is honoured everywhere: loads widen to f32 whatever the stored
 /// float type.
@@ -280,6 +281,9 @@ pub(super) fn decodes_blocks(op: &Op, j: usize) -> bool {
             (w..w + l.parts()).contains(&j)
         }
         Op::ExpertMatMul => j == 1,
+        // MLA's absorbed attention reads `kv_b.weight` row by row.
+        Op::Attention(a) => a.mla.is_some() && j == 2,
+        Op::FlashAttention(fa) => fa.attn.mla.is_some() && j == 2,
         Op::Moe(m) => {
             let w = 2 + m.select.correction_bias as usize;
             (w..w + m.matrices()).contains(&j)

@@ -10,9 +10,10 @@
 //! open block. [`Gen::finish`] returns the kernel.
 
 use super::format::{BlockFormat, Stored};
+use super::matmul::decode::decode_block;
 use super::{stored, KernelError, KernelOptions, Schedule};
 use crate::ir::{Dim, Graph, Node, NodeId, Type, Value};
-use crate::kernel::build::{self, add, bin, div, f, i, mul, un, var};
+use crate::kernel::build::{self, add, bin, div, f, i, load, mul, un, var};
 use crate::kernel::{Access, BinOp, BufId, Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp, VarId};
 
 /// What the dispatch hands a generator: the node, its kernel's kind name, the target's
@@ -270,6 +271,59 @@ impl Gen {
             g.set(acc, add(var(acc), term));
         });
         var(acc)
+    }
+
+    /// `sum_c a(c) * w[row, c]` over the `len` columns of row `row` of a weight read row
+    /// by row (`w` as `[rows, len]`, leading axes folded into the row): a plain dot
+    /// product, or, where `w` holds blocks, the row decoded block by block as it streams
+    /// (the quantised matmuls' decoder, so the same values).
+    pub fn row_dot(
+        &mut self,
+        name: &str,
+        len: u64,
+        a: &dyn Fn(Expr) -> Expr,
+        w: BufId,
+        row: Expr,
+    ) -> Expr {
+        let Some(fmt) = self.block_of(w) else {
+            let wrow = self.let_("wrow", Ty::I64, mul(row, i(len as i64)));
+            return self.dot(name, len, a, |c| load(w, add(wrow, c)));
+        };
+        let acc = self.local(name, Ty::F32, f(0.0));
+        self.decode_row_blocks(fmt, len, w, row, &mut |_, at, value| {
+            vec![Stmt::Set {
+                var: acc,
+                value: add(var(acc), mul(a(at), value)),
+            }]
+        });
+        var(acc)
+    }
+
+    /// Decodes row `row` of the block weight `w` (`len` elements, whole blocks of `fmt`),
+    /// handing `emit(kernel, element index in the row, value)` every element.
+    pub fn decode_row_blocks(
+        &mut self,
+        fmt: BlockFormat,
+        len: u64,
+        w: BufId,
+        row: Expr,
+        emit: &mut dyn FnMut(&mut Kernel, Expr, Expr) -> Vec<Stmt>,
+    ) {
+        let (bl, bb) = (fmt.block_len() as i64, fmt.block_bytes() as i64);
+        let nb = len as i64 / bl;
+        let vector = self.schedule.vector;
+        self.range("blk", i(nb), |g, blk| {
+            let base = g.let_(
+                "base",
+                Ty::I64,
+                mul(add(mul(row, i(nb)), blk.clone()), i(bb)),
+            );
+            let xoff = g.let_("xoff", Ty::I64, mul(blk, i(bl)));
+            let mut at =
+                |k: &mut Kernel, e: Expr, value: Expr| emit(k, add(xoff.clone(), e), value);
+            let st = decode_block(&mut g.k, vector, fmt, w, &base, &mut at);
+            g.extend(st);
+        });
     }
 }
 

@@ -19,11 +19,10 @@ use super::elementwise::unary_expr;
 use super::gen::{and, exp, gt, invalid, konst, lt, max, min, neg, or, sigmoid};
 use super::gen::{Gen, NodeLowering};
 use super::ix::dim_seq_first as dim;
-use super::matmul::decode::decode_block;
 use super::KernelError;
 use crate::ir::{ExpertAct, MoeOp, NodeId, Op, RouterSelectOp, RouterWeightsOp, UnaryOp};
 use crate::kernel::build::{add, div, f, i, load, mul, select, sub, var};
-use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Stmt, Ty};
+use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Ty};
 use archc_spec::RouterScore;
 
 /// The kernels of `ExpertMatMul`, `RouterSelect`, `RouterWeights` and `Moe` nodes.
@@ -38,44 +37,6 @@ pub(super) fn kernel(cx: &NodeLowering) -> Result<Kernel, KernelError> {
             op: crate::ir::op_text(op),
         }),
     }
-}
-
-/// `sum_c a(c) * w[row, c]` over `len` columns of the expert weights `w` (`[E * n, len]`
-/// as rows): a plain dot product, or, where `w` holds blocks, row `row` decoded block by
-/// block as it streams (the same decoder as the quantised matmuls, so the same values).
-fn row_dot(
-    g: &mut Gen,
-    name: &str,
-    len: u64,
-    a: &dyn Fn(Expr) -> Expr,
-    w: BufId,
-    row: Expr,
-) -> Expr {
-    let Some(fmt) = g.block_of(w) else {
-        let wrow = g.let_("wrow", Ty::I64, mul(row, i(len as i64)));
-        return g.dot(name, len, a, |c| load(w, add(wrow, c)));
-    };
-    let (bl, bb) = (fmt.block_len() as i64, fmt.block_bytes() as i64);
-    let nb = len as i64 / bl;
-    let acc = g.local(name, Ty::F32, f(0.0));
-    let vector = g.schedule.vector;
-    g.range("blk", i(nb), |g, blk| {
-        let base = g.let_(
-            "base",
-            Ty::I64,
-            mul(add(mul(row, i(nb)), blk.clone()), i(bb)),
-        );
-        let xoff = g.let_("xoff", Ty::I64, mul(blk, i(bl)));
-        let mut emit = |_: &mut Kernel, e: Expr, value: Expr| {
-            vec![Stmt::Set {
-                var: acc,
-                value: add(var(acc), mul(a(add(xoff.clone(), e)), value)),
-            }]
-        };
-        let st = decode_block(&mut g.k, vector, fmt, w, &base, &mut emit);
-        g.extend(st);
-    });
-    var(acc)
 }
 
 /// Ineligible experts' score: below every real score, and finite.
@@ -427,7 +388,7 @@ fn expert_matmul(cx: &NodeLowering) -> Result<Kernel, KernelError> {
         };
         let xbase = g.let_("xbase", Ty::I64, mul(xrow, i(kd as i64)));
         let wrow = g.let_("wr", Ty::I64, add(mul(ex, i(n as i64)), o));
-        let y = row_dot(g, "acc", kd, &|c| load(xb, add(xbase.clone(), c)), wb, wrow);
+        let y = g.row_dot("acc", kd, &|c| load(xb, add(xbase.clone(), c)), wb, wrow);
         g.store(out, q, y);
     });
     Ok(g.finish())
@@ -520,7 +481,7 @@ fn moe(cx: &NodeLowering, op: &MoeOp) -> Result<Kernel, KernelError> {
                     }
                 };
                 let proj = |g: &mut Gen, wbuf: BufId, b: Option<BufId>, nm: &str| {
-                    let y = row_dot(g, nm, hidden, &input, wbuf, row.clone());
+                    let y = g.row_dot(nm, hidden, &input, wbuf, row.clone());
                     match b {
                         Some(bb) => add(y, load(bb, row.clone())),
                         None => y,
@@ -552,7 +513,7 @@ fn moe(cx: &NodeLowering, op: &MoeOp) -> Result<Kernel, KernelError> {
                 let row = g.let_("drow", Ty::I64, add(mul(ex, h.clone()), o.clone()));
                 let abase = g.let_("abase", Ty::I64, mul(slot.clone(), ii.clone()));
                 let a = |c: Expr| load(act, add(abase.clone(), c));
-                let d = row_dot(g, "down", inter, &a, down, row.clone());
+                let d = g.row_dot("down", inter, &a, down, row.clone());
                 let mut d = match b_down {
                     Some(bb) => add(d, load(bb, row)),
                     None => d,

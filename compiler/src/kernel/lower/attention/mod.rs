@@ -102,7 +102,7 @@ struct Pair {
     qbase: Expr,
     m: VarId,
     l: VarId,
-    /// MLA: the first row of this head's part of `kv_b.weight`.
+    /// MLA: the index of the first row of this head's part of `kv_b.weight`.
     wbase: Option<Expr>,
 }
 
@@ -430,14 +430,15 @@ impl Att {
     }
 
     /// MLA: the absorbed query `q_lat = q_nope · W_UK_h` of pair `slot` (a sum of W_UK's
-    /// rows weighted by q_nope, so the weight is read row by row); returns where the
-    /// head's part of `kv_b.weight` starts.
+    /// rows weighted by q_nope, so the weight is read row by row, decoded block by block
+    /// where it is stored as blocks); returns the index of the head's first row of
+    /// `kv_b.weight`.
     fn mla_query(&self, g: &mut Gen, slot: i64, head: &Expr, qbase: &Expr) -> Option<Expr> {
         let (ml, qlat) = self.at.mla.zip(self.qlat)?;
         let wbase = g.let_(
             "wbase",
             Ty::I64,
-            mul(head.clone(), i(((ml.nope + ml.v) * ml.rank) as i64)),
+            mul(head.clone(), i((ml.nope + ml.v) as i64)),
         );
         let rk = i(ml.rank as i64);
         let qoff = i(slot * ml.rank as i64);
@@ -446,13 +447,27 @@ impl Att {
         });
         let vb = self.vb;
         let qb = self.qb;
+        let block = g.block_of(vb);
         g.range("n", i(ml.nope as i64), |g, n| {
             let qn = g.let_("qn", Ty::F32, load(qb, add(qbase.clone(), n.clone())));
-            let wrow = g.let_("wrow", Ty::I64, add(wbase.clone(), mul(n, rk.clone())));
-            g.for_("c", i(0), rk.clone(), 1, LoopKind::Vector(8), |g, c| {
-                let at = add(qoff.clone(), c.clone());
-                let upd = add(load(qlat, at.clone()), mul(qn, load(vb, add(wrow, c))));
-                g.store(qlat, at, upd);
+            let row = add(wbase.clone(), n);
+            let Some(fmt) = block else {
+                let wrow = g.let_("wrow", Ty::I64, mul(row, rk.clone()));
+                g.for_("c", i(0), rk.clone(), 1, LoopKind::Vector(8), |g, c| {
+                    let at = add(qoff.clone(), c.clone());
+                    let upd = add(load(qlat, at.clone()), mul(qn, load(vb, add(wrow, c))));
+                    g.store(qlat, at, upd);
+                });
+                return;
+            };
+            let row = g.let_("row", Ty::I64, row);
+            g.decode_row_blocks(fmt, ml.rank, vb, row, &mut |_, c, value| {
+                let at = add(qoff.clone(), c);
+                vec![Stmt::Store {
+                    buf: qlat,
+                    index: at.clone(),
+                    value: add(load(qlat, at), mul(qn.clone(), value)),
+                }]
             });
         });
         Some(wbase)
@@ -652,20 +667,13 @@ impl Att {
         match (a.at.mla, &p.wbase) {
             // MLA: each output is a row of W_UV_h dotted with the latent accumulator.
             (Some(ml), Some(wbase)) => g.range("o", i(a.dv as i64), |g, o| {
-                let wrow = g.let_(
-                    "wrow",
+                let row = g.let_(
+                    "vrow",
                     Ty::I64,
-                    add(
-                        wbase.clone(),
-                        mul(add(o.clone(), i(ml.nope as i64)), i(ml.rank as i64)),
-                    ),
+                    add(wbase.clone(), add(o.clone(), i(ml.nope as i64))),
                 );
-                let y = g.dot(
-                    "up",
-                    ml.rank,
-                    |c| load(a.acc, add(abase, c)),
-                    |c| load(a.vb, add(wrow, c)),
-                );
+                let lat = |c: Expr| load(a.acc, add(abase.clone(), c));
+                let y = g.row_dot("up", ml.rank, &lat, a.vb, row);
                 let at_o = add(obase, o);
                 let mut y = div(y, den);
                 if let Some(gb) = a.gate {
