@@ -378,48 +378,15 @@ macro_rules! backend_cases {
             )*
         }
 
-        /// Every fixture directory has a case above or is interpreter-only (checked by
-        /// `refused` below), and every case has its directory.
+        /// Every fixture directory has a case above, and every case has its directory.
         #[test]
         fn every_fixture_has_a_case() {
-            common::assert_every_fixture_listed_or_interpreter_only(
+            common::assert_every_fixture_listed(
                 &[$(stringify!($case)),*],
                 "tests/backend.rs",
             );
         }
     };
-}
-
-/// Every interpreter-only fixture (`common::INTERPRETER_ONLY`: the linear-attention
-/// mixers have no kernels yet) is refused by both engines at the kernel stage, with
-/// `KernelError::Unsupported` naming the op, not run or skipped silently.
-#[test]
-fn interpreter_only_fixtures_are_refused_by_name() {
-    for (case, op) in common::INTERPRETER_ONLY {
-        let f = fixture(case);
-        let w = load(case, &f.spec, &f.dir);
-        assert_eq!(common::refused_op(case), *op);
-        for engine in [Engine::Llvm, Engine::Cranelift, Engine::KernelInterp] {
-            let built = CpuModel::from_spec_options(
-                &f.spec,
-                &w,
-                engine,
-                1,
-                &code_cache(),
-                &Options::default(),
-            );
-            let err = match built {
-                Ok(_) => panic!("{case} ({}): the kernel stage accepted it", engine.as_str()),
-                Err(e) => e.to_string(),
-            };
-            let want = format!("no kernel for `{op}` yet");
-            assert!(
-                err.contains(&want),
-                "{case} ({}): expected the kernel stage to refuse `{op}`, got: {err}",
-                engine.as_str()
-            );
-        }
-    }
 }
 
 with_compiled_fixtures!(backend_cases);

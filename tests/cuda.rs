@@ -511,7 +511,7 @@ macro_rules! cuda_cases {
         /// Every fixture directory has a case above, and every case has its directory.
         #[test]
         fn every_fixture_has_a_case() {
-            common::assert_every_fixture_listed_or_interpreter_only(&[$(stringify!($case)),*], "tests/cuda.rs");
+            common::assert_every_fixture_listed(&[$(stringify!($case)),*], "tests/cuda.rs");
         }
     };
 }

@@ -114,5 +114,4 @@ macro_rules! parity_cases {
     };
 }
 
-// Every fixture: the compiled ones and the interpreter-only ones.
-with_compiled_fixtures!(parity_cases, kimi_linear, qwen3_next);
+with_compiled_fixtures!(parity_cases);

@@ -127,25 +127,9 @@ pub fn assert_every_fixture_listed(listed: &[&str], file: &str) {
     );
 }
 
-/// Fixtures whose models only the graph interpreter runs so far, with the op that the
-/// kernel stage refuses (`KernelError::Unsupported`): the kernel-backend suites check that
-/// refusal for these instead of running them, and the parity suite runs them all the same.
-pub const INTERPRETER_ONLY: &[(&str, &str)] = &[
-    ("kimi_linear", "depthwise_conv"),
-    ("qwen3_next", "depthwise_conv"),
-];
-
-/// `assert_every_fixture_listed` for a kernel-backend suite: the cases `listed` there plus
-/// the `INTERPRETER_ONLY` fixtures are exactly the fixture directories.
-pub fn assert_every_fixture_listed_or_interpreter_only(listed: &[&str], file: &str) {
-    let mut all = listed.to_vec();
-    all.extend(INTERPRETER_ONLY.iter().map(|(case, _)| *case));
-    assert_every_fixture_listed(&all, file);
-}
-
-/// Calls the macro `$cases` with every fixture the compiled backends run (every fixture
-/// but the `INTERPRETER_ONLY` ones), one identifier each, then any `$extra` ones: the one list that the
-/// kernel-backend suites (`backend`, `cuda`, `build`) make their per-fixture tests from.
+/// Calls the macro `$cases` with every fixture (the compiled backends run them all), one
+/// identifier each, then any `$extra` ones: the one list that the kernel-backend suites
+/// (`backend`, `cuda`, `build`) make their per-fixture tests from.
 /// Their `every_fixture_has_a_case` tests check it against the fixture directories.
 macro_rules! with_compiled_fixtures {
     ($cases:ident $(, $extra:ident)*) => {
@@ -156,6 +140,7 @@ macro_rules! with_compiled_fixtures {
             glm4_moe,
             gpt2,
             gpt_oss,
+            kimi_linear,
             llama,
             llama4,
             minimax_m2,
@@ -165,17 +150,9 @@ macro_rules! with_compiled_fixtures {
             qwen3,
             qwen3_moe_nonorm,
             qwen3_moe_norm,
+            qwen3_next,
             smollm3,
             $($extra,)*
         );
     };
-}
-
-/// The op a kernel backend refuses for an `INTERPRETER_ONLY` fixture; panics for others.
-pub fn refused_op(case: &str) -> &'static str {
-    INTERPRETER_ONLY
-        .iter()
-        .find(|(c, _)| *c == case)
-        .map(|(_, op)| *op)
-        .unwrap_or_else(|| panic!("{case} is not an interpreter-only fixture"))
 }

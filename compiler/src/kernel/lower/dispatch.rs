@@ -7,7 +7,7 @@
 
 use super::format::{decodes_blocks, Stored};
 use super::gen::NodeLowering;
-use super::{attention, elementwise, gather, layout, matmul, moe, norm, rope, rows};
+use super::{attention, elementwise, gather, layout, matmul, moe, norm, recurrent, rope, rows};
 use super::{KernelError, KernelOptions, Schedule};
 use crate::ir::{BinaryOp, Graph, NodeId, NormKind, Op};
 use crate::kernel::Kernel;
@@ -90,15 +90,13 @@ fn family_kernel(cx: &NodeLowering) -> Result<Kernel, KernelError> {
             moe::kernel(cx)
         }
         Op::LastRow => rows::last_row(cx),
-        // The linear-attention ops (Gated DeltaNet, Kimi Delta) run in the graph
-        // interpreter only so far; inputs and reshapes compute nothing (see above).
         Op::TailRows { .. }
         | Op::DropTailRows { .. }
         | Op::DepthwiseConv
         | Op::DecayGate
-        | Op::DeltaRule
-        | Op::Input { .. }
-        | Op::Reshape { .. } => Err(KernelError::Unsupported {
+        | Op::DeltaRule => recurrent::kernel(cx),
+        // Inputs and reshapes compute nothing (see above).
+        Op::Input { .. } | Op::Reshape { .. } => Err(KernelError::Unsupported {
             node: cx.id.0,
             op: crate::ir::op_text(op),
         }),

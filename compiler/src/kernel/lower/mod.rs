@@ -61,6 +61,7 @@ mod layout;
 mod matmul;
 mod moe;
 mod norm;
+mod recurrent;
 mod rope;
 mod rows;
 mod schedule;

@@ -397,6 +397,18 @@ fn execute(
         match role {
             Role::CarriedIn(io) => {
                 let e = cache.entries.get_mut(io).ok_or_else(vanished)?;
+                let want = l.layout.bytes[i];
+                // A recurrent state has its fixed size from the first call on: it starts
+                // as zeros (a fresh sequence, or after `clear`).
+                if matches!(io, Io::State { .. }) && e.bytes == 0 && want > 0 {
+                    if !e.current.reserve(want, 0) {
+                        return Err(ExecError::Memory(format!(
+                            "cannot allocate {want} bytes for state `{io}`"
+                        )));
+                    }
+                    e.current.as_mut_slice()[..want].fill(0);
+                    e.bytes = want;
+                }
                 if e.bytes != l.layout.bytes[i] {
                     return Err(ExecError::Program(format!(
                         "cache `{io}` holds {} bytes, the program reads {} for past {past}",
