@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// Every example, by file stem; each has a config directory of the same name.
-const EXAMPLES: [&str; 19] = [
+const EXAMPLES: [&str; 20] = [
     "gpt2",
     "llama-3.2-1b",
     "llama-3.1-8b",
@@ -28,6 +28,7 @@ const EXAMPLES: [&str; 19] = [
     "qwen3-next-80b-a3b",
     "minimax-m2",
     "kimi-linear-48b-a3b",
+    "lfm2-1.2b",
 ];
 
 fn root() -> PathBuf {

@@ -109,6 +109,7 @@ cases! {
     olmo2_matches_hf => "olmo2",
     olmo3_as_olmo2_with_a_window_matches_hf => "olmo3",
     gpt_oss_with_mxfp4_experts_matches_hf => "gpt_oss_mxfp4",
+    lfm2_matches_hf => "lfm2",
 }
 
 /// The converter keeps gpt-oss's MXFP4 experts as GGML MXFP4 tensors; they are bound as

@@ -20,10 +20,6 @@ use std::path::{Path, PathBuf};
 mod ir_corpus;
 use ir_corpus::{graphs, kernels, programs};
 
-/// The examples whose mixers kernel lowering does not handle yet (linear attention): their
-/// graphs round-trip, but they have no kernel program to round-trip.
-const NO_KERNELS: [&str; 2] = ["kimi-linear-48b-a3b", "qwen3-next-80b-a3b"];
-
 fn examples() -> Vec<(String, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&dir)
@@ -123,7 +119,8 @@ fn line_of(text: &str, line: usize) -> &str {
 #[test]
 fn every_example_round_trips_at_every_stage() {
     let files = examples();
-    assert!(files.len() >= 19, "examples are missing");
+    assert!(files.len() >= 20, "examples are missing");
+    let files_len = files.len();
     let mut programs = 0;
     for (name, path) in files {
         let src = std::fs::read_to_string(&path).expect("example is readable");
@@ -135,23 +132,13 @@ fn every_example_round_trips_at_every_stage() {
             graph_round_trips(&what, &g);
             let fused = optimize(&g);
             graph_round_trips(&format!("{what} fused"), &fused);
-            match program(&fused) {
-                Ok(p) => {
-                    program_round_trips(&what, &p);
-                    programs += 1;
-                }
-                Err(e) => assert!(
-                    NO_KERNELS.contains(&name.as_str()),
-                    "{what}: kernel lowering fails: {e}"
-                ),
-            }
+            let p =
+                program(&fused).unwrap_or_else(|e| panic!("{what}: kernel lowering fails: {e}"));
+            program_round_trips(&what, &p);
+            programs += 1;
         }
     }
-    assert_eq!(
-        programs,
-        2 * (19 - NO_KERNELS.len()),
-        "a program is missing"
-    );
+    assert_eq!(programs, 2 * files_len, "a program is missing");
 }
 
 /// Every tiny model of `archc_compiler::testing`.

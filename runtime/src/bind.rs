@@ -760,8 +760,11 @@ fn bind_gguf_one(
         }]
     };
     // The stored shape that, after the source's rearrangement, gives the canonical one.
+    // llama.cpp drops unit axes (LFM2's `[hidden, 1, taps]` convolution is `[hidden,
+    // taps]`); without them the bytes are in the same order, so that is the same tensor.
+    let squeezed = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
     let stored_ok = match source {
-        Source::Plain { .. } => info.shape == want,
+        Source::Plain { .. } => info.shape == want || squeezed(&info.shape) == squeezed(&want),
         Source::Transposed { .. } => {
             let mut s = want.clone();
             let r = s.len();

@@ -384,6 +384,11 @@ fn mixer(m: &Mixer) -> String {
             g.k_heads, g.k_head_dim, g.v_heads, g.v_head_dim, g.conv
         ),
         Mixer::KimiDelta(k) => format!("Kimi Delta ({}×{}, conv {})", k.heads, k.head_dim, k.conv),
+        Mixer::ShortConv(c) => format!(
+            "gated short conv (conv {}{})",
+            c.conv,
+            if c.bias { ", biases" } else { "" }
+        ),
     }
 }
 

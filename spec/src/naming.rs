@@ -229,6 +229,33 @@ const HF_GLOBAL: Entries = &[
     ("lm_head", Rule::Module("lm_head")),
 ];
 
+/// LFM2's globals: its final norm is `embedding_norm`.
+const LFM2_GLOBAL: Entries = &[
+    ("embed.tokens", Rule::Exact("model.embed_tokens.weight")),
+    ("final_norm", Rule::Module("model.embedding_norm")),
+    ("lm_head", Rule::Module("lm_head")),
+];
+
+/// LFM2's layers: `operator_norm` before the mixer, attention with `out_proj` and
+/// `q_layernorm`/`k_layernorm`, the gated short convolution under `conv`, and the
+/// feed-forward as `w1` (gate), `w3` (up), `w2` (down).
+const HF_LFM2: Entries = &[
+    ("attn_norm", Rule::Module("operator_norm")),
+    ("ffn_norm", Rule::Module("ffn_norm")),
+    ("attn.q", Rule::Module("self_attn.q_proj")),
+    ("attn.k", Rule::Module("self_attn.k_proj")),
+    ("attn.v", Rule::Module("self_attn.v_proj")),
+    ("attn.o", Rule::Module("self_attn.out_proj")),
+    ("attn.q_norm", Rule::Module("self_attn.q_layernorm")),
+    ("attn.k_norm", Rule::Module("self_attn.k_layernorm")),
+    ("short_conv.in", Rule::Module("conv.in_proj")),
+    ("short_conv.conv", Rule::Module("conv.conv")),
+    ("short_conv.out", Rule::Module("conv.out_proj")),
+    ("ffn.gate", Rule::Module("feed_forward.w1")),
+    ("ffn.up", Rule::Module("feed_forward.w3")),
+    ("ffn.down", Rule::Module("feed_forward.w2")),
+];
+
 /// Norms of pre-norm models (Llama and most others).
 const HF_PRE_NORMS: Entries = &[
     ("attn_norm", Rule::Module("input_layernorm")),
@@ -589,6 +616,11 @@ pub fn hf_table(family: Family) -> Table {
             HF_SHARED_EXPERT_GATED,
         ]),
         Family::KimiLinear => t(&[HF_PRE_NORMS, HF_KDA, HF_ATTN, HF_MLA, HF_MLP, HF_KIMI_MOE]),
+        Family::Lfm2 => Table {
+            layer_prefix: MODEL_LAYERS,
+            global: LFM2_GLOBAL,
+            layer: &[HF_LFM2],
+        },
     }
 }
 
@@ -733,6 +765,21 @@ const GGUF_GPT2_ATTN: Entries = &[
     ),
 ];
 
+/// LFM2 in llama.cpp: the final norm is `token_embd_norm`, the short convolution
+/// `shortconv.*` (its weight squeezed to `[hidden, taps]`, which binding reads as the
+/// canonical `[hidden, 1, taps]`).
+const GGUF_LFM2_GLOBAL: Entries = &[
+    ("embed.tokens", Rule::Exact("token_embd.weight")),
+    ("final_norm", Rule::Module("token_embd_norm")),
+    ("lm_head", Rule::Module("output")),
+];
+
+const GGUF_LFM2: Entries = &[
+    ("short_conv.in", Rule::Module("shortconv.in_proj")),
+    ("short_conv.conv", Rule::Module("shortconv.conv")),
+    ("short_conv.out", Rule::Module("shortconv.out_proj")),
+];
+
 /// The GGUF naming table of a family, or `None` where llama.cpp's layout is not known here.
 pub fn gguf_table(family: Family) -> Option<Table> {
     let t = |layer: &'static [Entries]| Table {
@@ -744,6 +791,11 @@ pub fn gguf_table(family: Family) -> Option<Table> {
         Family::Gpt2 => t(&[GGUF_NORMS, GGUF_GPT2_ATTN, GGUF_ATTN, GGUF_FFN]),
         Family::Qwen3Next => t(&[GGUF_NORMS, GGUF_ATTN, GGUF_GDN, GGUF_FFN]),
         Family::GptOss => t(&[GGUF_GPT_OSS_NORMS, GGUF_ATTN, GGUF_FFN]),
+        Family::Lfm2 => Table {
+            layer_prefix: "blk.{i}.",
+            global: GGUF_LFM2_GLOBAL,
+            layer: &[GGUF_NORMS, GGUF_ATTN, GGUF_LFM2, GGUF_FFN],
+        },
         Family::KimiLinear => return None,
         _ => t(&[GGUF_NORMS, GGUF_ATTN, GGUF_FFN]),
     })

@@ -322,6 +322,14 @@ fn block_tree(b: &Block, hidden: u64, model_norm: Norm) -> Vec<E> {
             ],
             false,
         ),
+        Mixer::ShortConv(c) => sect(
+            "short_conv",
+            vec![
+                leaf("conv", int(c.conv), c.conv == 3),
+                leaf("bias", c.bias.to_string(), !c.bias),
+            ],
+            false,
+        ),
     });
     t.push(match &b.ffn {
         Ffn::Mlp(m) => sect(

@@ -70,11 +70,12 @@ pub enum Family {
     Llama4Text,
     Qwen3Next,
     KimiLinear,
+    Lfm2,
 }
 
 impl Family {
     /// Every family, in a stable order (used for "did you mean" and error lists).
-    pub const ALL: [Family; 18] = [
+    pub const ALL: [Family; 19] = [
         Family::Gpt2,
         Family::Llama,
         Family::Mistral,
@@ -93,6 +94,7 @@ impl Family {
         Family::Llama4Text,
         Family::Qwen3Next,
         Family::KimiLinear,
+        Family::Lfm2,
     ];
 
     /// The word used in `.arch` files and equal to the HF `model_type`.
@@ -116,6 +118,7 @@ impl Family {
             Family::Llama4Text => "llama4_text",
             Family::Qwen3Next => "qwen3_next",
             Family::KimiLinear => "kimi_linear",
+            Family::Lfm2 => "lfm2",
         }
     }
 
@@ -208,6 +211,8 @@ pub enum Mixer {
     GatedDeltaNet(GatedDeltaNet),
     /// Kimi Delta Attention (Kimi Linear).
     KimiDelta(KimiDelta),
+    /// A gated short convolution (LFM2).
+    ShortConv(ShortConv),
 }
 
 /// Softmax attention in all its current variants.
@@ -355,6 +360,17 @@ pub struct KimiDelta {
     pub head_dim: u64,
     /// Short causal convolution kernel size.
     pub conv: u64,
+}
+
+/// LFM2's gated short convolution: `in` projects to `B`, `C` and `x` (each `hidden`
+/// wide); `B * x` passes a causal depthwise convolution of `conv` taps; the result times
+/// `C` goes through `out`. Its state is the convolution's last `conv - 1` input rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShortConv {
+    /// Convolution kernel size (taps).
+    pub conv: u64,
+    /// Biases on the two projections and the convolution.
+    pub bias: bool,
 }
 
 /// The feed-forward of a layer.

@@ -171,6 +171,14 @@ pub fn stats(spec: &Spec, opts: Options) -> Stats {
                 linear_state = linear_state.saturating_add(mul(state, kv));
                 attn_flops = attn_flops.saturating_add(mul(6, matrices));
             }
+            Mixer::ShortConv(c) => {
+                linear_layers += 1;
+                let h = spec.hidden;
+                let state = mul(h, c.conv.saturating_sub(1));
+                linear_state = linear_state.saturating_add(mul(state, kv));
+                // The taps, and the two gating products.
+                attn_flops = attn_flops.saturating_add(mul(mul(2, h), c.conv.saturating_add(2)));
+            }
             Mixer::KimiDelta(k) => {
                 linear_layers += 1;
                 let channels = mul(mul(3, k.heads), k.head_dim);

@@ -14,7 +14,8 @@
 
 use crate::naming;
 use crate::spec::{
-    Attention, Block, Ffn, GatedDeltaNet, KimiDelta, Mixer, Mla, Moe, Norm, NormKind, QkNorm, Spec,
+    Attention, Block, Ffn, GatedDeltaNet, KimiDelta, Mixer, Mla, Moe, Norm, NormKind, QkNorm,
+    ShortConv, Spec,
 };
 use serde::Serialize;
 
@@ -67,7 +68,8 @@ pub enum Role {
     Embedding,
     /// Softmax attention, including its internal norms (QK-norm, MLA latent norms) and sinks.
     Attention,
-    /// Linear-attention mixers (Gated DeltaNet, Kimi Delta), including their internal norms.
+    /// Recurrent mixers: linear attention (Gated DeltaNet, Kimi Delta), including their
+    /// internal norms, and gated short convolutions (LFM2).
     LinearAttention,
     /// Dense feed-forward.
     Ffn,
@@ -283,6 +285,7 @@ impl Builder<'_> {
             Mixer::Attention(a) => self.attention(a),
             Mixer::GatedDeltaNet(g) => self.gated_deltanet(g),
             Mixer::KimiDelta(k) => self.kimi_delta(k),
+            Mixer::ShortConv(c) => self.short_conv(c),
         }
         if post {
             self.norm("attn_post_norm", &block.norm, h, Role::Norm);
@@ -418,6 +421,20 @@ impl Builder<'_> {
         self.push("kda.g_b.weight", vec![d, k.head_dim], r);
         self.push("kda.o_norm.weight", vec![k.head_dim], r);
         self.push("kda.o.weight", vec![h, d], r);
+    }
+
+    /// LFM2's gated short convolution, shapes as `Lfm2ShortConv` creates them.
+    fn short_conv(&mut self, c: &ShortConv) {
+        let h = self.spec.hidden;
+        let r = Role::LinearAttention;
+        self.push("short_conv.in.weight", vec![mul(3, h), h], r);
+        self.push("short_conv.conv.weight", vec![h, 1, c.conv], r);
+        self.push("short_conv.out.weight", vec![h, h], r);
+        if c.bias {
+            self.push("short_conv.in.bias", vec![mul(3, h)], r);
+            self.push("short_conv.conv.bias", vec![h], r);
+            self.push("short_conv.out.bias", vec![h], r);
+        }
     }
 
     fn moe(&mut self, m: &Moe) {

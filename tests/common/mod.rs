@@ -141,6 +141,7 @@ macro_rules! with_compiled_fixtures {
             gpt2,
             gpt_oss,
             kimi_linear,
+            lfm2,
             llama,
             llama4,
             minimax_m2,

@@ -41,6 +41,14 @@ Where the committed HF fixture of a family holds a configuration that llama.cpp'
 - olmo3: written by the converter as architecture `olmo2` with a sliding window; no HF
   fixture of OLMo 3 exists, so one is built (window 8, the fourth layer full).
 
+The lfm2 case converts the committed `lfm2` fixture unchanged: the converter writes the MLP
+width HF derives (`lfm2.feed_forward_length` 80 from `intermediate_size` 90 with
+`block_auto_adjust_ff_dim`; it rounds to `block_multiple_of` even when
+`block_ffn_dim_multiplier` is null, where HF does not, but the fixture sets the multiplier),
+`lfm2.attention.head_count_kv` as one entry per layer with 0 for the convolution layers, and the
+final norm (`model.embedding_norm`) as `token_embd_norm.weight`, which llama.cpp applies after
+the last layer.
+
 The tokenizer: the converter needs one, and it is not what these files test. The temporary
 copy gets a byte-free BPE `tokenizer.json` of exactly `vocab_size` tokens, single characters
 and whatever special tokens the family's tokenizer class insists on (Gemma 3's converter trims
@@ -281,6 +289,7 @@ CASES = {
     "gpt-oss": ("gpt-oss", built_gpt_oss),
     "olmo2": ("olmo2", "olmo2"),
     "olmo3": ("olmo2", built_olmo3),
+    "lfm2": ("lfm2", "lfm2"),
 }
 
 

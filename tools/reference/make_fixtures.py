@@ -548,6 +548,39 @@ def case_kimi_linear():
     return cfg, transformers.KimiLinearForCausalLM, what, False
 
 
+def case_lfm2():
+    cfg = transformers.Lfm2Config(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        # The MLP width is derived: int(2 * 90 / 3) = 60, int(1.25 * 60) = 75, rounded up to a
+        # multiple of 16: 80. Neither 90 (the raw value), 64 (without the multiplier) nor 75
+        # (without the rounding) fits the saved tensors.
+        intermediate_size=90,
+        block_auto_adjust_ff_dim=True,
+        block_ffn_dim_multiplier=1.25,
+        block_multiple_of=16,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        layer_types=["conv", "conv", "full_attention", "conv", "full_attention"],
+        conv_L_cache=3,
+        conv_bias=False,
+        tie_word_embeddings=True,
+    )
+    what = (
+        "hybrid gated short convolution / GQA attention: layers 0, 1, 3 are LIV convolutions "
+        "(in_proj to B, C, x; B * x through a causal depthwise conv of 3 taps; times C; out_proj), "
+        "layers 2 and 4 GQA 4/2 with per-head q/k RMSNorm before RoPE (theta 1e6); pre-norms "
+        "operator_norm and ffn_norm, SwiGLU w1/w3/w2 of width 80 derived from intermediate_size "
+        "90 by block_auto_adjust_ff_dim (2/3, x1.25, rounded up to a multiple of 16), final "
+        "embedding_norm, tied embeddings"
+    )
+    return cfg, transformers.Lfm2ForCausalLM, what, False
+
+
 CASES = {
     "gpt2": case_gpt2,
     "llama": case_llama,
@@ -567,6 +600,7 @@ CASES = {
     "llama4": case_llama4,
     "qwen3_next": case_qwen3_next,
     "kimi_linear": case_kimi_linear,
+    "lfm2": case_lfm2,
 }
 
 
@@ -587,6 +621,30 @@ def _identity_conv(model: nn.Module) -> None:
             if isinstance(m, nn.Conv1d):
                 m.weight.zero_()
                 m.weight[..., -1] = 1.0
+
+
+def _lfm2_swap_in_proj_chunks(a: int, b: int):
+    """Swap two of the three row blocks (B, C, x) of every LFM2 `conv.in_proj`."""
+
+    def change(model: nn.Module) -> None:
+        with torch.no_grad():
+            for m in model.modules():
+                if type(m).__name__ == "Lfm2ShortConv":
+                    w = m.in_proj.weight
+                    h = w.shape[0] // 3
+                    rows_a = w[a * h : (a + 1) * h].clone()
+                    w[a * h : (a + 1) * h] = w[b * h : (b + 1) * h]
+                    w[b * h : (b + 1) * h] = rows_a
+
+    return change
+
+
+def _lfm2_no_qk_norm(model: nn.Module) -> None:
+    """Drop LFM2's per-head q/k RMSNorm (the modules become the identity)."""
+    for m in model.modules():
+        if type(m).__name__ == "Lfm2Attention":
+            m.q_layernorm = nn.Identity()
+            m.k_layernorm = nn.Identity()
 
 
 _DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10000.0}
@@ -668,6 +726,14 @@ ABLATIONS = {
         "weights: per-channel decay (f_b)": "f_b_proj.weight",
         "short convolution (identity kernel)": _identity_conv,
         "weights: correction bias": "e_score_correction_bias",
+    },
+    "lfm2": {
+        "short convolution (identity kernel)": _identity_conv,
+        # B * x is symmetric, so which chunk gates after the conv (C, the middle one) is what
+        # an implementation can get wrong; each swap puts another chunk there.
+        "in_proj B/C swapped (B gates after the conv)": _lfm2_swap_in_proj_chunks(0, 1),
+        "in_proj C/x swapped (x gates after the conv)": _lfm2_swap_in_proj_chunks(1, 2),
+        "q/k layernorm removed": _lfm2_no_qk_norm,
     },
 }
 
@@ -827,7 +893,8 @@ def decode_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 def _final_norm(model: nn.Module) -> nn.Module:
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-    for attr in ("norm", "ln_f"):
+    # LFM2 calls its final norm (after the last layer) `embedding_norm`.
+    for attr in ("norm", "ln_f", "embedding_norm"):
         if hasattr(base, attr):
             return getattr(base, attr)
     raise ValueError(f"no final norm found on {type(base).__name__}")
@@ -908,6 +975,32 @@ def _kimi_hub_mlp_names(case_dir: Path, model: nn.Module) -> None:
 POST_SAVE = {"kimi_linear": _kimi_hub_mlp_names}
 
 
+def _lfm2_meta(model: nn.Module) -> dict:
+    """The MLP width HF derives from `intermediate_size`, read off the built model, and its steps."""
+    cfg = model.config
+    widths = {layer.feed_forward.w1.out_features for layer in model.model.layers}
+    if len(widths) != 1:
+        raise RuntimeError(f"lfm2: MLP widths differ across layers: {sorted(widths)}")
+    width = widths.pop()
+    two_thirds = int(2 * cfg.intermediate_size / 3)
+    scaled = int(cfg.block_ffn_dim_multiplier * two_thirds)
+    rounded = cfg.block_multiple_of * ((scaled + cfg.block_multiple_of - 1) // cfg.block_multiple_of)
+    if rounded != width:
+        raise RuntimeError(f"lfm2: HF's MLP width {width} is not the documented rule's {rounded}")
+    return {
+        "mlp_width": width,
+        "mlp_width_rule": (
+            f"int(2 * intermediate_size {cfg.intermediate_size} / 3) = {two_thirds}; "
+            f"int(block_ffn_dim_multiplier {cfg.block_ffn_dim_multiplier} * {two_thirds}) = {scaled}; "
+            f"rounded up to a multiple of block_multiple_of {cfg.block_multiple_of}: {width}"
+        ),
+    }
+
+
+# Case-specific entries added to meta.json.
+EXTRA_META = {"lfm2": _lfm2_meta}
+
+
 def build_case(name: str, out_root: Path, verbose: bool = False) -> dict:
     cfg, cls, what, one_plus_norm = CASES[name]()
     cfg._attn_implementation = "eager"
@@ -967,6 +1060,7 @@ def build_case(name: str, out_root: Path, verbose: bool = False) -> dict:
         "decode_vs_prefill_max_abs_diff": float(f"{decode_diff:.3e}"),
         "ablation_max_abs_logit_change": effects,
         "expert_layout": _expert_layout_note(list(saved)),
+        **(EXTRA_META[name](model) if name in EXTRA_META else {}),
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__.split("+")[0],
         "weight_rule": (

@@ -1,5 +1,6 @@
-//! Lowering of the linear-attention mixers: Gated DeltaNet (Qwen3-Next) and Kimi Delta
-//! Attention (Kimi Linear).
+//! Lowering of the recurrent mixers: the linear-attention ones, Gated DeltaNet
+//! (Qwen3-Next) and Kimi Delta Attention (Kimi Linear), and LFM2's gated short
+//! convolution.
 //!
 //! A linear-attention layer keeps a fixed-size recurrent state instead of a KV cache:
 //! `cache.{i}.conv` (`[conv - 1, channels]`: the last inputs of the short causal
@@ -10,7 +11,7 @@
 
 use super::{err, Builder, LowerError};
 use crate::ir::{BinaryOp, DType, Dim, Io, NormKind, NormOp, Op, StatePart, UnaryOp, Value};
-use archc_spec::{GatedDeltaNet, KimiDelta, Spec};
+use archc_spec::{GatedDeltaNet, KimiDelta, ShortConv, Spec};
 
 /// The Gated DeltaNet mixer of layer `layer` on the normed residual `x [seq, hidden]`,
 /// as HF's `Qwen3NextGatedDeltaNet`:
@@ -202,6 +203,19 @@ fn causal_conv(
     conv: u64,
     weight: &str,
 ) -> Result<Value, LowerError> {
+    let y = causal_conv_linear(b, layer, x, channels, conv, weight)?;
+    b.unary(UnaryOp::Silu, y)
+}
+
+/// [`causal_conv`] without the SiLU.
+fn causal_conv_linear(
+    b: &mut Builder,
+    layer: usize,
+    x: Value,
+    channels: u64,
+    conv: u64,
+    weight: &str,
+) -> Result<Value, LowerError> {
     let io = Io::state(layer as u32, StatePart::Conv);
     let state = b.input(
         io.clone(),
@@ -213,7 +227,37 @@ fn causal_conv(
     let y = b.op(Op::DepthwiseConv, &[all, w])?;
     let next = b.op(Op::TailRows { n: conv - 1 }, &[all])?;
     b.output(io, next);
-    b.unary(UnaryOp::Silu, y)
+    Ok(y)
+}
+
+/// LFM2's gated short convolution of layer `layer` on the normed residual `x [seq,
+/// hidden]`, as HF's `Lfm2ShortConv`: `in` gives `B`, `C` and `x` (in that order, each
+/// `hidden` wide); `B * x` passes the causal depthwise convolution (with its bias, if
+/// any); the result times `C` goes through `out`. The convolution's last `conv - 1` input
+/// rows are the state `cache.{layer}.conv`.
+pub(super) fn short_conv(
+    b: &mut Builder,
+    spec: &Spec,
+    layer: usize,
+    c: &ShortConv,
+    x: Value,
+) -> Result<Value, LowerError> {
+    let h = spec.hidden;
+    if c.conv == 0 {
+        return Err(err("short_conv needs at least one tap"));
+    }
+    let bcx = b.linear(x, "short_conv.in", 3 * h, h, c.bias)?;
+    let gate_b = slice(b, bcx, 1, 0, h)?;
+    let gate_c = slice(b, bcx, 1, h, 2 * h)?;
+    let input = slice(b, bcx, 1, 2 * h, 3 * h)?;
+    let bx = b.op(Op::Binary(BinaryOp::Mul), &[gate_b, input])?;
+    let mut y = causal_conv_linear(b, layer, bx, h, c.conv, "short_conv.conv.weight")?;
+    if c.bias {
+        let bias = b.local("short_conv.conv.bias", &[h]);
+        y = b.op(Op::Binary(BinaryOp::Add), &[y, bias])?;
+    }
+    let y = b.op(Op::Binary(BinaryOp::Mul), &[gate_c, y])?;
+    b.linear(y, "short_conv.out", h, h, c.bias)
 }
 
 /// The delta rule over `[q, k, v, g, beta]` from the state `cache.{layer}.state`

@@ -133,6 +133,7 @@ pub fn lower_with(spec: &Spec, mode: Mode, options: &Options) -> Result<Graph, L
                 Mixer::Attention(a) => attention::lower(b, spec, layer, a, x, positions),
                 Mixer::GatedDeltaNet(g) => linear::gated_deltanet(b, spec, layer, g, norm.eps, x),
                 Mixer::KimiDelta(k) => linear::kimi_delta(b, spec, layer, k, norm.eps, x),
+                Mixer::ShortConv(c) => linear::short_conv(b, spec, layer, c, x),
             }
         };
         let ffn = |b: &mut Builder, x: Value| ffn::lower(b, spec, &block.ffn, x);

@@ -200,6 +200,14 @@ block {
 }
 ";
 
+/// The slot is the body of `short_conv`.
+const SHORT_CONV: &str = "model \"m\" { vocab = 64, hidden = 16, layers = 2 }
+block {
+  short_conv { $ }
+  mlp { hidden = 32 }
+}
+";
+
 /// The slot is the body of `mlp`.
 const MLP: &str = "model \"m\" { vocab = 64, hidden = 16, layers = 2 }
 block {
@@ -302,6 +310,8 @@ pub const ROWS: &[Row] = &[
     row("block.gated_deltanet", MIXER, ATTENTION, "gated_deltanet { k_heads = 2, v_heads = 4, k_head_dim = 4, v_head_dim = 4 }", Graph),
     row("block.gated_deltanet", MIXER, ATTENTION, "attention { heads = 4 }\n  gated_deltanet { k_heads = 2, v_heads = 4, k_head_dim = 4, v_head_dim = 4 }", Refused("has both `attention` and `gated_deltanet`")),
     row("block.kimi_delta", MIXER, ATTENTION, "kimi_delta { heads = 4, head_dim = 4 }", Graph),
+    row("block.short_conv", MIXER, ATTENTION, "short_conv { }", Graph),
+    row("block.short_conv", MIXER, ATTENTION, "attention { heads = 4 }\n  short_conv { }", Refused("has both `attention` and `short_conv`")),
     row("block.mlp", FFN, "moe { experts = 4, top_k = 2, hidden = 8 }", "mlp { hidden = 32 }", Graph),
     row("block.moe", FFN, "mlp { hidden = 32 }", "moe { experts = 4, top_k = 2, hidden = 8 }", Graph),
 
@@ -410,6 +420,9 @@ pub const ROWS: &[Row] = &[
     row("kimi_delta.heads", KIMI, "heads = 4, head_dim = 4", "heads = 2, head_dim = 4", Graph),
     row("kimi_delta.head_dim", KIMI, "heads = 4, head_dim = 4", "heads = 4, head_dim = 8", Graph),
     row("kimi_delta.conv", KIMI, "heads = 4, head_dim = 4", "heads = 4, head_dim = 4, conv = 3", Graph),
+    row("short_conv.conv", SHORT_CONV, "", "conv = 4", Graph),
+    row("short_conv.conv", SHORT_CONV, "", "conv = 0", Refused("at least 1")),
+    row("short_conv.bias", SHORT_CONV, "", "bias = true", Graph),
 
     // Feed-forwards.
     row("mlp.hidden", MLP, "hidden = 32", "hidden = 64", Graph),

@@ -6,7 +6,7 @@ use super::scene::{wrap, Line, TextBox, Tone};
 use crate::diff::{self, activation, group, num, router, selector};
 use crate::spec::{
     Attention, Block, Ffn, GatedDeltaNet, KimiDelta, Mixer, Moe, Norm, NormKind, QkNorm,
-    RopeScaling, Spec,
+    RopeScaling, ShortConv, Spec,
 };
 use crate::stats;
 use std::collections::BTreeSet;
@@ -227,11 +227,23 @@ pub fn kimi_delta(k: &KimiDelta) -> TextBox {
     )
 }
 
+pub fn short_conv(c: &ShortConv) -> TextBox {
+    boxed(
+        Tone::Recurrent,
+        "Gated short convolution",
+        vec![
+            format!("conv width {}, gated by B and C", c.conv),
+            "fixed state".to_string(),
+        ],
+    )
+}
+
 pub fn mixer(m: &Mixer, learned_positions: bool) -> TextBox {
     match m {
         Mixer::Attention(a) => attention(a, learned_positions),
         Mixer::GatedDeltaNet(g) => gated_deltanet(g),
         Mixer::KimiDelta(k) => kimi_delta(k),
+        Mixer::ShortConv(c) => short_conv(c),
     }
 }
 
@@ -374,6 +386,7 @@ pub fn variant_kind(block: &Block, learned_positions: bool) -> String {
         }
         Mixer::GatedDeltaNet(_) => "Gated DeltaNet".to_string(),
         Mixer::KimiDelta(_) => "Kimi Delta".to_string(),
+        Mixer::ShortConv(_) => "short convolution".to_string(),
     };
     let ffn = match &block.ffn {
         Ffn::Mlp(_) => "dense",

@@ -210,7 +210,7 @@ impl fmt::Display for MetaValue {
 
 /// Every `general.architecture` this importer accepts, with the HF `model_type` whose
 /// importer it feeds.
-pub const SUPPORTED_ARCHITECTURES: [(&str, &str); 8] = [
+pub const SUPPORTED_ARCHITECTURES: [(&str, &str); 9] = [
     ("llama", "llama"),
     ("qwen2", "qwen2"),
     ("qwen3", "qwen3"),
@@ -219,6 +219,7 @@ pub const SUPPORTED_ARCHITECTURES: [(&str, &str); 8] = [
     ("deepseek2", "deepseek_v3"),
     ("gpt-oss", "gpt_oss"),
     ("olmo2", "olmo2"),
+    ("lfm2", "lfm2"),
 ];
 
 /// Imports a model from GGUF metadata and the file's tensor names. `source_name` names
@@ -259,6 +260,7 @@ pub fn from_gguf_metadata(
         "gemma3" => t.gemma3()?,
         "deepseek2" => t.deepseek2()?,
         "gpt-oss" => t.gpt_oss()?,
+        "lfm2" => t.lfm2()?,
         _ => {}
     }
     t.refuse_unread()?;
@@ -502,7 +504,10 @@ impl<'a> Translator<'a> {
         self.copy_u64("max_position_embeddings", "context_length")?;
         self.copy_u64("intermediate_size", "feed_forward_length")?;
         let heads = self.copy_u64("num_attention_heads", "attention.head_count")?;
-        self.copy_u64("num_key_value_heads", "attention.head_count_kv")?;
+        // LFM2 gives its KV heads per layer (0 for a convolution layer): read there.
+        if self.arch != "lfm2" {
+            self.copy_u64("num_key_value_heads", "attention.head_count_kv")?;
+        }
         self.copy_f64("rms_norm_eps", "attention.layer_norm_rms_epsilon")?;
         self.copy_f64("rope_theta", "rope.freq_base")?;
         // llama.cpp's default head size is hidden / heads; HF's defaults differ per family
@@ -868,6 +873,75 @@ impl<'a> Translator<'a> {
             let type_key = self.key("rope.scaling.type");
             self.set("rope_scaling.truncate", Value::Bool(false), &type_key);
         }
+        Ok(())
+    }
+}
+
+impl Translator<'_> {
+    /// LFM2: `attention.head_count_kv` per layer, 0 for the gated short convolutions (their
+    /// `layer_types`), one count for the attention layers; `shortconv.l_cache` the taps;
+    /// `feed_forward_length` the feed-forward width as built (so no HF adjustment); the
+    /// norm epsilon under LFM2's key; biases where the file holds them.
+    fn lfm2(&mut self) -> Result<(), ImportError> {
+        let key = self.key("attention.head_count_kv");
+        let per_layer: Vec<u64> = match self.get(&key) {
+            Some(MetaValue::Array { items, .. }) => items
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .ok_or_else(|| self.wrong(&key, "non-negative integers", v))
+                })
+                .collect::<Result<_, _>>()?,
+            Some(v) => vec![v
+                .as_u64()
+                .ok_or_else(|| self.wrong(&key, "an integer or an array", v))?],
+            None => {
+                return Err(ImportError::MissingKey {
+                    file: self.file.to_string(),
+                    key,
+                })
+            }
+        };
+        let layers = self.json.get("num_hidden_layers").and_then(Value::as_u64);
+        if per_layer.len() != 1 && Some(per_layer.len() as u64) != layers {
+            return Err(self.invalid(
+                &key,
+                format!(
+                    "{} entries for {} layers",
+                    per_layer.len(),
+                    layers.unwrap_or(0)
+                ),
+            ));
+        }
+        let kv: Vec<u64> = per_layer.iter().copied().filter(|&n| n > 0).collect();
+        if let Some(&first) = kv.first() {
+            if kv.iter().any(|&n| n != first) {
+                return Err(self.invalid(&key, "attention layers with different KV head counts"));
+            }
+            self.set("num_key_value_heads", Value::from(first), &key);
+        }
+        let n = layers.unwrap_or(per_layer.len() as u64) as usize;
+        let types: Vec<Value> = (0..n)
+            .map(|i| {
+                let heads = if per_layer.len() == 1 {
+                    per_layer[0]
+                } else {
+                    per_layer[i]
+                };
+                Value::String(if heads == 0 { "conv" } else { "full_attention" }.into())
+            })
+            .collect();
+        self.set("layer_types", Value::Array(types), &key);
+        self.copy_u64("conv_L_cache", "shortconv.l_cache")?;
+        self.copy_f64("norm_eps", "attention.layer_norm_rms_epsilon")?;
+        let ff = self.key("feed_forward_length");
+        self.set("block_auto_adjust_ff_dim", Value::Bool(false), &ff);
+        let bias = (0..n).any(|i| self.has_tensor(&format!("blk.{i}.shortconv.in_proj.bias")));
+        self.set(
+            "conv_bias",
+            Value::Bool(bias),
+            "blk.N.shortconv.in_proj.bias",
+        );
         Ok(())
     }
 }

@@ -1,9 +1,9 @@
-//! Hybrid linear/full-attention families: Qwen3-Next (Gated DeltaNet) and Kimi Linear
-//! (Kimi Delta Attention with NoPE MLA).
+//! Hybrid recurrent/full-attention families: Qwen3-Next (Gated DeltaNet), Kimi Linear
+//! (Kimi Delta Attention with NoPE MLA) and LFM2 (gated short convolutions).
 
 use crate::spec::{
     Family, Ffn, GatedDeltaNet, KimiDelta, Mixer, Moe, Pairing, Placement, QkNorm, Router,
-    RouterScore, SharedExperts, Spec,
+    RouterScore, SharedExperts, ShortConv, Spec,
 };
 
 use super::dense::head_shape;
@@ -326,4 +326,104 @@ pub(crate) fn kimi_linear(c: &Config<'_>, name: &str) -> Result<Spec, ImportErro
         })
         .collect();
     Ok(g.spec(name, Family::KimiLinear, rms(eps), layers))
+}
+
+/// LFM2: gated short-convolution layers (`layer_types` "conv") and GQA attention layers
+/// with per-head q/k RMSNorm, pre-norms, a SwiGLU whose width `block_auto_adjust_ff_dim`
+/// derives from `intermediate_size` as `Lfm2MLP` does, and `embedding_norm` as the final
+/// norm.
+pub(crate) fn lfm2(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
+    let mut g = Globals::read(c, 128_000, true)?;
+    if let Some(t) = c.opt_bool("tie_embedding")? {
+        g.tied = t;
+    }
+    let (heads, kv, head_dim) = head_shape(c, g.hidden, None, None)?;
+    let eps = c.f64_or("norm_eps", 1e-5)?;
+    let rope = RopeSource::flat(c, 1_000_000.0, 1.0)?.build(head_dim, g.context, Pairing::Half)?;
+    let n = g.layers;
+    let conv_layers: Vec<bool> = match layer_types(c, n)? {
+        Some(types) => types
+            .iter()
+            .map(|t| Ok(check_layer_type(c, t, &["conv", "full_attention"])? == "conv"))
+            .collect::<Result<_, ImportError>>()?,
+        None => match c.opt_u64_list("full_attn_idxs")? {
+            Some(full) => {
+                if let Some(bad) = full.iter().find(|&&i| i >= n) {
+                    return Err(c.invalid(
+                        "full_attn_idxs",
+                        format!("layer {bad} is out of range 0..{n}"),
+                    ));
+                }
+                (0..n).map(|i| !full.contains(&i)).collect()
+            }
+            // `Lfm2Config`: without either list every layer is attention.
+            None => vec![false; n as usize],
+        },
+    };
+    let mut attn = attention(heads, kv, head_dim, Some(rope));
+    attn.qk_norm = QkNorm::PerHead(rms(eps));
+    let conv = ShortConv {
+        conv: c.u64_or("conv_L_cache", 3)?,
+        bias: c.bool_or("conv_bias", false)?,
+    };
+    if conv.conv == 0 {
+        return Err(c.invalid("conv_L_cache", "must be at least 1"));
+    }
+    let width = lfm2_ffn_width(c)?;
+    let act = activation(c, "hidden_act", "silu")?;
+    let ffn = mlp(width, act, true, false);
+    let layers = conv_layers
+        .iter()
+        .map(|&is_conv| Layer {
+            labels: vec![if is_conv { "conv" } else { "attention" }],
+            block: block(
+                Placement::Pre,
+                rms(eps),
+                if is_conv {
+                    Mixer::ShortConv(conv)
+                } else {
+                    Mixer::Attention(attn.clone())
+                },
+                ffn.clone(),
+            ),
+        })
+        .collect();
+    Ok(g.spec(name, Family::Lfm2, rms(eps), layers))
+}
+
+/// The feed-forward width of `Lfm2MLP`: `intermediate_size` (or `block_ff_dim`); with
+/// `block_auto_adjust_ff_dim`, two thirds of it (truncated), then, unless
+/// `block_ffn_dim_multiplier` is null, times the multiplier (truncated) and rounded up to
+/// a multiple of `block_multiple_of`.
+fn lfm2_ffn_width(c: &Config<'_>) -> Result<u64, ImportError> {
+    let key = if c.has("block_ff_dim") {
+        "block_ff_dim"
+    } else {
+        "intermediate_size"
+    };
+    let mut width = c.u64_or(key, 12_288)?;
+    if !c.bool_or("block_auto_adjust_ff_dim", true)? {
+        return Ok(width);
+    }
+    width = (2.0 * width as f64 / 3.0) as u64;
+    let multiplier = if c.raw_is_null("block_ffn_dim_multiplier") {
+        None
+    } else {
+        Some(c.f64_or("block_ffn_dim_multiplier", 1.0)?)
+    };
+    if let Some(m) = multiplier {
+        if !(m.is_finite() && m > 0.0) {
+            return Err(c.invalid("block_ffn_dim_multiplier", "must be a positive number"));
+        }
+        let multiple = c.u64_or("block_multiple_of", 256)?;
+        if multiple == 0 {
+            return Err(c.invalid("block_multiple_of", "must be at least 1"));
+        }
+        width = (m * width as f64) as u64;
+        width = width.div_ceil(multiple).saturating_mul(multiple);
+    }
+    if width == 0 {
+        return Err(c.invalid(key, "gives a feed-forward width of 0"));
+    }
+    Ok(width)
 }

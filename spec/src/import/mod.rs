@@ -102,7 +102,7 @@ impl fmt::Display for ImportError {
 impl std::error::Error for ImportError {}
 
 /// Every `model_type` accepted at the top level of a config, in a stable order.
-pub const SUPPORTED_MODEL_TYPES: [&str; 22] = [
+pub const SUPPORTED_MODEL_TYPES: [&str; 23] = [
     "gpt2",
     "llama",
     "mistral",
@@ -124,6 +124,7 @@ pub const SUPPORTED_MODEL_TYPES: [&str; 22] = [
     "llama4_text",
     "qwen3_next",
     "kimi_linear",
+    "lfm2",
     "mistral3",
 ];
 
@@ -230,6 +231,7 @@ fn import_config(c: &Config<'_>, name: &str) -> Result<Spec, ImportError> {
         "llama4_text" => moe::llama4(c, name),
         "qwen3_next" => hybrid::qwen3_next(c, name),
         "kimi_linear" => hybrid::kimi_linear(c, name),
+        "lfm2" => hybrid::lfm2(c, name),
         "gemma3" | "llama4" | "mistral3" => {
             let text = c.text_config()?;
             let inner = text.req_str("model_type")?;

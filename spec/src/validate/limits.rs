@@ -212,6 +212,9 @@ impl Checker {
                 self.size(&format!("{p}.head_dim"), k.head_dim, MAX_SIZE);
                 self.size(&format!("{p}.conv"), k.conv, MAX_SIZE);
             }
+            Mixer::ShortConv(c) => {
+                self.size(&format!("{at}: short_conv.conv"), c.conv, MAX_SIZE);
+            }
         }
         match &b.ffn {
             Ffn::Mlp(m) => {
@@ -537,6 +540,11 @@ impl Checker {
                     let (h, d) = (u128::from(k.heads), u128::from(k.head_dim));
                     state += n * 4 * (3 * h * d * u128::from(k.conv) + h * d * d);
                     flops += n * 6 * h * d * d;
+                }
+                Mixer::ShortConv(c) => {
+                    let hidden = u128::from(s.hidden);
+                    state += n * 4 * hidden * u128::from(c.conv);
+                    flops += n * 2 * hidden * (u128::from(c.conv) + 2);
                 }
             }
         }

@@ -34,6 +34,7 @@ const BLOCK_KEYS: &[&str] = &[
     "attention",
     "gated_deltanet",
     "kimi_delta",
+    "short_conv",
     "mlp",
     "moe",
 ];
@@ -598,6 +599,12 @@ fn read_block(
                         v_head_dim: v_head_dim?,
                         conv: conv?,
                     }))
+                }),
+                "short_conv" => section(&b, key, d).and_then(|s| {
+                    s.check_keys(&["conv", "bias"], d);
+                    let conv = size_or(&s, "conv", 3, d);
+                    let bias = s.bool_or("bias", false, d);
+                    Some(Mixer::ShortConv(ShortConv { conv: conv?, bias }))
                 }),
                 _ => section(&b, key, d).and_then(|s| {
                     s.check_keys(&["heads", "head_dim", "conv"], d);

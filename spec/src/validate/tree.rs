@@ -39,7 +39,7 @@ pub(crate) enum NodeValue {
 }
 
 /// Mixer sections: giving one in a child block replaces the parent's.
-pub(crate) const MIXERS: [&str; 3] = ["attention", "gated_deltanet", "kimi_delta"];
+pub(crate) const MIXERS: [&str; 4] = ["attention", "gated_deltanet", "kimi_delta", "short_conv"];
 /// Feed-forward sections: likewise.
 pub(crate) const FFNS: [&str; 2] = ["mlp", "moe"];
 
