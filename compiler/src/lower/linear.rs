@@ -72,6 +72,7 @@ pub(super) fn gated_deltanet(
     let qk = b.op(Op::Concat { axis: 1 }, &[q, k])?;
     let mixed = b.op(Op::Concat { axis: 1 }, &[qk, v])?;
     let mixed = causal_conv(b, layer, mixed, channels, conv, "gdn.conv.weight")?;
+    let mixed = b.unary(UnaryOp::Silu, mixed)?;
     let q = slice(b, mixed, 1, 0, key_dim)?;
     let k = slice(b, mixed, 1, key_dim, 2 * key_dim)?;
     let v = slice(b, mixed, 1, 2 * key_dim, channels)?;
@@ -193,22 +194,9 @@ pub(super) fn kimi_delta(
 }
 
 /// The causal depthwise convolution with its state `cache.{layer}.conv` (`[conv - 1,
-/// channels]`, the previous inputs), then SiLU: returns `[seq, channels]` and makes the
-/// last `conv - 1` input rows the new state.
+/// channels]`, the previous inputs): returns `[seq, channels]` and makes the last `conv -
+/// 1` input rows the new state.
 fn causal_conv(
-    b: &mut Builder,
-    layer: usize,
-    x: Value,
-    channels: u64,
-    conv: u64,
-    weight: &str,
-) -> Result<Value, LowerError> {
-    let y = causal_conv_linear(b, layer, x, channels, conv, weight)?;
-    b.unary(UnaryOp::Silu, y)
-}
-
-/// [`causal_conv`] without the SiLU.
-fn causal_conv_linear(
     b: &mut Builder,
     layer: usize,
     x: Value,
@@ -251,7 +239,7 @@ pub(super) fn short_conv(
     let gate_c = slice(b, bcx, 1, h, 2 * h)?;
     let input = slice(b, bcx, 1, 2 * h, 3 * h)?;
     let bx = b.op(Op::Binary(BinaryOp::Mul), &[gate_b, input])?;
-    let mut y = causal_conv_linear(b, layer, bx, h, c.conv, "short_conv.conv.weight")?;
+    let mut y = causal_conv(b, layer, bx, h, c.conv, "short_conv.conv.weight")?;
     if c.bias {
         let bias = b.local("short_conv.conv.bias", &[h]);
         y = b.op(Op::Binary(BinaryOp::Add), &[y, bias])?;

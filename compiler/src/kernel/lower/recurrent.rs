@@ -18,7 +18,7 @@ use super::ix;
 use super::KernelError;
 use crate::ir::{Dim, Op};
 use crate::kernel::build::{self, add, f, i, load, mul, select, sub, un, var};
-use crate::kernel::{Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp};
+use crate::kernel::{BufId, Elem, Expr, Kernel, LoopKind, Stmt, Ty, UnOp};
 
 /// The kernels of the linear-attention ops.
 pub(super) fn kernel(cx: &NodeLowering) -> Result<Kernel, KernelError> {
@@ -121,6 +121,30 @@ fn decay_gate(cx: &NodeLowering) -> Result<Kernel, KernelError> {
     Ok(g.finish())
 }
 
+/// `for e in 0..dv` as a vector loop.
+fn columns(g: &mut Gen, dv: u64, body: impl FnOnce(&mut Gen, Expr)) {
+    let vector = g.schedule.vector;
+    g.for_("e", i(0), i(dv as i64), 1, LoopKind::Vector(vector), body);
+}
+
+/// `Σ_i s[i, e] * x[xbase + i]` over the `dk` rows of a head's scratch state `s`.
+fn state_dot(
+    g: &mut Gen,
+    name: &str,
+    s: BufId,
+    (e, dv, dk): (&Expr, u64, u64),
+    x: BufId,
+    xbase: &Expr,
+) -> Expr {
+    let acc = g.local(name, Ty::F32, f(0.0));
+    g.range("i", i(dk as i64), |g, row| {
+        let at = add(mul(row.clone(), i(dv as i64)), e.clone());
+        let term = mul(load(s, at), load(x, add(xbase.clone(), row)));
+        g.set(acc, add(var(acc), term));
+    });
+    var(acc)
+}
+
 /// The gated delta rule (`Op::DeltaRule`): parallel over value heads, token by token.
 fn delta_rule(cx: &NodeLowering) -> Result<Kernel, KernelError> {
     let names = ["q", "k", "v", "g", "beta", "state"];
@@ -143,7 +167,6 @@ fn delta_rule(cx: &NodeLowering) -> Result<Kernel, KernelError> {
     let out = g.out;
     let u = g.scratch("u", Elem::F32, dv);
     let sc = g.scratch("s", Elem::F32, dk * dv);
-    let vector = g.schedule.vector;
     let (hv, dvi) = (i(h as i64), i(dv as i64));
     let seq = ix::dim(s);
     // State element (row i, column e) of the head in scratch.
@@ -163,17 +186,10 @@ fn delta_rule(cx: &NodeLowering) -> Result<Kernel, KernelError> {
         |g, head| {
             // The state operand's rows of this head into the scratch state.
             g.range("i", i(dk as i64), |g, row| {
-                g.for_(
-                    "e",
-                    i(0),
-                    dvi.clone(),
-                    1,
-                    LoopKind::Vector(vector),
-                    |g, e| {
-                        let from = layout(i(0), &head, row.clone(), e.clone());
-                        g.store(sc, st_at(row.clone(), e), load(sb, from));
-                    },
-                );
+                columns(g, dv, |g, e| {
+                    let from = layout(i(0), &head, row.clone(), e.clone());
+                    g.store(sc, st_at(row.clone(), e), load(sb, from));
+                });
             });
             let kh = g.let_("kh", Ty::I64, build::div(head.clone(), i(group as i64)));
             g.range("t", seq.clone(), |g, t| {
@@ -194,73 +210,38 @@ fn delta_rule(cx: &NodeLowering) -> Result<Kernel, KernelError> {
                             g.let_("decay", Ty::F32, exp(load(gb, at)))
                         }
                     };
-                    g.for_(
-                        "e",
-                        i(0),
-                        dvi.clone(),
-                        1,
-                        LoopKind::Vector(vector),
-                        |g, e| {
-                            let at = st_at(row.clone(), e);
-                            g.store(sc, at.clone(), mul(load(sc, at), decay));
-                        },
-                    );
+                    columns(g, dv, |g, e| {
+                        let at = st_at(row.clone(), e);
+                        g.store(sc, at.clone(), mul(load(sc, at), decay));
+                    });
                 });
                 // u = beta * (v - Sᵀ k)
                 let beta = g.let_("beta", Ty::F32, load(bb, th.clone()));
                 g.range("e", dvi.clone(), |g, e| {
-                    let kv = g.local("kv", Ty::F32, f(0.0));
-                    g.range("i", i(dk as i64), |g, row| {
-                        let term = mul(
-                            load(sc, st_at(row.clone(), e.clone())),
-                            load(kb, add(qk.clone(), row)),
-                        );
-                        g.set(kv, add(var(kv), term));
-                    });
+                    let kv = state_dot(g, "kv", sc, (&e, dv, dk), kb, &qk);
                     let ve = load(vb, add(mul(th.clone(), dvi.clone()), e.clone()));
-                    g.store(u, e, mul(sub(ve, var(kv)), beta.clone()));
+                    g.store(u, e, mul(sub(ve, kv), beta.clone()));
                 });
                 // S = S + k uᵀ
                 g.range("i", i(dk as i64), |g, row| {
                     let ki = g.let_("ki", Ty::F32, load(kb, add(qk.clone(), row.clone())));
-                    g.for_(
-                        "e",
-                        i(0),
-                        dvi.clone(),
-                        1,
-                        LoopKind::Vector(vector),
-                        |g, e| {
-                            let at = st_at(row.clone(), e.clone());
-                            g.store(sc, at.clone(), add(load(sc, at), mul(ki, load(u, e))));
-                        },
-                    );
+                    columns(g, dv, |g, e| {
+                        let at = st_at(row.clone(), e.clone());
+                        g.store(sc, at.clone(), add(load(sc, at), mul(ki, load(u, e))));
+                    });
                 });
                 // o = Sᵀ q
                 g.range("e", dvi.clone(), |g, e| {
-                    let o = g.local("o", Ty::F32, f(0.0));
-                    g.range("i", i(dk as i64), |g, row| {
-                        let term = mul(
-                            load(sc, st_at(row.clone(), e.clone())),
-                            load(qb, add(qk.clone(), row)),
-                        );
-                        g.set(o, add(var(o), term));
-                    });
-                    g.store(out, add(mul(th.clone(), dvi.clone()), e), var(o));
+                    let o = state_dot(g, "o", sc, (&e, dv, dk), qb, &qk);
+                    g.store(out, add(mul(th.clone(), dvi.clone()), e), o);
                 });
             });
             // The final state into the result's state rows.
             g.range("i", i(dk as i64), |g, row| {
-                g.for_(
-                    "e",
-                    i(0),
-                    dvi.clone(),
-                    1,
-                    LoopKind::Vector(vector),
-                    |g, e| {
-                        let to = layout(seq.clone(), &head, row.clone(), e.clone());
-                        g.store(out, to, load(sc, st_at(row.clone(), e)));
-                    },
-                );
+                columns(g, dv, |g, e| {
+                    let to = layout(seq.clone(), &head, row.clone(), e.clone());
+                    g.store(out, to, load(sc, st_at(row.clone(), e)));
+                });
             });
         },
     );

@@ -248,28 +248,11 @@ fn q8_0(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
 fn iq4_nl(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
     let mut st = Vec::new();
     let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
-    let j = k.var("j", Ty::I64);
-    let mut body = Vec::new();
-    let q = bind(
-        k,
-        &mut body,
-        "q",
-        Ty::I64,
-        b.byte(ix::add(build::var(j), i(2))),
-    );
-    for (e, nib) in [
-        (build::var(j), bit_and(q.clone(), 15)),
-        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
-    ] {
-        let v = iq4_value(k, &mut body, nib);
-        body.extend(emit(k, e, build::mul(d.clone(), to_f(v))));
-    }
-    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
-    st
+    nibble_table(k, b, st, d, 2, IQ4_TABLE, emit)
 }
 
 /// MXFP4: the E8M0 byte `e` gives `d = 2^(e - 128)` (built as f32 bits: a subnormal for
-/// `e < 2`), Q4_0's nibbles index the doubled e2m1 values; `x = table[q] * d`.
+/// `e < 2`), Q4_0's nibbles index the doubled e2m1 values; `x = d * table[q]`.
 fn mxfp4(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
     let mut st = Vec::new();
     let e = bind(k, &mut st, "e", Ty::I64, b.byte(i(0)));
@@ -280,6 +263,21 @@ fn mxfp4(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
         shl(ix::sub(e, i(1)), 23),
     );
     let d = bind(k, &mut st, "d", Ty::F32, un(UnOp::F32Bits, bits));
+    nibble_table(k, b, st, d, 1, MXFP4_TABLE, emit)
+}
+
+/// The 16 bytes of nibbles from byte `qs` (element `j` in the low nibble of byte `j`,
+/// `j + 16` in its high one), each indexing `table`, times the block scale `d`, after the
+/// statements `st` that bind it.
+fn nibble_table(
+    k: &mut Kernel,
+    b: &Block,
+    mut st: Vec<Stmt>,
+    d: Expr,
+    qs: i64,
+    table: (i64, i64),
+    emit: &mut Emit<'_>,
+) -> Vec<Stmt> {
     let j = k.var("j", Ty::I64);
     let mut body = Vec::new();
     let q = bind(
@@ -287,14 +285,14 @@ fn mxfp4(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
         &mut body,
         "q",
         Ty::I64,
-        b.byte(ix::add(build::var(j), i(1))),
+        b.byte(ix::add(build::var(j), i(qs))),
     );
     for (e, nib) in [
         (build::var(j), bit_and(q.clone(), 15)),
         (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
     ] {
-        let v = table_value(k, &mut body, MXFP4_TABLE, nib);
-        body.extend(emit(k, e, build::mul(to_f(v), d.clone())));
+        let v = table_value(k, &mut body, table, nib);
+        body.extend(emit(k, e, build::mul(d.clone(), to_f(v))));
     }
     st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
     st
