@@ -28,7 +28,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "tests" / "data" / "configs"
-MODELS = ["qwen3-0.6b", "llama-3.2-1b"]
+MODELS = ["qwen3-0.6b", "llama-3.2-1b", "lfm2-1.2b"]
 SEED = 1234
 STD = 0.02
 
