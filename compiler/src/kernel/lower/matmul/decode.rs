@@ -173,27 +173,11 @@ fn q4(k: &mut Kernel, b: &Block, with_min: bool, emit: &mut Emit<'_>) -> Vec<Stm
     let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
     let m = with_min.then(|| bind(k, &mut st, "m", Ty::F32, b.half(2)));
     let qs = if m.is_some() { 4 } else { 2 };
-    let j = k.var("j", Ty::I64);
-    let mut body = Vec::new();
-    let q = bind(
-        k,
-        &mut body,
-        "q",
-        Ty::I64,
-        b.byte(ix::add(build::var(j), i(qs))),
-    );
-    for (e, nib) in [
-        (build::var(j), bit_and(q.clone(), 15)),
-        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
-    ] {
-        let value = match &m {
-            Some(m) => build::add(build::mul(d.clone(), to_f(nib)), m.clone()),
-            None => build::mul(to_f(ix::sub(nib, i(8))), d.clone()),
-        };
-        body.extend(emit(k, e, value));
-    }
-    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
-    st
+    let mut value = |_: &mut Kernel, _: &mut Vec<Stmt>, _: &Expr, nib: Expr| match &m {
+        Some(m) => build::add(build::mul(d.clone(), to_f(nib)), m.clone()),
+        None => build::mul(to_f(ix::sub(nib, i(8))), d.clone()),
+    };
+    nibbles(k, b, st, qs, &mut value, emit)
 }
 
 /// Q5_0 (`x = (q - 16) * d`) or, `with_min`, Q5_1 (`x = d * q + m`): Q4_0's nibbles
@@ -208,29 +192,15 @@ fn q5(k: &mut Kernel, b: &Block, with_min: bool, emit: &mut Emit<'_>) -> Vec<Stm
         .reduce(bit_or)
         .unwrap_or(i(0));
     let qh = bind(k, &mut st, "qh", Ty::I64, word);
-    let j = k.var("j", Ty::I64);
-    let mut body = Vec::new();
-    let q = bind(
-        k,
-        &mut body,
-        "q",
-        Ty::I64,
-        b.byte(ix::add(build::var(j), i(qh_at + 4))),
-    );
-    for (e, nib) in [
-        (build::var(j), bit_and(q.clone(), 15)),
-        (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
-    ] {
+    let mut value = |_: &mut Kernel, _: &mut Vec<Stmt>, e: &Expr, nib: Expr| {
         let fifth = bit_and(build::bin(BinOp::Shr, qh.clone(), e.clone()), 1);
         let v = bit_or(nib, shl(fifth, 4));
-        let value = match &m {
+        match &m {
             Some(m) => build::add(build::mul(d.clone(), to_f(v)), m.clone()),
             None => build::mul(to_f(ix::sub(v, i(16))), d.clone()),
-        };
-        body.extend(emit(k, e, value));
-    }
-    st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
-    st
+        }
+    };
+    nibbles(k, b, st, qh_at + 4, &mut value, emit)
 }
 
 /// Q8_0: `x = q * d` for 32 signed bytes.
@@ -248,7 +218,7 @@ fn q8_0(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
 fn iq4_nl(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
     let mut st = Vec::new();
     let d = bind(k, &mut st, "d", Ty::F32, b.half(0));
-    nibble_table(k, b, st, d, 2, IQ4_TABLE, emit)
+    nibbles(k, b, st, 2, &mut scaled_table(d, IQ4_TABLE), emit)
 }
 
 /// MXFP4: the E8M0 byte `e` gives `d = 2^(e - 128)` (built as f32 bits: a subnormal for
@@ -263,19 +233,22 @@ fn mxfp4(k: &mut Kernel, b: &Block, emit: &mut Emit<'_>) -> Vec<Stmt> {
         shl(ix::sub(e, i(1)), 23),
     );
     let d = bind(k, &mut st, "d", Ty::F32, un(UnOp::F32Bits, bits));
-    nibble_table(k, b, st, d, 1, MXFP4_TABLE, emit)
+    nibbles(k, b, st, 1, &mut scaled_table(d, MXFP4_TABLE), emit)
 }
 
+/// How [`nibbles`] makes an element's value: `(kernel, body, element, nibble)`.
+type NibbleValue<'v> = dyn FnMut(&mut Kernel, &mut Vec<Stmt>, &Expr, Expr) -> Expr + 'v;
+
 /// The 16 bytes of nibbles from byte `qs` (element `j` in the low nibble of byte `j`,
-/// `j + 16` in its high one), each indexing `table`, times the block scale `d`, after the
-/// statements `st` that bind it.
-fn nibble_table(
+/// `j + 16` in its high one) after the statements `st`: `value(kernel, body, element,
+/// nibble)` makes each element's value (binding what it needs in `body`), which goes to
+/// `emit`. Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL and MXFP4 share it.
+fn nibbles(
     k: &mut Kernel,
     b: &Block,
     mut st: Vec<Stmt>,
-    d: Expr,
     qs: i64,
-    table: (i64, i64),
+    value: &mut NibbleValue<'_>,
     emit: &mut Emit<'_>,
 ) -> Vec<Stmt> {
     let j = k.var("j", Ty::I64);
@@ -291,11 +264,19 @@ fn nibble_table(
         (build::var(j), bit_and(q.clone(), 15)),
         (ix::add(build::var(j), i(16)), shr(q.clone(), 4)),
     ] {
-        let v = table_value(k, &mut body, table, nib);
-        body.extend(emit(k, e, build::mul(d.clone(), to_f(v))));
+        let v = value(k, &mut body, &e, nib);
+        body.extend(emit(k, e, v));
     }
     st.push(lp(j, i(0), i(16), LoopKind::Vector(b.vector), body));
     st
+}
+
+/// `d * table[nib]`, the value of IQ4_NL's and MXFP4's nibbles.
+fn scaled_table(
+    d: Expr,
+    table: (i64, i64),
+) -> impl FnMut(&mut Kernel, &mut Vec<Stmt>, &Expr, Expr) -> Expr {
+    move |k, body, _, nib| build::mul(d.clone(), to_f(table_value(k, body, table, nib)))
 }
 
 /// FP8 (e4m3fn) with an f32 block scale `s`: an e4m3 byte `seeeemmm` moved into an f16's
